@@ -1,0 +1,5 @@
+import sys
+
+from glioseg.cli import main
+
+sys.exit(main())

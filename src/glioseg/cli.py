@@ -1,0 +1,90 @@
+"""Command-line interface: argument parsing only; each subcommand calls one function.
+
+The functions are imported lazily so that ``glioseg --help`` stays fast and a subcommand
+pays only for what it uses.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("glioseg")
+
+FORMATS = ("auto", "msd", "brats", "brats2023", "manifest")
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="check every case of a dataset and print a table")
+    p.add_argument("data", type=Path, help="dataset folder (MSD, BraTS, BraTS 2023+) or manifest file")
+    p.add_argument("--format", choices=FORMATS, default="auto")
+    p.add_argument("--json", type=Path, help="also write the per-case report as JSON here")
+    p.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
+    p.set_defaults(func="glioseg.data.verify:run_cli")
+
+
+def _add_preprocess(sub) -> None:
+    p = sub.add_parser("preprocess", help="reorient, crop, normalise and cache a dataset")
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="cache folder")
+    p.add_argument("--format", choices=FORMATS, default="auto")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="resample to this spacing in mm (default: keep the native spacing)")
+    p.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
+    p.set_defaults(func="glioseg.data.preprocess:run_cli")
+
+
+def _add_phantom(sub) -> None:
+    p = sub.add_parser("phantom", help="write a synthetic BraTS-layout dataset")
+    p.add_argument("out", type=Path)
+    p.add_argument("--cases", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="volume shape (default: the BraTS grid 240 240 155)")
+    p.set_defaults(func="glioseg.data.phantom:run_cli")
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the registered networks with parameters and FLOPs")
+    p.add_argument("--patch", type=int, nargs=3, default=[96, 96, 96], metavar=("X", "Y", "Z"))
+    p.add_argument("--json", type=Path)
+    p.set_defaults(func="glioseg.models.registry:run_cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glioseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_verify, _add_preprocess, _add_phantom, _add_models):
+        add(sub)
+    return parser
+
+
+def _call(target: str, args: argparse.Namespace) -> int:
+    module, func = target.split(":")
+    return int(getattr(importlib.import_module(module), func)(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _call(args.func, args)
+    except (ValueError, OSError) as exc:
+        # Users get the message that names the file and the problem; --debug adds the traceback.
+        if args.debug:
+            raise
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Dataset formats, checked I/O, preprocessing, sampling and phantoms."""
