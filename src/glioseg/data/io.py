@@ -119,3 +119,64 @@ def write_image(path: Path | str, array: np.ndarray, affine: np.ndarray,
         finally:
             named.unlink(missing_ok=True)
     return path
+
+
+# --- temporary load_case: a minimal version so that preprocessing can be built and tested;
+# the robust branch supersedes it with the fully checked reader of the same signature.
+
+def _read_stream_to_end(path: Path) -> None:
+    """Decompress a ``.gz`` file to its end so that gzip checks its CRC and length."""
+    if not path.name.endswith(".gz"):
+        return
+    import gzip
+    import zlib
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(path, f"corrupt gzip stream: {exc}") from exc
+
+
+def _same_geometry(ref: Image, other: Image, what: str, shape: tuple[int, ...], array: np.ndarray) -> None:
+    if array.shape != shape:
+        raise DataError(other.path, f"{what} shape {array.shape} differs from {ref.path.name} shape {shape}")
+    if not np.allclose(other.affine, ref.affine, atol=1e-4):
+        raise DataError(other.path, f"{what} affine {other.affine.tolist()} differs from "
+                                    f"{ref.path.name} affine {ref.affine.tolist()}")
+
+
+def load_case(case, dataset, verify_stream: bool = False) -> tuple[Image, Image | None]:
+    """Read a case as a (C, X, Y, Z) float32 image in ``dataset.channels`` order, and its label.
+
+    The image carries the first channel's affine, header and path. The label keeps the
+    file's integer values, which must belong to ``dataset.scheme``.
+    """
+    if verify_stream:
+        for path in case.files():
+            _read_stream_to_end(Path(path))
+    read: dict[Path, Image] = {}
+    arrays, first = [], None
+    for channel in dataset.channels:
+        path = Path(case.images[channel])
+        img = read.setdefault(path, read_image(path, dtype=np.float32))
+        array = img.array if case.volume_index is None else img.array[..., case.volume_index[channel]]
+        if first is None:
+            first, shape = img, array.shape
+            if len(shape) != 3:
+                raise DataError(path, f"{channel} has shape {shape}; expected a 3-D volume")
+        _same_geometry(first, img, channel, shape, array)
+        if not np.isfinite(array).all():
+            raise DataError(path, f"{channel} has {int((~np.isfinite(array)).sum())} non-finite voxels")
+        arrays.append(array)
+    image = Image(np.stack(arrays).astype(np.float32, copy=False), first.affine, first.header, first.path)
+    if case.label is None:
+        return image, None
+    label = read_image(case.label)
+    _same_geometry(first, label, "label", shape, label.array)
+    values = np.unique(label.array)
+    bad = [v for v in values.tolist() if v != int(v) or int(v) not in dataset.scheme.allowed]
+    if bad:
+        raise DataError(case.label, f"label values {bad[:10]} are not in the {dataset.scheme.name} "
+                                    f"scheme's set {sorted(dataset.scheme.allowed)}")
+    return image, label
