@@ -1,0 +1,90 @@
+"""Frozen-dataclass configuration: from dicts and YAML files, back to plain dicts.
+
+Every settings object in glioseg is a frozen dataclass. ``from_dict`` builds one from plain
+values (as read from YAML or a checkpoint), recursing into nested dataclasses; an unknown
+key is a ``ValueError`` that lists the valid ones, so a typo never silently falls back to a
+default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where) if len(args) == 1 else value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_convert(inner, v, where) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build the frozen dataclass ``cls`` from ``data``; unknown keys are a ``ValueError``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{where or cls.__name__}: {exc}") from exc
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass (nested) → plain dicts, lists and scalars, safe for YAML, JSON and checkpoints."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def load_yaml(path: Path | str) -> dict[str, Any]:
+    """Read a YAML mapping; errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read YAML config: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that names unknown fields in a ``ValueError``."""
+    valid = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(changes) - valid)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,50 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from glioseg.config import from_dict, load_yaml, replace, to_dict
+
+
+@dataclass(frozen=True)
+class Inner:
+    scale: float = 0.1
+    axes: tuple[int, ...] = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    size: tuple[int, ...] = (1, 2, 3)
+    inner: Inner = field(default_factory=Inner)
+    limit: float | None = None
+
+
+def test_round_trip_nested():
+    cfg = from_dict(Outer, {"name": "a", "size": [4, 5, 6], "inner": {"scale": 1}, "limit": 2})
+    assert cfg == Outer("a", (4, 5, 6), Inner(1.0), 2.0)
+    assert isinstance(cfg.inner.scale, float)
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) sise; valid keys: name, size, inner, limit"):
+        from_dict(Outer, {"sise": [1]})
+    with pytest.raises(ValueError, match=r"inner: unknown key\(s\) scal"):
+        from_dict(Outer, {"inner": {"scal": 1}})
+
+
+def test_replace_rejects_unknown():
+    with pytest.raises(ValueError, match="unknown setting"):
+        replace(Outer(), nme="b")
+    assert replace(Outer(), name="b").name == "b"
+
+
+def test_load_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="bad.yaml: a config file must hold a mapping"):
+        load_yaml(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1, 2\n")
+    with pytest.raises(ValueError, match="broken.yaml: cannot read YAML"):
+        load_yaml(broken)
