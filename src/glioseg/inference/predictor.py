@@ -170,11 +170,16 @@ def _attempts(config: PredictConfig, window: tuple[int, ...], patch: tuple[int, 
         yield 1, small, "cpu"
 
 
-def _oom_message(config: PredictConfig, window, tried: int) -> str:
-    return (f"out of memory on {config.device} after {tried} attempts (window {list(window)}, "
-            f"sw_batch_size {config.sw_batch_size} then 1, precision {config.precision}, stitching "
-            f"on {config.device} then cpu); use a smaller --roi (e.g. --roi 96 96 96), "
-            f"--precision bf16 on a GPU with bf16, or --device cpu")
+def _oom_message(config: PredictConfig, tried: list[tuple]) -> str:
+    steps = "; ".join(f"window {list(roi)} x batch {b}, stitching on {st}" for b, roi, st in tried)
+    smaller = [max(8, r // 2) for r in tried[-1][1]]
+    advice = [f"a smaller window (--roi {' '.join(map(str, smaller))})"]
+    if torch.device(config.device).type != "cpu":
+        if config.precision == "fp32":
+            advice.append("--precision bf16 (or fp16)")
+        advice.append("--device cpu")
+    return (f"out of memory on {config.device} at precision {config.precision} after {len(tried)} attempt(s) "
+            f"({steps}); try {' or '.join(advice)}")
 
 
 def window_logits(network, image: torch.Tensor, config: PredictConfig, site_id: int | None,
@@ -183,9 +188,9 @@ def window_logits(network, image: torch.Tensor, config: PredictConfig, site_id: 
     window = window_size(config, network, image.shape[2:])
     patch = network.fixed_window or window_size(replace(config, window="patch"), network, image.shape[2:])
     guard = GuardedWindow(network, site_id, config.precision, stats)
-    tried = 0
+    tried = []
     for sw_batch, roi, stitch in _attempts(config, window, patch):
-        tried += 1
+        tried.append((sw_batch, roi, stitch))
         try:
             out = sliding_window_inference(image.to(stitch), roi, sw_batch, guard, overlap=config.overlap,
                                            mode="gaussian", sw_device=config.device, device=stitch)
@@ -198,7 +203,7 @@ def window_logits(network, image: torch.Tensor, config: PredictConfig, site_id: 
             continue
         stats.window_size, stats.sw_batch_size, stats.stitching = list(roi), sw_batch, str(stitch)
         return out
-    raise ValueError(_oom_message(config, window, tried))
+    raise ValueError(_oom_message(config, tried))
 
 
 def activation(logits: torch.Tensor, target: str) -> torch.Tensor:
