@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import LPS, PERMUTED, REPO, write_case
+from conftest import LPS, PERMUTED, REPO, SHARED, needs_realdata, write_case
 from test_bundle import tiny_bundle
 from glioseg.cli import main
 from glioseg.data.formats import CHANNELS
@@ -62,6 +62,25 @@ def test_ensemble_in_the_documented_argument_order(tmp_path, checkpoints):
     assert [m["sha256"] for m in record["models"]] == [file_sha256(p) for p in checkpoints]
     assert record["run"]["windows_run"] == 2
     assert (out / f"{folder.name}_uncertainty.nii.gz").is_file()
+
+
+@pytest.mark.realdata
+@needs_realdata
+def test_real_lps_case_lands_on_its_input(tmp_path, checkpoints):
+    case = SHARED / "brats18" / "Brats18_TCIA03_265_1"
+    out = tmp_path / "out"
+    assert main(["predict", str(case), "--checkpoint", str(checkpoints[0]), "--out", str(out)]) == 0
+    labels = _check_output(out / f"{case.name}.nii.gz", case / f"{case.name}_flair.nii.gz")
+    assert labels.shape == (240, 240, 155) and labels.any()
+    # A real network on real data (exact placement is proven by the oracle tests): labels come
+    # only from inside the brain's box on the file's own grid.
+    brain = np.zeros(labels.shape, dtype=bool)
+    for channel in CHANNELS:
+        brain |= np.asanyarray(nib.load(str(case / f"{case.name}_{channel}.nii.gz")).dataobj) != 0
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(brain))
+    outside = labels.copy()
+    outside[box] = 0
+    assert not outside.any()
 
 
 def test_named_modality_files(tmp_path, checkpoints):
