@@ -171,3 +171,24 @@ def test_one_bad_case_does_not_stop_the_others(tmp_path):
         _predict([tmp_path / "data"], tmp_path / "out")
     assert (tmp_path / "out" / "Brats18_TEST_001_1.json").is_file()
     assert not (tmp_path / "out" / "Brats18_TEST_002_1.nii.gz").exists()
+
+
+def test_msd_4d_dataset_gets_msd_labels(tmp_path):
+    from conftest import synthetic
+
+    image, label = synthetic()
+    root = tmp_path / "Task01_BrainTumour"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    # MSD stores FLAIR, T1w, T1gd, T2w along the last axis; our channel order is the same here.
+    four_d = nib.Nifti1Image(np.moveaxis(image, 0, -1).astype(np.float32), LPS)
+    nib.save(four_d, str(root / "imagesTr" / "BRATS_001.nii.gz"))
+    msd_label = np.select([label == 4, label == 1, label == 2], [3, 2, 1], 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(msd_label, LPS), str(root / "labelsTr" / "BRATS_001.nii.gz"))
+    meta = {"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+            "training": [{"image": "./imagesTr/BRATS_001.nii.gz", "label": "./labelsTr/BRATS_001.nii.gz"}]}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    _predict([root], tmp_path / "out")
+    out = nib.load(str(tmp_path / "out" / "BRATS_001.nii.gz"))
+    assert out.shape == label.shape
+    np.testing.assert_array_equal(np.asanyarray(out.dataobj), msd_label)
