@@ -106,7 +106,8 @@ class ModelBundle:
         state = dict(state)
         version = state.pop("bundle_version", None)
         if version != BUNDLE_VERSION:
-            raise ValueError(f"bundle_version {version!r} is not supported; this glioseg reads version {BUNDLE_VERSION}")
+            raise ValueError(f"bundle_version {version!r} is not supported; "
+                             f"this glioseg reads version {BUNDLE_VERSION}")
         valid = [f.name for f in fields(cls) if f.name != "sha256"]
         unknown = sorted(set(state) - set(valid))
         missing = sorted(set(valid) - set(state) - {"weights"})
