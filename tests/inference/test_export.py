@@ -83,3 +83,23 @@ def test_export_cli(tmp_path, capsys):
     assert main(["export", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
                  "--roi", "12", "12", "12"]) == 2  # 12 is not a multiple of the size divisor 8
     assert not (tmp_path / "m.ts").exists()
+
+
+@pytest.mark.slow
+def test_predict_cli_runs_onnx_like_the_checkpoint(onnx_export, tmp_path):
+    import nibabel as nib
+
+    from conftest import LPS, write_case
+
+    bundle, path, _ = onnx_export
+    folder, _ = write_case(tmp_path / "data", LPS)
+    ckpt = save_checkpoint(tmp_path / "last.pt", {"bundle": bundle.to_state()})
+    assert main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "pt"),
+                 "--roi", "patch"]) == 0
+    assert main(["predict", str(folder), "--onnx", str(path), "--out", str(tmp_path / "onnx")]) == 0
+    assert main(["predict", str(folder), "--onnx", str(path), "--out", str(tmp_path / "x"),
+                 "--precision", "bf16"]) == 2
+    a, b = (np.asanyarray(nib.load(str(tmp_path / d / f"{folder.name}.nii.gz")).dataobj) for d in ("pt", "onnx"))
+    assert (a == b).mean() > 0.9999
+    record = json.loads((tmp_path / "onnx" / f"{folder.name}.json").read_text())
+    assert record["models"][0]["runtime"] == "onnxruntime"
