@@ -85,7 +85,7 @@ def checked_label_counts(path: Path, array: np.ndarray, scheme: LabelScheme) -> 
     return counts
 
 
-def read_label(path: Path, scheme: LabelScheme, verify_stream: bool = False) -> tuple[Image, dict[int, int]]:
+def read_label(path: Path, scheme: LabelScheme, verify_stream: bool = True) -> tuple[Image, dict[int, int]]:
     """A label file as a uint8 (X, Y, Z) image with its checked value counts."""
     image = read_image(path, verify_stream=verify_stream)
     if image.array.ndim != 3:
@@ -104,7 +104,7 @@ def _as_channels(path: Path, image: Image) -> np.ndarray:
     return array
 
 
-def read_channels(path: Path, names: list[str], case: Case, verify_stream: bool = False) -> dict[str, Image]:
+def read_channels(path: Path, names: list[str], case: Case, verify_stream: bool = True) -> dict[str, Image]:
     """The channels ``names`` that ``case`` keeps in the file ``path``, as 3-D images."""
     image = read_image(path, verify_stream=verify_stream)
     if case.volume_index is None:
@@ -156,7 +156,7 @@ def _file_groups(case: Case, channels: tuple[str, ...]) -> dict[Path, list[str]]
     return groups
 
 
-def read_case(case: Case, dataset: Dataset, verify_stream: bool = False) -> CaseFiles:
+def read_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> CaseFiles:
     """Read and check every file of ``case``, collecting all problems instead of stopping."""
     out = CaseFiles(case)
     where = case_path(case)
@@ -181,7 +181,7 @@ def read_case(case: Case, dataset: Dataset, verify_stream: bool = False) -> Case
     return out
 
 
-def load_case(case: Case, dataset: Dataset, verify_stream: bool = False) -> tuple[Image, Image | None]:
+def load_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> tuple[Image, Image | None]:
     """The case's image (C, X, Y, Z) float32 in ``dataset.channels`` order, and its label.
 
     The image carries the first channel's affine and header (all channels share the grid,

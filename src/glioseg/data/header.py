@@ -108,7 +108,7 @@ def squeeze_trailing(shape: tuple[int, ...]) -> tuple[int, ...]:
 def _dtype(path, header) -> np.dtype:
     try:
         dtype = header.get_data_dtype()
-    except HeaderDataError:
+    except (HeaderDataError, KeyError):
         raise DataError(path, f"datatype code {int(header['datatype'])} is not a NIfTI datatype") from None
     if dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
         names = ", ".join(d.name for d in SUPPORTED_DTYPES)
