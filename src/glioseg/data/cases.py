@@ -67,7 +67,7 @@ def value_counts(array: np.ndarray) -> dict[int | float, int]:
 
 def _listing(counts: dict) -> str:
     items = sorted(counts.items())
-    shown = ", ".join(f"{v:g} ({c} voxels)" for v, c in items[:_SHOWN_VALUES])
+    shown = ", ".join(f"{v:g} ({c} voxel{'s' * (c != 1)})" for v, c in items[:_SHOWN_VALUES])
     return shown + (f" and {len(items) - _SHOWN_VALUES} more values" if len(items) > _SHOWN_VALUES else "")
 
 
