@@ -33,7 +33,7 @@ CHANNEL_ALIASES = {
     "t2f": "flair", "t2-flair": "flair", "t1n": "t1", "t1c": "t1ce", "t1-gd": "t1ce", "t2-weighted": "t2",
 }
 MANIFEST_KEYS = ("case", *CHANNELS, "label", "site")
-_BRATS_SITE = re.compile(r"^Brats1[789]_(?P<site>[A-Za-z0-9]+)_\d", re.IGNORECASE)
+_BRATS_SITE = re.compile(r"^Brats1[789]_(?P<site>[A-Za-z0-9]+)_", re.IGNORECASE)
 _NOT_SITES = {"training", "validation", "testing"}
 
 
