@@ -152,7 +152,7 @@ def summary(reports: list[CaseReport], dataset: Dataset) -> str:
         lines += [f"warning {r.case}: {w}" for w in r.warnings]
     invalid = sum(not r.valid for r in reports)
     warnings = sum(len(r.warnings) for r in reports)
-    background = sum("background only" in w for r in reports for w in r.warnings)
+    background = sum(r.label_voxels is not None and set(r.label_voxels) <= {0} for r in reports)
     lines.append(f"{len(reports)} cases ({dataset.format}, labels {dataset.scheme.name}): "
                  f"{len(reports) - invalid} valid, {invalid} invalid; {warnings} warnings "
                  f"({background} background-only labels); {len(dataset.ignored)} dotfiles ignored")
