@@ -44,6 +44,7 @@ def test_msd_layout_names_channels_from_dataset_json(make_dataset, caplog):
     assert set(case.images.values()) == {root / "imagesTr" / "BRATS_001.nii.gz"}
     assert case.label == root / "labelsTr" / "BRATS_001.nii.gz"
     assert len(dataset.ignored) == 2 and any("ignored 2 hidden entries" in r.getMessage() for r in caplog.records)
+    assert discover(root / "dataset.json").root == root
 
 
 @pytest.mark.parametrize("edit, message", [

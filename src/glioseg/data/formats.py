@@ -30,7 +30,7 @@ MSD_MODALITIES = {"flair": "flair", "t1w": "t1", "t1gd": "t1ce", "t2w": "t2"}
 # and manifest columns. Matching is case-insensitive.
 CHANNEL_ALIASES = {
     **{c: c for c in CHANNELS}, **MSD_MODALITIES,
-    "t2f": "flair", "t2-flair": "flair", "t1n": "t1", "t1c": "t1ce", "t1-gd": "t1ce", "t2-weighted": "t2",
+    "t2f": "flair", "t2-flair": "flair", "t1n": "t1", "t1c": "t1ce",
 }
 MANIFEST_KEYS = ("case", *CHANNELS, "label", "site")
 _BRATS_SITE = re.compile(r"^Brats1[789]_(?P<site>[A-Za-z0-9]+)_", re.IGNORECASE)
@@ -261,6 +261,8 @@ def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> 
     root = Path(root)
     if not root.exists():
         raise ValueError(f"{root}: no such file or folder")
+    if root.is_file() and root.name == "dataset.json":
+        root = root.parent  # an MSD task named by its dataset.json
     fmt = detect_format(root) if format in (None, "auto") else format
     if fmt not in FORMAT_SCHEME:
         raise ValueError(f"unknown format {fmt!r}; known: auto, {', '.join(FORMAT_SCHEME)}")
