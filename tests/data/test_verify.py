@@ -85,7 +85,7 @@ def test_verify_reports_every_problem_with_file_and_reason(make_dataset, nifti, 
     stdout = capsys.readouterr().out
     problems = [line for line in stdout.splitlines() if line.startswith("PROBLEM")]
     assert len(problems) == 4, stdout
-    assert f"_t1.nii.gz: corrupt gzip stream" in problems[0] and folders[0].name in problems[0]
+    assert "_t1.nii.gz: corrupt gzip stream" in problems[0] and folders[0].name in problems[0]
     assert "_flair.nii.gz: qform (code 1) and sform (code 1) disagree: qform is LPS" in problems[1]
     assert "_t2.nii.gz: non-finite voxels: 1 of 9216 (NaN 1, +inf 0, -inf 0), first at index (5, 6, 7)" in problems[2]
     assert "_seg.nii.gz: label values are not whole numbers: 3.7" in problems[3]
