@@ -232,10 +232,10 @@ def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, su
 
 
 def run_cli(args) -> int:
-    if not (args.data or args.metrics or args.run):
-        raise ValueError("nothing to report: give --data (with --pred), --metrics or --run")
     if args.pred and not args.data:
         raise ValueError("--pred needs --data: the images to draw the predictions on come from the dataset")
+    if not (args.data or args.metrics or args.run):
+        raise ValueError("nothing to report: give --data (with --pred), --metrics or --run")
     cases = cases_from_dataset(discover(args.data, args.format), args.pred) if args.data else []
     metrics, summary = load_metrics(args.metrics) if args.metrics else (None, None)
     path = write_report(args.out, cases=cases, metrics=metrics, summary=summary, run_dir=args.run,
