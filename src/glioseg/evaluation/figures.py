@@ -189,7 +189,7 @@ def overlay_figure(image_ras, label_ras, scheme: LabelScheme, *, affine: np.ndar
     images = {k: np.asarray(v)[box] for k, v in images.items()}
     labels = {k: np.asarray(v)[box] for k, v in labels.items()}
     columns = [(plane, name) for plane in planes for name in labels]
-    fig = Figure(figsize=(panel_inches * len(columns) + 0.3, panel_inches * len(images) + 1.2))
+    fig = Figure(figsize=(panel_inches * len(columns) + 0.3, panel_inches * len(images) + 1.4))
     axes = fig.subplots(len(images), len(columns), squeeze=False)
     axis_of = {"sagittal": 0, "coronal": 1, "axial": 2}
     for r, (image_name, image) in enumerate(images.items()):
@@ -205,9 +205,9 @@ def overlay_figure(image_ras, label_ras, scheme: LabelScheme, *, affine: np.ndar
         axes[r, 0].set_ylabel(image_name, fontsize=10)
     handles = [Patch(color=colour, label=text) for text, colour in label_colours(scheme).values()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    heading = CONVENTION_NOTE[convention] if title is None else f"{title}.  {CONVENTION_NOTE[convention]}"
-    fig.text(0.01, 1 - 0.12 / fig.get_figheight(), heading, fontsize=9, va="top", ha="left")
-    fig.subplots_adjust(left=0.3 / fig.get_figwidth(), right=0.995, top=1 - 0.75 / fig.get_figheight(),
+    heading = CONVENTION_NOTE[convention] if title is None else f"{title}\n{CONVENTION_NOTE[convention]}"
+    fig.text(0.01, 1 - 0.08 / fig.get_figheight(), heading, fontsize=9, va="top", ha="left", wrap=True)
+    fig.subplots_adjust(left=0.3 / fig.get_figwidth(), right=0.995, top=1 - 0.95 / fig.get_figheight(),
                         bottom=0.4 / fig.get_figheight(), wspace=0.03, hspace=0.03)
     return _png(fig, dpi)
 

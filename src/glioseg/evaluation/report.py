@@ -191,13 +191,25 @@ def _run_html(run_dir: Path) -> str:
              _png_tag(figures.training_curves(run_dir), "training curves")]
     if epochs:
         last = epochs[-1]
-        parts.append(_table(list(figures.RUN_COLUMNS), [[_fmt(last[c], 4) if c != "precision" else last[c]
-                                                          for c in figures.RUN_COLUMNS]]))
+        digits = {"epoch": 0, "seconds": 1, "train_loss": 4}
+        parts.append("<h3>Last epoch</h3>" + _table(list(figures.RUN_COLUMNS), [[
+            last[c] if c == "precision" else _fmt(last[c], digits.get(c, 3)) for c in figures.RUN_COLUMNS]]))
     if events:
         keys = ["step", "from", "to", "signal", "value"]
         parts.append(f"<h3>Precision events ({len(events)}; first 50)</h3>" +
                      _table(keys, [[str(e.get(k, "")) for k in keys] for e in events[:50]]))
     return "<h2>Training run</h2>" + "".join(parts)
+
+
+def _cases_html(shown: list[ReportCase], total: int, max_cases: int, convention: str, with_volumes: bool) -> str:
+    sections, volumes = [], {}
+    for case in tqdm(shown, desc="report", unit="case"):
+        png, volumes[case.case_id] = case_figure(case, convention)
+        sections.append(f"<h3>{html.escape(case.case_id)}</h3>{_png_tag(png, case.case_id)}")
+    capped = f" (--max-cases {max_cases})" if len(shown) < total else ""
+    parts = [_volumes_html(volumes)] if with_volumes else []
+    return "".join(parts + ["<h2>Cases</h2>", f'<p class="note">{len(shown)} of {total} cases drawn{capped}.</p>',
+                            *sections])
 
 
 def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, summary: dict | None = None,
@@ -215,15 +227,8 @@ def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, su
         body.append(_metrics_html(metrics))
     if run_dir is not None:
         body.append(_run_html(Path(run_dir)))
-    sections, volumes = [], {}
-    for case in tqdm(shown, desc="report", unit="case"):
-        png, volumes[case.case_id] = case_figure(case, convention)
-        sections.append(f"<h3>{html.escape(case.case_id)}</h3>{_png_tag(png, case.case_id)}")
     if shown:
-        if not metrics:
-            body.append(_volumes_html(volumes))
-        note = f"{len(shown)} of {len(cases)} cases drawn" + (f" (--max-cases {max_cases})" if len(shown) < len(cases) else "")
-        body += ["<h2>Cases</h2>", f'<p class="note">{note}.</p>', *sections]
+        body.append(_cases_html(shown, len(cases), max_cases, convention, with_volumes=not metrics))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     with atomic_path(out_html) as tmp:
