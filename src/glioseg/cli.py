@@ -53,11 +53,39 @@ def _add_models(sub) -> None:
     p.set_defaults(func="glioseg.models.registry:run_cli")
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score predictions against reference labels (Dice, HD95, volumes)")
+    p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz label maps")
+    p.add_argument("--ref", type=Path, required=True, help="reference dataset (any layout) with label files")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, summary.json, report.html")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="layout of --ref")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (0: one per core)")
+    p.add_argument("--missing", choices=("error", "empty", "skip"), default="error",
+                   help="reference cases without a prediction: fail (default), score as empty, or leave out")
+    p.add_argument("--max-cases", type=int, default=20, help="cases drawn in the report (tables list all)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.set_defaults(func="glioseg.evaluation.evaluate:run_cli")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write one self-contained HTML report (overlays, metrics, curves)")
+    p.add_argument("--data", type=Path, help="dataset whose images (and reference labels) are drawn")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="layout of --data")
+    p.add_argument("--pred", type=Path, help="folder of <case>.nii.gz predictions to overlay (needs --data)")
+    p.add_argument("--metrics", type=Path, help="folder with metrics.csv / summary.json from glioseg evaluate")
+    p.add_argument("--run", type=Path, help="training run folder (metrics.csv, precision_events.jsonl)")
+    p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.add_argument("--max-cases", type=int, default=20, help="cases drawn (the tables list all)")
+    p.add_argument("--convention", choices=("radiological", "neurological"), default="radiological")
+    p.add_argument("--title", default="glioseg report")
+    p.set_defaults(func="glioseg.evaluation.report:run_cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glioseg", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_verify, _add_preprocess, _add_phantom, _add_models):
+    for add in (_add_verify, _add_preprocess, _add_phantom, _add_models, _add_evaluate, _add_report):
         add(sub)
     return parser
 
