@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from glioseg.errors import GliosegError
+
 log = logging.getLogger("glioseg")
 
 FORMATS = ("auto", "msd", "brats", "brats2023", "manifest")
@@ -81,11 +83,37 @@ def _add_report(sub) -> None:
     p.set_defaults(func="glioseg.evaluation.report:run_cli")
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a network (patch sampling, precision controller, checkpoints)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder, manifest, or a glioseg cache")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--model", help="registered network (see `glioseg models`)")
+    p.add_argument("--recipe", help="shipped recipe: segresnet-brats or dalight3d-paper (default by model)")
+    p.add_argument("--config", type=Path, help="YAML file of settings; overrides the recipe")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (0: each epoch)")
+    p.add_argument("--format", choices=FORMATS, default="auto")
+    p.add_argument("--cache", type=Path, help="where to build the preprocessed cache (default RUN/cache)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func="glioseg.training.command:run_cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glioseg", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_verify, _add_preprocess, _add_phantom, _add_models, _add_evaluate, _add_report):
+    for add in (_add_phantom, _add_verify, _add_preprocess, _add_models, _add_train,
+                _add_evaluate, _add_report):
         add(sub)
     return parser
 
@@ -103,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _call(args.func, args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, GliosegError) as exc:
         # Users get the message that names the file and the problem; --debug adds the traceback.
         if args.debug:
             raise

@@ -219,6 +219,10 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".part-{final.name}.", dir=final.parent)
+    # mkstemp creates 0600; results are shared files, so give them the usual umask mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
