@@ -1,0 +1,400 @@
+"""Preprocessing — RAS, brain crop, optional resampling, z-score — and its exact inverse.
+
+A case goes: original grid → RAS (an axis permutation with flips, from nibabel's orientation
+transforms: pure indexing) → crop to the brain's bounding box (nonzero in any channel, plus any
+labelled voxel, plus ``crop_margin``) → optionally resample the crop to ``target_spacing``
+(images trilinear, labels nearest only; cropping first, as nnU-Net does, resamples less) →
+z-score per channel over the brain. Every step is recorded in ``meta`` so that
+:func:`to_original` maps any cache-space volume back onto the original file's voxel grid.
+
+What "exact" means: without resampling, ``to_original`` inverts the pipeline bit for bit (the
+un-cropped margin is filled with 0). With resampling, it restores the exact original shape and
+affine; a label map goes there and back by nearest neighbour, so it differs only at boundary
+voxels (real BraTS, 1 → 2 mm → 1 mm: WT Dice 0.94–0.96; a 1.5 mL ET 0.70), and image-like
+volumes go back trilinearly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, fields
+from multiprocessing import get_context
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from glioseg import __version__
+from glioseg.data import cache
+from glioseg.data.cache import Cache, load_cache  # noqa: F401  (re-exported: the cache's public API)
+from glioseg.data.formats import CHANNELS, Case, Dataset, discover
+from glioseg.data.io import Image, load_case
+from glioseg.data.labels import LabelScheme, region_volumes_ml
+
+log = logging.getLogger(__name__)
+
+NORMALISATIONS = ("zscore-nonzero",)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a case becomes cache space. ``target_spacing`` None keeps the native spacing.
+
+    ``max_abs_z`` bounds the normalised intensities (a larger |z| means a broken channel,
+    and it would overflow fp16 later).
+    """
+
+    target_spacing: tuple[float, float, float] | None = None
+    crop_margin: int = 0
+    normalisation: str = "zscore-nonzero"
+    max_abs_z: float = 1000.0
+
+    def __post_init__(self):
+        if self.target_spacing is not None:
+            spacing = tuple(float(s) for s in self.target_spacing)
+            if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+                raise ValueError(f"target_spacing must be 3 positive numbers in mm; got {self.target_spacing!r}")
+            object.__setattr__(self, "target_spacing", spacing)
+        if isinstance(self.crop_margin, bool) or int(self.crop_margin) != self.crop_margin or self.crop_margin < 0:
+            raise ValueError(f"crop_margin must be a whole number of voxels >= 0; got {self.crop_margin!r}")
+        object.__setattr__(self, "crop_margin", int(self.crop_margin))
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation {self.normalisation!r} is unknown; known: {', '.join(NORMALISATIONS)}")
+        if not float(self.max_abs_z) > 0:
+            raise ValueError(f"max_abs_z must be > 0; got {self.max_abs_z!r}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["target_spacing"] = list(self.target_spacing) if self.target_spacing else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessConfig":
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys {unknown}; valid keys: {', '.join(valid)}")
+        return cls(**data)
+
+
+# ---- geometry: pure functions on the last three axes of (..., X, Y, Z) arrays ----
+
+def orientation_to_ras(affine: np.ndarray) -> np.ndarray:
+    """nibabel orientation transform (3, 2) taking the array axes of ``affine`` to RAS."""
+    return nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                           nib.orientations.axcodes2ornt("RAS"))
+
+
+def invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """The orientation transform that undoes ``ornt`` (input axis i went to axis ornt[i, 0])."""
+    ornt = np.asarray(ornt, dtype=np.float64)
+    inverse = np.empty_like(ornt)
+    for axis, (target, flip) in enumerate(ornt):
+        inverse[int(target)] = (axis, flip)
+    return inverse
+
+
+def reorient(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Apply ``ornt`` to the last three axes (leading axes, e.g. channels, are carried along)."""
+    lead = array.ndim - 3
+    spatial_first = np.moveaxis(array, list(range(lead)), list(range(3, 3 + lead)))
+    out = nib.orientations.apply_orientation(spatial_first, ornt)
+    return np.ascontiguousarray(np.moveaxis(out, list(range(3, 3 + lead)), list(range(lead))))
+
+
+def reoriented_affine(affine: np.ndarray, ornt: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+
+
+def brain_box(image: np.ndarray, margin: int = 0, label: np.ndarray | None = None) -> tuple[tuple[int, int], ...]:
+    """Half-open (lo, hi) per axis around voxels nonzero in any channel (and labelled ones)."""
+    mask = np.any(image != 0, axis=0)
+    if label is not None:
+        mask |= label != 0
+    if not mask.any():
+        raise ValueError("every channel is zero everywhere: no brain to crop to")
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append((max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + 1 + margin)))
+    return tuple(box)
+
+
+def crop(array: np.ndarray, box) -> np.ndarray:
+    return array[(..., *(slice(lo, hi) for lo, hi in box))]
+
+
+def uncrop(array: np.ndarray, box, shape: tuple[int, ...], fill=0) -> np.ndarray:
+    """Place ``array`` at ``box`` inside a ``fill``-valued volume of spatial ``shape``."""
+    out = np.full((*array.shape[:-3], *shape), fill, dtype=array.dtype)
+    out[(..., *(slice(lo, hi) for lo, hi in box))] = array
+    return out
+
+
+def translated_affine(affine: np.ndarray, offset) -> np.ndarray:
+    shift = np.eye(4)
+    shift[:3, 3] = offset
+    return affine @ shift
+
+
+def resampled_shape(shape, spacing, target) -> tuple[int, int, int]:
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def resample(array: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
+    """Resample the last three axes to ``shape``: order 0 nearest (keeps dtype), 1 trilinear (float32).
+
+    Voxel centres are aligned as in :func:`resampled_affine` (torch, ``align_corners=False``).
+    """
+    if order not in (0, 1):
+        raise ValueError(f"interpolation order must be 0 (nearest) or 1 (linear); got {order!r}")
+    import torch
+    import torch.nn.functional as F
+
+    flat = np.ascontiguousarray(array, dtype=np.float32).reshape(1, -1, *array.shape[-3:])
+    mode = {"mode": "nearest-exact"} if order == 0 else {"mode": "trilinear", "align_corners": False}
+    with torch.no_grad():
+        out = F.interpolate(torch.from_numpy(flat), size=tuple(shape), **mode).numpy()
+    out = out.reshape(*array.shape[:-3], *shape)
+    return out.astype(array.dtype) if order == 0 else out
+
+
+def resampled_affine(affine: np.ndarray, old_shape, new_shape) -> np.ndarray:
+    scale = np.asarray(old_shape, dtype=np.float64) / np.asarray(new_shape, dtype=np.float64)
+    step = np.eye(4)
+    step[:3, :3] = np.diag(scale)
+    step[:3, 3] = (scale - 1) / 2
+    return affine @ step
+
+
+def spacing_of(affine: np.ndarray) -> list[float]:
+    return [float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))]
+
+
+# ---- intensities ----
+
+def channel_statistics(image: np.ndarray, mask: np.ndarray) -> list[dict[str, float]]:
+    """Per channel, statistics (float64) of the voxels inside ``mask``."""
+    stats = []
+    for channel in image:
+        values = channel[mask].astype(np.float64)
+        p00_5, p50, p99_5 = np.percentile(values, [0.5, 50, 99.5])
+        stats.append({"voxels": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
+                      "min": float(values.min()), "max": float(values.max()),
+                      "p00_5": float(p00_5), "p50": float(p50), "p99_5": float(p99_5)})
+    return stats
+
+
+def zscore(image: np.ndarray, mask: np.ndarray, means, stds) -> np.ndarray:
+    """(x - mean) / std per channel inside ``mask``, computed in float64; 0 outside. float32."""
+    out = np.zeros(image.shape, dtype=np.float32)
+    for c, (mean, std) in enumerate(zip(means, stds)):
+        out[c][mask] = (image[c][mask].astype(np.float64) - mean) / std
+    return out
+
+
+def check_normalised(image: np.ndarray, limit: float, channels=CHANNELS) -> None:
+    """Every value finite and |z| <= ``limit``; a ValueError names the channel otherwise."""
+    for name, channel in zip(channels, image):
+        if not np.isfinite(channel).all():
+            raise ValueError(f"channel {name}: {int((~np.isfinite(channel)).sum())} non-finite values "
+                             f"after normalisation")
+        peak = float(np.abs(channel).max())
+        if peak > limit:
+            raise ValueError(f"channel {name}: |z| reaches {peak:.4g} after normalisation; expected <= {limit:g}")
+
+
+def normalise(image: np.ndarray, channels=CHANNELS, limit: float = 1000.0) -> tuple[np.ndarray, list[dict]]:
+    """Z-score each channel over the brain (nonzero in any channel); background stays 0."""
+    mask = np.any(image != 0, axis=0)
+    stats = channel_statistics(image, mask)
+    for name, s in zip(channels, stats):
+        if not (np.isfinite(s["std"]) and s["std"] > 0):
+            raise ValueError(f"channel {name} is constant ({s['mean']:g}) over the brain; cannot z-score it")
+    out = zscore(image, mask, [s["mean"] for s in stats], [s["std"] for s in stats])
+    check_normalised(out, limit, channels)
+    return out, stats
+
+
+# ---- one case ----
+
+def _check_input(image: Image, label: Image | None, channels) -> None:
+    if image.array.ndim != 4 or image.array.shape[0] != len(channels):
+        raise ValueError(f"image array has shape {image.array.shape}; expected ({len(channels)}, X, Y, Z) "
+                         f"for channels {', '.join(channels)}")
+    if label is not None and label.array.shape != image.array.shape[1:]:
+        raise ValueError(f"label shape {label.array.shape} differs from the image's {image.array.shape[1:]}")
+
+
+def preprocess_case(image: Image, label: Image | None, case: Case, config: PreprocessConfig, *,
+                    scheme: LabelScheme | None = None, channels: tuple[str, ...] = CHANNELS,
+                    inputs: dict | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """One case into cache space: (image (C,x,y,z) float32, label (x,y,z) uint8 | None, meta).
+
+    ``image``/``label`` are as :func:`glioseg.data.io.load_case` returns them; ``scheme`` names
+    the label convention (and enables region volumes); ``inputs`` are the case's file hashes
+    (:func:`glioseg.data.cache.input_digests`), computed here when not given.
+    """
+    _check_input(image, label, channels)
+    spatial = image.array.shape[1:]
+    ornt = orientation_to_ras(image.affine)
+    ras_affine = reoriented_affine(image.affine, ornt, spatial)
+    array = reorient(image.array, ornt)
+    ras_shape = array.shape[1:]
+    lab = None if label is None else reorient(np.asarray(label.array).astype(np.uint8), ornt)
+    box = brain_box(array, config.crop_margin, lab)
+    array = crop(array, box)
+    lab = None if lab is None else np.ascontiguousarray(crop(lab, box))
+    affine = translated_affine(ras_affine, [lo for lo, _ in box])
+    crop_shape, resampling = array.shape[1:], None
+    if config.target_spacing is not None:
+        new_shape = resampled_shape(crop_shape, spacing_of(affine), config.target_spacing)
+        resampling = {"from_shape": list(crop_shape), "to_shape": list(new_shape),
+                      "spacing_before": spacing_of(affine)}
+        array = resample(array, new_shape, order=1)
+        lab = None if lab is None else resample(lab, new_shape, order=0)
+        affine = resampled_affine(affine, crop_shape, new_shape)
+    array, stats = normalise(array, channels, config.max_abs_z)
+    meta = {
+        "cache_version": cache.CACHE_VERSION, "glioseg_version": __version__,
+        "case": case.case_id, "site": case.site, "channels": list(channels),
+        "scheme": scheme.name if scheme else None,
+        "original": {"shape": list(spatial), "affine": image.affine.tolist(),
+                     "orientation": image.orientation, "spacing": spacing_of(image.affine)},
+        "ornt": ornt.tolist(),
+        "ras": {"shape": list(ras_shape), "affine": ras_affine.tolist()},
+        "crop": {"box": [list(b) for b in box], "shape": list(crop_shape)},
+        "resample": resampling,
+        "shape": list(array.shape[1:]), "affine": affine.tolist(), "spacing": spacing_of(affine),
+        "normalisation": {"method": config.normalisation, "mean": [s["mean"] for s in stats],
+                          "std": [s["std"] for s in stats], "voxels": stats[0]["voxels"]},
+        "intensity": dict(zip(channels, stats)),
+        "volumes_ml": (region_volumes_ml(label.array, scheme, spacing_of(image.affine))
+                       if label is not None and scheme is not None else None),
+        "inputs": inputs if inputs is not None else cache.input_digests(case),
+        "config": config.to_dict(),
+    }
+    return array, lab, meta
+
+
+def to_original(volume: np.ndarray, meta: dict, order: int = 0) -> np.ndarray:
+    """A cache-space (..., x, y, z) volume on the original file's voxel grid (..., X, Y, Z).
+
+    Inverse resampling (``order`` 0 nearest, keeps dtype; 1 trilinear, float32) to the exact
+    crop shape, un-crop with 0, then the inverse axis permutation and flips.
+    """
+    if tuple(volume.shape[-3:]) != tuple(meta["shape"]):
+        raise ValueError(f"case {meta['case']}: volume has spatial shape {tuple(volume.shape[-3:])}; "
+                         f"the cache space is {tuple(meta['shape'])}")
+    if order not in (0, 1):
+        raise ValueError(f"interpolation order must be 0 (nearest) or 1 (linear); got {order!r}")
+    if meta["resample"] is not None:
+        volume = resample(volume, tuple(meta["crop"]["shape"]), order)
+    volume = uncrop(volume, meta["crop"]["box"], tuple(meta["ras"]["shape"]))
+    return reorient(volume, invert_ornt(np.asarray(meta["ornt"])))
+
+
+# ---- the dataset → cache writer ----
+
+def _cache_case(case: Case, dataset: Dataset, out: Path, config: PreprocessConfig,
+                verify_stream: bool) -> tuple[str, str, float, str]:
+    """Bring ``out/<case>`` up to date; returns (case id, "done"|"skipped"|"failed", seconds, error)."""
+    start = time.perf_counter()
+    try:
+        folder = cache.case_dir(out, case.case_id)
+        cache.clean_parts(folder)
+        inputs = cache.input_digests(case)
+        if cache.is_current(folder, inputs, config.to_dict(), dataset.scheme.name):
+            return case.case_id, "skipped", time.perf_counter() - start, ""
+        image, label = load_case(case, dataset, verify_stream=verify_stream)
+        array, lab, meta = preprocess_case(image, label, case, config, scheme=dataset.scheme,
+                                           channels=dataset.channels, inputs=inputs)
+        meta["seconds"] = round(time.perf_counter() - start, 3)
+        cache.write_case(folder, array, lab, meta)
+    except (ValueError, OSError) as exc:
+        # Returned, not raised: exceptions with custom constructors (DataError) do not unpickle.
+        return case.case_id, "failed", time.perf_counter() - start, f"{case.case_id}: {exc}"
+    return case.case_id, "done", time.perf_counter() - start, ""
+
+
+def _one_thread_per_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _run_cases(dataset: Dataset, out: Path, config: PreprocessConfig, workers: int, verify_stream: bool):
+    bar = tqdm(total=len(dataset.cases), unit="case", desc="preprocess")
+    args = (dataset, out, config, verify_stream)
+    try:
+        if workers <= 1:
+            for case in dataset.cases:
+                yield _cache_case(case, *args)
+                bar.update()
+            return
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                 initializer=_one_thread_per_worker) as pool:
+            for future in as_completed([pool.submit(_cache_case, case, *args) for case in dataset.cases]):
+                yield future.result()
+                bar.update()
+    finally:
+        bar.close()
+
+
+def _index(dataset: Dataset, config: PreprocessConfig) -> dict:
+    return {"cache_version": cache.CACHE_VERSION, "glioseg_version": __version__,
+            "format": dataset.format, "source": str(dataset.root), "scheme": dataset.scheme.to_dict(),
+            "channels": list(dataset.channels), "cases": [c.case_id for c in dataset.cases],
+            "sites": {c.case_id: c.site for c in dataset.cases}, "config": config.to_dict()}
+
+
+def preprocess_dataset(dataset: Dataset, out: Path | str, config: PreprocessConfig, workers: int = 0,
+                       verify_stream: bool = True) -> Path:
+    """Write (or bring up to date) the cache of ``dataset`` at ``out``; returns ``out``.
+
+    Cases run in ``workers`` processes (0: one per core; 1: in this process). Up-to-date cases
+    are skipped. If any case fails, the others are kept, every failure is reported in one
+    ``ValueError`` and ``cache.json`` is not written, so the cache reads as incomplete.
+    """
+    out = Path(out)
+    if dataset.root.is_dir() and out.resolve().is_relative_to(dataset.root.resolve()):
+        raise ValueError(f"{out}: the cache must not be inside the dataset folder {dataset.root}")
+    ids = [c.case_id for c in dataset.cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{dataset.root}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / cache.INDEX).unlink(missing_ok=True)  # incomplete until every case is current again
+    workers = min(workers or os.cpu_count() or 1, len(ids))
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    errors = []
+    for case_id, status, seconds, error in _run_cases(dataset, out, config, workers, verify_stream):
+        counts[status] += 1
+        log.debug("%s: %s in %.2f s", case_id, status, seconds)
+        if error:
+            log.error("%s", error)
+            errors.append(error)
+    log.info("preprocess %s: %d preprocessed, %d up to date (skipped), %d failed",
+             out, counts["done"], counts["skipped"], counts["failed"])
+    if errors:
+        raise ValueError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix and rerun "
+                         f"to resume): " + "; ".join(errors))
+    metas = [cache.read_json(out / i / cache.META) for i in ids]
+    cache.save_json(out / cache.FINGERPRINT, cache.fingerprint(metas))
+    cache.save_json(out / cache.INDEX, _index(dataset, config))
+    return out
+
+
+def run_cli(args) -> int:
+    """``glioseg preprocess DATA --out CACHE [--format F] [--spacing X Y Z] [--workers N]``."""
+    dataset = discover(args.data, args.format)
+    config = PreprocessConfig(target_spacing=tuple(args.spacing) if args.spacing else None)
+    result = load_cache(preprocess_dataset(dataset, args.out, config, workers=args.workers))
+    shapes = np.array([result.meta(i)["shape"] for i in result.case_ids])
+    size = sum(f.stat().st_size for f in result.path.rglob("*.npy"))
+    print(f"cache {result.path}: {len(result)} cases, {dataset.format} ({dataset.scheme.name} labels), "
+          f"median shape {np.median(shapes, axis=0).astype(int).tolist()}, {size / 2**20:.0f} MiB")
+    return 0
