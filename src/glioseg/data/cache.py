@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glioseg import __version__
 from glioseg.data.io import DataError, atomic_path
 from glioseg.data.labels import REGIONS, LabelScheme
 
@@ -157,6 +158,16 @@ def fingerprint(metas: list[dict]) -> dict:
                                if labelled else {}),
         "sites": dict(sorted(Counter(m["site"] or "unknown" for m in metas).items())),
     }
+
+
+def finish(out: Path, dataset, config: dict) -> None:
+    """Write ``fingerprint.json``, then ``cache.json`` (last: it marks the cache complete)."""
+    ids = [c.case_id for c in dataset.cases]
+    save_json(out / FINGERPRINT, fingerprint([read_json(out / i / META) for i in ids]))
+    save_json(out / INDEX, {
+        "cache_version": CACHE_VERSION, "glioseg_version": __version__, "format": dataset.format,
+        "source": str(dataset.root), "scheme": dataset.scheme.to_dict(), "channels": list(dataset.channels),
+        "cases": ids, "sites": {c.case_id: c.site for c in dataset.cases}, "config": config})
 
 
 def scheme_from_dict(data: dict) -> LabelScheme:

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, fields
 from multiprocessing import get_context
 from pathlib import Path
@@ -99,11 +100,14 @@ def invert_ornt(ornt: np.ndarray) -> np.ndarray:
 
 
 def reorient(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
-    """Apply ``ornt`` to the last three axes (leading axes, e.g. channels, are carried along)."""
+    """Apply ``ornt`` to the last three axes (leading axes, e.g. channels, are carried along).
+
+    Returns a view (transposes and flips only); copy it when a contiguous array is needed.
+    """
     lead = array.ndim - 3
     spatial_first = np.moveaxis(array, list(range(lead)), list(range(3, 3 + lead)))
     out = nib.orientations.apply_orientation(spatial_first, ornt)
-    return np.ascontiguousarray(np.moveaxis(out, list(range(3, 3 + lead)), list(range(lead))))
+    return np.moveaxis(out, list(range(3, 3 + lead)), list(range(lead)))
 
 
 def reoriented_affine(affine: np.ndarray, ornt: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -177,24 +181,12 @@ def spacing_of(affine: np.ndarray) -> list[float]:
 
 # ---- intensities ----
 
-def channel_statistics(image: np.ndarray, mask: np.ndarray) -> list[dict[str, float]]:
-    """Per channel, statistics (float64) of the voxels inside ``mask``."""
-    stats = []
-    for channel in image:
-        values = channel[mask].astype(np.float64)
-        p00_5, p50, p99_5 = np.percentile(values, [0.5, 50, 99.5])
-        stats.append({"voxels": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
-                      "min": float(values.min()), "max": float(values.max()),
-                      "p00_5": float(p00_5), "p50": float(p50), "p99_5": float(p99_5)})
-    return stats
-
-
-def zscore(image: np.ndarray, mask: np.ndarray, means, stds) -> np.ndarray:
-    """(x - mean) / std per channel inside ``mask``, computed in float64; 0 outside. float32."""
-    out = np.zeros(image.shape, dtype=np.float32)
-    for c, (mean, std) in enumerate(zip(means, stds)):
-        out[c][mask] = (image[c][mask].astype(np.float64) - mean) / std
-    return out
+def value_statistics(values: np.ndarray) -> dict[str, float]:
+    """Count, mean, std, min, max and 0.5 / 50 / 99.5 percentiles of 1-D float64 ``values``."""
+    p00_5, p50, p99_5 = np.percentile(values, [0.5, 50, 99.5])
+    return {"voxels": int(values.size), "mean": float(values.mean()), "std": float(values.std()),
+            "min": float(values.min()), "max": float(values.max()),
+            "p00_5": float(p00_5), "p50": float(p50), "p99_5": float(p99_5)}
 
 
 def check_normalised(image: np.ndarray, limit: float, channels=CHANNELS) -> None:
@@ -209,13 +201,21 @@ def check_normalised(image: np.ndarray, limit: float, channels=CHANNELS) -> None
 
 
 def normalise(image: np.ndarray, channels=CHANNELS, limit: float = 1000.0) -> tuple[np.ndarray, list[dict]]:
-    """Z-score each channel over the brain (nonzero in any channel); background stays 0."""
+    """Z-score each channel over the brain (nonzero in any channel); background stays 0.
+
+    Statistics and the arithmetic are float64, the result float32; returns it with each
+    channel's raw statistics over the brain (:func:`value_statistics`).
+    """
     mask = np.any(image != 0, axis=0)
-    stats = channel_statistics(image, mask)
-    for name, s in zip(channels, stats):
+    out = np.zeros(image.shape, dtype=np.float32)
+    stats = []
+    for name, channel, dest in zip(channels, image, out):
+        values = channel[mask].astype(np.float64)
+        s = value_statistics(values)
         if not (np.isfinite(s["std"]) and s["std"] > 0):
             raise ValueError(f"channel {name} is constant ({s['mean']:g}) over the brain; cannot z-score it")
-    out = zscore(image, mask, [s["mean"] for s in stats], [s["std"] for s in stats])
+        dest[mask] = (values - s["mean"]) / s["std"]
+        stats.append(s)
     check_normalised(out, limit, channels)
     return out, stats
 
@@ -230,6 +230,38 @@ def _check_input(image: Image, label: Image | None, channels) -> None:
         raise ValueError(f"label shape {label.array.shape} differs from the image's {image.array.shape[1:]}")
 
 
+def _ras_crop(image: Image, label: Image | None, margin: int):
+    """Reorient to RAS and crop to the brain box: (image, label | None, crop affine, geometry meta)."""
+    spatial = image.array.shape[1:]
+    ornt = orientation_to_ras(image.affine)
+    ras_affine = reoriented_affine(image.affine, ornt, spatial)
+    array = reorient(image.array, ornt)
+    lab = None if label is None else reorient(np.asarray(label.array).astype(np.uint8), ornt)
+    box = brain_box(array, margin, lab)
+    geometry = {
+        "original": {"shape": list(spatial), "affine": image.affine.tolist(),
+                     "orientation": image.orientation, "spacing": spacing_of(image.affine)},
+        "ornt": ornt.tolist(),
+        "ras": {"shape": list(array.shape[1:]), "affine": ras_affine.tolist()},
+        "crop": {"box": [list(b) for b in box], "shape": [hi - lo for lo, hi in box]},
+    }
+    array = np.ascontiguousarray(crop(array, box))
+    lab = None if lab is None else np.ascontiguousarray(crop(lab, box))
+    return array, lab, translated_affine(ras_affine, [lo for lo, _ in box]), geometry
+
+
+def _resample_crop(array: np.ndarray, lab: np.ndarray | None, affine: np.ndarray, target):
+    """Resample to ``target`` spacing (None: unchanged): (image, label, affine, resample meta)."""
+    if target is None:
+        return array, lab, affine, None
+    old_shape = array.shape[1:]
+    new_shape = resampled_shape(old_shape, spacing_of(affine), target)
+    meta = {"from_shape": list(old_shape), "to_shape": list(new_shape), "spacing_before": spacing_of(affine)}
+    array = resample(array, new_shape, order=1)
+    lab = None if lab is None else resample(lab, new_shape, order=0)
+    return array, lab, resampled_affine(affine, old_shape, new_shape), meta
+
+
 def preprocess_case(image: Image, label: Image | None, case: Case, config: PreprocessConfig, *,
                     scheme: LabelScheme | None = None, channels: tuple[str, ...] = CHANNELS,
                     inputs: dict | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -240,41 +272,20 @@ def preprocess_case(image: Image, label: Image | None, case: Case, config: Prepr
     (:func:`glioseg.data.cache.input_digests`), computed here when not given.
     """
     _check_input(image, label, channels)
-    spatial = image.array.shape[1:]
-    ornt = orientation_to_ras(image.affine)
-    ras_affine = reoriented_affine(image.affine, ornt, spatial)
-    array = reorient(image.array, ornt)
-    ras_shape = array.shape[1:]
-    lab = None if label is None else reorient(np.asarray(label.array).astype(np.uint8), ornt)
-    box = brain_box(array, config.crop_margin, lab)
-    array = crop(array, box)
-    lab = None if lab is None else np.ascontiguousarray(crop(lab, box))
-    affine = translated_affine(ras_affine, [lo for lo, _ in box])
-    crop_shape, resampling = array.shape[1:], None
-    if config.target_spacing is not None:
-        new_shape = resampled_shape(crop_shape, spacing_of(affine), config.target_spacing)
-        resampling = {"from_shape": list(crop_shape), "to_shape": list(new_shape),
-                      "spacing_before": spacing_of(affine)}
-        array = resample(array, new_shape, order=1)
-        lab = None if lab is None else resample(lab, new_shape, order=0)
-        affine = resampled_affine(affine, crop_shape, new_shape)
+    array, lab, affine, geometry = _ras_crop(image, label, config.crop_margin)
+    # The crop holds every labelled voxel, so its counts are the original file's.
+    volumes = (region_volumes_ml(lab, scheme, spacing_of(image.affine))
+               if lab is not None and scheme is not None else None)
+    array, lab, affine, resampling = _resample_crop(array, lab, affine, config.target_spacing)
     array, stats = normalise(array, channels, config.max_abs_z)
     meta = {
         "cache_version": cache.CACHE_VERSION, "glioseg_version": __version__,
         "case": case.case_id, "site": case.site, "channels": list(channels),
-        "scheme": scheme.name if scheme else None,
-        "original": {"shape": list(spatial), "affine": image.affine.tolist(),
-                     "orientation": image.orientation, "spacing": spacing_of(image.affine)},
-        "ornt": ornt.tolist(),
-        "ras": {"shape": list(ras_shape), "affine": ras_affine.tolist()},
-        "crop": {"box": [list(b) for b in box], "shape": list(crop_shape)},
-        "resample": resampling,
+        "scheme": scheme.name if scheme else None, **geometry, "resample": resampling,
         "shape": list(array.shape[1:]), "affine": affine.tolist(), "spacing": spacing_of(affine),
         "normalisation": {"method": config.normalisation, "mean": [s["mean"] for s in stats],
                           "std": [s["std"] for s in stats], "voxels": stats[0]["voxels"]},
-        "intensity": dict(zip(channels, stats)),
-        "volumes_ml": (region_volumes_ml(label.array, scheme, spacing_of(image.affine))
-                       if label is not None and scheme is not None else None),
+        "intensity": dict(zip(channels, stats)), "volumes_ml": volumes,
         "inputs": inputs if inputs is not None else cache.input_digests(case),
         "config": config.to_dict(),
     }
@@ -295,7 +306,7 @@ def to_original(volume: np.ndarray, meta: dict, order: int = 0) -> np.ndarray:
     if meta["resample"] is not None:
         volume = resample(volume, tuple(meta["crop"]["shape"]), order)
     volume = uncrop(volume, meta["crop"]["box"], tuple(meta["ras"]["shape"]))
-    return reorient(volume, invert_ornt(np.asarray(meta["ornt"])))
+    return np.ascontiguousarray(reorient(volume, invert_ornt(np.asarray(meta["ornt"]))))
 
 
 # ---- the dataset → cache writer ----
@@ -336,20 +347,20 @@ def _run_cases(dataset: Dataset, out: Path, config: PreprocessConfig, workers: i
                 yield _cache_case(case, *args)
                 bar.update()
             return
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                 initializer=_one_thread_per_worker) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                   initializer=_one_thread_per_worker)
+        try:
             for future in as_completed([pool.submit(_cache_case, case, *args) for case in dataset.cases]):
                 yield future.result()
                 bar.update()
+        except BrokenProcessPool as exc:
+            raise OSError(f"a preprocessing worker died ({exc}), often for lack of memory: rerun with "
+                          f"fewer workers; finished cases are kept") from exc
+        finally:
+            # On Ctrl-C or an error, queued cases are dropped instead of being run to the end.
+            pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
-
-
-def _index(dataset: Dataset, config: PreprocessConfig) -> dict:
-    return {"cache_version": cache.CACHE_VERSION, "glioseg_version": __version__,
-            "format": dataset.format, "source": str(dataset.root), "scheme": dataset.scheme.to_dict(),
-            "channels": list(dataset.channels), "cases": [c.case_id for c in dataset.cases],
-            "sites": {c.case_id: c.site for c in dataset.cases}, "config": config.to_dict()}
 
 
 def preprocess_dataset(dataset: Dataset, out: Path | str, config: PreprocessConfig, workers: int = 0,
@@ -374,17 +385,13 @@ def preprocess_dataset(dataset: Dataset, out: Path | str, config: PreprocessConf
     for case_id, status, seconds, error in _run_cases(dataset, out, config, workers, verify_stream):
         counts[status] += 1
         log.debug("%s: %s in %.2f s", case_id, status, seconds)
-        if error:
-            log.error("%s", error)
-            errors.append(error)
+        errors += [error] if error else []
     log.info("preprocess %s: %d preprocessed, %d up to date (skipped), %d failed",
              out, counts["done"], counts["skipped"], counts["failed"])
     if errors:
-        raise ValueError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix and rerun "
-                         f"to resume): " + "; ".join(errors))
-    metas = [cache.read_json(out / i / cache.META) for i in ids]
-    cache.save_json(out / cache.FINGERPRINT, cache.fingerprint(metas))
-    cache.save_json(out / cache.INDEX, _index(dataset, config))
+        raise ValueError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix them and "
+                         f"rerun to resume):\n  " + "\n  ".join(sorted(errors)))
+    cache.finish(out, dataset, config.to_dict())
     return out
 
 
