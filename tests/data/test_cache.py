@@ -95,7 +95,7 @@ def test_fingerprint_matches_independent_counts(data, tmp_path):
 def test_second_run_skips_everything(data, tmp_path, caplog):
     out = build(data, tmp_path / "cache")
     before = mtimes(out)
-    with caplog.at_level(logging.INFO, logger="glioseg.data.preprocess"):
+    with caplog.at_level(logging.INFO, logger="glioseg"):
         build(data, out)
     assert "0 preprocessed, 3 up to date (skipped), 0 failed" in caplog.text
     after = mtimes(out)
@@ -109,7 +109,7 @@ def test_half_written_case_and_stale_parts_are_redone(data, tmp_path, caplog):
     (victim / "meta.json").unlink()                  # as if killed after image.npy, before meta.json
     (victim / "image.npy").write_bytes(b"garbage")
     (victim / ".part-label.npy.abc123").write_bytes(b"stale")
-    with caplog.at_level(logging.INFO, logger="glioseg.data.preprocess"):
+    with caplog.at_level(logging.INFO, logger="glioseg"):
         build(data, out)
     assert "1 preprocessed, 2 up to date (skipped)" in caplog.text
     after = mtimes(out)
@@ -122,7 +122,7 @@ def test_half_written_case_and_stale_parts_are_redone(data, tmp_path, caplog):
 def test_changed_input_or_config_redoes_the_case(data, tmp_path, caplog):
     out = build(data, tmp_path / "cache")
     write_case(data, CASES[2], seed=99)  # same names, new content
-    with caplog.at_level(logging.INFO, logger="glioseg.data.preprocess"):
+    with caplog.at_level(logging.INFO, logger="glioseg"):
         build(data, out)
         assert "1 preprocessed, 2 up to date" in caplog.text
         build(data, out, PreprocessConfig(crop_margin=1))
