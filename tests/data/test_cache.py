@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import nibabel as nib
@@ -72,6 +73,7 @@ def test_cache_layout_reader_and_index(data, tmp_path):
     assert set(index) >= {"format", "scheme", "channels", "cases", "sites", "config", "glioseg_version"}
     assert index["config"] == PreprocessConfig().to_dict()
     assert not list(out.rglob(".part-*"))
+    assert pickle.loads(pickle.dumps(cache)).case_ids == CASES  # DataLoader workers may be spawned
     with pytest.raises(KeyError, match="not a case of the cache"):
         cache.image("nope")
 
@@ -100,6 +102,14 @@ def test_second_run_skips_everything(data, tmp_path, caplog):
     assert "0 preprocessed, 3 up to date (skipped), 0 failed" in caplog.text
     after = mtimes(out)
     assert {k: v for k, v in after.items() if "/" in k} == {k: v for k, v in before.items() if "/" in k}
+
+
+def test_a_moved_dataset_with_the_same_bytes_stays_current(data, tmp_path, caplog):
+    out = build(data, tmp_path / "cache")
+    moved = data.rename(tmp_path / "moved")
+    with caplog.at_level(logging.INFO, logger="glioseg"):
+        build(moved, out)
+    assert "0 preprocessed, 3 up to date (skipped)" in caplog.text
 
 
 def test_half_written_case_and_stale_parts_are_redone(data, tmp_path, caplog):

@@ -196,6 +196,18 @@ def test_preprocess_case_rejects_wrong_channel_count():
         run(Image(image.array[:3], LPS), label, case)
 
 
+@pytest.mark.parametrize("value, dtype, message", [
+    (256, np.int16, "whole numbers 0..255"), (-1, np.int16, "whole numbers 0..255"),
+    (1.5, np.float32, "whole numbers 0..255"), (3, np.uint8, r"label values \[3\] are not in the brats"),
+])
+def test_preprocess_case_rejects_labels_that_uint8_or_the_scheme_cannot_hold(value, dtype, message):
+    image, label, case = in_memory()
+    bad = label.array.astype(dtype)
+    bad[12, 14, 10] = value
+    with pytest.raises(ValueError, match=message):
+        run(image, Image(bad, LPS), case)
+
+
 def test_to_original_rejects_a_volume_of_another_shape():
     image, label, case = in_memory()
     _, _, meta = run(image, label, case)

@@ -106,13 +106,18 @@ def _npy_shape(path: Path) -> tuple[int, ...] | None:
         return None
 
 
+def _hashes(inputs: dict | None) -> dict[str, str]:
+    """Content hashes by role: a moved or renamed dataset with the same bytes stays current."""
+    return {role: entry["sha256"] for role, entry in (inputs or {}).items()}
+
+
 def is_current(folder: Path, inputs: dict, config: dict, scheme: str) -> bool:
     """Whether ``folder`` holds a complete case made from these inputs with this configuration."""
     try:
         meta = read_json(folder / META)
     except DataError:
         return False
-    same = (meta.get("cache_version") == CACHE_VERSION and meta.get("inputs") == inputs
+    same = (meta.get("cache_version") == CACHE_VERSION and _hashes(meta.get("inputs")) == _hashes(inputs)
             and meta.get("config") == config and meta.get("scheme") == scheme)
     if not same:
         return False

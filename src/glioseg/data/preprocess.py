@@ -216,21 +216,32 @@ def normalise(image: np.ndarray, channels=CHANNELS, limit: float = 1000.0) -> tu
 
 # ---- one case ----
 
-def _check_input(image: Image, label: Image | None, channels) -> None:
+def _checked_inputs(image: Image, label: Image | None, channels, scheme) -> np.ndarray | None:
+    """Check shapes and label values; returns the label as uint8 (None without a label)."""
     if image.array.ndim != 4 or image.array.shape[0] != len(channels):
         raise ValueError(f"image array has shape {image.array.shape}; expected ({len(channels)}, X, Y, Z) "
                          f"for channels {', '.join(channels)}")
-    if label is not None and label.array.shape != image.array.shape[1:]:
+    if label is None:
+        return None
+    if label.array.shape != image.array.shape[1:]:
         raise ValueError(f"label shape {label.array.shape} differs from the image's {image.array.shape[1:]}")
+    lab = np.asarray(label.array).astype(np.uint8)
+    if not np.array_equal(lab, label.array):  # negative, fractional or > 255: astype would wrap or cut
+        raise ValueError(f"label values must be whole numbers 0..255; found {np.unique(label.array)[:10]}")
+    present = np.flatnonzero(np.bincount(lab.ravel(), minlength=256))
+    unexpected = sorted(set(present.tolist()) - (scheme.allowed if scheme else set(range(256))))
+    if unexpected:
+        raise ValueError(f"label values {unexpected} are not in the {scheme.name} scheme's {sorted(scheme.allowed)}")
+    return lab
 
 
-def _ras_crop(image: Image, label: Image | None, margin: int):
+def _ras_crop(image: Image, label: np.ndarray | None, margin: int):
     """Reorient to RAS and crop to the brain box: (image, label | None, crop affine, geometry meta)."""
     spatial = image.array.shape[1:]
     ornt = orientation_to_ras(image.affine)
     ras_affine = reoriented_affine(image.affine, ornt, spatial)
     array = reorient(image.array, ornt)
-    lab = None if label is None else reorient(np.asarray(label.array).astype(np.uint8), ornt)
+    lab = None if label is None else reorient(label, ornt)
     box = brain_box(array, margin, lab)
     geometry = {
         "original": {"shape": list(spatial), "affine": image.affine.tolist(),
@@ -265,8 +276,8 @@ def preprocess_case(image: Image, label: Image | None, case: Case, config: Prepr
     the label convention (and enables region volumes); ``inputs`` are the case's file hashes
     (:func:`glioseg.data.cache.input_digests`), computed here when not given.
     """
-    _check_input(image, label, channels)
-    array, lab, affine, geometry = _ras_crop(image, label, config.crop_margin)
+    label8 = _checked_inputs(image, label, channels, scheme)
+    array, lab, affine, geometry = _ras_crop(image, label8, config.crop_margin)
     # The crop holds every labelled voxel, so its counts are the original file's.
     volumes = (region_volumes_ml(lab, scheme, spacing_of(image.affine))
                if lab is not None and scheme is not None else None)
