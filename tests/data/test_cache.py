@@ -119,9 +119,10 @@ def test_half_written_case_and_stale_parts_are_redone(data, tmp_path, caplog):
     (victim / "meta.json").unlink()                  # as if killed after image.npy, before meta.json
     (victim / "image.npy").write_bytes(b"garbage")
     (victim / ".part-label.npy.abc123").write_bytes(b"stale")
+    (out / CASES[2] / "meta.json").write_text("[]")  # valid JSON, but not a meta this version wrote
     with caplog.at_level(logging.INFO, logger="glioseg"):
         build(data, out)
-    assert "1 preprocessed, 2 up to date (skipped)" in caplog.text
+    assert "2 preprocessed, 1 up to date (skipped)" in caplog.text
     after = mtimes(out)
     assert after[f"{CASES[0]}/meta.json"] == before[f"{CASES[0]}/meta.json"]
     assert after[f"{CASES[1]}/meta.json"] > before[f"{CASES[1]}/meta.json"]

@@ -117,12 +117,14 @@ def is_current(folder: Path, inputs: dict, config: dict, scheme: str) -> bool:
         meta = read_json(folder / META)
     except DataError:
         return False
-    same = (meta.get("cache_version") == CACHE_VERSION and _hashes(meta.get("inputs")) == _hashes(inputs)
-            and meta.get("config") == config and meta.get("scheme") == scheme)
-    if not same:
+    try:
+        same = (meta["cache_version"] == CACHE_VERSION and _hashes(meta["inputs"]) == _hashes(inputs)
+                and meta["config"] == config and meta["scheme"] == scheme)
+        spatial = tuple(meta["shape"])
+        channels = len(meta["channels"])
+    except (KeyError, TypeError):  # not a meta.json this version wrote: make the case again
         return False
-    spatial = tuple(meta["shape"])
-    if _npy_shape(folder / IMAGE) != (len(meta["channels"]), *spatial):
+    if not same or _npy_shape(folder / IMAGE) != (channels, *spatial):
         return False
     return "label" not in inputs or _npy_shape(folder / LABEL) == spatial
 
