@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from glioseg.data.formats import Case, discover
-from glioseg.data.io import Image, load_case
+from glioseg.data.cases import load_case
+from glioseg.data.io import Image
 from glioseg.data.labels import get_scheme, labels_to_regions, region_volumes_ml
 from glioseg.data.preprocess import (
     PreprocessConfig, brain_box, check_normalised, crop, invert_ornt, normalise, orientation_to_ras,

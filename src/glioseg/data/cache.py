@@ -35,7 +35,8 @@ import numpy as np
 from tqdm import tqdm
 
 from glioseg import __version__
-from glioseg.data.io import DataError, atomic_path
+from glioseg.data.errors import DataError
+from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS, LabelScheme
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def _make_and_write(make: Callable, case, inputs: dict, out: Path) -> tuple[str,
         meta["seconds"] = round(time.perf_counter() - start, 3)
         write_case(case_dir(out, case.case_id), image, label, meta)
     except (ValueError, OSError) as exc:
-        # Returned, not raised: exceptions with custom constructors (DataError) do not unpickle.
+        # Returned, not raised: one bad case must not stop the others.
         return case.case_id, time.perf_counter() - start, f"{case.case_id}: {exc}"
     return case.case_id, time.perf_counter() - start, ""
 

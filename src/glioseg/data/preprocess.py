@@ -27,7 +27,8 @@ from glioseg import __version__
 from glioseg.data import cache
 from glioseg.data.cache import Cache, load_cache  # noqa: F401  (re-exported: the cache's public API)
 from glioseg.data.formats import CHANNELS, Case, Dataset, discover
-from glioseg.data.io import Image, load_case
+from glioseg.data.cases import load_case
+from glioseg.data.io import Image
 from glioseg.data.labels import LabelScheme, region_volumes_ml
 
 log = logging.getLogger(__name__)
@@ -329,8 +330,8 @@ def preprocess_dataset(dataset: Dataset, out: Path | str, config: PreprocessConf
     Cases run in ``workers`` processes (0: one per core; 1: in this process); cases whose
     inputs (by content hash) and configuration are unchanged are skipped. If any case fails,
     the others are kept, all failures are reported in one ``ValueError`` and ``cache.json``
-    is not written, so the cache reads as incomplete. ``verify_stream`` reads every gzip
-    stream to its end first (its CRC catches bit rot that nibabel would load silently).
+    is not written, so the cache reads as incomplete. ``verify_stream`` is passed on to
+    :func:`glioseg.data.cases.load_case` (gzip streams read to their end: CRC checked).
     """
     make = partial(_make_case, dataset=dataset, config=config, verify_stream=verify_stream)
     return cache.build(dataset, out, config.to_dict(), make, workers)
