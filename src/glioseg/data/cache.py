@@ -176,6 +176,8 @@ def _one_thread_per_worker() -> None:
 
 
 def _run(make: Callable, todo: list, out: Path, workers: int) -> Iterator[tuple[str, float, str]]:
+    if not todo:
+        return
     bar = tqdm(total=len(todo), unit="case", desc="preprocess")
     try:
         if workers <= 1:
