@@ -68,10 +68,11 @@ class CountingModel(torch.nn.Module):
 
 def _read_case(case_dir: Path, bundle):
     from glioseg.data import preprocess
+    from glioseg.data.cases import load_case
     from glioseg.inference.inputs import from_path
 
     (item,) = from_path(case_dir, bundle.channels, None)
-    image, _ = preprocess.load_case(item.case, item.dataset)
+    image, _ = load_case(item.case, item.dataset)
     array, _, meta = preprocess.preprocess_case(image, None, item.case, bundle.preprocess_config(),
                                                 channels=bundle.channels, inputs={})
     return item, image, array, meta

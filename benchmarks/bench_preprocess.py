@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/bench_preprocess.py [DATA] [--workers 1 2] [--spacing X Y Z]
 
-DATA defaults to <repo>/../shared/data/brats18. Each worker count builds a fresh cache in a
+DATA defaults to $GLIOSEG_SHARED_DATA/brats18 or <repo>/../shared/data/brats18. Each worker count builds a fresh cache in a
 temporary folder, then runs again over it (every case up to date: hashing only). Per-case
 seconds are measured inside the worker (read + verify gzip + preprocess + write; ``meta.json``
 field ``seconds``); wall s/case is the throughput of the whole run.
@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def default_data() -> Path:
-    for shared in (REPO.parent / "shared", REPO.parent.parent / "shared"):
-        if (shared / "data" / "brats18").is_dir():
-            return shared / "data" / "brats18"
-    return REPO.parent / "shared" / "data" / "brats18"
+    """$GLIOSEG_SHARED_DATA/brats18, else <repo>/../shared/data/brats18 (or one level up, from a worktree)."""
+    candidates = [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"]
+    if os.environ.get("GLIOSEG_SHARED_DATA"):
+        candidates.insert(0, Path(os.environ["GLIOSEG_SHARED_DATA"]))
+    return next((c / "brats18" for c in candidates if (c / "brats18").is_dir()), candidates[-1] / "brats18")
 
 
 def measure(data: Path, workers: int, config: PreprocessConfig) -> dict:

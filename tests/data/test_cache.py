@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +13,7 @@ import pytest
 from glioseg import cli
 from glioseg.data import cache as cache_mod
 from glioseg.data.formats import discover
-from glioseg.data.io import DataError
+from glioseg.data.errors import DataError
 from glioseg.data.labels import get_scheme, region_volumes_ml
 from glioseg.data.preprocess import PreprocessConfig, load_cache, preprocess_dataset, to_original
 
@@ -72,6 +73,7 @@ def test_cache_layout_reader_and_index(data, tmp_path):
     assert set(index) >= {"format", "scheme", "channels", "cases", "sites", "config", "glioseg_version"}
     assert index["config"] == PreprocessConfig().to_dict()
     assert not list(out.rglob(".part-*"))
+    assert pickle.loads(pickle.dumps(cache)).case_ids == CASES  # DataLoader workers may be spawned
     with pytest.raises(KeyError, match="not a case of the cache"):
         cache.image("nope")
 
@@ -95,11 +97,19 @@ def test_fingerprint_matches_independent_counts(data, tmp_path):
 def test_second_run_skips_everything(data, tmp_path, caplog):
     out = build(data, tmp_path / "cache")
     before = mtimes(out)
-    with caplog.at_level(logging.INFO, logger="glioseg.data.preprocess"):
+    with caplog.at_level(logging.INFO, logger="glioseg"):
         build(data, out)
     assert "0 preprocessed, 3 up to date (skipped), 0 failed" in caplog.text
     after = mtimes(out)
     assert {k: v for k, v in after.items() if "/" in k} == {k: v for k, v in before.items() if "/" in k}
+
+
+def test_a_moved_dataset_with_the_same_bytes_stays_current(data, tmp_path, caplog):
+    out = build(data, tmp_path / "cache")
+    moved = data.rename(tmp_path / "moved")
+    with caplog.at_level(logging.INFO, logger="glioseg"):
+        build(moved, out)
+    assert "0 preprocessed, 3 up to date (skipped)" in caplog.text
 
 
 def test_half_written_case_and_stale_parts_are_redone(data, tmp_path, caplog):
@@ -109,9 +119,10 @@ def test_half_written_case_and_stale_parts_are_redone(data, tmp_path, caplog):
     (victim / "meta.json").unlink()                  # as if killed after image.npy, before meta.json
     (victim / "image.npy").write_bytes(b"garbage")
     (victim / ".part-label.npy.abc123").write_bytes(b"stale")
-    with caplog.at_level(logging.INFO, logger="glioseg.data.preprocess"):
+    (out / CASES[2] / "meta.json").write_text("[]")  # valid JSON, but not a meta this version wrote
+    with caplog.at_level(logging.INFO, logger="glioseg"):
         build(data, out)
-    assert "1 preprocessed, 2 up to date (skipped)" in caplog.text
+    assert "2 preprocessed, 1 up to date (skipped)" in caplog.text
     after = mtimes(out)
     assert after[f"{CASES[0]}/meta.json"] == before[f"{CASES[0]}/meta.json"]
     assert after[f"{CASES[1]}/meta.json"] > before[f"{CASES[1]}/meta.json"]
@@ -122,7 +133,7 @@ def test_half_written_case_and_stale_parts_are_redone(data, tmp_path, caplog):
 def test_changed_input_or_config_redoes_the_case(data, tmp_path, caplog):
     out = build(data, tmp_path / "cache")
     write_case(data, CASES[2], seed=99)  # same names, new content
-    with caplog.at_level(logging.INFO, logger="glioseg.data.preprocess"):
+    with caplog.at_level(logging.INFO, logger="glioseg"):
         build(data, out)
         assert "1 preprocessed, 2 up to date" in caplog.text
         build(data, out, PreprocessConfig(crop_margin=1))
@@ -154,7 +165,8 @@ def test_a_bad_case_fails_clearly_and_the_rest_is_kept(data, tmp_path):
     label[0, 0, 0] = 3
     nib.save(nib.Nifti1Image(label, LPS), bad)
     out = tmp_path / "cache"
-    with pytest.raises(ValueError, match=rf"(?s)1 of 3 cases failed .*{CASES[1]}: .*label values \[3\]"):
+    expected = rf"(?s)1 of 3 cases failed .*{CASES[1]}: .*_seg.nii.gz: label values not in the brats scheme: 3"
+    with pytest.raises(ValueError, match=expected):
         build(data, out)
     assert (out / CASES[0] / "meta.json").exists() and not (out / CASES[1] / "meta.json").exists()
     with pytest.raises(DataError, match="incomplete"):

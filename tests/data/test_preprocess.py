@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from glioseg.data.formats import Case, discover
-from glioseg.data.io import Image, load_case
+from glioseg.data.cases import load_case
+from glioseg.data.io import Image
 from glioseg.data.labels import get_scheme, labels_to_regions, region_volumes_ml
 from glioseg.data.preprocess import (
     PreprocessConfig, brain_box, check_normalised, crop, invert_ornt, normalise, orientation_to_ras,
@@ -17,11 +18,6 @@ from glioseg.data.preprocess import (
 )
 
 BRATS = get_scheme("brats")
-REPO = Path(__file__).resolve().parents[2]
-# <repo>/../shared/data; a worktree under <main>/../wt/NAME sits one level deeper.
-SHARED = next((p for p in (REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data")
-               if (p / "brats18").is_dir()), None)
-realdata = pytest.mark.realdata
 
 LPS = np.array([[-1.0, 0, 0, 23], [0, -1.0, 0, 27], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 # Array axes (i, j, k) point to world (S, L, A) with 1.2 / 0.9 / 1.5 mm voxels: a permutation with flips.
@@ -196,6 +192,18 @@ def test_preprocess_case_rejects_wrong_channel_count():
         run(Image(image.array[:3], LPS), label, case)
 
 
+@pytest.mark.parametrize("value, dtype, message", [
+    (256, np.int16, "whole numbers 0..255"), (-1, np.int16, "whole numbers 0..255"),
+    (1.5, np.float32, "whole numbers 0..255"), (3, np.uint8, r"label values \[3\] are not in the brats"),
+])
+def test_preprocess_case_rejects_labels_that_uint8_or_the_scheme_cannot_hold(value, dtype, message):
+    image, label, case = in_memory()
+    bad = label.array.astype(dtype)
+    bad[12, 14, 10] = value
+    with pytest.raises(ValueError, match=message):
+        run(image, Image(bad, LPS), case)
+
+
 def test_to_original_rejects_a_volume_of_another_shape():
     image, label, case = in_memory()
     _, _, meta = run(image, label, case)
@@ -235,11 +243,10 @@ def test_round_trip_with_resampling_restores_geometry(tmp_path):
     assert to_original(array, meta, order=1).shape == image.array.shape
 
 
-@realdata
-@pytest.mark.skipif(SHARED is None, reason="real data not found at <repo>/../shared/data/brats18")
+@pytest.mark.realdata
 @pytest.mark.parametrize("case_id", ["Brats18_2013_20_1", "Brats18_TCIA10_637_1"])
-def test_real_lps_label_round_trip_is_bit_for_bit(case_id):
-    dataset = discover(SHARED / "brats18")
+def test_real_lps_label_round_trip_is_bit_for_bit(shared_data, case_id):
+    dataset = discover(shared_data / "brats18")
     case = next(c for c in dataset.cases if c.case_id == case_id)
     image, label = load_case(case, dataset)
     array, lab, meta = preprocess_case(image, label, case, PreprocessConfig(), scheme=dataset.scheme)

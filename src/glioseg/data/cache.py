@@ -1,4 +1,7 @@
-"""The preprocessed cache on disk: atomic writers, resumability checks, fingerprint, reader.
+"""The preprocessed cache on disk: layout, resumable parallel build, fingerprint, reader.
+
+What goes into a case is :mod:`glioseg.data.preprocess`'s business; this module only knows
+how cases are stored, when one is up to date, and how to (re)make the stale ones in parallel.
 
 Layout (``CACHE_VERSION`` 1)::
 
@@ -16,15 +19,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
+import sys
+import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from glioseg import __version__
-from glioseg.data.io import DataError, atomic_path
+from glioseg.data.errors import DataError
+from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS, LabelScheme
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 INDEX, FINGERPRINT = "cache.json", "fingerprint.json"
@@ -92,18 +107,25 @@ def _npy_shape(path: Path) -> tuple[int, ...] | None:
         return None
 
 
+def _hashes(inputs: dict | None) -> dict[str, str]:
+    """Content hashes by role: a moved or renamed dataset with the same bytes stays current."""
+    return {role: entry["sha256"] for role, entry in (inputs or {}).items()}
+
+
 def is_current(folder: Path, inputs: dict, config: dict, scheme: str) -> bool:
     """Whether ``folder`` holds a complete case made from these inputs with this configuration."""
     try:
         meta = read_json(folder / META)
     except DataError:
         return False
-    same = (meta.get("cache_version") == CACHE_VERSION and meta.get("inputs") == inputs
-            and meta.get("config") == config and meta.get("scheme") == scheme)
-    if not same:
+    try:
+        same = (meta["cache_version"] == CACHE_VERSION and _hashes(meta["inputs"]) == _hashes(inputs)
+                and meta["config"] == config and meta["scheme"] == scheme)
+        spatial = tuple(meta["shape"])
+        channels = len(meta["channels"])
+    except (KeyError, TypeError):  # not a meta.json this version wrote: make the case again
         return False
-    spatial = tuple(meta["shape"])
-    if _npy_shape(folder / IMAGE) != (len(meta["channels"]), *spatial):
+    if not same or _npy_shape(folder / IMAGE) != (channels, *spatial):
         return False
     return "label" not in inputs or _npy_shape(folder / LABEL) == spatial
 
@@ -119,6 +141,98 @@ def write_case(folder: Path, image: np.ndarray, label: np.ndarray | None, meta: 
     else:
         save_npy(folder / LABEL, label)
     save_json(folder / META, meta)
+
+
+# ---- bringing a cache up to date ----
+
+def _check(case, out: Path, config: dict, scheme: str) -> tuple[object, dict | None, str]:
+    """(case, its input hashes if it must be (re)made, None if it is current, error message)."""
+    try:
+        folder = case_dir(out, case.case_id)
+        clean_parts(folder)
+        inputs = input_digests(case)
+        return case, (None if is_current(folder, inputs, config, scheme) else inputs), ""
+    except (ValueError, OSError) as exc:
+        return case, None, f"{case.case_id}: {exc}"
+
+
+def _make_and_write(make: Callable, case, inputs: dict, out: Path) -> tuple[str, float, str]:
+    """Run ``make(case, inputs) -> (image, label, meta)`` and write it; (case id, seconds, error)."""
+    start = time.perf_counter()
+    try:
+        image, label, meta = make(case, inputs)
+        meta["seconds"] = round(time.perf_counter() - start, 3)
+        write_case(case_dir(out, case.case_id), image, label, meta)
+    except (ValueError, OSError) as exc:
+        # Returned, not raised: one bad case must not stop the others.
+        return case.case_id, time.perf_counter() - start, f"{case.case_id}: {exc}"
+    return case.case_id, time.perf_counter() - start, ""
+
+
+def _one_thread_per_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _run(make: Callable, todo: list, out: Path, workers: int) -> Iterator[tuple[str, float, str]]:
+    if not todo:
+        return
+    bar = tqdm(total=len(todo), unit="case", desc="preprocess")
+    try:
+        if workers <= 1:
+            for case, inputs in todo:
+                yield _make_and_write(make, case, inputs, out)
+                bar.update()
+            return
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                   initializer=_one_thread_per_worker)
+        try:
+            for future in as_completed([pool.submit(_make_and_write, make, c, i, out) for c, i in todo]):
+                yield future.result()
+                bar.update()
+        except BrokenProcessPool as exc:
+            raise OSError(f"a preprocessing worker died ({exc}), often for lack of memory: rerun with "
+                          f"fewer workers; finished cases are kept") from exc
+        finally:
+            # On Ctrl-C or an error, queued cases are dropped instead of being run to the end.
+            pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        bar.close()
+
+
+def build(dataset, out: Path | str, config: dict, make: Callable, workers: int = 0) -> Path:
+    """Bring the cache at ``out`` up to date for ``dataset``; ``make(case, inputs)`` makes one case.
+
+    Up-to-date checks (content hashes) run in threads here; stale cases run in ``workers``
+    processes (0: one per core; 1: in this process), so a resume that finds nothing to do
+    starts no process. ``make`` must be picklable (a module-level function or a partial).
+    """
+    out = Path(out)
+    if dataset.root.is_dir() and out.resolve().is_relative_to(dataset.root.resolve()):
+        raise ValueError(f"{out}: the cache must not be inside the dataset folder {dataset.root}")
+    ids = [c.case_id for c in dataset.cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{dataset.root}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX).unlink(missing_ok=True)  # incomplete until every case is current again
+    workers = min(workers or os.cpu_count() or 1, len(ids))
+    with ThreadPoolExecutor(workers) as threads:  # hashlib releases the GIL on large blocks
+        checks = list(threads.map(lambda c: _check(c, out, config, dataset.scheme.name), dataset.cases))
+    unchecked = [error for _, _, error in checks if error]
+    todo = [(case, inputs) for case, inputs, error in checks if inputs is not None]
+    failed = []
+    for case_id, seconds, error in _run(make, todo, out, min(workers, len(todo))):
+        log.debug("%s: %s in %.2f s", case_id, "failed" if error else "done", seconds)
+        failed += [error] if error else []
+    errors = unchecked + failed
+    log.info("preprocess %s: %d preprocessed, %d up to date (skipped), %d failed",
+             out, len(todo) - len(failed), len(ids) - len(todo) - len(unchecked), len(errors))
+    if errors:
+        raise ValueError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix them and "
+                         f"rerun to resume):\n  " + "\n  ".join(sorted(errors)))
+    finish(out, dataset, config)
+    return out
 
 
 def _summary(values) -> dict[str, float]:

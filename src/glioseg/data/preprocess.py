@@ -16,24 +16,19 @@ volumes go back trilinearly.
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, fields
-from multiprocessing import get_context
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from tqdm import tqdm
 
 from glioseg import __version__
 from glioseg.data import cache
 from glioseg.data.cache import Cache, load_cache  # noqa: F401  (re-exported: the cache's public API)
 from glioseg.data.formats import CHANNELS, Case, Dataset, discover
-from glioseg.data.io import Image, load_case
+from glioseg.data.cases import load_case
+from glioseg.data.io import Image
 from glioseg.data.labels import LabelScheme, region_volumes_ml
 
 log = logging.getLogger(__name__)
@@ -222,21 +217,32 @@ def normalise(image: np.ndarray, channels=CHANNELS, limit: float = 1000.0) -> tu
 
 # ---- one case ----
 
-def _check_input(image: Image, label: Image | None, channels) -> None:
+def _checked_inputs(image: Image, label: Image | None, channels, scheme) -> np.ndarray | None:
+    """Check shapes and label values; returns the label as uint8 (None without a label)."""
     if image.array.ndim != 4 or image.array.shape[0] != len(channels):
         raise ValueError(f"image array has shape {image.array.shape}; expected ({len(channels)}, X, Y, Z) "
                          f"for channels {', '.join(channels)}")
-    if label is not None and label.array.shape != image.array.shape[1:]:
+    if label is None:
+        return None
+    if label.array.shape != image.array.shape[1:]:
         raise ValueError(f"label shape {label.array.shape} differs from the image's {image.array.shape[1:]}")
+    lab = np.asarray(label.array).astype(np.uint8)
+    if not np.array_equal(lab, label.array):  # negative, fractional or > 255: astype would wrap or cut
+        raise ValueError(f"label values must be whole numbers 0..255; found {np.unique(label.array)[:10]}")
+    present = np.flatnonzero(np.bincount(lab.ravel(), minlength=256))
+    unexpected = sorted(set(present.tolist()) - (scheme.allowed if scheme else set(range(256))))
+    if unexpected:
+        raise ValueError(f"label values {unexpected} are not in the {scheme.name} scheme's {sorted(scheme.allowed)}")
+    return lab
 
 
-def _ras_crop(image: Image, label: Image | None, margin: int):
+def _ras_crop(image: Image, label: np.ndarray | None, margin: int):
     """Reorient to RAS and crop to the brain box: (image, label | None, crop affine, geometry meta)."""
     spatial = image.array.shape[1:]
     ornt = orientation_to_ras(image.affine)
     ras_affine = reoriented_affine(image.affine, ornt, spatial)
     array = reorient(image.array, ornt)
-    lab = None if label is None else reorient(np.asarray(label.array).astype(np.uint8), ornt)
+    lab = None if label is None else reorient(label, ornt)
     box = brain_box(array, margin, lab)
     geometry = {
         "original": {"shape": list(spatial), "affine": image.affine.tolist(),
@@ -271,8 +277,8 @@ def preprocess_case(image: Image, label: Image | None, case: Case, config: Prepr
     the label convention (and enables region volumes); ``inputs`` are the case's file hashes
     (:func:`glioseg.data.cache.input_digests`), computed here when not given.
     """
-    _check_input(image, label, channels)
-    array, lab, affine, geometry = _ras_crop(image, label, config.crop_margin)
+    label8 = _checked_inputs(image, label, channels, scheme)
+    array, lab, affine, geometry = _ras_crop(image, label8, config.crop_margin)
     # The crop holds every labelled voxel, so its counts are the original file's.
     volumes = (region_volumes_ml(lab, scheme, spacing_of(image.affine))
                if lab is not None and scheme is not None else None)
@@ -311,88 +317,24 @@ def to_original(volume: np.ndarray, meta: dict, order: int = 0) -> np.ndarray:
 
 # ---- the dataset → cache writer ----
 
-def _cache_case(case: Case, dataset: Dataset, out: Path, config: PreprocessConfig,
-                verify_stream: bool) -> tuple[str, str, float, str]:
-    """Bring ``out/<case>`` up to date; returns (case id, "done"|"skipped"|"failed", seconds, error)."""
-    start = time.perf_counter()
-    try:
-        folder = cache.case_dir(out, case.case_id)
-        cache.clean_parts(folder)
-        inputs = cache.input_digests(case)
-        if cache.is_current(folder, inputs, config.to_dict(), dataset.scheme.name):
-            return case.case_id, "skipped", time.perf_counter() - start, ""
-        image, label = load_case(case, dataset, verify_stream=verify_stream)
-        array, lab, meta = preprocess_case(image, label, case, config, scheme=dataset.scheme,
-                                           channels=dataset.channels, inputs=inputs)
-        meta["seconds"] = round(time.perf_counter() - start, 3)
-        cache.write_case(folder, array, lab, meta)
-    except (ValueError, OSError) as exc:
-        # Returned, not raised: exceptions with custom constructors (DataError) do not unpickle.
-        return case.case_id, "failed", time.perf_counter() - start, f"{case.case_id}: {exc}"
-    return case.case_id, "done", time.perf_counter() - start, ""
-
-
-def _one_thread_per_worker() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-
-
-def _run_cases(dataset: Dataset, out: Path, config: PreprocessConfig, workers: int, verify_stream: bool):
-    bar = tqdm(total=len(dataset.cases), unit="case", desc="preprocess")
-    args = (dataset, out, config, verify_stream)
-    try:
-        if workers <= 1:
-            for case in dataset.cases:
-                yield _cache_case(case, *args)
-                bar.update()
-            return
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                   initializer=_one_thread_per_worker)
-        try:
-            for future in as_completed([pool.submit(_cache_case, case, *args) for case in dataset.cases]):
-                yield future.result()
-                bar.update()
-        except BrokenProcessPool as exc:
-            raise OSError(f"a preprocessing worker died ({exc}), often for lack of memory: rerun with "
-                          f"fewer workers; finished cases are kept") from exc
-        finally:
-            # On Ctrl-C or an error, queued cases are dropped instead of being run to the end.
-            pool.shutdown(wait=True, cancel_futures=True)
-    finally:
-        bar.close()
+def _make_case(case: Case, inputs: dict, dataset: Dataset, config: PreprocessConfig, verify_stream: bool):
+    image, label = load_case(case, dataset, verify_stream=verify_stream)
+    return preprocess_case(image, label, case, config, scheme=dataset.scheme, channels=dataset.channels,
+                           inputs=inputs)
 
 
 def preprocess_dataset(dataset: Dataset, out: Path | str, config: PreprocessConfig, workers: int = 0,
                        verify_stream: bool = True) -> Path:
     """Write (or bring up to date) the cache of ``dataset`` at ``out``; returns ``out``.
 
-    Cases run in ``workers`` processes (0: one per core; 1: in this process). Up-to-date cases
-    are skipped. If any case fails, the others are kept, every failure is reported in one
-    ``ValueError`` and ``cache.json`` is not written, so the cache reads as incomplete.
+    Cases run in ``workers`` processes (0: one per core; 1: in this process); cases whose
+    inputs (by content hash) and configuration are unchanged are skipped. If any case fails,
+    the others are kept, all failures are reported in one ``ValueError`` and ``cache.json``
+    is not written, so the cache reads as incomplete. ``verify_stream`` is passed on to
+    :func:`glioseg.data.cases.load_case` (gzip streams read to their end: CRC checked).
     """
-    out = Path(out)
-    if dataset.root.is_dir() and out.resolve().is_relative_to(dataset.root.resolve()):
-        raise ValueError(f"{out}: the cache must not be inside the dataset folder {dataset.root}")
-    ids = [c.case_id for c in dataset.cases]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{dataset.root}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / cache.INDEX).unlink(missing_ok=True)  # incomplete until every case is current again
-    workers = min(workers or os.cpu_count() or 1, len(ids))
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    errors = []
-    for case_id, status, seconds, error in _run_cases(dataset, out, config, workers, verify_stream):
-        counts[status] += 1
-        log.debug("%s: %s in %.2f s", case_id, status, seconds)
-        errors += [error] if error else []
-    log.info("preprocess %s: %d preprocessed, %d up to date (skipped), %d failed",
-             out, counts["done"], counts["skipped"], counts["failed"])
-    if errors:
-        raise ValueError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix them and "
-                         f"rerun to resume):\n  " + "\n  ".join(sorted(errors)))
-    cache.finish(out, dataset, config.to_dict())
-    return out
+    make = partial(_make_case, dataset=dataset, config=config, verify_stream=verify_stream)
+    return cache.build(dataset, out, config.to_dict(), make, workers)
 
 
 def run_cli(args) -> int:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from glioseg import __version__
 from glioseg.data import preprocess
+from glioseg.data.cases import load_case
 from glioseg.data.labels import region_volumes_ml, regions_to_labels
 from glioseg.inference import writer
 from glioseg.inference.bundle import file_sha256
@@ -85,7 +86,7 @@ def predict_case(item: CaseInput, predictor: Predictor, out: Path, options: Outp
     """Predict one case and write its outputs and sidecar; returns the sidecar record."""
     case, bundle = item.case, predictor.bundle
     times = {"start": time.perf_counter()}
-    image, _ = preprocess.load_case(case, item.dataset)
+    image, _ = load_case(case, item.dataset)
     times["load"] = time.perf_counter()
     array, _, meta = preprocess.preprocess_case(image, None, case, bundle.preprocess_config(),
                                                 channels=item.dataset.channels, inputs=digests)
