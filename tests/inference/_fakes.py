@@ -1,4 +1,4 @@
-"""Synthetic cases on disk and stand-in networks for the inference tests.
+"""Synthetic cases on disk, stand-in networks and a tiny real network for the inference tests.
 
 The synthetic tumour is encoded in the intensities (FLAIR bright in WT, T1ce in TC, T2 in ET), so
 a pointwise "network" thresholding the z-scored channels reproduces the reference label exactly:
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 
 from glioseg.data.formats import CHANNELS
@@ -18,11 +17,6 @@ from glioseg.data.preprocess import PreprocessConfig
 from glioseg.inference.bundle import ModelBundle
 
 REPO = Path(__file__).resolve().parents[2]
-# <repo>/../shared/data; a worktree under <main>/../wt/NAME sits one level deeper.
-SHARED = next((p for p in (REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data")
-               if (p / "brats18").is_dir()), None)
-needs_realdata = pytest.mark.skipif(SHARED is None, reason="../shared/data/brats18 (real BraTS cases) is absent")
-
 LPS = np.array([[-1.0, 0, 0, 40], [0, -1.0, 0, 35], [0, 0, 1.0, -5], [0, 0, 0, 1]])
 # Array axes (i, j, k) point to world (S, L, A) with 1.2 / 0.9 / 1.5 mm voxels: a permutation with flips.
 PERMUTED = np.array([[0, -0.9, 0, 30], [0, 0, 1.5, -20], [1.2, 0, 0, -10], [0, 0, 0, 1]])
@@ -98,6 +92,13 @@ def threshold_logits(x: torch.Tensor) -> torch.Tensor:
     return 20.0 * (x[:, [0, 2, 3]] - 1.0)
 
 
-@pytest.fixture
-def pointwise() -> FakeNetwork:
-    return FakeNetwork(threshold_logits)
+def tiny_bundle(seed: int = 0) -> ModelBundle:
+    """A real registered network, as small as it goes: SegResNet with 8 initial filters."""
+    from glioseg.inference.bundle import bundle_from_model
+    from glioseg.models.registry import create
+
+    torch.manual_seed(seed)
+    model = create("segresnet", in_channels=4, out_channels=3, init_filters=8)
+    return bundle_from_model(model, "segresnet", options={"init_filters": 8}, target="regions", scheme="brats",
+                             preprocess=PreprocessConfig().to_dict(), patch_size=(16, 16, 16),
+                             site_index={"TCIA01": 0})

@@ -9,21 +9,10 @@ import zipfile
 import pytest
 import torch
 
-from conftest import make_bundle
-from glioseg.data.preprocess import PreprocessConfig
-from glioseg.inference.bundle import ModelBundle, bundle_from_model, file_sha256, load_bundle
+from glioseg.inference.bundle import ModelBundle, file_sha256, load_bundle
 from glioseg.inference.export import write_released
 from glioseg.training.checkpoint import save_checkpoint, sidecar_path
-
-
-def tiny_bundle(seed: int = 0) -> ModelBundle:
-    from glioseg.models.registry import create
-
-    torch.manual_seed(seed)
-    model = create("segresnet", in_channels=4, out_channels=3, init_filters=8)
-    return bundle_from_model(model, "segresnet", options={"init_filters": 8}, target="regions", scheme="brats",
-                             preprocess=PreprocessConfig().to_dict(), patch_size=(16, 16, 16),
-                             site_index={"TCIA01": 0})
+from ._fakes import make_bundle, tiny_bundle
 
 
 def _outputs(bundle: ModelBundle) -> torch.Tensor:

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from test_bundle import tiny_bundle
 from glioseg.cli import main
 from glioseg.inference.bundle import load_bundle
 from glioseg.inference.export import OnnxNetwork, export_onnx, export_torchscript
 from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork
 from glioseg.training.checkpoint import save_checkpoint
+from ._fakes import LPS, tiny_bundle, write_case
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +88,6 @@ def test_export_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_predict_cli_runs_onnx_like_the_checkpoint(onnx_export, tmp_path):
-    import nibabel as nib
-
-    from conftest import LPS, write_case
-
     bundle, path, _ = onnx_export
     folder, _ = write_case(tmp_path / "data", LPS)
     ckpt = save_checkpoint(tmp_path / "last.pt", {"bundle": bundle.to_state()})

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LPS, write_case
 from glioseg.data.formats import CHANNELS
 from glioseg.inference import inputs
+from ._fakes import LPS, write_case
 
 
 def test_dataset_folder_and_case_folder_give_the_same_case(tmp_path):

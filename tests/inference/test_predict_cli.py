@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import LPS, PERMUTED, REPO, SHARED, needs_realdata, write_case
-from test_bundle import tiny_bundle
 from glioseg.cli import main
 from glioseg.data.formats import CHANNELS
 from glioseg.inference.bundle import file_sha256
 from glioseg.training.checkpoint import save_checkpoint
+from ._fakes import LPS, PERMUTED, REPO, tiny_bundle, write_case
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +64,8 @@ def test_ensemble_in_the_documented_argument_order(tmp_path, checkpoints):
 
 
 @pytest.mark.realdata
-@needs_realdata
-def test_real_lps_case_lands_on_its_input(tmp_path, checkpoints):
-    case = SHARED / "brats18" / "Brats18_TCIA03_265_1"
+def test_real_lps_case_lands_on_its_input(tmp_path, shared_data, checkpoints):
+    case = shared_data / "brats18" / "Brats18_TCIA03_265_1"
     out = tmp_path / "out"
     assert main(["predict", str(case), "--checkpoint", str(checkpoints[0]), "--out", str(out)]) == 0
     labels = _check_output(out / f"{case.name}.nii.gz", case / f"{case.name}_flair.nii.gz")

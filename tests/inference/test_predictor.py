@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FakeNetwork, make_bundle, threshold_logits
 from glioseg.inference.predictor import (FLIPS, PredictConfig, Predictor, RunStats, normalised_entropy,
                                          region_probabilities, to_regions, window_logits, window_size)
+from ._fakes import FakeNetwork, make_bundle, threshold_logits
 
 
 def _image(shape=(4, 30, 26, 22), seed=0) -> np.ndarray:
