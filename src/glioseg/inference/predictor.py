@@ -193,10 +193,13 @@ def window_logits(network, image: torch.Tensor, config: PredictConfig, site_id: 
     tried = []
     for sw_batch, roi, stitch in _attempts(config, window, patch):
         tried.append((sw_batch, roi, stitch))
+        counted = (stats.windows, stats.fp32_reruns)
         try:
             out = sliding_window_inference(image.to(stitch), roi, sw_batch, guard, overlap=config.overlap,
                                            mode="gaussian", sw_device=config.device, device=stitch)
         except torch.OutOfMemoryError:
+            # Only CUDA raises this; a failed CPU allocation is a RuntimeError and is not retried.
+            stats.windows, stats.fp32_reruns = counted
             stats.oom_retries += 1
             log.warning("out of memory with window %s, sw_batch_size %d, stitching on %s; retrying smaller",
                         list(roi), sw_batch, stitch)
