@@ -58,7 +58,7 @@ class _WithIds(torch.nn.Module):
 
 def _exportable(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
     takes_ids = "ids" in inspect.signature(model.forward).parameters
-    return (_WithIds(model) if takes_ids else model), takes_ids
+    return (_WithIds(model).eval() if takes_ids else model), takes_ids
 
 
 def _example(bundle: ModelBundle, roi, takes_ids: bool, batch: int = 2, seed: int = 0) -> tuple:
