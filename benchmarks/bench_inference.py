@@ -19,10 +19,10 @@ does) and differ only in where the network runs:
 Agreement is Dice per region of each pipeline's labels against the recipe's. With random
 weights (no ``--checkpoint``) the network's output is a function of its input, so agreement
 between pipelines still measures the pipelines; but a nearly empty or nearly full region makes it
-trivial, so the table prints each region's size in the recipe's prediction. GFLOP/s counts the
-FLOPs of the windows actually run (torch's FlopCounterMode on meta tensors) over the inference
-time, against a big fp32 Conv3d measured here. Other processes may share the cores: times are
-upper bounds.
+trivial, so the table prints each region's size in the recipe's prediction. GFLOP/s is the FLOPs
+of the windows actually run (counted during the timed run by torch.utils.flop_counter:
+convolutions and matrix products, not norms or activations) over the inference time, against a
+big fp32 Conv3d measured here. Other processes may share the cores: times are upper bounds.
 """
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ def default_case() -> Path:
 # ---- the worker: one pipeline in its own process ----
 
 class CountingModel(torch.nn.Module):
-    """Counts the window shapes the network sees (for the FLOP count)."""
+    """Counts the window shapes the network sees."""
 
-    def __init__(self, model, site_id=None):
+    def __init__(self, model):
         super().__init__()
         self.model, self.shapes = model, Counter()
 
@@ -91,23 +91,9 @@ def _recipe_probabilities(model, array: np.ndarray, meta: dict) -> np.ndarray:
     return preprocess.crop(probs, meta["crop"]["box"])  # back to cache space for the shared mapping
 
 
-def _flops(bundle, shapes: Counter) -> float:
+def worker(args) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from glioseg.models.registry import create
-
-    with torch.device("meta"):
-        model = create(bundle.model, in_channels=bundle.in_channels, out_channels=bundle.out_channels,
-                       **bundle.options).eval()
-    total = 0.0
-    for shape, count in shapes.items():
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.empty(shape, device="meta"))
-        total += counter.get_total_flops() * count
-    return total
-
-
-def worker(args) -> None:
     from glioseg.data import preprocess
     from glioseg.data.labels import regions_to_labels
     from glioseg.inference.bundle import load_bundle
@@ -125,18 +111,20 @@ def worker(args) -> None:
     if args.worker == "idle":
         print(json.dumps({"total": t_pre - start}))
         return
-    if args.worker == "recipe":
-        probs = _recipe_probabilities(counting, array, meta)
-    else:
-        window, overlap = ("box", 0.5) if args.worker == "glioseg" else ("patch", float(args.worker.split("-")[1]))
-        probs, _ = Predictor([network], PredictConfig(window=window, overlap=overlap)).probabilities(array)
+    # The counter sees each operator call, not each element: its cost is negligible next to 3D convolutions.
+    with FlopCounterMode(display=False) as counter:
+        if args.worker == "recipe":
+            probs = _recipe_probabilities(counting, array, meta)
+        else:
+            window, overlap = ("box", 0.5) if args.worker == "glioseg" else ("patch", float(args.worker.split("-")[1]))
+            probs, _ = Predictor([network], PredictConfig(window=window, overlap=overlap)).probabilities(array)
     t_inf = time.perf_counter()
     label = preprocess.to_original(regions_to_labels(probs > 0.5, item.scheme), meta, order=0)
     t_post = time.perf_counter()
     np.save(args.out, label)
     print(json.dumps({"read_preprocess": t_pre - start, "inference": t_inf - t_pre, "postprocess": t_post - t_inf,
                       "total": t_post - start, "windows": sum(counting.shapes.values()),
-                      "window": list(next(iter(counting.shapes))[2:]), "flops": _flops(bundle, counting.shapes),
+                      "window": list(next(iter(counting.shapes))[2:]), "flops": counter.get_total_flops(),
                       "box": [hi - lo for lo, hi in meta["crop"]["box"]]}))
 
 
