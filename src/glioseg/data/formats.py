@@ -22,7 +22,8 @@ FORMAT_SCHEME = {"msd": "msd", "brats": "brats", "brats2023": "brats2023", "mani
 BRATS_SUFFIX = {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"}
 BRATS2023_SUFFIX = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
 MSD_MODALITIES = {"flair": "flair", "t1w": "t1", "t1gd": "t1ce", "t2w": "t2"}
-_BRATS18_SITE = re.compile(r"^Brats1[78]_(?P<site>[A-Za-z0-9]+)_")
+# BraTS 2017/2018 names carry the institution; glioseg's phantoms (Phantom_SITEA_001) mimic that.
+_BRATS18_SITE = re.compile(r"^(?:Brats1[78]|Phantom)_(?P<site>[A-Za-z0-9]+)_")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class Dataset:
 
 
 def site_from_case_id(case_id: str) -> str | None:
-    """The institution in a BraTS 2017/2018 case name (``Brats18_TCIA01_201_1`` → ``TCIA01``)."""
+    """The institution in a BraTS 2017/2018 case name (``Brats18_TCIA01_201_1`` → ``TCIA01``),
+    or the synthetic site of a glioseg phantom (``Phantom_SITEA_001`` → ``SITEA``)."""
     match = _BRATS18_SITE.match(case_id)
     return match.group("site") if match else None
 
