@@ -202,6 +202,18 @@ def test_loader_with_two_workers_yields_the_batches_of_zero_workers(volumes):
     assert parallel.persistent_workers and parallel.pin_memory == torch.cuda.is_available()
 
 
+def test_loader_over_a_subset_keeps_the_datasets_items(volumes):
+    """A Subset (rest of an epoch after resume, one rank's share) yields exactly those items."""
+    ds = _dataset(volumes, augment=AugmentConfig(), samples_per_epoch=9)
+    ds.set_epoch(4)
+    batches = list(make_loader(torch.utils.data.Subset(ds, [7, 2, 5]), batch_size=2, workers=1))
+    assert [len(b["case"]) for b in batches] == [2, 1]
+    images = torch.cat([b["image"] for b in batches])
+    assert all(torch.equal(images[k], ds[i]["image"]) for k, i in enumerate([7, 2, 5]))
+    with pytest.raises(ValueError, match="PatchDataset or a Subset"):
+        make_loader(torch.utils.data.TensorDataset(torch.zeros(3)), batch_size=1)
+
+
 def test_pickling_sends_memmaps_by_reference(tmp_path, volumes):
     np.save(tmp_path / "image.npy", volumes[0].image)
     np.save(tmp_path / "label.npy", volumes[0].label)

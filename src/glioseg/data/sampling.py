@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from glioseg.data.augment import AugmentConfig, AugmentPlan, apply_plan, config_from_dict, read_shape, sample_plan
 from glioseg.data.labels import LabelScheme, get_scheme, labels_to_classes, labels_to_regions
@@ -262,18 +262,20 @@ class PatchDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields ``(epoch, i)`` for the dataset's current epoch, read when iteration starts (in the
-    main process), so persistent workers follow :meth:`PatchDataset.set_epoch`."""
+    """Yields ``(epoch, i)`` for ``indices`` (default: the whole epoch) with the dataset's epoch
+    read when iteration starts (in the main process), so persistent workers follow
+    :meth:`PatchDataset.set_epoch`."""
 
-    def __init__(self, dataset: PatchDataset):
+    def __init__(self, dataset: PatchDataset, indices: Sequence[int] | None = None):
         self.dataset = dataset
+        self.indices = list(range(len(dataset)) if indices is None else indices)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.indices)
 
     def __iter__(self):
         epoch = self.dataset.epoch
-        return iter([(epoch, i) for i in range(len(self.dataset))])
+        return iter([(epoch, int(i)) for i in self.indices])
 
 
 def _worker_init(worker_id: int) -> None:
@@ -281,14 +283,21 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: PatchDataset, batch_size: int, workers: int = 1, *, pin_memory: bool | None = None,
-                prefetch_factor: int = 2, drop_last: bool = False, multiprocessing_context=None) -> DataLoader:
-    """A DataLoader over ``dataset`` in index order (items are already random) with persistent
+def make_loader(dataset: PatchDataset | Subset, batch_size: int, workers: int = 1, *,
+                pin_memory: bool | None = None, prefetch_factor: int = 2, drop_last: bool = False,
+                multiprocessing_context=None) -> DataLoader:
+    """A DataLoader over a :class:`PatchDataset` (or a ``Subset`` of one: e.g. the rest of an epoch
+    on resume, or one rank's share) in index order (items are already random), with persistent
     workers; memory is pinned only when CUDA is available (unless ``pin_memory`` says otherwise)."""
     if batch_size < 1 or workers < 0:
         raise ValueError(f"make_loader: batch_size must be >= 1 and workers >= 0; got {batch_size}, {workers}")
+    indices = None
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, dataset.indices
+    if not isinstance(dataset, PatchDataset):
+        raise ValueError(f"make_loader needs a PatchDataset or a Subset of one; got {type(dataset).__name__}")
     extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True,
              "multiprocessing_context": multiprocessing_context} if workers > 0 else {}
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(dataset), num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(dataset, indices), num_workers=workers,
                       pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                       drop_last=drop_last, worker_init_fn=_worker_init if workers > 0 else None, **extra)
