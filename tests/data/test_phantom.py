@@ -155,3 +155,18 @@ def test_template_brain_overlaps_real_brats_brains_in_the_same_grid():
     brain = real.array > 0
     dice = 2 * (brain & template.brain).sum() / (brain.sum() + template.brain.sum())
     assert dice > 0.85, f"template brain vs {path.name}: Dice {dice:.3f} (orientation flipped?)"
+
+
+def test_bias_field_is_smooth_with_the_requested_strength():
+    field = phantom.bias_field(np.random.default_rng(0), (40, 44, 36), strength=0.2)
+    log = np.log(field)
+    assert field.dtype == np.float32 and (field > 0).all()
+    assert abs(float(log.mean())) < 1e-3  # no global scale: that is the site's
+    assert 0.17 < float(log.std()) < 0.23
+    for axis in range(3):  # smooth: the slope barely changes from one voxel to the next
+        assert np.abs(np.diff(log, n=2, axis=axis)).max() < 0.02
+
+
+def test_template_arrays_cannot_be_changed_through_a_case(cases):
+    with pytest.raises(ValueError):
+        cases[0].tissue[0, 0, 0] = 3

@@ -3,8 +3,9 @@
 The default follows the MONAI SegResNet BraTS recipe (tutorial ``brats_segmentation_3d``):
 ``RandFlipd(prob=0.5)`` on each of the three axes, ``RandScaleIntensityd(factors=0.1, prob=1.0)``
 (v ← v·(1+f), f ~ U(−0.1, 0.1)) and ``RandShiftIntensityd(offsets=0.1, prob=1.0)`` (v ← v+o,
-o ~ U(−0.1, 0.1)), applied after z-scoring. The recipe draws one factor and one offset for all
-channels; ``channel_wise=True`` draws one per channel. Small rotations and isotropic scaling are
+o ~ U(−0.1, 0.1)), applied after z-scoring to every voxel of the patch, background included, as
+the recipe does. The recipe draws one factor and one offset for all channels (MONAI's default
+``channel_wise=False``); ``channel_wise=True`` draws one per channel. Small rotations and isotropic scaling are
 options (off by default). A plan is drawn before the patch is read, because rotating or shrinking
 needs a larger region of the volume (:func:`read_shape`) to fill the patch without empty corners.
 """

@@ -147,6 +147,8 @@ def load_template(shape: tuple[int, int, int] = BRATS_SHAPE) -> Template:
     affine = brats_affine(shape)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     depth = ndimage.distance_transform_edt(brain, sampling=spacing).astype(np.float32)
+    for array in (t1, brain, tissue, anchors, depth, affine):
+        array.flags.writeable = False  # shared by every case drawn from this cached template
     return Template(t1, brain, tissue, anchors, depth, affine)
 
 
