@@ -122,6 +122,14 @@ def test_auto_stays_in_fp32_when_low_precision_is_slower():
     assert {r.precision for r in results} == {"fp32"} and switches(ctrl) == []
 
 
+def test_auto_with_fp32_as_the_only_candidate_times_nothing():
+    run = Run()
+    ctrl = auto(run, {"fp32": 1.0}, candidates=("fp32",))
+    assert ctrl.probe_calls == [] and ctrl.probe_result["target"] == "fp32"
+    assert "not timed" in ctrl.events[0]["reason"]
+    assert json.dumps(ctrl.summary(), allow_nan=False)
+
+
 def test_auto_moves_to_the_fastest_after_warm_up():
     run = Run()
     ctrl = auto(run, {"fp32": 1.0, "bf16": 0.6, "fp16": 0.5})
@@ -177,14 +185,15 @@ def test_persistent_fp16_overflow_is_a_scale_collapse_and_falls_back():
     ctrl = auto(run, {"fp32": 1.0, "bf16": 0.6, "fp16": 0.5})
     run.train(ctrl, 20)
     # gradients overflow while the loss stays finite: GradScaler alone would halve forever
+    limit = ctrl.config.max_scaler_skips
     hook = run.model[0].weight.register_hook(lambda grad: grad * math.inf)
-    results = run.train(ctrl, 8)
+    results = run.train(ctrl, limit)
     hook.remove()
-    signals = [(e["from"], e["to"], e["signal"]) for e in ctrl.events[-8:]]
-    assert signals[:-1] == [("fp16", "fp16", "fp16_overflow")] * 7
+    signals = [(e["from"], e["to"], e["signal"]) for e in ctrl.events[-limit:]]
+    assert signals[:-1] == [("fp16", "fp16", "fp16_overflow")] * (limit - 1)
     assert signals[-1] == ("fp16", "bf16", "scale_collapse")
     assert all(r.skipped for r in results) and finite(run)
-    assert results[-1].scale == 2.0 ** 16 / 2 ** 7
+    assert results[-1].scale == 2.0 ** 16 / 2 ** (limit - 1)
 
 
 def test_loss_scaled_up_beyond_fp16_falls_back_and_training_continues():
@@ -315,7 +324,7 @@ def test_instability_on_another_rank_switches_this_one():
     assert result.next_precision == "bf16" and other["calls"] == calls + 1
 
 
-def test_probe_restores_rng_and_buffers():
+def test_real_probe_on_a_tiny_conv_net_restores_rng_and_buffers():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3, padding=1), torch.nn.BatchNorm3d(4),
                                 torch.nn.ReLU(), torch.nn.Conv3d(4, 1, 1))

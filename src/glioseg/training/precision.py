@@ -25,8 +25,11 @@ Every decision is an event dict ``{step, from, to, signal, value, reason, time}`
 values (``torch.load(weights_only=True)``), the GradScaler and the events included.
 
 Distributed: pass ``reduce_flag=lambda f: any_rank(f, info, device)`` (an OR over ranks). The
-controller then makes every decision jointly; it calls ``reduce_flag`` at the same points
-on every rank (each ``auto`` step, every ``calm_steps`` steps, and in the probe).
+controller then makes every decision jointly (an instability on any rank switches all); it
+calls ``reduce_flag`` at the same points on every rank: each step while above fp32, at the
+promotion checks (every ``calm_steps`` steps when a faster level is open), and in the probe.
+Pass the same ``model`` (DDP-wrapped or not) on every rank; the gradients it measures are the
+all-reduced ones, so skipping a non-finite step needs no extra agreement.
 
 Usage (trainer)::
 
@@ -194,6 +197,8 @@ class PrecisionController:
             return {}
         if self.probe_result is not None:
             return self.probe_result
+        if self._candidates == ("fp32",):
+            return self._set_probe({"fp32": math.nan}, {"fp32": "the only candidate; not timed"})
         rng = capture_rng_state()
         buffers = ({name: b.detach().clone() for name, b in model.named_buffers()}
                    if model is not None else {})
@@ -209,12 +214,15 @@ class PrecisionController:
                     for name, buffer in model.named_buffers():
                         buffer.copy_(buffers[name])
                 model.zero_grad(set_to_none=True)
+        return self._set_probe(times, notes)
+
+    def _set_probe(self, times: dict[str, float], notes: dict[str, str]) -> dict:
         target, levels = rank_precisions(times, self.config.min_speedup, self._reduce)
         self.ladder = Ladder(levels)
         self.probe_result = {"times": times, "notes": notes, "target": target, "ladder": levels}
-        speedup = times["fp32"] / times[target]
-        measured = ", ".join(f"{p} {t:.3g} s/step" + (f" ({notes[p]})" if p in notes else "")
-                             for p, t in times.items())
+        speedup = 1.0 if target == "fp32" else times["fp32"] / times[target]
+        measured = ", ".join(p + (f" {t:.3g} s/step" if math.isfinite(t) else "")
+                             + (f" ({notes[p]})" if p in notes else "") for p, t in times.items())
         verdict = (f"target {target}, {speedup:.2f}x fp32" if target != "fp32" else
                    "target fp32: no lower precision is faster than fp32 on this device")
         self._emit("fp32", "fp32", "probe", speedup,
@@ -290,13 +298,15 @@ class PrecisionController:
         calm = (signals.ready and signal is None and not overflow
                 and abs(signals.curvature_z) <= cfg.curvature_z)
         self._calm_run = self._calm_run + 1 if calm else 0
-        unstable = signal is not None
-        if cfg.policy == "auto":
-            unstable = self._reduce(unstable)
-            if unstable and signal is None:
+        # only a level that can fall back needs the ranks' agreement (fixed policies have a
+        # single level); whether to skip a non-finite step is already the same everywhere,
+        # since the gradients are all-reduced before they are measured
+        fallback = False
+        if not self.ladder.at_bottom:
+            fallback = self._reduce(signal is not None)
+            if fallback and signal is None:
                 signal, value = "other_rank", 1.0
-        fallback = unstable and not self.ladder.at_bottom and cfg.policy == "auto"
-        if overflow and not fallback:   # fixed fp16: the scaler's own skip, or its collapse
+        if overflow and not fallback:   # GradScaler's own skip, or its collapse at the bottom
             signal, value = ("scale_collapse", next_scale) if collapsed else ("fp16_overflow", scale)
         return _Verdict(skip=not finite or fallback, fallback=fallback, signal=signal, value=value)
 

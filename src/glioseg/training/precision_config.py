@@ -33,7 +33,7 @@ class PrecisionConfig:
     smoothing: float = 0.1          # EMA weight of the smoothed loss
     init_scale: float = 2.0 ** 16   # GradScaler start scale (fp16)
     scale_floor: float = 1.0        # fp16 loss scale below this = collapse
-    max_scaler_skips: int = 8       # consecutive fp16 overflow skips = collapse
+    max_scaler_skips: int = 12      # consecutive fp16 overflow skips = collapse (2**16 -> 16)
     max_grad_norm: float | None = None   # clip to this global norm (None: no clipping)
     probe_warmup: int = 1
     probe_steps: int = 3
