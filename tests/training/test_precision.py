@@ -438,3 +438,61 @@ def test_ladder_backs_off_exponentially():
     assert ladder.fail(step=300, cooldown=10, max_failures=3) is None
     assert ladder.given_up == ["fp16"] and ladder.promotion_target(10**9) is None
     assert Ladder.from_state(_save_load(ladder.state_dict())).state_dict() == ladder.state_dict()
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from glioseg.training.distributed import DistInfo, any_rank
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    torch.set_num_threads(1)
+    run = Run(data_seed=1 + rank)   # each rank its own shard
+    net = DistributedDataParallel(run.model)
+    info, device, clock = DistInfo(rank, world, 0), torch.device("cpu"), FakeClock()
+    ctrl = PrecisionController(PrecisionConfig(**FAST), device, clock=clock,
+                               reduce_flag=lambda flag: any_rank(flag, info, device))
+    # rank 1 measures fp16 as slow: no rank may pick it
+    speeds = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.5 if rank == 0 else 2.0}
+
+    def step(precision: str | None) -> torch.Tensor:
+        rows = slice(run.index % 32 * 8, run.index % 32 * 8 + 8)
+        with ctrl.autocast(precision):
+            out = net(run.x[rows])
+        return torch.nn.functional.mse_loss(out.float(), run.y[rows])
+
+    def probe_step(precision: str) -> None:
+        clock.now += speeds[precision]
+        step(precision).backward()
+        run.model.zero_grad(set_to_none=True)
+
+    ctrl.probe(probe_step)
+    precisions = []
+    for i in range(30):
+        loss = step(None)
+        if rank == 1 and i == 25:   # a loss spike on one rank only (gradients unchanged)
+            loss = loss + 1e3 * loss.detach()
+        precisions.append(ctrl.step(loss, run.model, run.optimizer).precision)
+        run.index += 1
+    result = {"precisions": precisions, "switches": switches(ctrl),
+              "weights": [p.detach().sum().item() for p in run.model.parameters()]}
+    with open(f"{out}/{rank}.json", "w") as fh:
+        json.dump(result, fh)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_gloo_ranks_agree_on_every_decision(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    first, second = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert first["precisions"] == second["precisions"]
+    assert [s[:3] for s in first["switches"]] == [s[:3] for s in second["switches"]]
+    assert first["weights"] == second["weights"]
+    assert {p for p in first["precisions"]} == {"fp32", "bf16"}   # fp16 excluded by rank 1
+    assert [26, "bf16", "fp32", "other_rank"] in first["switches"]
+    assert [26, "bf16", "fp32", "loss_spike"] in second["switches"]
