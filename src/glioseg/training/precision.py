@@ -129,6 +129,7 @@ class PrecisionController:
         self._started: float | None = None
         self._last_end: float | None = None
         self._bookkeeping = 0.0   # seconds spent in step() outside backward and optimizer.step
+        self._params: tuple[torch.nn.Module, list[torch.nn.Parameter]] | None = None
 
     @classmethod
     def from_options(cls, policy: str, device: torch.device | str,
@@ -235,7 +236,9 @@ class PrecisionController:
         """Backward (scaled under fp16), judge the signals, update or skip, choose the next level.
 
         ``loss``: a float32 scalar from the forward run under :meth:`autocast`. ``model``:
-        the module whose parameters' gradients are measured (and clipped). ``cases``: the
+        the module whose parameters' gradients are measured, clipped and cleared (its
+        parameter list is read on the first step with this model object and reused, so
+        add no parameters during training). ``cases``: the
         batch's case ids, named by :class:`NonFiniteTrainingError` if training must stop.
         Gradients are cleared on return, whether the update was applied or skipped.
         """
@@ -253,7 +256,8 @@ class PrecisionController:
         else:
             loss.backward()
         started = self._clock()
-        params = [p for p in model.parameters() if p.grad is not None]
+        all_params = self._parameters(model)
+        params = [p for p in all_params if p.grad is not None]
         norm = (torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
                 if params else torch.zeros((), device=loss.device))
         # the step's one device sync: every signal is computed from these two numbers
@@ -269,13 +273,21 @@ class PrecisionController:
             paused = self._clock()
             optimizer.step()
             started += self._clock() - paused
-        model.zero_grad(set_to_none=True)
+        for param in all_params:
+            param.grad = None
         if scaler is not None:
             scaler.update()
         self._account(precision, verdict, started)
         event = self._decide(precision, verdict, scale, cases)
         return StepResult(verdict.skip, precision, self.precision, loss_value, grad_norm,
                           scale, event)
+
+    def _parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The model's parameters, listed once per model object: walking the module tree
+        every step would cost more than all the signals together."""
+        if self._params is None or self._params[0] is not model:
+            self._params = (model, list(model.parameters()))
+        return self._params[1]
 
     def _judge(self, precision: str, loss: float, grad_norm: float, scale: float) -> _Verdict:
         cfg = self.config
