@@ -1,0 +1,307 @@
+"""Checkpoints that survive crashes, full disks and tampering.
+
+Files for a checkpoint ``run/last.pt``:
+
+- ``last.pt``            the state, a zip-format ``torch.save`` archive, loadable on its own
+                         with ``torch.load(weights_only=True)``;
+- ``last.pt.sha256``     its SHA-256 in ``sha256sum`` format (``<hex>  last.pt``), so
+                         ``sha256sum -c last.pt.sha256`` works too;
+- ``last.pt.prev`` and ``last.pt.prev.sha256``  the previous good checkpoint.
+
+:func:`save_checkpoint` checks that the state holds only tensors and plain Python values,
+serialises it in memory, writes a ``.part-`` temp file in the same folder, fsyncs it, reads it
+back and compares the hash, then renames. The order of the renames keeps at least one of
+``last.pt`` / ``last.pt.prev`` valid at every instant, so a SIGKILL at any point loses at most
+the checkpoint being written; ``load_checkpoint(path, allow_previous=True)`` falls back to the
+previous one. A full disk raises ``OSError(ENOSPC, "disk full at <dir> ...")`` and removes
+the temp files; the existing checkpoints are untouched.
+
+:func:`load_checkpoint` checks the SHA-256 before unpickling anything, refuses legacy
+(non-zip) pickles and TorchScript archives, and loads with ``torch.load(weights_only=True)``.
+Every refusal is a :class:`CheckpointError` (a ``ValueError``) naming the file.
+
+Usage (trainer)::
+
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "precision": ctrl.state_dict(), "rng": capture_rng_state(gens), "epoch": epoch}
+    save_checkpoint(run / "last.pt", state)
+    ...
+    state = load_checkpoint(run / "last.pt", allow_previous=True)
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Exact types (not subclasses: a namedtuple or IntEnum pickles by class and would then fail
+# under weights_only=True) that torch.load(weights_only=True) accepts.
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, bytearray,
+            torch.dtype, torch.device, torch.Size)
+_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_MAPPINGS = (dict, collections.OrderedDict)
+_SEQUENCES = (list, tuple, set)
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be written or trusted. ``str()`` reads ``<path>: <problem>``."""
+
+    def __init__(self, path: Path | str, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+def sidecar_path(path: Path | str) -> Path:
+    """``<name>.sha256`` beside the checkpoint."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def previous_path(path: Path | str) -> Path:
+    """``<name>.prev``: the checkpoint before the latest one."""
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+def validate_state(state: Any, where: str = "state") -> None:
+    """Raise ValueError naming the first value a weights-only load would refuse.
+
+    Allowed: tensors, None, bool, int, float, complex, str, bytes, torch dtype/device/Size,
+    and dict / OrderedDict / list / tuple / set of those (keys included).
+    """
+    kind = type(state)
+    if kind in _SCALARS or kind in _TENSORS:
+        return
+    if kind in _MAPPINGS:
+        for key, value in state.items():
+            validate_state(key, f"{where} key {key!r}")
+            validate_state(value, f"{where}[{key!r}]")
+        return
+    if kind in _SEQUENCES:
+        for index, value in enumerate(state):
+            validate_state(value, f"{where}[{index}]")
+        return
+    raise ValueError(f"{where}: a {kind.__module__}.{kind.__qualname__} cannot be stored in a "
+                     "checkpoint (only tensors and plain Python values load with "
+                     "weights_only=True); convert it, e.g. torch.from_numpy(a), "
+                     "float(x), str(path), .tolist()")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write and fsync; the single place that touches the disk (tests inject ENOSPC here)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sidecar_text(digest: str, name: str) -> bytes:
+    return f"{digest}  {name}\n".encode()
+
+
+def _read_sidecar(path: Path) -> str:
+    side = sidecar_path(path)
+    try:
+        text = side.read_text().split()
+    except FileNotFoundError:
+        raise CheckpointError(path, f"no SHA-256 file {side.name} beside it; refusing an "
+                                    "unverified checkpoint") from None
+    if not text or len(text[0]) != 64:
+        raise CheckpointError(path, f"{side.name} does not hold a SHA-256 (found {text[:1]})")
+    return text[0].lower()
+
+
+def _is_valid(path: Path) -> bool:
+    try:
+        return path.exists() and file_sha256(path) == _read_sidecar(path)
+    except (OSError, CheckpointError):
+        return False
+
+
+def _temp_path(final: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".part-{final.name}.", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _remove_stale_parts(final: Path) -> None:
+    """A run killed mid-write leaves ``.part-`` files; they are never valid, drop them."""
+    for stale in final.parent.glob(f".part-{final.name}.*"):
+        stale.unlink(missing_ok=True)
+
+
+def _serialise(path: Path, state: Mapping) -> bytes:
+    validate_state(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    try:
+        torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # any failure here means the file could never be resumed from
+        raise CheckpointError(path, f"state does not reload with weights_only=True: {exc}")
+    return data
+
+
+def _write_verified(final: Path, data: bytes, digest: str) -> tuple[Path, Path]:
+    """Write data and sidecar to temp files; return them once both are on disk and verified."""
+    tmp_data, tmp_side = _temp_path(final), _temp_path(sidecar_path(final))
+    try:
+        _write_bytes(tmp_data, data)
+        if file_sha256(tmp_data) != digest:
+            raise CheckpointError(final, "read-back SHA-256 differs from the written bytes "
+                                         "(storage error); previous checkpoint kept")
+        _write_bytes(tmp_side, _sidecar_text(digest, final.name))
+    except BaseException:
+        tmp_data.unlink(missing_ok=True)
+        tmp_side.unlink(missing_ok=True)
+        raise
+    return tmp_data, tmp_side
+
+
+def _keep_previous(final: Path) -> None:
+    """Make ``<name>.prev`` a copy of the current checkpoint without a moment without one.
+
+    A hard link (no extra space) under a temp name, renamed over ``.prev``; the sidecar goes
+    first, so a crash in between leaves ``.prev`` invalid but ``final`` intact.
+    """
+    if not _is_valid(final):
+        if final.exists():
+            log.warning("%s fails its SHA-256 check; not keeping it as %s", final,
+                        previous_path(final).name)
+        return
+    prev = previous_path(final)
+    tmp_side = _temp_path(sidecar_path(prev))
+    tmp_link = _temp_path(prev)
+    try:
+        _write_bytes(tmp_side, _sidecar_text(_read_sidecar(final), prev.name))
+        tmp_link.unlink()
+        try:
+            os.link(final, tmp_link)
+        except OSError:  # file systems without hard links
+            _write_bytes(tmp_link, final.read_bytes())
+        os.replace(tmp_side, sidecar_path(prev))
+        os.replace(tmp_link, prev)
+    finally:
+        tmp_side.unlink(missing_ok=True)
+        tmp_link.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` atomically to ``path`` with a SHA-256 sidecar; keep the previous one.
+
+    Raises ValueError (naming the key path) for a value weights_only loading would refuse,
+    and ``OSError(ENOSPC)`` "disk full at <dir>" with nothing changed when the disk is full.
+    Returns the final path.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    data = _serialise(final, state)
+    digest = hashlib.sha256(data).hexdigest()
+    _remove_stale_parts(final)
+    _remove_stale_parts(sidecar_path(final))
+    try:
+        tmp_data, tmp_side = _write_verified(final, data, digest)
+        try:
+            _keep_previous(final)
+            os.replace(tmp_data, final)
+            os.replace(tmp_side, sidecar_path(final))
+            _fsync_dir(final.parent)
+        finally:
+            tmp_data.unlink(missing_ok=True)
+            tmp_side.unlink(missing_ok=True)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"disk full at {final.parent}: checkpoint "
+                                        f"{final.name} not written; the previous checkpoint "
+                                        "is kept and no temp files are left") from exc
+        raise
+    log.debug("checkpoint %s written (%d bytes, sha256 %s)", final, len(data), digest[:12])
+    return final
+
+
+def _check_format(path: Path, data: bytes) -> None:
+    if not data.startswith(_ZIP_MAGIC):
+        kind = "a legacy (non-zip) pickle" if data[:1] == b"\x80" else "not a torch archive"
+        raise CheckpointError(path, f"{kind}; only zip-format torch.save checkpoints are "
+                                    "loaded (re-save it with a current torch)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(path, f"damaged zip archive: {exc}") from None
+    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        raise CheckpointError(path, "a TorchScript archive, not a checkpoint; refusing to load "
+                                    "code from it")
+
+
+def _load_verified(path: Path, map_location: Any) -> dict:
+    if not path.is_file():
+        raise CheckpointError(path, "checkpoint not found")
+    expected = _read_sidecar(path)
+    data = path.read_bytes()
+    found = hashlib.sha256(data).hexdigest()
+    if found != expected:
+        raise CheckpointError(path, f"SHA-256 mismatch: file is {found[:16]}..., "
+                                    f"{sidecar_path(path).name} says {expected[:16]}... "
+                                    "(corrupted or modified)")
+    _check_format(path, data)
+    try:
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location=map_location)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(path, f"refused by torch.load(weights_only=True): {first}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"holds a {type(state).__name__}, expected a dict")
+    return state
+
+
+def load_checkpoint(path: Path | str, *, map_location: Any = "cpu",
+                    allow_previous: bool = False) -> dict:
+    """Verify the SHA-256 of ``path`` and load it with ``torch.load(weights_only=True)``.
+
+    With ``allow_previous=True`` a missing or failing checkpoint falls back to
+    ``<name>.prev`` (logged as a warning); the error of the newest one is raised when
+    neither loads.
+    """
+    path = Path(path)
+    try:
+        return _load_verified(path, map_location)
+    except CheckpointError as newest:
+        prev = previous_path(path)
+        if not allow_previous or not prev.exists():
+            raise
+        try:
+            state = _load_verified(prev, map_location)
+        except CheckpointError:
+            raise newest from None
+        log.warning("%s; resumed from the previous checkpoint %s instead", newest, prev.name)
+        return state
