@@ -110,12 +110,51 @@ def _add_train(sub) -> None:
     p.set_defaults(func="glioseg.training.command:run_cli")
 
 
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="segment cases and write label maps in the input's geometry")
+    p.add_argument("input", nargs="*", type=Path, metavar="INPUT",
+                   help="dataset folder (any layout), case folder, or manifest; or use --flair ... --case-id")
+    p.add_argument("--checkpoint", nargs="+", type=Path, metavar="CKPT",
+                   help="training checkpoint(s) .pt, released .safetensors/.json or .onnx; several are "
+                        "an ensemble (probabilities averaged)")
+    p.add_argument("--onnx", nargs="+", type=Path, metavar="FILE", help="ONNX model(s) run with onnxruntime")
+    p.add_argument("--out", type=Path, required=True, help="output folder: <case>.nii.gz + <case>.json")
+    for channel in ("flair", "t1", "t1ce", "t2"):
+        p.add_argument(f"--{channel}", type=Path, metavar="FILE", help=f"the {channel} image of one case")
+    p.add_argument("--case-id", help="name of the case given by modality files")
+    p.add_argument("--scheme", choices=("msd", "brats", "brats2023", "brats2013"),
+                   help="label convention to write (default: the input dataset's; for modality files "
+                        "the model's)")
+    p.add_argument("--roi", nargs="+", metavar="SIZE",
+                   help="window: 'box' (default: one window over the brain box), 'patch' (the training "
+                        "patch), or X Y Z")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap when several windows are needed")
+    p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--probabilities", action="store_true", help="also write WT/TC/ET probabilities (4-D)")
+    p.add_argument("--uncertainty", action="store_true", help="also write a normalised entropy map")
+    p.set_defaults(func="glioseg.inference.predictor:run_cli")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors + JSON")
+    p.add_argument("checkpoint", type=Path, help="training checkpoint .pt (or released .safetensors)")
+    p.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), required=True)
+    p.add_argument("--out", type=Path, required=True, help="output file (.onnx, .ts.pt, .safetensors)")
+    p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="window size of the exported graph (default: the training patch)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed difference to PyTorch")
+    p.set_defaults(func="glioseg.inference.export:run_cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glioseg", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_phantom, _add_verify, _add_preprocess, _add_models, _add_train,
-                _add_evaluate, _add_report):
+                _add_evaluate, _add_report, _add_predict, _add_export):
         add(sub)
     return parser
 
