@@ -51,6 +51,8 @@ def _add_phantom(sub) -> None:
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered networks with parameters and FLOPs")
     p.add_argument("--patch", type=int, nargs=3, default=[96, 96, 96], metavar=("X", "Y", "Z"))
+    p.add_argument("--out-channels", type=int, default=3,
+                   help="output channels (3: WT/TC/ET regions; 4: the DALight-3D paper's classes)")
     p.add_argument("--json", type=Path)
     p.set_defaults(func="glioseg.models.registry:run_cli")
 

@@ -33,7 +33,8 @@ CHANNEL_ALIASES = {
     "t2f": "flair", "t2-flair": "flair", "t1n": "t1", "t1c": "t1ce",
 }
 MANIFEST_KEYS = ("case", *CHANNELS, "label", "site")
-_BRATS_SITE = re.compile(r"^Brats1[789]_(?P<site>[A-Za-z0-9]+)_", re.IGNORECASE)
+# BraTS 2017-2019 names carry the institution; glioseg's phantoms (Phantom_SITEA_001) mimic that.
+_BRATS_SITE = re.compile(r"^(?:Brats1[789]|Phantom)_(?P<site>[A-Za-z0-9]+)_", re.IGNORECASE)
 _NOT_SITES = {"training", "validation", "testing"}
 
 
@@ -72,7 +73,8 @@ class Dataset:
 
 
 def site_from_case_id(case_id: str) -> str | None:
-    """The institution in a BraTS 2017–2019 case name (``Brats18_TCIA01_201_1`` → ``TCIA01``)."""
+    """The institution in a BraTS 2017–2019 case name (``Brats18_TCIA01_201_1`` → ``TCIA01``),
+    or the synthetic site of a glioseg phantom (``Phantom_SITEA_001`` → ``SITEA``)."""
     match = _BRATS_SITE.match(case_id)
     if match is None or match.group("site").lower() in _NOT_SITES:
         return None
