@@ -43,6 +43,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = ("recipe", "glioseg", "patch-0.5", "patch-0.25")
 RECIPE_ROI = (240, 240, 160)
+# Training patches of the shipped recipes (src/glioseg/recipes/*.yaml), used with random weights.
+RECIPE_PATCH = {"segresnet": (128, 128, 128), "dalight3d": (64, 64, 64)}
 
 
 def default_case() -> Path:
@@ -223,7 +225,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", nargs="+", type=Path, default=[],
                         help="trained checkpoints / released weights to use instead of random weights")
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
-    parser.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], help="training patch (random weights)")
+    parser.add_argument("--patch", type=int, nargs=3,
+                        help="training patch for random weights (default: the model's shipped recipe)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -241,7 +244,8 @@ def main() -> None:
           f"bf16: {'native' if bf16_native() else 'not native on this CPU (AVX2 only): skipped'}")
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         tmp = Path(tmp)
-        files = args.checkpoint or [make_weights(m, tmp, args.seed, tuple(args.patch)) for m in args.models]
+        patch = {m: tuple(args.patch or RECIPE_PATCH.get(m, (128, 128, 128))) for m in args.models}
+        files = args.checkpoint or [make_weights(m, tmp, args.seed, patch[m]) for m in args.models]
         for model_file in files:
             _, idle_mib = run_worker("idle", model_file, args.case, args.threads, tmp / "idle.npy")
             rows, labels = [], {}
