@@ -155,8 +155,9 @@ def make_weights(model: str, folder: Path, seed: int, patch) -> Path:
     from glioseg.inference.export import write_released
     from glioseg.models.registry import create
 
-    torch.manual_seed(seed)
-    net = create(model, in_channels=4, out_channels=3)
+    with torch.random.fork_rng():  # weights from the seed, without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = create(model, in_channels=4, out_channels=3)
     bundle = bundle_from_model(net, model, options={}, target="regions", scheme="brats",
                                preprocess=PreprocessConfig().to_dict(), patch_size=patch)
     path = folder / f"{model}.safetensors"
