@@ -29,7 +29,7 @@ def onnx_export(tmp_path_factory):
 def test_onnx_export_matches_pytorch(onnx_export):
     bundle, path, result = onnx_export
     assert result["max_abs_diff"] <= 1e-4
-    config = json.loads(path.with_suffix(".json").read_text())
+    config = json.loads((path.parent / "model.onnx.json").read_text())
     assert config["format"] == "onnx" and config["window"] == [16, 16, 16] and config["inputs"] == ["image"]
     assert config["bundle"] == bundle.metadata()
 
@@ -124,7 +124,7 @@ def test_dalight_torchscript_export_takes_ids(tmp_path):
 def test_dalight_onnx_export_keeps_site_ids(tmp_path):
     bundle = tiny_dalight_bundle()
     export_onnx(bundle, tmp_path / "dalight.onnx")
-    config = json.loads((tmp_path / "dalight.json").read_text())
+    config = json.loads((tmp_path / "dalight.onnx.json").read_text())
     assert config["inputs"] == ["image", "ids"]
     image = np.random.default_rng(0).normal(size=(4, 20, 16, 16)).astype(np.float32)
     onnx_net, torch_net = OnnxNetwork(tmp_path / "dalight.onnx"), TorchNetwork(bundle)

@@ -2,11 +2,12 @@
 
 Per case, in this order: ``<case>.nii.gz`` (labels), optionally ``probabilities/<case>.nii.gz``
 and ``uncertainty/<case>.nii.gz`` (in sub-folders, so a folder of predictions holds only label
-maps at its top, which is what ``glioseg evaluate --pred`` reads), and last ``<case>.json``. Each file is written to a
-``.part-`` name and renamed; each NIfTI is read back and its shape, affine, qform, sform, codes
-and voxels compared with what was meant, and removed on any difference. The sidecar records
-the SHA-256 of every output, so a case counts as done on a re-run only when its sidecar exists,
-asks for the same inputs, models and settings, and every output still has that hash.
+maps at its top, which is what ``glioseg evaluate --pred`` reads), and last ``<case>.json``.
+Each file is written to a ``.part-`` name and renamed; each NIfTI is read back and its shape,
+affine, qform, sform, codes and voxels compared with what was meant, and removed on any
+difference. The sidecar records the SHA-256 of every output, so a case counts as done on a
+re-run only when its sidecar exists, asks for the same inputs, models and settings, and every
+output still has that hash.
 """
 from __future__ import annotations
 
