@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from glioseg.errors import GliosegError
+
 log = logging.getLogger("glioseg")
 
 FORMATS = ("auto", "msd", "brats", "brats2023", "manifest")
@@ -49,15 +51,110 @@ def _add_phantom(sub) -> None:
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered networks with parameters and FLOPs")
     p.add_argument("--patch", type=int, nargs=3, default=[96, 96, 96], metavar=("X", "Y", "Z"))
+    p.add_argument("--out-channels", type=int, default=3,
+                   help="output channels (3: WT/TC/ET regions; 4: the DALight-3D paper's classes)")
     p.add_argument("--json", type=Path)
     p.set_defaults(func="glioseg.models.registry:run_cli")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score predictions against reference labels (Dice, HD95, volumes)")
+    p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz label maps")
+    p.add_argument("--ref", type=Path, required=True, help="reference dataset (any layout) with label files")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, summary.json, report.html")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="layout of --ref")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (0: one per core)")
+    p.add_argument("--missing", choices=("error", "empty", "skip"), default="error",
+                   help="reference cases without a prediction: fail (default), score as empty, or leave out")
+    p.add_argument("--max-cases", type=int, default=20, help="cases drawn in the report (tables list all)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.set_defaults(func="glioseg.evaluation.evaluate:run_cli")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write one self-contained HTML report (overlays, metrics, curves)")
+    p.add_argument("--data", type=Path, help="dataset whose images (and reference labels) are drawn")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="layout of --data")
+    p.add_argument("--pred", type=Path, help="folder of <case>.nii.gz predictions to overlay (needs --data)")
+    p.add_argument("--metrics", type=Path, help="folder with metrics.csv / summary.json from glioseg evaluate")
+    p.add_argument("--run", type=Path, help="training run folder (metrics.csv, precision_events.jsonl)")
+    p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.add_argument("--max-cases", type=int, default=20, help="cases drawn (the tables list all)")
+    p.add_argument("--convention", choices=("radiological", "neurological"), default="radiological")
+    p.add_argument("--title", default="glioseg report")
+    p.set_defaults(func="glioseg.evaluation.report:run_cli")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a network (patch sampling, precision controller, checkpoints)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder, manifest, or a glioseg cache")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--model", help="registered network (see `glioseg models`)")
+    p.add_argument("--recipe", help="shipped recipe: segresnet-brats or dalight3d-paper (default by model)")
+    p.add_argument("--config", type=Path, help="YAML file of settings; overrides the recipe")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (0: each epoch)")
+    p.add_argument("--format", choices=FORMATS, default="auto")
+    p.add_argument("--cache", type=Path, help="where to build the preprocessed cache (default RUN/cache)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func="glioseg.training.command:run_cli")
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="segment cases and write label maps in the input's geometry")
+    p.add_argument("input", nargs="*", type=Path, metavar="INPUT",
+                   help="dataset folder (any layout), case folder, or manifest; or use --flair ... --case-id")
+    p.add_argument("--checkpoint", nargs="+", type=Path, metavar="CKPT",
+                   help="training checkpoint(s) .pt, released .safetensors/.json or .onnx; several are "
+                        "an ensemble (probabilities averaged)")
+    p.add_argument("--onnx", nargs="+", type=Path, metavar="FILE", help="ONNX model(s) run with onnxruntime")
+    p.add_argument("--out", type=Path, required=True, help="output folder: <case>.nii.gz + <case>.json")
+    for channel in ("flair", "t1", "t1ce", "t2"):
+        p.add_argument(f"--{channel}", type=Path, metavar="FILE", help=f"the {channel} image of one case")
+    p.add_argument("--case-id", help="name of the case given by modality files")
+    p.add_argument("--scheme", choices=("msd", "brats", "brats2023", "brats2013"),
+                   help="label convention to write (default: the input dataset's; for modality files "
+                        "the model's)")
+    p.add_argument("--roi", nargs="+", metavar="SIZE",
+                   help="window: 'box' (default: one window over the brain box), 'patch' (the training "
+                        "patch), or X Y Z")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap when several windows are needed")
+    p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--probabilities", action="store_true", help="also write WT/TC/ET probabilities (4-D)")
+    p.add_argument("--uncertainty", action="store_true", help="also write a normalised entropy map")
+    p.set_defaults(func="glioseg.inference.predictor:run_cli")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors + JSON")
+    p.add_argument("checkpoint", type=Path, help="training checkpoint .pt (or released .safetensors)")
+    p.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), required=True)
+    p.add_argument("--out", type=Path, required=True, help="output file (.onnx, .ts.pt, .safetensors)")
+    p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="window size of the exported graph (default: the training patch)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed difference to PyTorch")
+    p.set_defaults(func="glioseg.inference.export:run_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glioseg", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_verify, _add_preprocess, _add_phantom, _add_models):
+    for add in (_add_phantom, _add_verify, _add_preprocess, _add_models, _add_train,
+                _add_evaluate, _add_report, _add_predict, _add_export):
         add(sub)
     return parser
 
@@ -75,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _call(args.func, args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, GliosegError) as exc:
         # Users get the message that names the file and the problem; --debug adds the traceback.
         if args.debug:
             raise

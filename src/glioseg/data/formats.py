@@ -2,6 +2,9 @@
 
 Channels are named, never ordered by glob: every format maps its files onto glioseg's
 canonical channel names :data:`CHANNELS`, and that order is the tensor's channel order.
+Every path a dataset names (``dataset.json``, a manifest) must resolve inside the dataset
+root, and dotfiles (``._*`` AppleDouble files from MSD tarballs) are ignored with one
+counted warning.
 """
 from __future__ import annotations
 
@@ -9,10 +12,11 @@ import csv
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glioseg.data.io import DataError
+from glioseg.data.errors import DataError
 from glioseg.data.labels import LabelScheme, get_scheme
 
 log = logging.getLogger(__name__)
@@ -22,7 +26,16 @@ FORMAT_SCHEME = {"msd": "msd", "brats": "brats", "brats2023": "brats2023", "mani
 BRATS_SUFFIX = {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"}
 BRATS2023_SUFFIX = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
 MSD_MODALITIES = {"flair": "flair", "t1w": "t1", "t1gd": "t1ce", "t2w": "t2"}
-_BRATS18_SITE = re.compile(r"^Brats1[78]_(?P<site>[A-Za-z0-9]+)_")
+# Other names the same contrasts go by (BraTS 2023, converters); used for MSD modality names
+# and manifest columns. Matching is case-insensitive.
+CHANNEL_ALIASES = {
+    **{c: c for c in CHANNELS}, **MSD_MODALITIES,
+    "t2f": "flair", "t2-flair": "flair", "t1n": "t1", "t1c": "t1ce",
+}
+MANIFEST_KEYS = ("case", *CHANNELS, "label", "site")
+# BraTS 2017-2019 names carry the institution; glioseg's phantoms (Phantom_SITEA_001) mimic that.
+_BRATS_SITE = re.compile(r"^(?:Brats1[789]|Phantom)_(?P<site>[A-Za-z0-9]+)_", re.IGNORECASE)
+_NOT_SITES = {"training", "validation", "testing"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,9 @@ class Case:
 
     ``volume_index`` is set for 4-D files holding several channels (MSD): channel name →
     index along the file's last axis; then every entry of ``images`` is the same file.
+    ``missing`` describes channel files a BraTS layout expects but that are absent (only
+    when :func:`discover` runs with ``strict=False``, as ``glioseg verify`` does); files that
+    dataset.json or a manifest names but that do not exist fail when they are read.
     """
 
     case_id: str
@@ -38,6 +54,7 @@ class Case:
     label: Path | None = None
     site: str | None = None
     volume_index: dict[str, int] | None = None
+    missing: tuple[str, ...] = ()
 
     def files(self) -> list[Path]:
         """Every distinct file of the case, images first."""
@@ -56,19 +73,22 @@ class Dataset:
 
 
 def site_from_case_id(case_id: str) -> str | None:
-    """The institution in a BraTS 2017/2018 case name (``Brats18_TCIA01_201_1`` → ``TCIA01``)."""
-    match = _BRATS18_SITE.match(case_id)
-    return match.group("site") if match else None
+    """The institution in a BraTS 2017–2019 case name (``Brats18_TCIA01_201_1`` → ``TCIA01``),
+    or the synthetic site of a glioseg phantom (``Phantom_SITEA_001`` → ``SITEA``)."""
+    match = _BRATS_SITE.match(case_id)
+    if match is None or match.group("site").lower() in _NOT_SITES:
+        return None
+    return match.group("site")
 
 
 def inside_root(root: Path, candidate: Path | str, source: Path) -> Path:
     """Resolve ``candidate`` relative to ``root``; it must stay inside ``root`` (symlinks too)."""
     text = str(candidate)
     if "$" in text or text.startswith("~"):
-        raise DataError(source, f"path {text!r} uses a variable or '~'; paths must be relative to {root}")
+        raise DataError(source, f"path {text!r} uses a variable or '~'; expected a path relative to {root}")
     path = Path(text)
     if path.is_absolute():
-        raise DataError(source, f"path {text!r} is absolute; paths must be relative to {root}")
+        raise DataError(source, f"path {text!r} is absolute; expected a path relative to {root}")
     resolved = (root / path).resolve()
     if not resolved.is_relative_to(root.resolve()):
         raise DataError(source, f"path {text!r} resolves to {resolved}, outside the dataset root {root}")
@@ -83,6 +103,10 @@ def _visible(paths) -> tuple[list[Path], list[Path]]:
     return shown, hidden
 
 
+def _hidden_in(*folders: Path) -> list[Path]:
+    return [p for folder in folders if folder.is_dir() for p in _visible(folder.iterdir())[1]]
+
+
 def detect_format(root: Path) -> str:
     """Guess the layout of ``root``; a ``ValueError`` says what was looked for."""
     root = Path(root)
@@ -91,105 +115,177 @@ def detect_format(root: Path) -> str:
     if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
         return "msd"
     for sub in _visible(p for p in root.iterdir() if p.is_dir())[0] if root.is_dir() else []:
-        if (sub / f"{sub.name}_flair.nii.gz").exists() or (sub / f"{sub.name}_flair.nii").exists():
+        if _find(sub, f"{sub.name}_flair"):
             return "brats"
-        if (sub / f"{sub.name}-t2f.nii.gz").exists() or (sub / f"{sub.name}-t2f.nii").exists():
+        if _find(sub, f"{sub.name}-t2f"):
             return "brats2023"
     raise ValueError(
         f"{root}: no known dataset layout (looked for MSD dataset.json + imagesTr/, BraTS "
-        f"<case>/<case>_flair.nii.gz, BraTS 2023 <case>/<case>-t2f.nii.gz, or a .csv/.json manifest)"
+        f"<case>/<case>_flair.nii.gz, BraTS 2023 <case>/<case>-t2f.nii.gz, or a .csv/.json manifest); "
+        f"use --format to force one"
     )
 
 
 def _find(folder: Path, stem: str) -> Path | None:
     for ext in (".nii.gz", ".nii"):
-        if (folder / f"{stem}{ext}").exists():
+        if (folder / f"{stem}{ext}").is_file():
             return folder / f"{stem}{ext}"
     return None
 
 
-def _discover_brats(root: Path, suffixes: dict[str, str], sep: str) -> tuple[list[Case], list[Path]]:
+def _missing(source: Path, missing: list[str], strict: bool) -> tuple[str, ...]:
+    if missing and strict:
+        raise DataError(source, f"missing {'; '.join(missing)}")
+    return tuple(missing)
+
+
+def _discover_brats(root: Path, suffixes: dict[str, str], sep: str, strict: bool) -> tuple[list[Case], list[Path]]:
     folders, hidden = _visible(p for p in root.iterdir() if p.is_dir())
     cases = []
     for folder in folders:
-        images = {}
+        images, missing = {}, []
         for channel, suffix in suffixes.items():
             found = _find(folder, f"{folder.name}{sep}{suffix}")
             if found is None:
-                raise DataError(folder, f"missing the {channel} image {folder.name}{sep}{suffix}.nii.gz")
-            images[channel] = inside_root(root, found.relative_to(root), folder)
+                missing.append(f"the {channel} image {folder.name}{sep}{suffix}.nii.gz")
+            else:
+                images[channel] = inside_root(root, found.relative_to(root), folder)
         label = _find(folder, f"{folder.name}{sep}seg")
         label = inside_root(root, label.relative_to(root), folder) if label else None
-        cases.append(Case(folder.name, images, label, site_from_case_id(folder.name)))
+        cases.append(Case(folder.name, images, label, site_from_case_id(folder.name),
+                          missing=_missing(folder, missing, strict)))
+        hidden += _hidden_in(folder)
     return cases, hidden
 
 
-def _discover_msd(root: Path) -> list[Case]:
-    meta_path = root / "dataset.json"
+def _read_json(path: Path, what: str):
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(meta_path, f"cannot read dataset.json: {exc}") from exc
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"cannot read {what}: {exc}") from None
+
+
+def _msd_channels(meta: dict, meta_path: Path) -> dict[str, int]:
+    """Channel name → volume index from dataset.json's ``modality`` (never from file order)."""
     modality = meta.get("modality", {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"})
     index = {}
     for key, name in modality.items():
-        canonical = MSD_MODALITIES.get(str(name).lower())
-        if canonical is None:
-            raise DataError(meta_path, f"unknown modality {name!r}; expected FLAIR, T1w, T1gd, T2w")
+        canonical = CHANNEL_ALIASES.get(str(name).lower())
+        if canonical is None or canonical in index:
+            raise DataError(meta_path, f"modality {key}: {name!r} is unknown or repeated; expected each of "
+                                       "FLAIR, T1w, T1gd, T2w once")
         index[canonical] = int(key)
-    if set(index) != set(CHANNELS):
-        raise DataError(meta_path, f"modalities {sorted(index)} do not cover {list(CHANNELS)}")
+    if set(index) != set(CHANNELS) or sorted(index.values()) != list(range(len(index))):
+        raise DataError(meta_path, f"modality {modality} does not name {', '.join(CHANNELS)} as volumes 0..3")
+    return index
+
+
+def _check_msd_labels(meta: dict, meta_path: Path) -> None:
+    if "labels" not in meta:
+        return
+    found = sorted(int(k) for k in meta["labels"])
+    expected = sorted(get_scheme("msd").allowed)
+    if found != expected:
+        raise DataError(meta_path, f"labels {meta['labels']} have values {found}; expected the MSD Task01 "
+                                   f"scheme {expected} (0 background, 1 edema, 2 non-enhancing, 3 enhancing)")
+
+
+def _discover_msd(root: Path) -> tuple[list[Case], list[Path]]:
+    meta_path = root / "dataset.json"
+    meta = _read_json(meta_path, "dataset.json")
+    if not isinstance(meta, dict):
+        raise DataError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
+    index = _msd_channels(meta, meta_path)
+    _check_msd_labels(meta, meta_path)
     cases = []
-    for entry in meta.get("training", []):
+    for n, entry in enumerate(meta.get("training", [])):
+        if not isinstance(entry, dict) or not entry.get("image"):
+            raise DataError(meta_path, f"training entry {n + 1} has no 'image': {entry!r}")
         image = inside_root(root, entry["image"], meta_path)
         label = inside_root(root, entry["label"], meta_path) if entry.get("label") else None
         case_id = image.name.split(".")[0]
-        cases.append(Case(case_id, {c: image for c in CHANNELS}, label, None, index))
-    return cases
+        cases.append(Case(case_id, {c: image for c in CHANNELS}, label, None, dict(index)))
+    return cases, _hidden_in(root / "imagesTr", root / "labelsTr", root / "imagesTs")
 
 
-def _discover_manifest(path: Path) -> list[Case]:
+def _manifest_rows(path: Path) -> tuple[list[dict], str]:
+    """Rows of a manifest and its label scheme (a JSON object may name one; default brats)."""
+    if path.suffix.lower() == ".json":
+        data = _read_json(path, "manifest")
+        rows, scheme = (data.get("cases"), data.get("scheme", "brats")) if isinstance(data, dict) else (data, "brats")
+    else:
+        try:
+            with open(path, newline="") as fh:
+                rows, scheme = list(csv.DictReader(fh)), "brats"
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(path, f"cannot read manifest: {exc}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(path, "expected a list of case objects (or {\"scheme\": ..., \"cases\": [...]})")
+    if scheme not in ("msd", "brats", "brats2023", "brats2013"):
+        raise DataError(path, f"scheme {scheme!r} is unknown; expected msd, brats, brats2023 or brats2013")
+    return rows, scheme
+
+
+def _manifest_row(row: dict, n: int, path: Path) -> dict[str, str]:
+    named = {}
+    for key, value in row.items():
+        canonical = CHANNEL_ALIASES.get(str(key).strip().lower(), str(key).strip().lower())
+        if canonical not in MANIFEST_KEYS:
+            raise DataError(path, f"row {n + 1}: unknown column {key!r}; valid: {', '.join(MANIFEST_KEYS)} "
+                                  f"(or aliases {', '.join(sorted(set(CHANNEL_ALIASES) - set(CHANNELS)))})")
+        named[canonical] = str(value).strip() if value is not None else ""
+    missing = [c for c in ("case", *CHANNELS) if not named.get(c)]
+    if missing:
+        raise DataError(path, f"row {n + 1} lacks {', '.join(missing)}")
+    return named
+
+
+def _discover_manifest(path: Path) -> tuple[list[Case], str]:
     """A CSV (columns case, flair, t1, t1ce, t2, label, site) or JSON list of such objects."""
     root = path.parent
-    try:
-        if path.suffix.lower() == ".json":
-            rows = json.loads(path.read_text())
-        else:
-            with open(path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-    except (OSError, json.JSONDecodeError, csv.Error) as exc:
-        raise DataError(path, f"cannot read manifest: {exc}") from exc
+    rows, scheme = _manifest_rows(path)
     cases = []
-    for n, row in enumerate(rows):
-        missing = [c for c in ("case", *CHANNELS) if not row.get(c)]
-        if missing:
-            raise DataError(path, f"row {n + 1} lacks {', '.join(missing)}")
+    for n, raw in enumerate(rows):
+        row = _manifest_row(raw, n, path)
         images = {c: inside_root(root, row[c], path) for c in CHANNELS}
         label = inside_root(root, row["label"], path) if row.get("label") else None
         site = row.get("site") or site_from_case_id(row["case"])
         cases.append(Case(row["case"], images, label, site))
-    return cases
+    return cases, scheme
 
 
-def discover(root: Path | str, format: str = "auto") -> Dataset:
-    """Find every case of the dataset at ``root`` (a folder, or a manifest file)."""
+def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> Dataset:
+    """Find every case of the dataset at ``root`` (a folder, or a manifest file).
+
+    With ``strict`` (the default) a missing BraTS channel file is an error at once; without
+    it the case carries a ``missing`` list so that ``glioseg verify`` can report every problem.
+    """
     root = Path(root)
     if not root.exists():
         raise ValueError(f"{root}: no such file or folder")
+    if root.is_file() and root.name == "dataset.json":
+        root = root.parent  # an MSD task named by its dataset.json
     fmt = detect_format(root) if format in (None, "auto") else format
-    hidden: list[Path] = []
-    if fmt == "brats":
-        cases, hidden = _discover_brats(root, BRATS_SUFFIX, "_")
-    elif fmt == "brats2023":
-        cases, hidden = _discover_brats(root, BRATS2023_SUFFIX, "-")
-    elif fmt == "msd":
-        cases = _discover_msd(root)
-    elif fmt == "manifest":
-        cases = _discover_manifest(root)
-    else:
+    if fmt not in FORMAT_SCHEME:
         raise ValueError(f"unknown format {fmt!r}; known: auto, {', '.join(FORMAT_SCHEME)}")
+    if (fmt == "manifest") != root.is_file():
+        expected = "a .csv or .json manifest file" if fmt == "manifest" else "a folder"
+        raise ValueError(f"{root}: the {fmt} format expects {expected}")
+    hidden: list[Path] = []
+    scheme = FORMAT_SCHEME[fmt]
+    if fmt == "brats":
+        cases, hidden = _discover_brats(root, BRATS_SUFFIX, "_", strict)
+    elif fmt == "brats2023":
+        cases, hidden = _discover_brats(root, BRATS2023_SUFFIX, "-", strict)
+    elif fmt == "msd":
+        cases, hidden = _discover_msd(root)
+    else:
+        cases, scheme = _discover_manifest(root)
     if hidden:
         log.warning("%s: ignored %d hidden entries (dotfiles such as ._* AppleDouble files)", root, len(hidden))
     if not cases:
         raise ValueError(f"{root}: no cases found in {fmt} layout")
-    return Dataset(root, fmt, get_scheme(FORMAT_SCHEME[fmt]), tuple(cases), CHANNELS, tuple(hidden))
+    repeated = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
+    if repeated:
+        raise ValueError(f"{root}: case ids repeated: {', '.join(repeated)}; expected each case once")
+    return Dataset(root, fmt, get_scheme(scheme), tuple(cases), CHANNELS, tuple(hidden))

@@ -1,0 +1,233 @@
+"""``glioseg evaluate``: score prediction files against a dataset's reference labels.
+
+Predictions are ``PRED/<case>.nii.gz`` label maps in the reference dataset's own label convention
+and on the reference's exact grid (shape, and affine within :data:`AFFINE_TOLERANCE`). Every
+case is read and checked before anything is written; ``metrics.csv`` and ``summary.json`` are
+written atomically, then the HTML report.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from glioseg.data.formats import discover
+from glioseg.data.io import DataError, Image, atomic_path, read_image
+from glioseg.data.labels import REGIONS, LabelScheme, get_scheme
+from glioseg.evaluation.metrics import EMPTY_MASK_CONVENTION, METRIC_COLUMNS, evaluate_case
+
+log = logging.getLogger(__name__)
+
+AFFINE_TOLERANCE = 1e-4
+#: What to do with a reference case that has no prediction file.
+MISSING_POLICIES = ("error", "empty", "skip")
+COLUMNS: tuple[str, ...] = ("case", "region", *METRIC_COLUMNS)
+STATISTICS = ("mean and std (sample, ddof=1) over cases; median, q1, q3 are linear-interpolated "
+              "50th/25th/75th percentiles; NaN values are left out and n counts the values used")
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    rows: list[dict]
+    summary: dict
+
+
+def prediction_path(pred_dir: Path, case_id: str) -> Path | None:
+    """``pred_dir/<case>.nii.gz`` (or ``.nii``) when it exists."""
+    for ext in (".nii.gz", ".nii"):
+        if (pred_dir / f"{case_id}{ext}").is_file():
+            return pred_dir / f"{case_id}{ext}"
+    return None
+
+
+def _unique_values(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind in "iub" and array.size and 0 <= array.min() and array.max() < 65536:
+        # bincount is ~10x faster than np.unique on a 240x240x155 label map.
+        return np.flatnonzero(np.bincount(array.ravel().astype(np.intp, copy=False)))
+    return np.unique(array)
+
+
+def read_label(path: Path, scheme: LabelScheme) -> Image:
+    """A 3-D label map whose values are whole numbers of ``scheme``, as uint8; else DataError."""
+    image = read_image(path)
+    if image.array.ndim != 3:
+        raise DataError(path, f"label map must be 3-D; found shape {image.shape}")
+    values = _unique_values(image.array)
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values) & (values == np.round(values))):
+        odd = [float(v) for v in values if not (math.isfinite(v) and v == round(v))][:5]
+        raise DataError(path, f"label values must be whole numbers; found {odd}")
+    bad = sorted(int(v) for v in values if int(v) not in scheme.allowed)
+    if bad:
+        raise DataError(path, f"label values {bad} are not in the {scheme.name} scheme; "
+                              f"expected a subset of {sorted(scheme.allowed)}")
+    return Image(image.array.astype(np.uint8), image.affine, image.header, image.path)
+
+
+def check_geometry(pred: Image, ref: Image) -> None:
+    """Same shape and affine (within :data:`AFFINE_TOLERANCE`), else a DataError naming both files."""
+    if pred.shape != ref.shape:
+        raise DataError(pred.path, f"shape {pred.shape} differs from the reference {ref.path}: {ref.shape}")
+    if not np.allclose(pred.affine, ref.affine, rtol=0, atol=AFFINE_TOLERANCE):
+        worst = float(np.abs(pred.affine - ref.affine).max())
+        raise DataError(pred.path, f"affine differs from the reference {ref.path} by up to {worst:.6g} "
+                                   f"(tolerance {AFFINE_TOLERANCE}); prediction orientation "
+                                   f"{pred.orientation}, reference {ref.orientation}")
+
+
+def score_case(case_id: str, pred_path: Path | None, ref_path: Path, scheme_name: str) -> list[dict]:
+    """Rows of :data:`COLUMNS` for one case; a missing prediction (``None``) is scored as empty."""
+    scheme = get_scheme(scheme_name)
+    ref = read_label(ref_path, scheme)
+    if pred_path is None:
+        pred_array = np.zeros(ref.shape, dtype=np.uint8)
+    else:
+        pred = read_label(pred_path, scheme)
+        check_geometry(pred, ref)
+        pred_array = pred.array
+    return [{"case": case_id, **row} for row in evaluate_case(pred_array, ref.array, scheme, ref.spacing)]
+
+
+def _score_or_message(job: tuple) -> list[dict] | str:
+    # Errors travel back as text: DataError's two-argument constructor does not survive pickling.
+    try:
+        return score_case(*job)
+    except (ValueError, OSError) as exc:
+        return str(exc)
+
+
+def _jobs(dataset, pred_dir: Path, missing_policy: str) -> tuple[list[tuple], list[str]]:
+    """Score jobs (case, prediction or None, reference, scheme) and the cases without a prediction."""
+    if missing_policy not in MISSING_POLICIES:
+        raise ValueError(f"missing-prediction policy must be one of {MISSING_POLICIES}; got {missing_policy!r}")
+    labelled = [c for c in dataset.cases if c.label is not None]
+    if not labelled:
+        raise ValueError(f"{dataset.root}: no case has a reference label; nothing to evaluate against")
+    if len(labelled) < len(dataset.cases):
+        log.warning("%d cases have no reference label and are not evaluated", len(dataset.cases) - len(labelled))
+    jobs = [(c.case_id, prediction_path(pred_dir, c.case_id), c.label, dataset.scheme.name) for c in labelled]
+    missing = [job[0] for job in jobs if job[1] is None]
+    if missing and missing_policy == "error":
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ValueError(f"{pred_dir}: no prediction <case>.nii.gz for {len(missing)} of {len(jobs)} "
+                         f"cases: {shown} (--missing empty scores them as empty predictions, "
+                         f"--missing skip leaves them out)")
+    if missing:
+        log.warning("%d cases without a prediction are %s: %s", len(missing),
+                    "scored as empty masks" if missing_policy == "empty" else "left out", ", ".join(missing))
+    if missing_policy == "skip":
+        jobs = [job for job in jobs if job[1] is not None]
+        if not jobs:
+            raise ValueError(f"{pred_dir}: no prediction matches a case of {dataset.root}")
+    known = {c.case_id for c in dataset.cases}
+    extra = [p.name for p in pred_dir.glob("*.nii*") if p.name.split(".")[0] not in known]
+    if extra:
+        log.warning("%s: %d files match no case of the reference and are ignored", pred_dir, len(extra))
+    return jobs, missing
+
+
+def score_all(jobs: list[tuple], workers: int = 1) -> list[dict]:
+    """Score every job (in parallel when ``workers`` > 1); all failures are reported together."""
+    workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(jobs))
+    bar = dict(total=len(jobs), desc="evaluate", unit="case")
+    if workers <= 1:
+        results = [_score_or_message(job) for job in tqdm(jobs, **bar)]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_score_or_message, jobs), **bar))
+    errors = [r for r in results if isinstance(r, str)]
+    if errors:
+        raise ValueError(f"{len(errors)} of {len(jobs)} cases failed:\n  " + "\n  ".join(errors))
+    return [row for rows in results for row in rows]
+
+
+def describe(values) -> dict:
+    """mean, std, median, q1, q3, n of the finite values (None where undefined)."""
+    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return {"mean": None, "std": None, "median": None, "q1": None, "q3": None, "n": 0}
+    q1, median, q3 = np.percentile(finite, [25, 50, 75])
+    return {"mean": float(finite.mean()), "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
+            "median": float(median), "q1": float(q1), "q3": float(q3), "n": int(finite.size)}
+
+
+def summarise(rows: list[dict], scheme: LabelScheme, missing: list[str] = (), missing_policy: str = "error") -> dict:
+    """summary.json's content: statistics per region and metric, with the conventions used."""
+    regions = {region: {metric: describe([r[metric] for r in rows if r["region"] == region])
+                        for metric in METRIC_COLUMNS} for region in REGIONS}
+    return {
+        "scheme": scheme.name,
+        "empty_mask_convention": EMPTY_MASK_CONVENTION,
+        "statistics": STATISTICS,
+        "units": {"hd95": "mm", "pred_ml": "mL", "ref_ml": "mL"},
+        "cases": list(dict.fromkeys(r["case"] for r in rows)),
+        "missing_predictions": {"policy": missing_policy, "cases": list(missing),
+                                "meaning": {"error": "none allowed", "empty": "scored as empty predictions",
+                                            "skip": "left out of the tables"}[missing_policy]},
+        "regions": regions,
+    }
+
+
+def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
+    """metrics.csv and summary.json, each written to a temporary name and renamed."""
+    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in row.items()})
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def evaluate(pred_dir: Path, ref: Path, out: Path, format: str = "auto", workers: int = 1,
+             missing: str = "error") -> EvaluationResult:
+    """Score ``pred_dir`` against the dataset at ``ref``; write metrics.csv and summary.json in ``out``."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise ValueError(f"{pred_dir}: prediction folder does not exist")
+    dataset = discover(ref, format)
+    jobs, without = _jobs(dataset, pred_dir, missing)
+    rows = score_all(jobs, workers)
+    summary = summarise(rows, dataset.scheme, without, missing)
+    write_outputs(Path(out), rows, summary)
+    return EvaluationResult(rows, summary)
+
+
+def _cell(stats: dict, digits: int) -> str:
+    if stats["n"] == 0:
+        return "n/a"
+    spread = f" ± {stats['std']:.{digits}f}" if stats["std"] is not None else ""
+    return f"{stats['mean']:.{digits}f}{spread}  (median {stats['median']:.{digits}f})"
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a plain-text table for the terminal."""
+    lines = [f"{'region':<7}{'n':>4}  {'Dice':<30}{'HD95 (mm)':<30}{'sensitivity':<14}"]
+    for region, stats in summary["regions"].items():
+        sens = "n/a" if stats["sensitivity"]["n"] == 0 else f"{stats['sensitivity']['mean']:.3f}"
+        lines.append(f"{region:<7}{stats['dice']['n']:>4}  {_cell(stats['dice'], 3):<30}"
+                     f"{_cell(stats['hd95'], 2):<30}{sens:<14}")
+    lines.append(f"empty masks: {summary['empty_mask_convention']}")
+    return "\n".join(lines)
+
+
+def run_cli(args) -> int:
+    out = Path(args.out)
+    result = evaluate(args.pred, args.ref, out, args.format, args.workers, args.missing)
+    print(format_table(result.summary))
+    print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
+    if not args.no_report:
+        from glioseg.evaluation.report import cases_from_dataset, write_report
+
+        cases = cases_from_dataset(discover(args.ref, args.format), args.pred)
+        path = write_report(out / "report.html", cases=cases, metrics=result.rows, summary=result.summary,
+                            title=f"glioseg evaluation of {Path(args.pred).name}", max_cases=args.max_cases)
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,249 @@
+"""``glioseg report``: one self-contained HTML file, its PNG figures embedded as base64 data URIs.
+
+Sections, each present when its input is given: the evaluation summary and per-case metrics and
+volume tables (``metrics.csv`` / ``summary.json`` from ``glioseg evaluate``), a training run's
+curves and precision timeline, and per case the prediction and/or reference overlaid on FLAIR and
+T1ce in three planes through the tumour (at most ``max_cases`` cases, so a large dataset does not
+make a huge file).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import html
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import glioseg
+from glioseg.data.formats import discover
+from glioseg.data.io import DataError, Image, atomic_path, read_image
+from glioseg.data.labels import REGIONS, LabelScheme, region_volumes_ml
+from glioseg.evaluation import figures
+from glioseg.evaluation.evaluate import COLUMNS, check_geometry, prediction_path, read_label
+from glioseg.evaluation.metrics import METRIC_COLUMNS
+
+log = logging.getLogger(__name__)
+
+UNDERLAYS: tuple[tuple[str, str], ...] = (("FLAIR", "flair"), ("T1ce", "t1ce"))
+DEFAULT_MAX_CASES = 20
+_CSS = """
+body{font-family:DejaVu Sans,Arial,sans-serif;margin:24px;color:#222;max-width:1360px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}h3{font-size:15px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}
+td:first-child,th:first-child{text-align:left}.low{background:#fbd9d9}.note{font-size:12px;color:#555}
+img{max-width:100%;border:1px solid #ddd}
+"""
+
+
+@dataclass(frozen=True)
+class ReportCase:
+    """One case to draw: its FLAIR / T1ce files (display name → path) and label files."""
+
+    case_id: str
+    scheme: LabelScheme
+    images: dict[str, Path]
+    volume_index: dict[str, int] | None = None
+    reference: Path | None = None
+    prediction: Path | None = None
+
+
+def cases_from_dataset(dataset, pred_dir: Path | None = None) -> list[ReportCase]:
+    """Report cases of a discovered dataset; with ``pred_dir``, the cases that have a prediction."""
+    out = []
+    for case in dataset.cases:
+        pred = prediction_path(Path(pred_dir), case.case_id) if pred_dir is not None else None
+        if pred_dir is not None and pred is None:
+            continue
+        index = {name: case.volume_index[ch] for name, ch in UNDERLAYS} if case.volume_index else None
+        out.append(ReportCase(case.case_id, dataset.scheme, {name: case.images[ch] for name, ch in UNDERLAYS},
+                              index, case.label, pred))
+    return out
+
+
+def _read_underlay(case: ReportCase, name: str) -> Image:
+    image = read_image(case.images[name], dtype=np.float32)
+    if case.volume_index is not None:
+        return Image(image.array[..., case.volume_index[name]], image.affine, image.header, image.path)
+    if image.array.ndim != 3:
+        raise DataError(image.path, f"{name} image must be 3-D; found shape {image.shape}")
+    return image
+
+
+def load_case(case: ReportCase) -> tuple[dict, dict, np.ndarray, dict]:
+    """RAS images and labels of a case, its RAS affine, and region volumes (mL) per label map."""
+    images = {name: _read_underlay(case, name) for name, _ in UNDERLAYS}
+    first = next(iter(images.values()))
+    labels = {}
+    for name, path in (("reference", case.reference), ("prediction", case.prediction)):
+        if path is not None:
+            labels[name] = read_label(path, case.scheme)
+            check_geometry(labels[name], first)
+    volumes = {name: region_volumes_ml(lab.array, case.scheme, lab.spacing) for name, lab in labels.items()}
+    ras_images = {name: figures.to_ras(im.array, im.affine)[0] for name, im in images.items()}
+    ras_labels = {name: figures.to_ras(lab.array, lab.affine)[0] for name, lab in labels.items()}
+    return ras_images, ras_labels, figures.to_ras(first.array, first.affine)[1], volumes
+
+
+def case_figure(case: ReportCase, convention: str = "radiological") -> tuple[bytes, dict]:
+    """The overlay PNG of one case and its region volumes (mL) per label map."""
+    images, labels, affine, volumes = load_case(case)
+    if not labels:
+        labels = {"no label": np.zeros(next(iter(images.values())).shape, dtype=np.uint8)}
+    png = figures.overlay_figure(images, labels, case.scheme, affine=affine, convention=convention,
+                                 title=f"{case.case_id} ({case.scheme.name} labels)")
+    return png, volumes
+
+
+def load_metrics(metrics_dir: Path) -> tuple[list[dict], dict | None]:
+    """``metrics.csv`` rows (numbers as float) and ``summary.json`` (None if absent) of an evaluation."""
+    path = Path(metrics_dir) / "metrics.csv"
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read evaluation metrics: {exc}") from exc
+    if list(reader.fieldnames or []) != list(COLUMNS):
+        raise ValueError(f"{path}: columns {reader.fieldnames} are not glioseg evaluate's {list(COLUMNS)}")
+    rows = [{**r, **{k: float(r[k]) for k in METRIC_COLUMNS}} for r in rows]
+    summary_path = Path(metrics_dir) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    return rows, summary
+
+
+def _png_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(header: list[str], rows: list[list[str]], cell_class=None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for j, value in enumerate(row):
+            cls = cell_class(j, value) if cell_class else ""
+            cells.append(f'<td{f" class={cls!r}" if cls else ""}>{html.escape(str(value))}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _summary_html(summary: dict) -> str:
+    rows = []
+    for region, stats in summary["regions"].items():
+        d, h = stats["dice"], stats["hd95"]
+        rows.append([region, d["n"], f"{_fmt(d['mean'])} ± {_fmt(d['std'])}",
+                     f"{_fmt(d['median'])} [{_fmt(d['q1'])}, {_fmt(d['q3'])}]",
+                     f"{_fmt(h['mean'], 2)} ± {_fmt(h['std'], 2)}",
+                     f"{_fmt(h['median'], 2)} [{_fmt(h['q1'], 2)}, {_fmt(h['q3'], 2)}]",
+                     _fmt(stats["sensitivity"]["mean"]), _fmt(stats["specificity"]["mean"], 5),
+                     _fmt(stats["pred_ml"]["mean"], 1), _fmt(stats["ref_ml"]["mean"], 1)])
+    header = ["region", "n", "Dice mean ± std", "Dice median [q1, q3]", "HD95 mm mean ± std",
+              "HD95 median [q1, q3]", "sensitivity", "specificity", "pred mL", "ref mL"]
+    missing = summary.get("missing_predictions") or {}
+    notes = [f"Label scheme: {summary.get('scheme')}.", f"Empty masks: {summary.get('empty_mask_convention')}",
+             f"Statistics: {summary.get('statistics')}."]
+    if missing.get("cases"):
+        notes.append(f"{len(missing['cases'])} cases without a prediction, {missing['meaning']}: "
+                     f"{', '.join(missing['cases'])}.")
+    return _table(header, rows) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+
+
+def _metrics_html(rows: list[dict]) -> str:
+    by_case: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_case.setdefault(r["case"], {})[r["region"]] = r
+    spec = [("dice", "Dice", 3), ("hd95", "HD95 mm", 2), ("sensitivity", "sens.", 3), ("specificity", "spec.", 5)]
+    header = ["case"] + [f"{region} {label}" for _, label, _ in spec for region in REGIONS]
+    table = [[case] + [_fmt(regions.get(region, {}).get(key), digits) for key, _, digits in spec for region in REGIONS]
+             for case, regions in by_case.items()]
+    low_dice = lambda j, v: "low" if 1 <= j <= len(REGIONS) and v != "n/a" and float(v) < 0.5 else ""  # noqa: E731
+    volumes = [[case] + [_fmt(regions.get(region, {}).get(k), 1) for region in REGIONS for k in ("pred_ml", "ref_ml")]
+               for case, regions in by_case.items()]
+    vol_header = ["case"] + [f"{region} {who} mL" for region in REGIONS for who in ("pred", "ref")]
+    return ("<h3>Per case</h3>" + _table(header, table, low_dice) +
+            "<h3>Volumes</h3>" + _table(vol_header, volumes))
+
+
+def _volumes_html(volumes: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Volumes computed while drawing, for reports without an evaluation."""
+    names = sorted({name for per_case in volumes.values() for name in per_case})
+    header = ["case"] + [f"{region} {name} mL" for region in REGIONS for name in names]
+    rows = [[case] + [_fmt(per_case.get(name, {}).get(region), 1) for region in REGIONS for name in names]
+            for case, per_case in volumes.items()]
+    return "<h3>Volumes (cases drawn below)</h3>" + _table(header, rows)
+
+
+def _run_html(run_dir: Path) -> str:
+    epochs = figures.read_run_metrics(run_dir)
+    events = figures.read_precision_events(run_dir)
+    parts = [f'<p class="note">Run folder: {html.escape(str(run_dir))}; {len(epochs)} epochs.</p>',
+             _png_tag(figures.training_curves(run_dir), "training curves")]
+    if epochs:
+        last = epochs[-1]
+        digits = {"epoch": 0, "seconds": 1, "train_loss": 4}
+        parts.append("<h3>Last epoch</h3>" + _table(list(figures.RUN_COLUMNS), [[
+            last[c] if c == "precision" else _fmt(last[c], digits.get(c, 3)) for c in figures.RUN_COLUMNS]]))
+    if events:
+        keys = ["step", "from", "to", "signal", "value"]
+        parts.append(f"<h3>Precision events ({len(events)}; first 50)</h3>" +
+                     _table(keys, [[str(e.get(k, "")) for k in keys] for e in events[:50]]))
+    return "<h2>Training run</h2>" + "".join(parts)
+
+
+def _cases_html(shown: list[ReportCase], total: int, max_cases: int, convention: str, with_volumes: bool) -> str:
+    sections, volumes = [], {}
+    for case in tqdm(shown, desc="report", unit="case"):
+        png, volumes[case.case_id] = case_figure(case, convention)
+        sections.append(f"<h3>{html.escape(case.case_id)}</h3>{_png_tag(png, case.case_id)}")
+    capped = f" (--max-cases {max_cases})" if len(shown) < total else ""
+    parts = [_volumes_html(volumes)] if with_volumes else []
+    return "".join(parts + ["<h2>Cases</h2>", f'<p class="note">{len(shown)} of {total} cases drawn{capped}.</p>',
+                            *sections])
+
+
+def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, summary: dict | None = None,
+                 run_dir: Path | None = None, title: str = "glioseg report", convention: str = "radiological",
+                 max_cases: int = DEFAULT_MAX_CASES) -> Path:
+    """Write the HTML report atomically; returns its path. ``cases``: :class:`ReportCase` list."""
+    cases = list(cases)
+    shown = cases[:max_cases]
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="note">glioseg {glioseg.__version__}, {datetime.datetime.now():%Y-%m-%d %H:%M}. '
+            f"{html.escape(figures.CONVENTION_NOTE[convention])}</p>"]
+    if summary:
+        body += ["<h2>Evaluation summary</h2>", _summary_html(summary)]
+    if metrics:
+        body.append(_metrics_html(metrics))
+    if run_dir is not None:
+        body.append(_run_html(Path(run_dir)))
+    if shown:
+        body.append(_cases_html(shown, len(cases), max_cases, convention, with_volumes=not metrics))
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return Path(out_html)
+
+
+def run_cli(args) -> int:
+    if args.pred and not args.data:
+        raise ValueError("--pred needs --data: the images to draw the predictions on come from the dataset")
+    if not (args.data or args.metrics or args.run):
+        raise ValueError("nothing to report: give --data (with --pred), --metrics or --run")
+    cases = cases_from_dataset(discover(args.data, args.format), args.pred) if args.data else []
+    metrics, summary = load_metrics(args.metrics) if args.metrics else (None, None)
+    path = write_report(args.out, cases=cases, metrics=metrics, summary=summary, run_dir=args.run,
+                        title=args.title, convention=args.convention, max_cases=args.max_cases)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0

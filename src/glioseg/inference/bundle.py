@@ -1,0 +1,278 @@
+"""ModelBundle: everything prediction needs from a trained model, and the only way to load one.
+
+A bundle is the network's name and options, what its outputs mean (WT/TC/ET regions or the
+classes of a label scheme), the named input channels, the preprocessing it was trained with,
+the site index of DALight-3D's identifier norms, the training patch size and the weights.
+
+Where bundles live:
+
+- inside every training checkpoint, under the key ``"bundle"`` (``bundle.to_state()``: tensors
+  and plain Python values only, so ``torch.load(weights_only=True)`` reads it);
+- as released weights: ``NAME.safetensors`` + ``NAME.json`` (``write_released`` in
+  :mod:`glioseg.inference.export`), no pickle anywhere;
+- as an ONNX deployment file ``NAME.onnx`` + ``NAME.json`` (metadata only, no weights here).
+
+:func:`load_bundle` accepts the first two and refuses TorchScript archives, legacy pickles and
+anything else with a message that says what the file is and what to pass instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zipfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from glioseg.data.formats import CHANNELS
+from glioseg.data.labels import class_values, get_scheme
+
+log = logging.getLogger(__name__)
+
+BUNDLE_VERSION = 1
+TARGETS = ("regions", "classes")
+CONFIG_KIND = "glioseg-bundle"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass(frozen=True, eq=False)
+class ModelBundle:
+    """A trained model and the facts needed to use it (see the module docstring).
+
+    ``target`` "regions": ``out_channels`` = 3 sigmoid logits ordered WT, TC, ET;
+    "classes": softmax logits over ``class_values(get_scheme(scheme))`` (background first).
+    ``preprocess`` is ``PreprocessConfig.to_dict()``; ``site_index`` maps a site name to the
+    DALight-3D identifier (unknown sites use the default norm); ``patch_size`` is the training
+    patch (the default sliding-window size). ``weights`` is the model's ``state_dict``, empty
+    for a metadata-only bundle (ONNX). ``sha256`` is the SHA-256 of the file it came from.
+    """
+
+    model: str
+    options: Mapping[str, Any]
+    in_channels: int
+    out_channels: int
+    target: str
+    channels: tuple[str, ...]
+    scheme: str
+    preprocess: Mapping[str, Any]
+    site_index: Mapping[str, int]
+    patch_size: tuple[int, int, int]
+    weights: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    sha256: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "channels", tuple(str(c) for c in self.channels))
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "options", dict(self.options))
+        object.__setattr__(self, "preprocess", dict(self.preprocess))
+        object.__setattr__(self, "site_index", {str(k): int(v) for k, v in self.site_index.items()})
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"bundle target {self.target!r} is unknown; expected one of {', '.join(TARGETS)}")
+        scheme = get_scheme(self.scheme)
+        expected = 3 if self.target == "regions" else len(class_values(scheme))
+        if self.out_channels != expected:
+            raise ValueError(f"bundle: target {self.target!r} with scheme {self.scheme!r} needs "
+                             f"out_channels={expected}; got {self.out_channels}")
+        if len(self.channels) != self.in_channels or len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"bundle: channels {list(self.channels)} must be {self.in_channels} distinct names "
+                             f"(in_channels={self.in_channels})")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"bundle: patch_size must be 3 positive sizes; got {self.patch_size}")
+
+    def metadata(self) -> dict:
+        """Everything but the weights, as JSON-able values (the released config, the sidecars)."""
+        return {
+            "bundle_version": BUNDLE_VERSION, "model": self.model, "options": dict(self.options),
+            "in_channels": self.in_channels, "out_channels": self.out_channels, "target": self.target,
+            "channels": list(self.channels), "scheme": self.scheme, "preprocess": dict(self.preprocess),
+            "site_index": dict(self.site_index), "patch_size": list(self.patch_size),
+        }
+
+    def to_state(self) -> dict:
+        """Plain values and tensors for ``checkpoint["bundle"]`` (loads with weights_only=True)."""
+        state = self.metadata()
+        state["weights"] = {k: v.detach().cpu() for k, v in self.weights.items()}
+        return state
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], sha256: str | None = None) -> "ModelBundle":
+        """Inverse of :meth:`to_state` (or of :meth:`metadata`, giving a bundle without weights)."""
+        state = dict(state)
+        version = state.pop("bundle_version", None)
+        if version != BUNDLE_VERSION:
+            raise ValueError(f"bundle_version {version!r} is not supported; "
+                             f"this glioseg reads version {BUNDLE_VERSION}")
+        valid = [f.name for f in fields(cls) if f.name != "sha256"]
+        unknown = sorted(set(state) - set(valid))
+        missing = sorted(set(valid) - set(state) - {"weights"})
+        if unknown or missing:
+            raise ValueError(f"bundle keys: unknown {unknown}, missing {missing}; valid keys: {', '.join(valid)}")
+        return cls(sha256=sha256, **state)
+
+    def preprocess_config(self):
+        """The :class:`glioseg.data.preprocess.PreprocessConfig` the model was trained with."""
+        from glioseg.data.preprocess import PreprocessConfig
+
+        return PreprocessConfig.from_dict(self.preprocess)
+
+    def site_id(self, site: str | None) -> int | None:
+        """The identifier of ``site`` for DALight-3D's norms; None (default norm) when unknown."""
+        return self.site_index.get(site) if site is not None else None
+
+    def build_model(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The network in eval mode with the weights loaded (strictly: every key must match)."""
+        if not self.weights:
+            raise ValueError(f"bundle of {self.model} has no weights (an ONNX metadata config?); "
+                             "load a checkpoint or a .safetensors file")
+        from glioseg.models.registry import create
+
+        model = create(self.model, in_channels=self.in_channels, out_channels=self.out_channels, **self.options)
+        try:
+            model.load_state_dict(self.weights, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"weights do not fit {self.model} with options {self.options}: "
+                             f"{str(exc).splitlines()[0]}") from None
+        return model.to(device).eval()
+
+
+def bundle_from_model(model: torch.nn.Module, name: str, *, options: Mapping[str, Any], target: str,
+                      scheme: str, preprocess: Mapping[str, Any], patch_size, channels=CHANNELS,
+                      site_index: Mapping[str, int] | None = None) -> ModelBundle:
+    """A bundle of a live model (what the trainer stores); in/out channels are read from its state."""
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    out_channels = 3 if target == "regions" else len(class_values(get_scheme(scheme)))
+    return ModelBundle(model=name, options=options, in_channels=len(channels), out_channels=out_channels,
+                       target=target, channels=tuple(channels), scheme=scheme, preprocess=preprocess,
+                       site_index=site_index or {}, patch_size=patch_size, weights=weights)
+
+
+# ---- reading files ----
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sniff(path: Path) -> str:
+    """What a model file is: "checkpoint", "torchscript", "pickle", "safetensors", "json",
+    "onnx" or "unknown" — from its bytes, not only its name."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "unknown"
+        scripted = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+        return "torchscript" if scripted else "checkpoint"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and path.suffix == ".safetensors":
+        return "safetensors"
+    if head.lstrip()[:1] == b"{":
+        return "json"
+    if path.suffix == ".onnx":
+        return "onnx"
+    return "unknown"
+
+
+_REFUSED = {
+    "torchscript": "a TorchScript archive (code, not weights); glioseg does not execute it. Pass the "
+                   "training checkpoint (.pt), released .safetensors + .json, or an .onnx export",
+    "pickle": "a legacy pickle; glioseg loads only zip-format checkpoints with weights_only=True "
+              "(re-save it with a current torch), .safetensors + .json, or .onnx",
+    "unknown": "not a glioseg model file (expected a training checkpoint .pt, .safetensors + .json, "
+               "or .onnx + .json)",
+}
+
+
+def read_config(path: Path) -> dict:
+    """A released model's JSON config (``glioseg export`` writes it beside the weights)."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the model config: {exc}") from None
+    if not isinstance(config, dict) or config.get("kind") != CONFIG_KIND:
+        raise ValueError(f"{path}: not a glioseg model config (no \"kind\": \"{CONFIG_KIND}\")")
+    return config
+
+
+def config_path(weights: Path) -> Path:
+    """``NAME.json`` beside ``NAME.safetensors`` / ``NAME.onnx``."""
+    return weights.with_suffix(".json")
+
+
+def released_file(config_file: Path, config: dict) -> Path:
+    """The weights/ONNX file a config names; it must sit in the config's folder."""
+    name = str(config.get("file", ""))
+    if not name or Path(name).name != name:
+        raise ValueError(f"{config_file}: \"file\" must be a plain file name beside the config; got {name!r}")
+    return config_file.parent / name
+
+
+def verified_released(path: Path) -> tuple[Path, dict, str]:
+    """(model file, config, its SHA-256) for a .safetensors/.onnx file or its .json config.
+
+    The file's SHA-256 must equal the config's ``sha256``: a swapped or damaged file is refused.
+    """
+    config_file = path if sniff(path) == "json" else config_path(path)
+    if not config_file.is_file():
+        raise ValueError(f"{path}: its config {config_file.name} is missing; a released model is "
+                         "NAME.safetensors (or NAME.onnx) + NAME.json side by side")
+    config = read_config(config_file)
+    target = released_file(config_file, config)
+    if path != config_file and target.resolve() != path.resolve():
+        raise ValueError(f"{config_file}: describes {target.name}, not {path.name}")
+    if not target.is_file():
+        raise ValueError(f"{config_file}: its model file {target.name} is missing")
+    digest = file_sha256(target)
+    if digest != config.get("sha256"):
+        raise ValueError(f"{target}: SHA-256 {digest[:16]}... differs from {config_file.name}'s "
+                         f"{str(config.get('sha256'))[:16]}... (damaged or replaced)")
+    return target, config, digest
+
+
+def _load_safetensors(path: Path) -> ModelBundle:
+    from safetensors.torch import load_file
+
+    target, config, digest = verified_released(path)
+    if config.get("format") != "safetensors":
+        raise ValueError(f"{path}: config describes a {config.get('format')!r} file; "
+                         "ONNX models run with glioseg predict --onnx")
+    weights = load_file(str(target))
+    return ModelBundle.from_state({**config["bundle"], "weights": weights}, sha256=digest)
+
+
+def _load_checkpoint_bundle(path: Path) -> ModelBundle:
+    from glioseg.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if "bundle" not in state:
+        raise ValueError(f"{path}: a checkpoint without a \"bundle\" (keys: {', '.join(sorted(state))}); "
+                         "it was not written by glioseg train")
+    return ModelBundle.from_state(state["bundle"], sha256=file_sha256(path))
+
+
+def load_bundle(path: Path | str) -> ModelBundle:
+    """Load a bundle from a training checkpoint or released safetensors + JSON; refuse the rest."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such model file")
+    kind = sniff(path)
+    if kind == "checkpoint":
+        return _load_checkpoint_bundle(path)
+    if kind in ("safetensors", "json"):
+        return _load_safetensors(path)
+    if kind == "onnx":
+        raise ValueError(f"{path}: an ONNX model has no PyTorch weights; run it with glioseg predict --onnx")
+    raise ValueError(f"{path}: refused: {_REFUSED[kind]}")

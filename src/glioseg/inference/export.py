@@ -1,0 +1,209 @@
+"""Export for deployment: ONNX and TorchScript (checked against PyTorch), safetensors + JSON.
+
+Every export is written to a ``.part-`` name, checked, and only then renamed; a failed check
+raises and leaves nothing at the output path. ONNX and safetensors files get a JSON config
+beside them (``NAME.json``: the bundle's metadata, the file's SHA-256, the window size), which
+is what ``glioseg predict`` reads with them; no pickle is involved in either.
+
+ONNX graphs have a dynamic batch axis and a fixed window (the training patch unless ``--roi``):
+the sliding window feeds windows of exactly that size. DALight-3D's site identifier is a second
+input ``ids`` (int64, (B,)); -1 selects the default norm.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glioseg.data.io import atomic_path
+from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, config_path, file_sha256, load_bundle,
+                                      verified_released)
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+OPSET = 18
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The ONNX exporter logs every graph pass at INFO; keep the CLI's output readable."""
+    names = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+class _WithIds(torch.nn.Module):
+    """``forward(image, ids)`` with ids (B,) int64, -1 meaning "no identifier" (default norm)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(image, ids=ids)
+
+
+def _exportable(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+    takes_ids = "ids" in inspect.signature(model.forward).parameters
+    return (_WithIds(model).eval() if takes_ids else model), takes_ids
+
+
+def _example(bundle: ModelBundle, roi, takes_ids: bool, batch: int = 2, seed: int = 0) -> tuple:
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn((batch, bundle.in_channels, *roi), generator=generator)
+    ids = torch.full((batch,), -1, dtype=torch.long)
+    return (image, ids) if takes_ids else (image,)
+
+
+def _check_roi(model: torch.nn.Module, roi) -> tuple[int, int, int]:
+    div = int(getattr(model, "size_divisor", 1))
+    roi = tuple(int(r) for r in roi)
+    if len(roi) != 3 or any(r < 1 or r % div for r in roi):
+        raise ValueError(f"export window {list(roi)} must be 3 positive multiples of {div}")
+    return roi
+
+
+def _compare(name: str, expected: torch.Tensor, got: np.ndarray | torch.Tensor, tolerance: float) -> float:
+    got = torch.as_tensor(np.asarray(got))
+    if got.shape != expected.shape:
+        raise ValueError(f"{name} export gives shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+    diff = float((got.float() - expected.float()).abs().max())
+    if not diff <= tolerance:
+        raise ValueError(f"{name} export differs from PyTorch by {diff:.3g} (> {tolerance:g}) on a random "
+                         "patch; nothing was written")
+    return diff
+
+
+def _write_config(weights: Path, bundle: ModelBundle, fmt: str, extra: dict) -> Path:
+    config = {"kind": CONFIG_KIND, "format": fmt, "file": weights.name, "sha256": file_sha256(weights),
+              "bundle": bundle.metadata(), "source_sha256": bundle.sha256, **extra}
+    path = config_path(weights)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(config, indent=1))
+    return path
+
+
+def export_onnx(bundle: ModelBundle, out: Path, roi=None, tolerance: float = 1e-4) -> dict:
+    """``out`` (.onnx) + ``out.json``; the graph is checked with onnxruntime against PyTorch."""
+    import onnxruntime
+
+    model = bundle.build_model("cpu")
+    roi = _check_roi(model, roi or bundle.patch_size)
+    module, takes_ids = _exportable(model)
+    example = _example(bundle, roi, takes_ids)
+    names = ["image", "ids"] if takes_ids else ["image"]
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    params = list(inspect.signature(module.forward).parameters)[:len(names)]
+    shapes = {p: {0: batch} for p in params}
+    with torch.no_grad():
+        expected = module(*example)
+    with atomic_path(out) as tmp:
+        with _quiet_exporter():
+            onnx_program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=shapes, verbose=False,
+                                             input_names=names, output_names=["logits"], opset_version=OPSET)
+        onnx_program.save(str(tmp))
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        feeds = {n: t.numpy() for n, t in zip(names, example)}
+        diff = _compare("ONNX", expected, session.run(["logits"], feeds)[0], tolerance)
+    extra = {"window": list(roi), "size_divisor": int(getattr(model, "size_divisor", 1)),
+             "inputs": names, "opset": OPSET, "check": {"max_abs_diff": diff, "tolerance": tolerance,
+                                                        "patch": [example[0].shape[0], *roi]}}
+    _write_config(out, bundle, "onnx", extra)
+    return {"file": str(out), "max_abs_diff": diff}
+
+
+def export_torchscript(bundle: ModelBundle, out: Path, roi=None, tolerance: float = 1e-4) -> dict:
+    """A traced TorchScript archive for C++/mobile runtimes, checked against PyTorch.
+
+    glioseg itself never loads TorchScript (it is code); the check reloads only the file just written.
+    """
+    model = bundle.build_model("cpu")
+    roi = _check_roi(model, roi or bundle.patch_size)
+    module, takes_ids = _exportable(model)
+    example = _example(bundle, roi, takes_ids)
+    log.info("TorchScript is deprecated upstream (PyTorch >= 2.10); ONNX is the maintained deployment format")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Tracing warns about Python branches on shapes; the numeric check below is the real guard.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        expected = module(*example)
+        traced = torch.jit.trace(module, example, check_trace=False)
+        with atomic_path(out) as tmp:
+            torch.jit.save(traced, str(tmp))
+            got = torch.jit.load(str(tmp), map_location="cpu")(*_example(bundle, roi, takes_ids))
+            diff = _compare("TorchScript", expected, got, tolerance)
+    return {"file": str(out), "max_abs_diff": diff}
+
+
+def write_released(bundle: ModelBundle, out: Path) -> dict:
+    """Released weights: ``out`` (.safetensors) + ``out.json``; read back and compared bit for bit."""
+    from safetensors.torch import load_file, save_file
+
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in bundle.weights.items()}
+    if not weights:
+        raise ValueError("bundle has no weights to release")
+    with atomic_path(out) as tmp:
+        save_file(weights, str(tmp), metadata={"format": "pt", "glioseg": "weights; config in the .json beside"})
+        back = load_file(str(tmp))
+        changed = [k for k in weights if k not in back or not torch.equal(back[k], weights[k])]
+        if changed or set(back) != set(weights):
+            raise ValueError(f"safetensors read-back differs for {changed[:5]}; nothing was written")
+    _write_config(out, bundle, "safetensors", {})
+    return {"file": str(out), "tensors": len(weights)}
+
+
+class OnnxNetwork:
+    """An exported ONNX model run by onnxruntime; same call as :class:`TorchNetwork`."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, path: Path, device: torch.device | str = "cpu"):
+        import onnxruntime
+
+        model_file, config, digest = verified_released(Path(path))
+        if config.get("format") != "onnx":
+            raise ValueError(f"{path}: config describes a {config.get('format')!r} file, not ONNX")
+        self.source = model_file
+        self.bundle = ModelBundle.from_state(config["bundle"], sha256=digest)
+        self.fixed_window = tuple(int(w) for w in config["window"])
+        self.size_divisor = int(config.get("size_divisor", 1))
+        self.inputs = list(config.get("inputs", ["image"]))
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = onnxruntime.InferenceSession(str(model_file), providers=providers)
+
+    def __call__(self, x: torch.Tensor, site_id: int | None) -> torch.Tensor:
+        feeds = {"image": x.detach().float().cpu().numpy()}
+        if "ids" in self.inputs:
+            feeds["ids"] = np.full((x.shape[0],), -1 if site_id is None else site_id, dtype=np.int64)
+        return torch.from_numpy(self.session.run(["logits"], feeds)[0]).to(x.device)
+
+
+def run_cli(args) -> int:
+    """``glioseg export CKPT --format onnx|torchscript|safetensors --out FILE [--roi X Y Z]``."""
+    bundle = load_bundle(args.checkpoint)
+    out = Path(args.out)
+    if args.format == "onnx":
+        result = export_onnx(bundle, out, args.roi, args.tolerance)
+    elif args.format == "torchscript":
+        result = export_torchscript(bundle, out, args.roi, args.tolerance)
+    else:
+        result = write_released(bundle, out)
+    detail = f"max |diff| to PyTorch {result['max_abs_diff']:.2e}" if "max_abs_diff" in result else \
+        f"{result['tensors']} tensors, config {config_path(out).name}"
+    print(f"export {args.format}: {out} ({detail})")
+    return 0

@@ -1,0 +1,140 @@
+"""What to predict: dataset folders, single case folders, or named modality files → cases.
+
+Channels are matched by name against the model's channel names (never by file order). A
+modality the model needs that is missing, or a named file the model does not take, is an error
+that says which files were found and which names were expected.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from glioseg.data.formats import (BRATS2023_SUFFIX, BRATS_SUFFIX, CHANNELS, Case, Dataset, discover,
+                                  site_from_case_id)
+from glioseg.data.labels import LabelScheme, get_scheme
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NIFTI = (".nii.gz", ".nii")
+# Files a case folder may hold besides its images: the reference segmentation.
+_LABEL_SUFFIXES = ("seg",)
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One case to predict, with the dataset it is read through and the labels to write."""
+
+    case: Case
+    dataset: Dataset
+    scheme: LabelScheme
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in _NIFTI:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _niftis(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name.endswith(_NIFTI))
+
+
+def _case_folder(folder: Path) -> tuple[Case, str]:
+    """A single case folder: files ``*_flair.nii.gz`` ... (BraTS) or ``*-t2f.nii.gz`` ... (2023)."""
+    files = _niftis(folder)
+    for fmt, suffixes, sep in (("brats", BRATS_SUFFIX, "_"), ("brats2023", BRATS2023_SUFFIX, "-")):
+        images, unknown = {}, []
+        by_suffix = {v: k for k, v in suffixes.items()}
+        for path in files:
+            tail = _stem(path).rsplit(sep, 1)[-1].lower()
+            if tail in by_suffix:
+                if by_suffix[tail] in images:
+                    raise ValueError(f"{folder}: two files for {by_suffix[tail]}: "
+                                     f"{images[by_suffix[tail]].name}, {path.name}")
+                images[by_suffix[tail]] = path
+            elif tail not in _LABEL_SUFFIXES:
+                unknown.append(path.name)
+        if images:
+            if unknown:
+                raise ValueError(f"{folder}: unrecognised NIfTI files {unknown}; a {fmt} case folder holds "
+                                 f"<case>{sep}{{{','.join(suffixes.values())}}}.nii.gz (and {sep}seg)")
+            return Case(folder.name, images, None, site_from_case_id(folder.name)), fmt
+    raise ValueError(f"{folder}: no case images found (looked for *_flair.nii.gz ... (BraTS) and "
+                     f"*-t2f.nii.gz ... (BraTS 2023)); found {[p.name for p in files]}")
+
+
+def check_channels(case: Case, channels: tuple[str, ...], source: Path, named: bool = False) -> None:
+    """The case must have every channel the model takes; named files must not add others."""
+    missing = [c for c in channels if c not in case.images]
+    extra = [c for c in case.images if c not in channels]
+    if missing:
+        found = ", ".join(f"{c}={Path(p).name}" for c, p in case.images.items()) or "nothing"
+        raise ValueError(f"{source}: case {case.case_id} lacks the modality {', '.join(missing)} that the "
+                         f"model needs (model channels: {', '.join(channels)}; found {found})")
+    if named and extra:
+        raise ValueError(f"case {case.case_id}: --{' --'.join(extra)} given, but the model takes only "
+                         f"{', '.join(channels)}; remove the extra modality")
+
+
+def _for_model(case: Case, dataset: Dataset, channels, scheme: LabelScheme, source: Path,
+               named: bool = False) -> CaseInput:
+    check_channels(case, channels, source, named)
+    if not _SAFE_ID.match(case.case_id):
+        raise ValueError(f"{source}: case id {case.case_id!r} cannot name an output file; "
+                         "expected letters, digits, '.', '_' or '-' (not starting with '.')")
+    # Predict never reads the reference label: a broken label file must not stop prediction.
+    case = replace(case, label=None, images={c: case.images[c] for c in channels})
+    return CaseInput(case, replace(dataset, channels=tuple(channels), scheme=scheme), scheme)
+
+
+def from_path(path: Path, channels: tuple[str, ...], scheme_name: str | None) -> list[CaseInput]:
+    """A dataset folder (any layout ``discover`` knows, or a manifest) or one case folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if path.is_dir() and _niftis(path):
+        case, fmt = _case_folder(path)
+        scheme = get_scheme(scheme_name or fmt)
+        dataset = Dataset(path.parent, fmt, scheme, (case,), tuple(channels))
+        return [_for_model(case, dataset, channels, scheme, path)]
+    dataset = discover(path)
+    scheme = get_scheme(scheme_name) if scheme_name else dataset.scheme
+    return [_for_model(c, dataset, channels, scheme, path) for c in dataset.cases]
+
+
+def from_named_files(files: dict[str, Path | None], case_id: str | None, channels: tuple[str, ...],
+                     scheme_name: str) -> CaseInput:
+    """``--flair a.nii.gz --t1 b.nii.gz ... --case-id ID``."""
+    given = {c: Path(p) for c, p in files.items() if p is not None}
+    if not case_id:
+        raise ValueError("--case-id is required with named modality files (it names the output)")
+    for channel, path in given.items():
+        if not path.is_file():
+            raise ValueError(f"{path}: --{channel} file not found")
+    case = Case(case_id, given, None, site_from_case_id(case_id))
+    scheme = get_scheme(scheme_name)
+    root = next(iter(given.values())).parent if given else Path(".")
+    dataset = Dataset(root, "files", scheme, (case,), tuple(channels))
+    return _for_model(case, dataset, channels, scheme, root, named=True)
+
+
+def collect(paths: list[Path], files: dict[str, Path | None], case_id: str | None,
+            channels: tuple[str, ...], scheme_name: str | None, model_scheme: str) -> list[CaseInput]:
+    """Every case of the command line; case ids must be unique (they name the outputs)."""
+    named = any(p is not None for p in files.values())
+    if named and paths:
+        raise ValueError("give either INPUT folders or named modality files (--flair ...), not both")
+    if not named and not paths:
+        raise ValueError(f"nothing to predict: give INPUT folders or --{' --'.join(CHANNELS)} files")
+    if named:
+        inputs = [from_named_files(files, case_id, channels, scheme_name or model_scheme)]
+    else:
+        inputs = [item for path in paths for item in from_path(path, channels, scheme_name)]
+    ids = [item.case.case_id for item in inputs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"case ids {duplicates} occur more than once; their outputs would collide")
+    return inputs

@@ -1,0 +1,161 @@
+"""``glioseg predict``: files → preprocessing → windows → labels in the scanner's geometry → files.
+
+One case: read the channels the model names, apply the preprocessing recorded with the model
+(``glioseg.data.preprocess``: RAS, brain box, z-score), predict in cache space, turn regions
+into the input dataset's labels, map back with ``to_original`` (the preprocessing's exact
+inverse) and write through :mod:`glioseg.inference.writer`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from glioseg import __version__
+from glioseg.data import preprocess
+from glioseg.data.cases import load_case
+from glioseg.data.labels import region_volumes_ml, regions_to_labels
+from glioseg.inference import writer
+from glioseg.inference.bundle import file_sha256
+from glioseg.inference.inputs import CaseInput
+from glioseg.inference.predictor import (PredictConfig, Predictor, normalised_entropy, region_probabilities,
+                                         to_regions)
+
+log = logging.getLogger(__name__)
+
+UNCERTAINTY = {"regions": "mean binary entropy of WT, TC, ET in bits (0 certain .. 1)",
+               "classes": "entropy of the class probabilities divided by log(classes) (0 .. 1)"}
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    probabilities: bool = False
+    uncertainty: bool = False
+
+    def names(self) -> list[str]:
+        return ["label"] + [n for n in ("probabilities", "uncertainty") if getattr(self, n)]
+
+
+def input_digests(case) -> dict[str, dict[str, str]]:
+    """Path and SHA-256 of each channel file (the form ``preprocess_case`` records)."""
+    return {c: {"path": str(p), "sha256": file_sha256(p)} for c, p in case.images.items()}
+
+
+def request_of(item: CaseInput, digests: dict, predictor: Predictor, options: OutputOptions) -> dict:
+    """What determines a case's outputs; a re-run with the same request may skip the case."""
+    config = predictor.config
+    return {
+        "inputs": {c: d["sha256"] for c, d in digests.items()},
+        "models": [net.bundle.sha256 for net in predictor.networks],
+        "scheme": item.scheme.name,
+        "settings": {"window": config.window if isinstance(config.window, str) else list(config.window),
+                     "overlap": config.overlap, "tta": config.tta, "precision": config.precision},
+        "outputs": options.names(),
+    }
+
+
+def _write_outputs(item: CaseInput, out: Path, probs: np.ndarray, meta: dict, image,
+                   predictor: Predictor, options: OutputOptions) -> tuple[dict, np.ndarray]:
+    """Label map (and optional maps) in the original geometry; returns (outputs record, label)."""
+    bundle, case_id = predictor.bundle, item.case.case_id
+    regions = to_regions(probs, bundle.target, bundle.scheme)
+    label = preprocess.to_original(regions_to_labels(regions, item.scheme), meta, order=0)
+    maps = {"label": label}
+    if options.probabilities:
+        region_probs = region_probabilities(probs, bundle.target, bundle.scheme)
+        original = preprocess.to_original(region_probs.astype(np.float32), meta, order=1)
+        maps["probabilities"] = np.ascontiguousarray(np.moveaxis(original, 0, -1), dtype=np.float32)
+    if options.uncertainty:
+        entropy = normalised_entropy(probs, bundle.target)
+        maps["uncertainty"] = preprocess.to_original(entropy, meta, order=1).astype(np.float32)
+    record = {}
+    for what, array in maps.items():
+        path = writer.output_path(out, case_id, what)
+        digest = writer.write_verified(path, array, image)
+        record[what] = {"file": path.name, "sha256": digest, "shape": list(array.shape), "dtype": str(array.dtype)}
+    return record, label
+
+
+def predict_case(item: CaseInput, predictor: Predictor, out: Path, options: OutputOptions,
+                 request: dict, digests: dict) -> dict:
+    """Predict one case and write its outputs and sidecar; returns the sidecar record."""
+    case, bundle = item.case, predictor.bundle
+    times = {"start": time.perf_counter()}
+    image, _ = load_case(case, item.dataset)
+    times["load"] = time.perf_counter()
+    array, _, meta = preprocess.preprocess_case(image, None, case, bundle.preprocess_config(),
+                                                channels=item.dataset.channels, inputs=digests)
+    times["preprocess"] = time.perf_counter()
+    probs, stats = predictor.probabilities(array, case.site)
+    times["inference"] = time.perf_counter()
+    outputs, label = _write_outputs(item, out, probs, meta, image, predictor, options)
+    times["write"] = time.perf_counter()
+    steps = ("start", "load", "preprocess", "inference", "write")
+    record = {
+        "case": case.case_id, "glioseg_version": __version__, "request": request, "inputs": digests,
+        "models": [{"file": str(net.source), "sha256": net.bundle.sha256, "model": net.bundle.model,
+                    "runtime": net.kind, "target": net.bundle.target} for net in predictor.networks],
+        "label_scheme": item.scheme.name, "site": case.site,
+        "run": {"precision": predictor.config.precision, "window": stats.window_size,
+                "overlap": predictor.config.overlap, "tta": predictor.config.tta, "windows_run": stats.windows,
+                "sw_batch_size": stats.sw_batch_size, "device": predictor.config.device,
+                "stitching": stats.stitching, "fp32_reruns": stats.fp32_reruns, "oom_retries": stats.oom_retries},
+        "timings_s": {b: round(times[b] - times[a], 3) for a, b in zip(steps, steps[1:])},
+        "volumes_ml": region_volumes_ml(label, item.scheme, image.spacing),
+        "geometry": {"shape": list(label.shape), "affine": image.affine.tolist(), "orientation": image.orientation},
+        "cache_box": meta["crop"]["box"],
+        "outputs": outputs,
+    }
+    if options.uncertainty:
+        record["uncertainty"] = UNCERTAINTY[bundle.target]
+    writer.write_sidecar(out, case.case_id, record)
+    return record
+
+
+def _one(item: CaseInput, predictor: Predictor, out: Path, options: OutputOptions) -> str:
+    digests = input_digests(item.case)
+    request = request_of(item, digests, predictor, options)
+    if writer.is_complete(out, item.case.case_id, request):
+        return "skipped"
+    record = predict_case(item, predictor, out, options, request, digests)
+    vols = record["volumes_ml"]
+    log.info("%s: WT %.1f mL, TC %.1f mL, ET %.1f mL in %.1f s", item.case.case_id, vols["WT"], vols["TC"],
+             vols["ET"], sum(record["timings_s"].values()))
+    return "done"
+
+
+def predict_all(items: Sequence[CaseInput], predictor: Predictor, out: Path | str,
+                options: OutputOptions = OutputOptions()) -> dict[str, int]:
+    """Predict every case into ``out``; verified-complete cases are skipped.
+
+    A failing case does not stop the others; all failures are raised together at the end.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    writer.clean_parts(out)
+    counts, errors = {"done": 0, "skipped": 0, "failed": 0}, []
+    for item in tqdm(items, desc="predict", unit="case"):
+        try:
+            counts[_one(item, predictor, out, options)] += 1
+        except (ValueError, OSError) as exc:
+            counts["failed"] += 1
+            errors.append(f"{item.case.case_id}: {exc}")
+            log.error("%s", errors[-1])
+    log.info("predict %s: %d predicted, %d already complete (skipped), %d failed", out,
+             counts["done"], counts["skipped"], counts["failed"])
+    if errors:
+        raise ValueError(f"{len(errors)} of {len(items)} cases failed (the others are written; rerun to "
+                         "resume): " + "; ".join(errors))
+    return counts
+
+
+def make_predictor(checkpoints: Sequence[Path], config: PredictConfig) -> Predictor:
+    """Networks for every model file (.pt / .safetensors / .json → PyTorch, .onnx → onnxruntime)."""
+    from glioseg.inference.predictor import open_network
+
+    return Predictor([open_network(Path(p), config.device) for p in checkpoints], config)

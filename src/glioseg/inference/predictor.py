@@ -1,0 +1,346 @@
+"""Sliding-window prediction: Gaussian windows, flips, ensembles, fp32 re-runs, out-of-memory ladder.
+
+The engine works on a preprocessed case (cache space: RAS, brain-cropped, z-scored, (C, x, y, z))
+and returns averaged probabilities; :mod:`glioseg.inference.pipeline` reads the files, writes the
+results back in the scanner's geometry and runs the CLI.
+
+Precision: windows run under autocast in ``fp32`` / ``bf16`` / ``fp16``; every window's logits are
+checked, and a window (batch item) with any non-finite value is run again in fp32; MONAI
+aggregates in the input's dtype, which is float32, so the stitching is always fp32.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from glioseg.data.formats import CHANNELS
+from glioseg.data.labels import class_values, classes_to_regions, get_scheme, labels_to_regions
+from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+WINDOWS = ("box", "patch")
+# The 8 combinations of flips over the spatial axes of a (B, C, X, Y, Z) tensor.
+FLIPS: tuple[tuple[int, ...], ...] = tuple(d for n in range(4) for d in itertools.combinations((2, 3, 4), n))
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How to run the windows.
+
+    ``window``: "box" (default) runs one window over the whole brain box, rounded up to the
+    network's size divisor, so each voxel goes through the network once: on a CPU about 3x less
+    work than MONAI's 240x240x160 recipe window and 4-5x less than training-patch windows with
+    overlap 0.5 (benchmarks/bench_inference.py). It needs activation memory for the whole box;
+    out of memory, prediction falls back to training-patch windows. "patch" uses the training
+    patch; three sizes set the window. A window never exceeds the box (rounded up): padding
+    beyond it is wasted work. ``overlap`` matters only when several windows are needed.
+    ``device`` runs the windows; ``sw_batch_size`` windows go through the network at once.
+    """
+
+    window: str | tuple[int, int, int] = "box"
+    overlap: float = 0.5
+    tta: bool = False
+    precision: str = "fp32"
+    sw_batch_size: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if isinstance(self.window, str):
+            if self.window not in WINDOWS:
+                raise ValueError(f"window {self.window!r} is unknown; use {' or '.join(WINDOWS)} or three sizes")
+        else:
+            window = tuple(int(w) for w in self.window)
+            if len(window) != 3 or min(window) < 1:
+                raise ValueError(f"window must be 3 positive sizes; got {self.window!r}")
+            object.__setattr__(self, "window", window)
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is unknown; known: {', '.join(PRECISIONS)}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1; got {self.sw_batch_size}")
+
+
+class TorchNetwork:
+    """A bundle's PyTorch model; ``__call__(x, site_id)`` returns logits (B, K, x, y, z)."""
+
+    kind = "pytorch"
+    fixed_window = None
+
+    def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu", source: Path | None = None):
+        self.bundle, self.source = bundle, source
+        self.model = bundle.build_model(device)
+        self.device = torch.device(device)
+        self.size_divisor = int(getattr(self.model, "size_divisor", 1))
+        self.takes_ids = "ids" in inspect.signature(self.model.forward).parameters
+
+    def __call__(self, x: torch.Tensor, site_id: int | None) -> torch.Tensor:
+        if not self.takes_ids:
+            return self.model(x)
+        ids = None if site_id is None else torch.full((x.shape[0],), site_id, dtype=torch.long, device=x.device)
+        return self.model(x, ids=ids)
+
+
+def open_network(path: Path, device: torch.device | str = "cpu"):
+    """A runnable network for a model file: ONNX (``.onnx`` or its JSON config) through
+    onnxruntime, anything else through :func:`load_bundle` and PyTorch."""
+    path = Path(path)
+    is_onnx = path.suffix == ".onnx" or (path.is_file() and sniff(path) == "json"
+                                         and read_config(path).get("format") == "onnx")
+    if is_onnx:
+        from glioseg.inference.export import OnnxNetwork
+
+        return OnnxNetwork(path, device)
+    return TorchNetwork(load_bundle(path), device, source=path)
+
+
+@dataclass
+class RunStats:
+    """What happened while predicting one case (goes into the sidecar)."""
+
+    windows: int = 0
+    fp32_reruns: int = 0
+    window_size: list = field(default_factory=list)
+    sw_batch_size: int = 0
+    stitching: str = ""
+    oom_retries: int = 0
+
+
+class GuardedWindow:
+    """The predictor handed to MONAI: autocast, then an fp32 re-run of non-finite windows."""
+
+    def __init__(self, network, site_id: int | None, precision: str, stats: RunStats):
+        self.network, self.site_id, self.stats = network, site_id, stats
+        self.dtype = PRECISIONS[precision]
+
+    def _run(self, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return self.network(x, self.site_id).float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._run(x, self.dtype)
+        self.stats.windows += x.shape[0]
+        bad = ~torch.isfinite(out).flatten(1).all(dim=1)
+        if bad.any() and self.dtype is not None:
+            self.stats.fp32_reruns += int(bad.sum())
+            log.debug("%d window(s) not finite in %s; re-running in fp32", int(bad.sum()), self.dtype)
+            out[bad] = self._run(x[bad], None)
+            bad = ~torch.isfinite(out).flatten(1).all(dim=1)
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} window(s) have non-finite outputs even in fp32: the "
+                             "weights or the preprocessed input are broken")
+        return out
+
+
+def window_size(config: PredictConfig, network, box: Sequence[int]) -> tuple[int, int, int]:
+    """The window for a box of ``box`` voxels: never larger than the box rounded up to the divisor."""
+    div = network.size_divisor
+    rounded = [-(-n // div) * div for n in box]
+    if network.fixed_window is not None:
+        if isinstance(config.window, tuple) and tuple(config.window) != network.fixed_window:
+            raise ValueError(f"this ONNX model takes windows of {list(network.fixed_window)} only; "
+                             f"got --roi {list(config.window)}")
+        return network.fixed_window
+    if config.window == "box":
+        return tuple(rounded)
+    want = network.bundle.patch_size if config.window == "patch" else config.window
+    bad = [w for w in want if w % div]
+    if bad:
+        raise ValueError(f"window {list(want)} must be a multiple of {div} for {network.bundle.model}")
+    return tuple(min(w, r) for w, r in zip(want, rounded))
+
+
+def _attempts(config: PredictConfig, window: tuple[int, ...], patch: tuple[int, ...]):
+    """The out-of-memory ladder: as asked, batch 1, training-patch windows, CPU stitching."""
+    yield config.sw_batch_size, window, config.device
+    if config.sw_batch_size > 1:
+        yield 1, window, config.device
+    small = tuple(min(w, p) for w, p in zip(window, patch))
+    if small != window:
+        yield 1, small, config.device
+    if torch.device(config.device).type != "cpu":
+        yield 1, small, "cpu"
+
+
+def _oom_message(config: PredictConfig, tried: list[tuple]) -> str:
+    steps = "; ".join(f"window {list(roi)} x batch {b}, stitching on {st}" for b, roi, st in tried)
+    smaller = [max(8, r // 2) for r in tried[-1][1]]
+    advice = [f"a smaller window (--roi {' '.join(map(str, smaller))})"]
+    if torch.device(config.device).type != "cpu":
+        if config.precision == "fp32":
+            advice.append("--precision bf16 (or fp16)")
+        advice.append("--device cpu")
+    return (f"out of memory on {config.device} at precision {config.precision} after {len(tried)} attempt(s) "
+            f"({steps}); try {' or '.join(advice)}")
+
+
+def window_logits(network, image: torch.Tensor, config: PredictConfig, site_id: int | None,
+                  stats: RunStats) -> torch.Tensor:
+    """Gaussian sliding-window logits (1, K, x, y, z) float32 of one (1, C, x, y, z) image."""
+    window = window_size(config, network, image.shape[2:])
+    patch = network.fixed_window or window_size(replace(config, window="patch"), network, image.shape[2:])
+    guard = GuardedWindow(network, site_id, config.precision, stats)
+    tried = []
+    for sw_batch, roi, stitch in _attempts(config, window, patch):
+        tried.append((sw_batch, roi, stitch))
+        counted = (stats.windows, stats.fp32_reruns)
+        try:
+            out = sliding_window_inference(image.to(stitch), roi, sw_batch, guard, overlap=config.overlap,
+                                           mode="gaussian", sw_device=config.device, device=stitch)
+        except torch.OutOfMemoryError:
+            # Only CUDA raises this; a failed CPU allocation is a RuntimeError and is not retried.
+            stats.windows, stats.fp32_reruns = counted
+            stats.oom_retries += 1
+            log.warning("out of memory with window %s, sw_batch_size %d, stitching on %s; retrying smaller",
+                        list(roi), sw_batch, stitch)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        stats.window_size, stats.sw_batch_size, stats.stitching = list(roi), sw_batch, str(stitch)
+        return out
+    raise ValueError(_oom_message(config, tried))
+
+
+def activation(logits: torch.Tensor, target: str) -> torch.Tensor:
+    """Regions: sigmoid per channel; classes: softmax over channels."""
+    return torch.sigmoid(logits) if target == "regions" else torch.softmax(logits, dim=1)
+
+
+def _check_ensemble(networks: Sequence) -> None:
+    first = networks[0].bundle
+    for net in networks[1:]:
+        b = net.bundle
+        for what in ("target", "channels", "preprocess"):
+            if getattr(b, what) != getattr(first, what):
+                raise ValueError(f"ensemble members differ in {what}: {getattr(first, what)!r} vs "
+                                 f"{getattr(b, what)!r}; only models with the same {what} can be averaged")
+        if b.target == "classes" and class_values(get_scheme(b.scheme)) != class_values(get_scheme(first.scheme)):
+            raise ValueError(f"ensemble members predict different classes ({first.scheme} vs {b.scheme})")
+
+
+class Predictor:
+    """Averaged probabilities of an ensemble of networks, with optional flip TTA."""
+
+    def __init__(self, networks: Sequence, config: PredictConfig):
+        if not networks:
+            raise ValueError("no model given")
+        _check_ensemble(networks)
+        if config.precision != "fp32" and any(n.kind == "onnxruntime" for n in networks):
+            raise ValueError(f"--precision {config.precision} applies to PyTorch models; an ONNX model runs "
+                             "in the precision it was exported in (fp32)")
+        self.networks, self.config = list(networks), config
+        self.bundle = networks[0].bundle
+
+    @torch.no_grad()
+    def probabilities(self, image: np.ndarray, site: str | None = None) -> tuple[np.ndarray, RunStats]:
+        """(K, x, y, z) float32 mean probabilities of a cache-space (C, x, y, z) image."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        flips = FLIPS if self.config.tta else ((),)
+        stats, total = RunStats(), None
+        for network in self.networks:
+            site_id = network.bundle.site_id(site)
+            for dims in flips:
+                logits = window_logits(network, x.flip(dims) if dims else x, self.config, site_id, stats)
+                probs = activation(logits, self.bundle.target)
+                probs = probs.flip(dims) if dims else probs
+                total = probs if total is None else total.add_(probs)
+        return (total / (len(flips) * len(self.networks)))[0].cpu().numpy(), stats
+
+
+# ---- probabilities → regions, region probabilities, uncertainty (pure NumPy) ----
+
+def to_regions(probs: np.ndarray, target: str, scheme_name: str) -> np.ndarray:
+    """Boolean regions (3, ...) WT, TC, ET: threshold 0.5 for regions, argmax for classes."""
+    if target == "regions":
+        return probs > 0.5
+    return classes_to_regions(np.argmax(probs, axis=0), get_scheme(scheme_name))
+
+
+def region_probabilities(probs: np.ndarray, target: str, scheme_name: str) -> np.ndarray:
+    """(3, ...) probabilities of WT, TC, ET; for class models the sum over each region's classes."""
+    if target == "regions":
+        return probs
+    scheme = get_scheme(scheme_name)
+    member = labels_to_regions(np.asarray(class_values(scheme)), scheme)  # (3, K) booleans
+    return np.tensordot(member.astype(np.float32), probs, axes=(1, 0))
+
+
+def normalised_entropy(probs: np.ndarray, target: str) -> np.ndarray:
+    """Uncertainty in [0, 1]: regions, the mean binary entropy of WT/TC/ET in bits; classes,
+    the categorical entropy divided by log K."""
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    if target == "regions":
+        bits = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+        return bits.mean(axis=0).astype(np.float32)
+    return (-(p * np.log(p)).sum(axis=0) / np.log(p.shape[0])).astype(np.float32)
+
+
+# ---- command line ----
+
+_MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".onnx")
+
+
+def _is_model_file(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if path.suffix in _MODEL_SUFFIXES:
+        return True
+    try:
+        return sniff(path) == "json" and bool(read_config(path))
+    except ValueError:
+        return False
+
+
+def split_models_and_inputs(checkpoints: Sequence[Path], inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """``--checkpoint a.pt b.pt DATA`` reads DATA into the checkpoint list (argparse is greedy);
+    model files are told apart from inputs by what they are, so both spellings work."""
+    models = [Path(p) for p in checkpoints if _is_model_file(Path(p))]
+    rest = [Path(p) for p in checkpoints if not _is_model_file(Path(p))]
+    missing = [str(p) for p in rest if not p.exists()]
+    if missing:
+        raise ValueError(f"no such model file or input: {', '.join(missing)}")
+    return models, rest + [Path(p) for p in inputs]
+
+
+def _window_arg(values: Sequence[str] | None) -> str | tuple[int, int, int]:
+    if not values:
+        return PredictConfig.window
+    if len(values) == 1 and values[0] in WINDOWS:
+        return values[0]
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError:
+        raise ValueError(f"--roi takes {' or '.join(WINDOWS)} or three sizes; got {' '.join(values)}") from None
+
+
+def run_cli(args) -> int:
+    """``glioseg predict [INPUT ...] --checkpoint CKPT [CKPT ...] --out DIR [options]``."""
+    from glioseg.inference import inputs as case_inputs
+    from glioseg.inference.pipeline import OutputOptions, make_predictor, predict_all
+
+    models, paths = split_models_and_inputs(args.checkpoint or [], args.input or [])
+    models += [Path(p) for p in args.onnx or []]
+    if not models:
+        raise ValueError("no model: give --checkpoint CKPT (.pt, .safetensors) or --onnx FILE.onnx")
+    config = PredictConfig(window=_window_arg(args.roi), overlap=args.overlap, tta=args.tta,
+                           precision=args.precision, sw_batch_size=args.sw_batch_size, device=args.device)
+    predictor = make_predictor(models, config)
+    files = {c: getattr(args, c, None) for c in CHANNELS}
+    items = case_inputs.collect(paths, files, args.case_id, predictor.bundle.channels, args.scheme,
+                                predictor.bundle.scheme)
+    log.info("%d case(s), %d model(s), labels written in the %s convention", len(items), len(models),
+             ", ".join(sorted({i.scheme.name for i in items})))
+    options = OutputOptions(probabilities=args.probabilities, uncertainty=args.uncertainty)
+    counts = predict_all(items, predictor, args.out, options)
+    print(f"predict {args.out}: {counts['done']} predicted, {counts['skipped']} already complete")
+    return 0

@@ -1,0 +1,116 @@
+"""DALight-3D: a lightweight 3D U-Net with identifier-conditioned norms, CSA and SSFB skips.
+
+Built from ``shared/design/dalight3d.md``. Reference configuration (4 → 4): 2,219,074 parameters;
+the ablations: no SepConv 9,198,682; no IdNorm 2,194,498; no CSA 1,924,522; no SSFB 2,209,588.
+
+Shapes (reference widths, input (B, 4, X, Y, Z) with X, Y, Z multiples of 8)::
+
+    stem  3×3×3 conv 4→24, GN, GELU                               (B,  24, X,   Y,   Z)
+    E0    LightweightBlock 24→24, full convs                       (B,  24, X,   Y,   Z)
+    down  3×3×3 conv stride 2 (bias), E1 24→48 SepConv             (B,  48, X/2, Y/2, Z/2)
+    down, E2 48→96 SepConv + CSA                                   (B,  96, X/4, Y/4, Z/4)
+    down, E3 96→432 SepConv + CSA (bottleneck)                     (B, 432, X/8, Y/8, Z/8)
+    up    ConvTranspose 432→96, SimpleSkip, LightweightBlock 96    (B,  96, X/4, ...)
+    up    ConvTranspose 96→48,  SSFB,       LightweightBlock 48    (B,  48, X/2, ...)
+    up    ConvTranspose 48→24,  SSFB,       LightweightBlock 24    (B,  24, X,   ...)
+    Dropout3d(0.1), head 3×3×3 conv 24→64 (no bias), GN, GELU, 1×1×1 conv 64→out   (B, out, X, Y, Z)
+
+The network returns logits. ``forward(x, ids=None)``: ``ids`` (B,) are acquisition-group indices
+(site / scanner / institution, mapped to 0..num_ids-1 by the caller and recorded with the
+checkpoint); ``None`` or an id outside 0..num_ids-1 selects the learned default affine of every IdNorm.
+
+Identifier dropout is the trainer's job, not the network's: it calls :func:`drop_ids` on the batch's
+ids with its own seeded generator, so the network's forward stays a pure function of (x, ids) and
+the default path gets trained (the spec's "drop the identifier for a fraction of samples").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glioseg.models.blocks import (SSFB, ConvNormAct, LightweightBlock, SimpleSkip,
+                                   conv3, prepare_input)
+from glioseg.models.fast_conv import PointwiseConv3d
+
+
+@dataclass(frozen=True)
+class DALightConfig:
+    """Settings of DALight-3D; the defaults are the paper's reference configuration."""
+
+    base_width: int = 24
+    max_width: int = 384
+    bottleneck_width: int = 432
+    head_width: int = 64
+    ssfb_rank: int = 8
+    num_ids: int = 8
+    dropout: float = 0.1
+    separable: bool = True
+    id_norm: bool = True
+    csa: bool = True
+    ssfb: bool = True
+    csa_axis: int = 2
+    channels_last: bool = True
+
+    def widths(self) -> tuple[int, int, int, int]:
+        """Stage widths E0..E3: min(C0·2^l, max) for l = 0..2, then the bottleneck width."""
+        c = [min(self.base_width * 2 ** level, self.max_width) for level in range(3)]
+        return c[0], c[1], c[2], self.bottleneck_width
+
+
+class DALight3D(nn.Module):
+    """DALight-3D (see the module docstring); ``size_divisor`` = 8."""
+
+    size_divisor = 8
+
+    def __init__(self, in_channels: int = 4, out_channels: int = 4, config: DALightConfig = DALightConfig()):
+        super().__init__()
+        self.config = config
+        c0, c1, c2, c3 = config.widths()
+        block = dict(id_norm=config.id_norm, num_ids=config.num_ids, csa_axis=config.csa_axis)
+        sep = config.separable
+        self.stem = ConvNormAct(in_channels, c0)
+        self.enc0 = LightweightBlock(c0, c0, separable=False, csa=False, **block)
+        self.down1, self.enc1 = conv3(c0, c0, 2, True), LightweightBlock(c0, c1, sep, False, **block)
+        self.down2, self.enc2 = conv3(c1, c1, 2, True), LightweightBlock(c1, c2, sep, config.csa, **block)
+        self.down3, self.enc3 = conv3(c2, c2, 2, True), LightweightBlock(c2, c3, sep, config.csa, **block)
+        self.up3, self.skip3 = nn.ConvTranspose3d(c3, c2, 2, stride=2), SimpleSkip(c2)
+        self.dec3 = LightweightBlock(c2, c2, sep, False, **block)
+        self.up2, self.skip2 = nn.ConvTranspose3d(c2, c1, 2, stride=2), self._skip(c1)
+        self.dec2 = LightweightBlock(c1, c1, sep, False, **block)
+        self.up1, self.skip1 = nn.ConvTranspose3d(c1, c0, 2, stride=2), self._skip(c0)
+        self.dec1 = LightweightBlock(c0, c0, sep, False, **block)
+        self.dropout = nn.Dropout3d(config.dropout)
+        self.head = nn.Sequential(
+            conv3(c0, config.head_width), nn.GroupNorm(8, config.head_width), nn.GELU(),
+            PointwiseConv3d(config.head_width, out_channels))
+
+    def _skip(self, channels: int) -> nn.Module:
+        return SSFB(channels, self.config.ssfb_rank) if self.config.ssfb else SimpleSkip(channels)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, in_channels, X, Y, Z), ids: LongTensor (B,) or None → logits (B, out_channels, X, Y, Z)."""
+        x = prepare_input(x, self.size_divisor, "dalight3d", self.config.channels_last)
+        if ids is not None and ids.shape != x.shape[:1]:
+            raise ValueError(f"dalight3d: ids must have shape ({x.shape[0]},), got {tuple(ids.shape)}")
+        e0 = self.enc0(self.stem(x), ids)
+        e1 = self.enc1(self.down1(e0), ids)
+        e2 = self.enc2(self.down2(e1), ids)
+        d = self.enc3(self.down3(e2), ids)
+        d = self.dec3(self.skip3(e2, self.up3(d)), ids)
+        d = self.dec2(self.skip2(e1, self.up2(d)), ids)
+        d = self.dec1(self.skip1(e0, self.up1(d)), ids)
+        return self.head(self.dropout(d)).contiguous()
+
+
+def drop_ids(ids: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Copy of ``ids`` (B,) with each entry replaced by -1 (unknown) with probability ``fraction``.
+
+    Training calls this so the learned default affine, used for unseen sites, is trained too.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"identifier dropout fraction must be in [0, 1], got {fraction}")
+    drop = torch.rand(ids.shape, generator=generator, device=generator.device) < fraction
+    return torch.where(drop.to(ids.device), torch.full_like(ids, -1), ids)

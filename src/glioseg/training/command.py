@@ -1,0 +1,57 @@
+"""``glioseg train``: settings from recipe, config file and options; then the trainer."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from glioseg.config import from_dict, load_yaml
+from glioseg.training.recipe import TrainConfig, build_config
+from glioseg.training.trainer import train
+
+log = logging.getLogger(__name__)
+
+# Options that may change when a run is resumed; anything else must stay as the run began.
+RESUMABLE = ("epochs", "workers", "device")
+
+
+def default_recipe(model: str | None) -> str:
+    """SegResNet trains with its published recipe; DALight-3D and its baselines with the paper's."""
+    return "segresnet-brats" if (model or "segresnet") == "segresnet" else "dalight3d-paper"
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    return {
+        "model": args.model, "precision": args.precision, "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch, "patch": tuple(args.patch) if args.patch else None,
+        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "val_every": args.val_every,
+        "val_fraction": args.val_fraction, "workers": args.workers, "device": args.device,
+        "checkpoint_every": args.checkpoint_every,
+    }
+
+
+def resumed_config(out: Path, overrides: dict) -> TrainConfig:
+    saved = load_yaml(out / "config.yaml")
+    saved.pop("versions", None)
+    changed = sorted(k for k, v in overrides.items() if v is not None and k not in RESUMABLE
+                     and v != (tuple(saved[k]) if isinstance(saved.get(k), list) else saved.get(k)))
+    if changed:
+        raise ValueError(f"{out}: --resume continues the run as it was configured; only "
+                         f"{', '.join('--' + k for k in RESUMABLE)} may change, not {', '.join(changed)}")
+    if overrides.get("epochs") is not None and overrides["epochs"] < saved["epochs"]:
+        raise ValueError(f"{out}: --epochs {overrides['epochs']} is fewer than the run's {saved['epochs']}")
+    saved.update({k: v for k, v in overrides.items() if k in RESUMABLE and v is not None})
+    return from_dict(TrainConfig, saved, where=str(out / "config.yaml"))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    overrides = overrides_from_args(args)
+    if args.resume:
+        config = resumed_config(args.out, overrides)
+    else:
+        config = build_config(args.recipe or default_recipe(args.model), args.config, overrides)
+    summary = train(config, args.data, args.out, resume=args.resume, data_format=args.format,
+                    cache=args.cache)
+    log.info("precision summary: %s", json.dumps(summary))
+    return 0

@@ -1,0 +1,102 @@
+"""Export: ONNX and TorchScript match PyTorch within 1e-4; a failed check leaves nothing behind."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from glioseg.cli import main
+from glioseg.inference.bundle import load_bundle
+from glioseg.inference.export import OnnxNetwork, export_onnx, export_torchscript
+from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork
+from glioseg.training.checkpoint import save_checkpoint
+from ._fakes import LPS, tiny_bundle, write_case
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tmp_path_factory):
+    """One ONNX export shared by the tests (torch.export + ONNX optimisation: 20-40 s on this CPU)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    bundle = tiny_bundle()
+    result = export_onnx(bundle, folder / "model.onnx")
+    return bundle, folder / "model.onnx", result
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_pytorch(onnx_export):
+    bundle, path, result = onnx_export
+    assert result["max_abs_diff"] <= 1e-4
+    config = json.loads(path.with_suffix(".json").read_text())
+    assert config["format"] == "onnx" and config["window"] == [16, 16, 16] and config["inputs"] == ["image"]
+    assert config["bundle"] == bundle.metadata()
+
+
+@pytest.mark.slow
+def test_onnx_predicts_like_pytorch_with_dynamic_batch(onnx_export):
+    bundle, path, _ = onnx_export
+    image = np.random.default_rng(0).normal(size=(4, 20, 24, 18)).astype(np.float32)
+    config = PredictConfig(window="patch", sw_batch_size=3)
+    via_onnx, stats = Predictor([OnnxNetwork(path)], config).probabilities(image)
+    via_torch, _ = Predictor([TorchNetwork(bundle)], config).probabilities(image)
+    assert stats.windows == 8 and stats.window_size == [16, 16, 16]
+    np.testing.assert_allclose(via_onnx, via_torch, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_onnx_window_is_fixed(onnx_export):
+    _, path, _ = onnx_export
+    image = np.zeros((4, 20, 20, 20), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"takes windows of \[16, 16, 16\] only"):
+        Predictor([OnnxNetwork(path)], PredictConfig(window=(8, 8, 8))).probabilities(image)
+
+
+@pytest.mark.slow
+def test_onnx_is_not_loaded_as_weights(onnx_export):
+    _, path, _ = onnx_export
+    with pytest.raises(ValueError, match="run it with glioseg predict --onnx"):
+        load_bundle(path)
+
+
+def test_torchscript_export_matches_pytorch_and_is_refused_as_weights(tmp_path):
+    result = export_torchscript(tiny_bundle(), tmp_path / "model.ts")
+    assert result["max_abs_diff"] <= 1e-4
+    with pytest.raises(ValueError, match="TorchScript archive"):
+        load_bundle(tmp_path / "model.ts")
+
+
+def test_a_failed_check_leaves_no_file(tmp_path):
+    with pytest.raises(ValueError, match="differs from PyTorch .* nothing was written"):
+        export_torchscript(tiny_bundle(), tmp_path / "model.ts", tolerance=-1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_cli(tmp_path, capsys):
+    ckpt = save_checkpoint(tmp_path / "last.pt", {"bundle": tiny_bundle().to_state()})
+    assert main(["export", str(ckpt), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert "export safetensors" in capsys.readouterr().out
+    reloaded = load_bundle(tmp_path / "m.safetensors")
+    original = load_bundle(ckpt)
+    for key, value in original.weights.items():
+        assert torch.equal(reloaded.weights[key], value)
+    assert main(["export", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
+                 "--roi", "12", "12", "12"]) == 2  # 12 is not a multiple of the size divisor 8
+    assert not (tmp_path / "m.ts").exists()
+
+
+@pytest.mark.slow
+def test_predict_cli_runs_onnx_like_the_checkpoint(onnx_export, tmp_path):
+    bundle, path, _ = onnx_export
+    folder, _ = write_case(tmp_path / "data", LPS)
+    ckpt = save_checkpoint(tmp_path / "last.pt", {"bundle": bundle.to_state()})
+    assert main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "pt"),
+                 "--roi", "patch"]) == 0
+    assert main(["predict", str(folder), "--onnx", str(path), "--out", str(tmp_path / "onnx")]) == 0
+    assert main(["predict", str(folder), "--onnx", str(path), "--out", str(tmp_path / "x"),
+                 "--precision", "bf16"]) == 2
+    a, b = (np.asanyarray(nib.load(str(tmp_path / d / f"{folder.name}.nii.gz")).dataobj) for d in ("pt", "onnx"))
+    assert (a == b).mean() > 0.9999
+    record = json.loads((tmp_path / "onnx" / f"{folder.name}.json").read_text())
+    assert record["models"][0]["runtime"] == "onnxruntime"
