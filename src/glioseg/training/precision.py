@@ -128,7 +128,7 @@ class PrecisionController:
         self._skipped_by: dict[str, int] = {}
         self._started: float | None = None
         self._last_end: float | None = None
-        self._bookkeeping = 0.0   # seconds spent in step() outside backward and optimizer.step
+        self._bookkeeping = 0.0   # seconds of the controller's own work in step()
         self._params: tuple[torch.nn.Module, list[torch.nn.Parameter]] | None = None
 
     @classmethod
@@ -157,11 +157,11 @@ class PrecisionController:
 
     @property
     def bookkeeping_seconds(self) -> float:
-        """Time spent in :meth:`step` outside ``backward`` and ``optimizer.step`` so far.
+        """Seconds the controller's own work in :meth:`step` took so far.
 
-        The controller's own cost (gradient norm, the sync, signals, decisions, clearing
-        gradients). On CUDA it also holds the wait for the backward at the one sync, so it
-        is an upper bound there.
+        Gradient norm, the one sync, signals, decisions and events; not ``backward``,
+        ``optimizer.step`` or freeing the gradients, which a plain loop does too. On CUDA it
+        also holds the wait for the backward at the sync, so it is an upper bound there.
         """
         return self._bookkeeping
 
@@ -266,15 +266,17 @@ class PrecisionController:
         scale = scaler.get_scale() if scaler is not None else 1.0
         self.steps += 1
         verdict = self._judge(precision, loss_value, grad_norm, scale)
+        if not verdict.skip and self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.config.max_grad_norm, norm,
+                                                 foreach=True)
+        # optimizer.step and freeing the gradients are every training loop's work, not the
+        # controller's: the bookkeeping timer pauses for them
+        paused = self._clock()
         if not verdict.skip:
-            if self.config.max_grad_norm is not None:
-                torch.nn.utils.clip_grads_with_norm_(params, self.config.max_grad_norm, norm,
-                                                     foreach=True)
-            paused = self._clock()
             optimizer.step()
-            started += self._clock() - paused
         for param in all_params:
             param.grad = None
+        started += self._clock() - paused
         if scaler is not None:
             scaler.update()
         self._account(precision, verdict, started)
