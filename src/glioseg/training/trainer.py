@@ -166,7 +166,7 @@ class Trainer:
         dist_utils.barrier(self.info)
 
     def load(self, path: Path) -> None:
-        restore_state(self, load_checkpoint(path))
+        restore_state(self, load_checkpoint(path, allow_previous=True))
 
 
 def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data_format: str = "auto",
