@@ -148,7 +148,8 @@ class Trainer:
         """Whole-volume Dice on rank 0 (the other ranks wait at the next barrier)."""
         if not (self.info.is_main and self.data.val_ids):
             return {}
-        scores = validate(self.model, self.data.val_volumes(), self.data.scheme, self.loss_fn.target,
+        volumes = [(c, img, lab, sid if self.takes_ids else None) for c, img, lab, sid in self.data.val_volumes()]
+        scores = validate(self.model, volumes, self.data.scheme, self.loss_fn.target,
                           tuple(self.config.patch), self.config.val_overlap, self.device)
         mean = float(np.mean(list(scores.values())))
         if mean > self.best:
