@@ -155,6 +155,8 @@ class Trainer:
         while self.epoch < self.config.epochs:
             started = time.perf_counter()
             train_loss, skipped = self._run_epoch()
+            # the epoch's loss over every rank's patches, not only over rank 0's shard
+            train_loss = dist_utils.mean_over_ranks(train_loss, self.info, self.device)
             row = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss,
                    "precision": self.controller.precision, "lr": self.optimizer.param_groups[0]["lr"],
                    "skipped": skipped}
