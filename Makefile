@@ -19,6 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
+	rm -rf $(DEMO)
 	.venv/bin/glioseg demo --out $(DEMO)
 
 clean:

@@ -6,10 +6,10 @@ For each model and patch size this runs, interleaved so that load changes hit bo
 - controller: the same step through ``PrecisionController.step``, policy ``fp32`` and
   ``auto`` (probed; on an AVX2-only CPU it settles in fp32, so both do the same arithmetic).
 
-The bookkeeping is what ``step`` does besides ``backward`` and ``optimizer.step`` (gradient
-norm, the one device sync, signals, decision, clearing gradients), timed inside the
-controller (``ctrl.bookkeeping_seconds``), so it stays measurable on a loaded machine where
-the difference of two step times is noise. Printed: median plain step, median controller
+The bookkeeping is what ``step`` does besides ``backward``, ``optimizer.step`` and freeing
+the gradients (all three in the plain step too): gradient norm, the one device sync, signals,
+decision. It is timed inside the controller (``ctrl.bookkeeping_seconds``), so it stays
+measurable on a loaded machine where the difference of two step times is noise. Printed: median plain step, median controller
 step, median bookkeeping per step and its share of the plain step. Target: < 2 %.
 
     PYTHONPATH=src python benchmarks/bench_precision_overhead.py

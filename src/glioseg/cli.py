@@ -151,11 +151,20 @@ def _add_export(sub) -> None:
     p.set_defaults(func="glioseg.inference.export:run_cli")
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline on bundled synthetic data")
+    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 72], metavar=("X", "Y", "Z"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func="glioseg.demo:run_cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glioseg", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_phantom, _add_verify, _add_preprocess, _add_models, _add_train,
+    for add in (_add_demo, _add_phantom, _add_verify, _add_preprocess, _add_models, _add_train,
                 _add_evaluate, _add_report, _add_predict, _add_export):
         add(sub)
     return parser

@@ -12,10 +12,11 @@ import torch
 from glioseg.training.precision import (NonFiniteTrainingError, PrecisionConfig,
                                         PrecisionController, supported_precisions)
 from glioseg.training.precision_ladder import Ladder
-from glioseg.training.precision_probe import rank_precisions
+from glioseg.training.precision_probe import measure_step_times, rank_precisions
 from glioseg.training.precision_signals import SignalTracker
 
-FAST = dict(warmup_steps=10, calm_steps=5, cooldown_steps=10, min_history=5, stats_window=20)
+# prescreen off: these tests script the step timings, which this machine's real bf16 speed must not override.
+FAST = dict(warmup_steps=10, calm_steps=5, cooldown_steps=10, min_history=5, stats_window=20, prescreen=False)
 
 
 class FakeClock:
@@ -115,8 +116,8 @@ def test_auto_stays_in_fp32_when_low_precision_is_slower():
     run = Run()
     ctrl = auto(run, {"fp32": 0.94, "bf16": 11.5, "fp16": 9.0})
     assert ctrl.probe_result["target"] == "fp32" and ctrl.ladder.levels == ["fp32"]
-    # fp32: warm-up + 3 timed steps; each slow level stopped after its warm-up step
-    assert ctrl.probe_calls == ["fp32"] * 4 + ["bf16", "fp16"]
+    # warm-up steps; each slow level is stopped after its warm-up; 3 timed rounds of fp32
+    assert ctrl.probe_calls == ["fp32", "bf16", "fp16"] + ["fp32"] * 3
     assert "no lower precision is faster" in ctrl.events[0]["reason"]
     results = run.train(ctrl, 60)
     assert {r.precision for r in results} == {"fp32"} and switches(ctrl) == []
@@ -134,7 +135,7 @@ def test_auto_moves_to_the_fastest_after_warm_up():
     run = Run()
     ctrl = auto(run, {"fp32": 1.0, "bf16": 0.6, "fp16": 0.5})
     assert ctrl.probe_result["target"] == "fp16"
-    assert ctrl.probe_calls == ["fp32"] * 4 + ["bf16"] * 4 + ["fp16"] * 4
+    assert ctrl.probe_calls == ["fp32", "bf16", "fp16"] * 4   # warm-up, then 3 rounds
     results = run.train(ctrl, 30)
     assert [r.precision for r in results[:10]] == ["fp32"] * 10
     assert switches(ctrl) == [(10, "fp32", "fp16", "calm")]
@@ -150,6 +151,20 @@ def test_auto_moves_to_the_fastest_after_warm_up():
 ])
 def test_rank_precisions(times, target, ladder):
     assert rank_precisions(times, min_gain=0.05) == (target, ladder)
+
+
+def test_probe_stops_a_level_that_turns_slow_after_its_warm_up():
+    clock, calls = FakeClock(), []
+    script = {"fp32": iter([1.0, 1.0, 1.1, 0.9]), "bf16": iter([1.0, 5.0])}
+
+    def step_fn(precision):
+        calls.append(precision)
+        clock.now += next(script[precision])
+
+    times, notes = measure_step_times(step_fn, ("fp32", "bf16"), clock=clock, sync=lambda: None,
+                                      warmup=1, steps=3, give_up=3.0)
+    assert calls == ["fp32", "bf16", "fp32", "bf16", "fp32", "fp32"]
+    assert times == {"fp32": 1.0, "bf16": 5.0} and "over 3x fp32" in notes["bf16"]
 
 
 def test_rank_precisions_agrees_across_ranks():
@@ -496,3 +511,14 @@ def test_two_gloo_ranks_agree_on_every_decision(tmp_path):
     assert {p for p in first["precisions"]} == {"fp32", "bf16"}   # fp16 excluded by rank 1
     assert [26, "bf16", "fp32", "other_rank"] in first["switches"]
     assert [26, "bf16", "fp32", "loss_spike"] in second["switches"]
+
+
+def test_conv_prescreen_rules_out_levels_over_the_give_up_ratio():
+    from glioseg.training.precision_probe import conv_prescreen
+
+    # Each seconds() call reads the clock twice per repetition: fp32 takes 1 s, bf16 100 s, fp16 2 s.
+    ticks = iter([0, 1, 1, 2, 0, 100, 100, 200, 0, 2, 2, 4])
+    screened = conv_prescreen(torch.device("cpu"), ("fp32", "bf16", "fp16"), 3.0, clock=lambda: next(ticks))
+    assert list(screened) == ["bf16"]
+    assert "100x slower than fp32" in screened["bf16"]
+    assert conv_prescreen(torch.device("meta"), ("fp32", "bf16"), 3.0) == {}

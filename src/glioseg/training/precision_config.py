@@ -39,6 +39,7 @@ class PrecisionConfig:
     probe_steps: int = 3
     min_speedup: float = 0.05       # a level must be this fraction faster than fp32
     probe_give_up: float = 3.0      # stop probing a level whose step takes this x fp32
+    prescreen: bool = True          # CPU: rule out levels whose conv layer is over probe_give_up x fp32
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -55,6 +56,11 @@ class PrecisionConfig:
         ones = ("calm_steps", "stats_window", "probe_steps", "max_nonfinite", "max_failures")
         if min(getattr(self, name) for name in ones) < 1:
             raise ValueError(f"precision settings {', '.join(ones)} must be >= 1")
+        if not (0.0 < self.smoothing <= 1.0 and self.min_speedup < 1.0
+                and self.probe_give_up >= 1.0):
+            raise ValueError("precision settings need 0 < smoothing <= 1, min_speedup < 1 and "
+                             f"probe_give_up >= 1, got {self.smoothing}, {self.min_speedup}, "
+                             f"{self.probe_give_up}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrecisionConfig":

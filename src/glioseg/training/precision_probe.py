@@ -14,6 +14,7 @@ same number of times.
 from __future__ import annotations
 
 import statistics
+import time
 import warnings
 from typing import Callable
 
@@ -63,15 +64,52 @@ def device_sync(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
+def conv_prescreen(device: torch.device, candidates: tuple[str, ...], give_up: float,
+                   agree: Agree = lambda flag: flag,
+                   clock: Callable[[], float] = time.perf_counter) -> dict[str, str]:
+    """Low precisions whose 3-D convolution is over ``give_up`` x fp32's on a CPU, with notes.
+
+    One full training step of a CPU without native bf16/fp16 units costs minutes in those
+    dtypes (about 90x fp32 on AVX2). A small conv layer's forward + backward shows the same
+    ratio in well under a second, so such levels are ruled out before any real step runs.
+    CUDA devices are never pre-screened: there the real step decides.
+    """
+    if device.type != "cpu":
+        return {}
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv3d(16, 16, 3, padding=1)
+    x = torch.randn(2, 16, 16, 16, 16, generator=gen)
+
+    def seconds(precision: str) -> float:
+        best = float("inf")
+        for _ in range(2):
+            start = clock()
+            with torch.autocast("cpu", dtype=DTYPES[precision], enabled=precision != "fp32"):
+                out = conv(x)
+            out.float().sum().backward()
+            best = min(best, clock() - start)
+        return best
+
+    reference = seconds("fp32")
+    screened = {}
+    for precision in candidates[1:]:
+        ratio = seconds(precision) / reference
+        if agree(ratio > give_up):
+            screened[precision] = f"conv pre-screen: {ratio:.0f}x slower than fp32 on this CPU"
+    return screened
+
+
 def measure_step_times(step_fn: Callable[[str], None], candidates: tuple[str, ...], *,
                        clock: Callable[[], float], sync: Callable[[], None], warmup: int,
                        steps: int, give_up: float,
                        agree: Agree = lambda flag: flag) -> tuple[dict[str, float], dict[str, str]]:
     """Median seconds per step of each candidate (``fp32`` must come first) and notes.
 
-    A low precision stops as soon as one step takes more than ``give_up`` times fp32's
-    (warm-up steps against fp32's warm-up steps): it cannot win, and each of its steps
-    can cost minutes on a CPU without native bf16/fp16. Its time is then that step's.
+    Warm-up steps first (one-time costs: kernel selection, caches), then ``steps`` rounds
+    that time every level once each, so that a change of machine load hits all levels
+    alike. A low precision stops as soon as one step takes more than ``give_up`` times
+    fp32's (a warm-up step against fp32's warm-up step): it cannot win, and each of its
+    steps can cost minutes on a CPU without native bf16/fp16. Its time is then that step's.
     """
     if candidates[0] != "fp32":
         raise ValueError(f"the probe needs fp32 as its reference first, got {candidates}")
@@ -84,31 +122,29 @@ def measure_step_times(step_fn: Callable[[str], None], candidates: tuple[str, ..
 
     times: dict[str, float] = {}
     notes: dict[str, str] = {}
-    ref_warm: list[float] = []
-    for precision in candidates:
-        reference = precision == "fp32"
-        warm: list[float] = []
-        stopped = False
+    reference = [timed("fp32") for _ in range(warmup)]
+    alive = ["fp32"]
+    for precision in candidates[1:]:
         for index in range(warmup):
-            warm.append(timed(precision))
-            if not reference and agree(warm[-1] > give_up * ref_warm[index]):
-                stopped = True
+            seconds = timed(precision)
+            if agree(seconds > give_up * reference[index]):
+                times[precision] = seconds
+                notes[precision] = (f"stopped in warm-up: {seconds:.3g} s/step against "
+                                    f"fp32's {reference[index]:.3g} s")
                 break
-        if stopped:
-            times[precision] = warm[-1]
-            notes[precision] = (f"stopped in warm-up: {warm[-1]:.3g} s/step against fp32's "
-                                f"{ref_warm[len(warm) - 1]:.3g} s")
-            continue
-        samples = []
-        for _ in range(steps):
-            samples.append(timed(precision))
-            if not reference and agree(samples[-1] > give_up * times["fp32"]):
-                notes[precision] = f"stopped: {samples[-1]:.3g} s/step, over {give_up:g}x fp32"
-                break
-        times[precision] = statistics.median(samples)
-        if reference:
-            ref_warm = warm
-    return times, notes
+        else:
+            alive.append(precision)
+    samples: dict[str, list[float]] = {p: [] for p in alive}
+    for _ in range(steps):
+        for precision in list(alive):
+            samples[precision].append(timed(precision))
+            if precision != "fp32" and agree(
+                    samples[precision][-1] > give_up * statistics.median(samples["fp32"])):
+                notes[precision] = (f"stopped: {samples[precision][-1]:.3g} s/step, over "
+                                    f"{give_up:g}x fp32")
+                alive.remove(precision)
+    times.update({p: statistics.median(v) for p, v in samples.items()})
+    return {p: times[p] for p in candidates}, notes
 
 
 def rank_precisions(times: dict[str, float], min_gain: float,

@@ -1,0 +1,93 @@
+"""What a run trains on: the preprocessed cache, a seeded train/validation split, site ids.
+
+A raw dataset folder is preprocessed into ``<run>/cache`` first (or into ``--cache``); a
+folder that already is a glioseg cache is used as it is.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from glioseg.data.formats import discover
+from glioseg.data.preprocess import PreprocessConfig, load_cache, preprocess_dataset
+from glioseg.training import distributed as dist_utils
+
+log = logging.getLogger(__name__)
+
+
+def make_split(case_ids: list[str], seed: int, val_fraction: float) -> dict:
+    """Deterministic split by seed: the same ids, seed and fraction give the same split anywhere."""
+    ids = sorted(case_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = int(round(val_fraction * len(ids))) if len(ids) > 1 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 and len(ids) > 1 else 0), len(ids) - 1)
+    val = sorted(ids[i] for i in order[:n_val])
+    return {"seed": seed, "val_fraction": val_fraction,
+            "train": [c for c in ids if c not in set(val)], "val": val}
+
+
+def site_index(sites: list[str | None]) -> dict[str, int]:
+    """Stable index per known acquisition site (sorted names); unknown sites get none."""
+    return {name: i for i, name in enumerate(sorted({s for s in sites if s}))}
+
+
+@dataclass
+class TrainingData:
+    cache: object
+    split: dict
+    sites: dict[str, int]
+
+    @property
+    def scheme(self):
+        return self.cache.scheme
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.cache.channels)
+
+    @property
+    def val_ids(self) -> list[str]:
+        return list(self.split["val"])
+
+    def site_id(self, case_id: str) -> int:
+        return self.sites.get(self.cache.site(case_id) or "", -1)
+
+    def _volumes(self, ids: list[str]) -> list[tuple]:
+        return [(c, self.cache.image(c), self.cache.label(c), self.site_id(c)) for c in ids]
+
+    def train_volumes(self) -> list[tuple]:
+        return self._volumes(self.split["train"])
+
+    def val_volumes(self) -> list[tuple]:
+        return [(c, img, lab, sid if sid >= 0 else None) for c, img, lab, sid in self._volumes(self.val_ids)]
+
+
+def ensure_cache(data: Path, out: Path, data_format: str, cache_dir: Path | None,
+                 info: dist_utils.DistInfo):
+    """The cache for ``data``: ``data`` itself when it is one, else built (by rank 0) and loaded."""
+    data = Path(data)
+    if (data / "cache.json").is_file():
+        return load_cache(data)
+    target = Path(cache_dir) if cache_dir else Path(out) / "cache"
+    if info.is_main:
+        preprocess_dataset(discover(data, data_format), target, PreprocessConfig())
+    dist_utils.barrier(info)
+    return load_cache(target)
+
+
+def prepare_data(data: Path, out: Path, config, data_format: str, cache_dir: Path | None,
+                 info: dist_utils.DistInfo) -> TrainingData:
+    cache = ensure_cache(data, out, data_format, cache_dir, info)
+    saved = Path(out) / "split.json"
+    split = json.loads(saved.read_text()) if saved.is_file() else \
+        make_split(list(cache.case_ids), config.seed, config.val_fraction)
+    missing = sorted(set(split["train"] + split["val"]) - set(cache.case_ids))
+    if missing:
+        raise ValueError(f"{saved}: the split names cases the data does not have: {', '.join(missing)}")
+    sites = site_index([cache.site(c) for c in split["train"]])
+    log.info("%d training and %d validation cases; sites %s", len(split["train"]), len(split["val"]), sites)
+    return TrainingData(cache, split, sites)

@@ -1,0 +1,85 @@
+"""Training configuration: one frozen dataclass, recipes shipped as YAML, CLI overrides on top.
+
+Variants are config files, not subclasses: ``segresnet-brats`` and ``dalight3d-paper`` live in
+``glioseg/recipes/``; a user's ``--config FILE`` and command-line options override them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from glioseg.config import from_dict, load_yaml, to_dict
+from glioseg.data.sampling import AugmentConfig
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; saved as ``config.yaml`` and in every checkpoint."""
+
+    model: str = "segresnet"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    loss: str = "dice"
+    ce_weight: float = 0.5
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 0
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    batch_size: int = 1
+    patch: tuple[int, ...] = (128, 128, 128)
+    foreground_fraction: float = 0.33
+    id_dropout: float = 0.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precision: str = "auto"
+    precision_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    val_every: int = 1
+    val_fraction: float = 0.2
+    val_overlap: float = 0.5
+    workers: int = 1
+    device: str = "auto"
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if len(self.patch) != 3 or min(self.patch) < 8:
+            raise ValueError(f"patch must be three sizes of at least 8 voxels, got {self.patch}")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("glioseg.recipes").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def recipe_dict(name: str) -> dict[str, Any]:
+    """The settings of a shipped recipe; an unknown name lists the known ones."""
+    if name not in recipe_names():
+        raise ValueError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
+    with resources.as_file(resources.files("glioseg.recipes") / f"{name}.yaml") as path:
+        return load_yaml(path)
+
+
+def build_config(recipe: str | None = None, config_file: Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Recipe, then the user's file, then command-line overrides (``None`` values ignored)."""
+    data: dict[str, Any] = recipe_dict(recipe) if recipe else {}
+    if config_file is not None:
+        data.update(load_yaml(config_file))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(TrainConfig, data, where=str(config_file) if config_file else "config")

@@ -1,0 +1,114 @@
+"""The files of a training run, written so that a kill at any moment loses nothing.
+
+``config.yaml``, ``split.json``: written once (atomically).
+``metrics.csv``: a row per epoch; ``steps.csv``: a row per optimiser step;
+``precision_events.jsonl``: one JSON object per controller decision. On resume, rows past
+the checkpoint being resumed are dropped, so the files always describe one consistent run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glioseg.data.io import atomic_path
+from glioseg.evaluation.figures import training_curves
+from glioseg.evaluation.report import write_report
+
+METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et",
+                  "val_dice_mean", "precision", "lr", "skipped", "seconds")
+STEP_COLUMNS = ("step", "epoch", "loss", "precision", "grad_norm", "skipped", "lr")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+class RunFolder:
+    """Paths and append-only logs of one run; only rank 0 writes."""
+
+    def __init__(self, path: Path, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer
+        if writer:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    last = property(lambda self: self.path / "last.pt")
+    best = property(lambda self: self.path / "best.pt")
+    metrics = property(lambda self: self.path / "metrics.csv")
+    steps = property(lambda self: self.path / "steps.csv")
+    events = property(lambda self: self.path / "precision_events.jsonl")
+
+    def write_config(self, config: dict[str, Any], split: dict[str, Any]) -> None:
+        if self.writer:
+            write_text_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+            write_text_atomic(self.path / "split.json", json.dumps(split, indent=2))
+
+    def _append(self, path: Path, columns: tuple[str, ...], row: dict[str, Any]) -> None:
+        if not self.writer:
+            return
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            out = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            if new:
+                out.writeheader()
+            out.writerow(row)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        self._append(self.metrics, METRIC_COLUMNS, row)
+
+    def log_step(self, row: dict[str, Any]) -> None:
+        self._append(self.steps, STEP_COLUMNS, row)
+
+    def log_event(self, event: dict[str, Any]) -> None:
+        if self.writer:
+            with open(self.events, "a") as fh:
+                fh.write(json.dumps(event) + "\n")
+
+    def truncate_after(self, step: int, epochs_done: int) -> None:
+        """Drop log rows of steps after ``step`` and of epochs after the first ``epochs_done``
+        (what a resumed run will redo).
+
+        Epoch rows go by epoch, not by step: a checkpoint taken at an epoch's last step, before
+        its validation and its epoch-end checkpoint, has that epoch's step count but not the
+        epoch done, and the resumed run writes that epoch's row again.
+        """
+        if not self.writer:
+            return
+        for path, key, last in ((self.metrics, "epoch", epochs_done), (self.steps, "step", step)):
+            if path.exists():
+                with open(path, newline="") as fh:
+                    rows = list(csv.DictReader(fh))
+                kept = [r for r in rows if int(r[key]) <= last]
+                columns = METRIC_COLUMNS if path == self.metrics else STEP_COLUMNS
+                with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+                    out = csv.DictWriter(fh, fieldnames=columns)
+                    out.writeheader()
+                    out.writerows(kept)
+        if self.events.exists():
+            lines = [ln for ln in self.events.read_text().splitlines()
+                     if ln.strip() and json.loads(ln).get("step", 0) <= step]
+            write_text_atomic(self.events, "".join(ln + "\n" for ln in lines))
+
+    def clear_logs(self) -> None:
+        """Drop the logs of an earlier run that died before its first checkpoint (a new run
+        starts there; appending would mix the two runs' rows)."""
+        if self.writer:
+            for path in (self.metrics, self.steps, self.events):
+                path.unlink(missing_ok=True)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Precision summary (JSON), loss/Dice/precision curves (PNG) and the run's HTML report."""
+        if not self.writer:
+            return
+        write_text_atomic(self.path / "precision_summary.json", json.dumps(summary, indent=2))
+        with atomic_path(self.path / "training_curves.png") as tmp:
+            tmp.write_bytes(training_curves(self.path))
+        write_report(self.path / "report.html", run_dir=self.path, title=f"glioseg training run {self.path.name}")
