@@ -97,7 +97,7 @@ def test_injected_instability_in_bf16_falls_back_to_fp32_and_training_continues(
     """``auto`` probed as if bf16 were twice as fast (on this CPU it is far slower, so the real probe
     would never leave fp32); one calm fp32 step, then bf16; a NaN loss at step 3 must skip that
     update, fall back to fp32 for the cool-down and let training go on with finite weights."""
-    options = {"candidates": ["fp32", "bf16"], "warmup_steps": 1, "calm_steps": 1, "min_history": 0,
+    options = {"candidates": ["fp32", "bf16"], "prescreen": False, "warmup_steps": 1, "calm_steps": 1, "min_history": 0,
                "grad_z": 1e6, "loss_z": 1e6, "curvature_z": 1e6, "cooldown_steps": 100}
     config = from_dict(TrainConfig, {**TINY, "precision": "auto", "precision_options": options,
                                      "epochs": 1, "steps_per_epoch": 5, "val_fraction": 0.0})
