@@ -64,6 +64,7 @@ class DALight3D(nn.Module):
     """DALight-3D (see the module docstring); ``size_divisor`` = 8."""
 
     size_divisor = 8
+    takes_ids = True
 
     def __init__(self, in_channels: int = 4, out_channels: int = 4, config: DALightConfig = DALightConfig()):
         super().__init__()

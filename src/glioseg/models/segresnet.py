@@ -29,6 +29,7 @@ class SegResNet3D(SegResNet):
     """MONAI SegResNet (BraTS recipe) with ``size_divisor`` = 8 and an input-size check."""
 
     size_divisor = 8
+    takes_ids = False
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3, config: SegResNetConfig = SegResNetConfig()):
         super().__init__(spatial_dims=3, init_filters=config.init_filters, in_channels=in_channels,

@@ -56,6 +56,7 @@ class UNet3D(UNet):
     """MONAI UNet (plain or residual units); ``size_divisor`` = 8."""
 
     size_divisor = 2 ** len(STRIDES)
+    takes_ids = False
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3, config: UNetConfig = UNetConfig()):
         super().__init__(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
@@ -74,6 +75,7 @@ class AttentionUNet3D(AttentionUnet):
     """MONAI AttentionUnet; ``size_divisor`` = 8."""
 
     size_divisor = 2 ** len(STRIDES)
+    takes_ids = False
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3,
                  config: AttentionUNetConfig = AttentionUNetConfig()):
