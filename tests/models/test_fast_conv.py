@@ -35,6 +35,7 @@ def test_depthwise_matches_nn_conv3d(layout):
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_depthwise_uses_aten_where_the_fast_path_does_not_apply():
     layer, x = DepthwiseConv3d(4), inputs((1, 4, 6, 6, 6)).requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):

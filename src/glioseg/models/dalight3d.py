@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glioseg.models.blocks import (SSFB, ConvNormAct, LightweightBlock, SimpleSkip,
-                                   conv3, prepare_input)
+                                   conv3, keep_channels_last, prepare_input)
 from glioseg.models.fast_conv import PointwiseConv3d
 
 
@@ -87,6 +87,8 @@ class DALight3D(nn.Module):
         self.head = nn.Sequential(
             conv3(c0, config.head_width), nn.GroupNorm(8, config.head_width), nn.GELU(),
             PointwiseConv3d(config.head_width, out_channels))
+        if config.channels_last:
+            keep_channels_last(self)
 
     def _skip(self, channels: int) -> nn.Module:
         return SSFB(channels, self.config.ssfb_rank) if self.config.ssfb else SimpleSkip(channels)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import SegResNet
 
-from glioseg.models.blocks import prepare_input
+from glioseg.models.blocks import keep_channels_last, prepare_input
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class SegResNet3D(SegResNet):
                          out_channels=out_channels, dropout_prob=config.dropout,
                          blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1))
         self.channels_last = config.channels_last
+        if config.channels_last:
+            keep_channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_channels, X, Y, Z) → logits (B, out_channels, X, Y, Z)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import AttentionUnet, UNet
 
-from glioseg.models.blocks import prepare_input
+from glioseg.models.blocks import keep_channels_last, prepare_input
 
 STRIDES = (2, 2, 2)
 
@@ -63,6 +63,8 @@ class UNet3D(UNet):
                          channels=config.channels(), strides=STRIDES,
                          num_res_units=getattr(config, "num_res_units", 0))
         self.channels_last = config.channels_last
+        if config.channels_last:
+            keep_channels_last(self)
         self.label = "residual_unet3d" if self.num_res_units else "unet3d"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,6 +84,8 @@ class AttentionUNet3D(AttentionUnet):
         super().__init__(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
                          channels=config.channels(), strides=STRIDES)
         self.channels_last = config.channels_last
+        if config.channels_last:
+            keep_channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_channels, X, Y, Z) → logits (B, out_channels, X, Y, Z)."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from glioseg.models.blocks import prepare_input
+from glioseg.models.blocks import keep_channels_last, prepare_input
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,14 @@ class VNetConfig:
     channels_last: bool = False
 
 
+def _norm(channels: int) -> nn.GroupNorm:
+    """Instance normalisation with affine, written as GroupNorm(C, C): same maths and parameters,
+    and unlike InstanceNorm3d it keeps channels-last tensors channels-last."""
+    return nn.GroupNorm(channels, channels)
+
+
 def _unit(channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(channels, channels, 3, padding=1, bias=False), nn.InstanceNorm3d(channels, affine=True),
+    return nn.Sequential(nn.Conv3d(channels, channels, 3, padding=1, bias=False), _norm(channels),
                          nn.PReLU(channels))
 
 
@@ -59,7 +65,7 @@ class _ResidualStack(nn.Module):
 class _Down(nn.Module):
     def __init__(self, c_in: int, n: int):
         super().__init__()
-        self.down = nn.Sequential(nn.Conv3d(c_in, 2 * c_in, 2, stride=2, bias=False), nn.InstanceNorm3d(2 * c_in, affine=True),
+        self.down = nn.Sequential(nn.Conv3d(c_in, 2 * c_in, 2, stride=2, bias=False), _norm(2 * c_in),
                                   nn.PReLU(2 * c_in))
         self.stack = _ResidualStack(2 * c_in, n)
 
@@ -73,7 +79,7 @@ class _Up(nn.Module):
     def __init__(self, c_in: int, c_out: int, n: int):
         super().__init__()
         self.up = nn.Sequential(nn.ConvTranspose3d(c_in, c_out // 2, 2, stride=2, bias=False),
-                                nn.InstanceNorm3d(c_out // 2, affine=True), nn.PReLU(c_out // 2))
+                                _norm(c_out // 2), nn.PReLU(c_out // 2))
         self.stack = _ResidualStack(c_out, n)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -93,14 +99,16 @@ class VNet3D(nn.Module):
             raise ValueError(f"vnet: base_width {c} must be a multiple of in_channels {in_channels} "
                              "(the input is repeated to the first width for the residual)")
         self.config = config
-        self.stem = nn.Sequential(nn.Conv3d(in_channels, c, 3, padding=1, bias=False), nn.InstanceNorm3d(c, affine=True))
+        self.stem = nn.Sequential(nn.Conv3d(in_channels, c, 3, padding=1, bias=False), _norm(c))
         self.stem_act = nn.PReLU(c)
         n1, n2, n3 = config.units
         self.down1, self.down2, self.down3 = _Down(c, n1), _Down(2 * c, n2), _Down(4 * c, n3)
         self.up3, self.up2, self.up1 = _Up(8 * c, 8 * c, n3), _Up(8 * c, 4 * c, n2), _Up(4 * c, 2 * c, n1)
         self.head = nn.Sequential(nn.Conv3d(2 * c, out_channels, 3, padding=1, bias=False),
-                                  nn.InstanceNorm3d(out_channels, affine=True), nn.PReLU(out_channels),
+                                  _norm(out_channels), nn.PReLU(out_channels),
                                   nn.Conv3d(out_channels, out_channels, 1))
+        if config.channels_last:
+            keep_channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_channels, X, Y, Z) → logits (B, out_channels, X, Y, Z)."""
