@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import build_tiny, inputs
+from glioseg.models import create
 from glioseg.models.blocks import SSFB, CrossSliceAttention, IdNorm, SepConv, SimpleSkip
 from glioseg.models.dalight3d import drop_ids
 
@@ -129,3 +130,13 @@ def test_ssfb_blend_and_gate():
     w = torch.sigmoid(m.alpha)
     blend = w * naive_ssfb_attention(m, enc, dec) + (1 - w) * enc * gate
     torch.testing.assert_close(m(enc, dec), m.fuse(torch.cat([dec, blend], dim=1)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"base_width": 12}, "multiples of 8"),
+    ({"csa_axis": 3}, "csa_axis must be 0, 1 or 2"),
+    ({"dropout": 1.0}, "0 <= dropout < 1"),
+])
+def test_bad_configurations_are_rejected(options, message):
+    with pytest.raises(ValueError, match=message):
+        create("dalight3d", **options)

@@ -19,6 +19,17 @@ The network returns logits. ``forward(x, ids=None)``: ``ids`` (B,) are acquisiti
 (site / scanner / institution, mapped to 0..num_ids-1 by the caller and recorded with the
 checkpoint); ``None`` or an id outside 0..num_ids-1 selects the learned default affine of every IdNorm.
 
+Where the spec leaves a choice open:
+
+- CSA attends between the slices of one axis, ``csa_axis`` (default 2 = Z, the axial direction of
+  the RAS cache); slice i receives Σ_j softmax_j(q_i·k_j/√d)·v_j (the spec's "V·A").
+- SSFB softmaxes Q over tokens and K over rank, as written. Q's bias (asked for by the spec) gets
+  no gradient: a per-rank constant cancels in a softmax over tokens.
+- No width-alignment convs and no trilinear resizing in the skips: widths always match, and
+  inputs must be multiples of 8, so encoder and decoder sizes always match.
+- Every tensor runs channels-last 3D (``channels_last``; same maths), the layout oneDNN is
+  fastest on; depthwise and pointwise convs use ``fast_conv``'s CPU paths.
+
 Identifier dropout is the trainer's job, not the network's: it calls :func:`drop_ids` on the batch's
 ids with its own seeded generator, so the network's forward stays a pure function of (x, ids) and
 the default path gets trained (the spec's "drop the identifier for a fraction of samples").
@@ -28,7 +39,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from glioseg.models.blocks import (SSFB, ConvNormAct, LightweightBlock, SimpleSkip,
@@ -53,6 +63,16 @@ class DALightConfig:
     ssfb: bool = True
     csa_axis: int = 2
     channels_last: bool = True
+
+    def __post_init__(self):
+        widths = (*self.widths(), self.head_width)
+        if any(w <= 0 or w % 8 for w in widths):
+            raise ValueError(f"dalight3d: widths {widths} must be positive multiples of 8 (GroupNorm(8) everywhere)")
+        if self.csa_axis not in (0, 1, 2):
+            raise ValueError(f"dalight3d: csa_axis must be 0, 1 or 2 (X, Y, Z), got {self.csa_axis}")
+        if self.num_ids < 1 or self.ssfb_rank < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dalight3d: need num_ids >= 1, ssfb_rank >= 1, 0 <= dropout < 1; got "
+                             f"{self.num_ids}, {self.ssfb_rank}, {self.dropout}")
 
     def widths(self) -> tuple[int, int, int, int]:
         """Stage widths E0..E3: min(C0·2^l, max) for l = 0..2, then the bottleneck width."""
