@@ -1,11 +1,12 @@
 """Export round trips: TorchScript (trace) for every network, ONNX (dynamo exporter) too.
 
 What cannot be exported, and why (asserted below where cheap):
-- ``torch.jit.script``: MONAI's networks and ours use Python constructs it does not compile
-  (dataclass configs, ``nn.Module`` attributes holding callables); use ``torch.jit.trace``.
+- ``torch.jit.script`` fails on all ten: the shared input-size check iterates over a shape slice
+  it cannot type ("cannot statically infer the expected size of a list"), and DALight-3D's
+  channels-last forward hooks do not have the signature it wants; use ``torch.jit.trace``.
 - the legacy TorchScript-based ONNX exporter (``torch.onnx.export(..., dynamo=False)``) fails on
-  every network that runs channels-last (SegResNet, DALight-3D) with "onnx memory_format support
-  is not implemented"; the default dynamo exporter handles all ten networks.
+  every network that runs channels-last (DALight-3D by default; any with channels_last=True) with
+  "onnx memory_format support is not implemented"; the default dynamo exporter handles all ten.
 - the fast depthwise backward (``fast_conv``) is training-only; tracing records the plain conv.
 TorchScript itself is deprecated as of torch 2.13 (its DeprecationWarnings are silenced here);
 ONNX through the dynamo exporter is the deployment path to rely on.

@@ -18,7 +18,8 @@ residual_unet3d    UNet, channels (26, 52, 104, 208),           3,135,888       
 
 MONAI's defaults otherwise: 3×3×3 kernels, PReLU, instance norm for UNet; batch norm, ReLU and
 additive attention gates for AttentionUnet. ``base_width`` scales the widths (c, 2c, 4c, 8c) — the
-tests use small ones. Shapes: (B, C_in, X, Y, Z) → logits (B, C_out, X, Y, Z).
+tests use small ones; ``channels_last`` is off by default (instance norm returns channels-first
+tensors, and the layout measured no faster). Shapes: (B, C_in, X, Y, Z) → logits (B, C_out, X, Y, Z).
 """
 from __future__ import annotations
 
