@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from conftest import build_tiny, inputs
 from glioseg.models import create
 from glioseg.models.blocks import SSFB, CrossSliceAttention, IdNorm, SepConv, SimpleSkip
-from glioseg.models.dalight3d import drop_ids
 
 
 def randomised(model):
@@ -53,20 +52,6 @@ def test_no_idnorm_ignores_ids():
     x = inputs((1, 4, 16, 16, 16))
     with torch.no_grad():
         assert torch.equal(model(x, torch.tensor([3])), model(x))
-
-
-def test_drop_ids_is_seeded_and_respects_the_fraction():
-    ids = torch.arange(10_000) % 8
-    a = drop_ids(ids, 0.25, torch.Generator().manual_seed(0))
-    b = drop_ids(ids, 0.25, torch.Generator().manual_seed(0))
-    assert torch.equal(a, b)
-    dropped = a == -1
-    assert 0.23 < dropped.float().mean() < 0.27
-    assert torch.equal(a[~dropped], ids[~dropped])
-    assert torch.equal(drop_ids(ids, 0.0, torch.Generator()), ids)
-    assert (drop_ids(ids, 1.0, torch.Generator()) == -1).all()
-    with pytest.raises(ValueError, match="fraction must be in"):
-        drop_ids(ids, 1.5, torch.Generator())
 
 
 def test_structure_follows_the_spec():

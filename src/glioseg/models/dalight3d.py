@@ -30,9 +30,10 @@ Where the spec leaves a choice open:
 - Every tensor runs channels-last 3D (``channels_last``; same maths), the layout oneDNN is
   fastest on; depthwise and pointwise convs use ``fast_conv``'s CPU paths.
 
-Identifier dropout is the trainer's job, not the network's: it calls :func:`drop_ids` on the batch's
-ids with its own seeded generator, so the network's forward stays a pure function of (x, ids) and
-the default path gets trained (the spec's "drop the identifier for a fraction of samples").
+Identifier dropout (the spec's "drop the identifier for a fraction of samples", so the default
+affine gets trained) is the sampler's job, not the network's: ``data.sampling`` replaces a sample's
+site id by -1 with probability ``id_dropout``, as a pure function of (seed, epoch, index). The
+network has no randomness of its own beyond Dropout3d, and its forward is a function of (x, ids).
 """
 from __future__ import annotations
 
@@ -127,13 +128,3 @@ class DALight3D(nn.Module):
         d = self.dec1(self.skip1(e0, self.up1(d)), ids)
         return self.head(self.dropout(d)).contiguous()
 
-
-def drop_ids(ids: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """Copy of ``ids`` (B,) with each entry replaced by -1 (unknown) with probability ``fraction``.
-
-    Training calls this so the learned default affine, used for unseen sites, is trained too.
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"identifier dropout fraction must be in [0, 1], got {fraction}")
-    drop = torch.rand(ids.shape, generator=generator, device=generator.device) < fraction
-    return torch.where(drop.to(ids.device), torch.full_like(ids, -1), ids)
