@@ -52,6 +52,24 @@ def prepare_input(x: torch.Tensor, divisor: int, model: str, channels_last: bool
     return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
 
 
+def keep_channels_last(model: nn.Module) -> nn.Module:
+    """Make every 3D conv of ``model`` return channels-last 3D tensors.
+
+    For batch 1, aten sends a conv whose N·C·D·H is at most 20,480 (4 MRI channels at 64³, or
+    96 channels at 8³) to its native kernel, which returns channels-first; everything after it
+    would then run channels-first. A forward hook converts such outputs back (a no-op otherwise),
+    so the whole network stays in the layout that oneDNN trains fastest on this CPU.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+            module.register_forward_hook(_channels_last_hook)
+    return model
+
+
+def _channels_last_hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    return output.contiguous(memory_format=torch.channels_last_3d)
+
+
 class SepConv(nn.Module):
     """Depthwise 3×3×3 conv then a pointwise 1×1×1 conv; no biases.
 

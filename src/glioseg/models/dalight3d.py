@@ -19,20 +19,31 @@ The network returns logits. ``forward(x, ids=None)``: ``ids`` (B,) are acquisiti
 (site / scanner / institution, mapped to 0..num_ids-1 by the caller and recorded with the
 checkpoint); ``None`` or an id outside 0..num_ids-1 selects the learned default affine of every IdNorm.
 
-Identifier dropout is the trainer's job, not the network's: it calls :func:`drop_ids` on the batch's
-ids with its own seeded generator, so the network's forward stays a pure function of (x, ids) and
-the default path gets trained (the spec's "drop the identifier for a fraction of samples").
+Where the spec leaves a choice open:
+
+- CSA attends between the slices of one axis, ``csa_axis`` (default 2 = Z, the axial direction of
+  the RAS cache); slice i receives Σ_j softmax_j(q_i·k_j/√d)·v_j (the spec's "V·A").
+- SSFB softmaxes Q over tokens and K over rank, as written. Q's bias (asked for by the spec) gets
+  no gradient: a per-rank constant cancels in a softmax over tokens.
+- No width-alignment convs and no trilinear resizing in the skips: widths always match, and
+  inputs must be multiples of 8, so encoder and decoder sizes always match.
+- Every tensor runs channels-last 3D (``channels_last``; same maths), the layout oneDNN is
+  fastest on; depthwise and pointwise convs use ``fast_conv``'s CPU paths.
+
+Identifier dropout (the spec's "drop the identifier for a fraction of samples", so the default
+affine gets trained) is the sampler's job, not the network's: ``data.sampling`` replaces a sample's
+site id by -1 with probability ``id_dropout``, as a pure function of (seed, epoch, index). The
+network has no randomness of its own beyond Dropout3d, and its forward is a function of (x, ids).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from glioseg.models.blocks import (SSFB, ConvNormAct, LightweightBlock, SimpleSkip,
-                                   conv3, prepare_input)
+                                   conv3, keep_channels_last, prepare_input)
 from glioseg.models.fast_conv import PointwiseConv3d
 
 
@@ -54,6 +65,16 @@ class DALightConfig:
     csa_axis: int = 2
     channels_last: bool = True
 
+    def __post_init__(self):
+        widths = (*self.widths(), self.head_width)
+        if any(w <= 0 or w % 8 for w in widths):
+            raise ValueError(f"dalight3d: widths {widths} must be positive multiples of 8 (GroupNorm(8) everywhere)")
+        if self.csa_axis not in (0, 1, 2):
+            raise ValueError(f"dalight3d: csa_axis must be 0, 1 or 2 (X, Y, Z), got {self.csa_axis}")
+        if self.num_ids < 1 or self.ssfb_rank < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dalight3d: need num_ids >= 1, ssfb_rank >= 1, 0 <= dropout < 1; got "
+                             f"{self.num_ids}, {self.ssfb_rank}, {self.dropout}")
+
     def widths(self) -> tuple[int, int, int, int]:
         """Stage widths E0..E3: min(C0·2^l, max) for l = 0..2, then the bottleneck width."""
         c = [min(self.base_width * 2 ** level, self.max_width) for level in range(3)]
@@ -64,6 +85,7 @@ class DALight3D(nn.Module):
     """DALight-3D (see the module docstring); ``size_divisor`` = 8."""
 
     size_divisor = 8
+    takes_ids = True
 
     def __init__(self, in_channels: int = 4, out_channels: int = 4, config: DALightConfig = DALightConfig()):
         super().__init__()
@@ -86,6 +108,8 @@ class DALight3D(nn.Module):
         self.head = nn.Sequential(
             conv3(c0, config.head_width), nn.GroupNorm(8, config.head_width), nn.GELU(),
             PointwiseConv3d(config.head_width, out_channels))
+        if config.channels_last:
+            keep_channels_last(self)
 
     def _skip(self, channels: int) -> nn.Module:
         return SSFB(channels, self.config.ssfb_rank) if self.config.ssfb else SimpleSkip(channels)
@@ -104,13 +128,3 @@ class DALight3D(nn.Module):
         d = self.dec1(self.skip1(e0, self.up1(d)), ids)
         return self.head(self.dropout(d)).contiguous()
 
-
-def drop_ids(ids: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """Copy of ``ids`` (B,) with each entry replaced by -1 (unknown) with probability ``fraction``.
-
-    Training calls this so the learned default affine, used for unseen sites, is trained too.
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"identifier dropout fraction must be in [0, 1], got {fraction}")
-    drop = torch.rand(ids.shape, generator=generator, device=generator.device) < fraction
-    return torch.where(drop.to(ids.device), torch.full_like(ids, -1), ids)

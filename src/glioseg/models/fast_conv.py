@@ -50,8 +50,11 @@ def _depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Use the custom backward only for fp32 CPU training without autocast (elsewhere aten is fine)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
+    """Use the custom backward only for fp32 CPU training without autocast (elsewhere aten is fine).
+
+    Tracing (TorchScript, ONNX) records the plain conv: the custom Function cannot be exported.
+    """
+    return (not torch.jit.is_tracing() and x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
             and (x.requires_grad or weight.requires_grad) and not torch.is_autocast_enabled("cpu"))
 
 

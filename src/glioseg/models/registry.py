@@ -2,7 +2,8 @@
 
 Every network takes (B, in_channels, X, Y, Z) float input and returns logits (B, out_channels, X,
 Y, Z) (no softmax/sigmoid inside); X, Y, Z must be multiples of the network's ``size_divisor``
-(a clear ValueError otherwise). DALight-3D variants also take ``ids`` (LongTensor (B,) or None).
+(a clear ValueError otherwise). Networks whose ``takes_ids`` is True (the DALight-3D variants)
+also take ``ids``: LongTensor (B,) of acquisition-group indices, or None.
 Options are the fields of each network's frozen config dataclass; an unknown option, or an
 ablation switch that the chosen name already fixes, is a ValueError listing the valid ones.
 """

@@ -18,7 +18,8 @@ residual_unet3d    UNet, channels (26, 52, 104, 208),           3,135,888       
 
 MONAI's defaults otherwise: 3×3×3 kernels, PReLU, instance norm for UNet; batch norm, ReLU and
 additive attention gates for AttentionUnet. ``base_width`` scales the widths (c, 2c, 4c, 8c) — the
-tests use small ones. Shapes: (B, C_in, X, Y, Z) → logits (B, C_out, X, Y, Z).
+tests use small ones; ``channels_last`` is off by default (instance norm returns channels-first
+tensors, and the layout measured no faster). Shapes: (B, C_in, X, Y, Z) → logits (B, C_out, X, Y, Z).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import AttentionUnet, UNet
 
-from glioseg.models.blocks import prepare_input
+from glioseg.models.blocks import keep_channels_last, prepare_input
 
 STRIDES = (2, 2, 2)
 
@@ -56,12 +57,15 @@ class UNet3D(UNet):
     """MONAI UNet (plain or residual units); ``size_divisor`` = 8."""
 
     size_divisor = 2 ** len(STRIDES)
+    takes_ids = False
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3, config: UNetConfig = UNetConfig()):
         super().__init__(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
                          channels=config.channels(), strides=STRIDES,
                          num_res_units=getattr(config, "num_res_units", 0))
         self.channels_last = config.channels_last
+        if config.channels_last:
+            keep_channels_last(self)
         self.label = "residual_unet3d" if self.num_res_units else "unet3d"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,12 +78,15 @@ class AttentionUNet3D(AttentionUnet):
     """MONAI AttentionUnet; ``size_divisor`` = 8."""
 
     size_divisor = 2 ** len(STRIDES)
+    takes_ids = False
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3,
                  config: AttentionUNetConfig = AttentionUNetConfig()):
         super().__init__(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
                          channels=config.channels(), strides=STRIDES)
         self.channels_last = config.channels_last
+        if config.channels_last:
+            keep_channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_channels, X, Y, Z) → logits (B, out_channels, X, Y, Z)."""

@@ -1,0 +1,167 @@
+"""Speed and memory of every registered network on this CPU: a table, one row per model and patch.
+
+    PYTHONPATH=src python benchmarks/bench_models.py [--models segresnet dalight3d] [--sizes 64 96]
+                                                     [--repeats 5] [--threads 2] [--json out.json]
+
+Per (model, patch): parameters, FLOPs of one forward pass (2 per multiply-add), forward time
+(eval, no_grad), training-step time (train mode, forward + backward of a mean loss, batch 1,
+fp32), each the median of ``--repeats`` runs after one warm-up, and peak memory above the
+baseline for inference and for the training step.
+
+Memory: every (model, patch) runs in its own subprocess. Before the first forward the worker
+records its resident set (VmRSS, with the model and input already allocated); ``ru_maxrss`` after
+the inference runs, and again after the training runs, minus that baseline gives the peak extra
+memory of each (ru_maxrss only grows, so inference is measured first). tracemalloc cannot see
+torch's allocations, and a shared process would carry the previous model's peak.
+
+bf16 (autocast) rows are added only when the CPU has native bf16 (avx512_bf16 or amx_bf16 in
+/proc/cpuinfo): on AVX2-only CPUs bf16 convolutions are emulated and ~90x slower than fp32.
+
+Timings are wall-clock: on a machine shared with other jobs they are inflated; the load average at
+start and end is printed so a noisy table can be recognised.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("VmRSS not found in /proc/self/status")
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()                                                               # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name: str, size: int, repeats: int, threads: int, dtype: str) -> dict:
+    """Worker: all numbers for one (model, patch, dtype), in this process."""
+    import torch
+
+    from glioseg.models import count_parameters, create, describe
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create(name)
+    x = torch.randn(1, 4, size, size, size)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    base = rss_mib()
+
+    def forward():
+        with torch.no_grad(), autocast:
+            model(x)
+
+    def train_step():
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            y = model(x)
+        y.float().mean().backward()
+
+    model.eval()
+    fwd = median_time(forward, repeats)
+    peak_fwd = peak_mib() - base
+    model.train()
+    step = median_time(train_step, repeats)
+    peak_step = peak_mib() - base
+    return {"model": name, "size": size, "dtype": dtype, "params": count_parameters(model),
+            "flops": describe(name, (size, size, size))["flops"], "forward_s": fwd,
+            "train_step_s": step, "peak_forward_mib": peak_fwd, "peak_train_mib": peak_step}
+
+
+def run_worker(name: str, size: int, args, dtype: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, str(size), dtype,
+           "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} at {size}^3 ({dtype}) failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (f"{'model':22s} {'patch':>6s} {'dtype':>5s} {'params':>10s} {'GFLOP':>7s} {'fwd s':>7s} "
+            f"{'step s':>7s} {'GFLOP/s':>8s} {'fwd MiB':>8s} {'step MiB':>9s}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        # a training step is ~3 forward passes of FLOPs (forward, input grad, weight grad)
+        rate = 3 * r["flops"] / 1e9 / r["train_step_s"]
+        print(f"{r['model']:22s} {r['size']:>4d}^3 {r['dtype']:>5s} {r['params']:>10,d} "
+              f"{r['flops'] / 1e9:7.1f} {r['forward_s']:7.2f} {r['train_step_s']:7.2f} {rate:8.1f} "
+              f"{r['peak_forward_mib']:8.0f} {r['peak_train_mib']:9.0f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", help="default: every registered network")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 96], help="cubic patch sizes")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (median)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "SIZE", "DTYPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.worker:
+        name, size, dtype = args.worker
+        print(json.dumps(measure(name, int(size), args.repeats, args.threads, dtype)))
+        return 0
+
+    sys.path.insert(0, str(SRC))
+    import torch
+
+    from glioseg.models import list_models
+
+    models = args.models or list_models()
+    unknown = sorted(set(models) - set(list_models()))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(list_models())}")
+    dtypes = ["fp32", "bf16"] if has_native_bf16() else ["fp32"]
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{args.threads} threads, median of {args.repeats} after 1 warm-up, batch 1, "
+          f"load average at start {os.getloadavg()[0]:.1f}")
+    if "bf16" not in dtypes:
+        print("bf16: skipped (no avx512_bf16/amx_bf16: emulated bf16 convs are ~90x slower here)")
+    jobs = [(m, s, d) for s in args.sizes for m in models for d in dtypes]
+    rows = [run_worker(m, s, args, d) for m, s, d in tqdm(jobs, desc="benchmark", unit="run")]
+    print_table(rows)
+    print(f"load average at end {os.getloadavg()[0]:.1f} (>{args.threads} means other jobs shared the CPU)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
