@@ -1,12 +1,15 @@
-"""Fixtures of the model tests (helpers live in _tiny.py so that test modules can import them)."""
+"""Fixtures of the model tests: one thread, pinned dropout RNG, slow tests on request."""
+from __future__ import annotations
+
 import pytest
 import torch
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine the OpenMP
-    barrier of every op waits for a descheduled peer: measured 10-20x slower than one thread."""
+    barrier of every op waits for a descheduled peer: measured 10-20x slower than one thread.
+    Module scope, so other test folders keep their own thread settings."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.models._tiny import build_tiny, inputs
+from ._helpers import build_tiny, inputs
 from glioseg.models import create
 from glioseg.models.blocks import SSFB, CrossSliceAttention, IdNorm, SepConv, SimpleSkip
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.models._tiny import build_tiny, inputs
+from ._helpers import build_tiny, inputs
 from glioseg.models import list_models
 
 ALL = list_models()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.models._tiny import inputs
+from ._helpers import inputs
 from glioseg.models.fast_conv import DepthwiseConv3d, PointwiseConv3d, _DepthwiseConv3dFn
 
 LAYOUTS = [torch.contiguous_format, torch.channels_last_3d]

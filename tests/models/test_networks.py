@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.models._tiny import build_tiny, call, inputs
+from ._helpers import build_tiny, call, inputs
 from glioseg.models import create, list_models
 
 ALL = list_models()

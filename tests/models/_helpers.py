@@ -1,4 +1,4 @@
-"""Shared helpers for the model tests: tiny widths so every network runs in well under a second."""
+"""Helpers for the model tests: tiny widths so every network runs in well under a second."""
 from __future__ import annotations
 
 import torch
