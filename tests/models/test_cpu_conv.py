@@ -31,6 +31,7 @@ SHAPES = [
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest difference relative to the largest magnitude of the reference."""
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
