@@ -133,8 +133,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--probabilities", action="store_true", help="also write WT/TC/ET probabilities (4-D)")
-    p.add_argument("--uncertainty", action="store_true", help="also write a normalised entropy map")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write WT/TC/ET probabilities (float32, X×Y×Z×3) to DIR/probabilities/")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write a normalised entropy map (float32, 0..1) to DIR/uncertainty/")
     p.set_defaults(func="glioseg.inference.predictor:run_cli")
 
 

@@ -97,8 +97,29 @@ def tiny_bundle(seed: int = 0) -> ModelBundle:
     from glioseg.inference.bundle import bundle_from_model
     from glioseg.models.registry import create
 
-    torch.manual_seed(seed)
-    model = create("segresnet", in_channels=4, out_channels=3, init_filters=8)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = create("segresnet", in_channels=4, out_channels=3, init_filters=8)
     return bundle_from_model(model, "segresnet", options={"init_filters": 8}, target="regions", scheme="brats",
                              preprocess=PreprocessConfig().to_dict(), patch_size=(16, 16, 16),
                              site_index={"TCIA01": 0})
+
+
+DALIGHT_TINY = {"base_width": 8, "bottleneck_width": 16, "head_width": 8, "num_ids": 2}
+
+
+def tiny_dalight_bundle(seed: int = 0) -> ModelBundle:
+    """A small DALight-3D whose site TCIA01 (identifier 1) has its own, non-default norm affine."""
+    from glioseg.inference.bundle import bundle_from_model
+    from glioseg.models.registry import create
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = create("dalight3d", in_channels=4, out_channels=3, **DALIGHT_TINY)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("gamma.weight"):
+                param[1].mul_(3.0)
+    return bundle_from_model(model, "dalight3d", options=DALIGHT_TINY, target="regions", scheme="brats",
+                             preprocess=PreprocessConfig().to_dict(), patch_size=(16, 16, 16),
+                             site_index={"TCIA01": 1})

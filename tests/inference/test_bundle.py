@@ -61,16 +61,16 @@ def test_checkpoint_round_trip_builds_the_same_model(tmp_path):
 def test_released_safetensors_round_trip_and_tampering(tmp_path):
     bundle = tiny_bundle()
     write_released(bundle, tmp_path / "model.safetensors")
-    for path in (tmp_path / "model.safetensors", tmp_path / "model.json"):
+    for path in (tmp_path / "model.safetensors", tmp_path / "model.safetensors.json"):
         loaded = load_bundle(path)
         torch.testing.assert_close(_outputs(loaded), _outputs(bundle), rtol=0, atol=0)
     data = bytearray((tmp_path / "model.safetensors").read_bytes())
     data[-1] ^= 1
     (tmp_path / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="differs from model.json's.*damaged or replaced"):
+    with pytest.raises(ValueError, match="differs from model.safetensors.json's.*damaged or replaced"):
         load_bundle(tmp_path / "model.safetensors")
-    (tmp_path / "model.json").unlink()
-    with pytest.raises(ValueError, match="its config model.json is missing"):
+    (tmp_path / "model.safetensors.json").unlink()
+    with pytest.raises(ValueError, match="its config model.safetensors.json is missing"):
         load_bundle(tmp_path / "model.safetensors")
 
 

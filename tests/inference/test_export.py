@@ -13,7 +13,7 @@ from glioseg.inference.bundle import load_bundle
 from glioseg.inference.export import OnnxNetwork, export_onnx, export_torchscript
 from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork
 from glioseg.training.checkpoint import save_checkpoint
-from ._fakes import LPS, tiny_bundle, write_case
+from ._fakes import LPS, tiny_bundle, tiny_dalight_bundle, write_case
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def onnx_export(tmp_path_factory):
 def test_onnx_export_matches_pytorch(onnx_export):
     bundle, path, result = onnx_export
     assert result["max_abs_diff"] <= 1e-4
-    config = json.loads(path.with_suffix(".json").read_text())
+    config = json.loads((path.parent / "model.onnx.json").read_text())
     assert config["format"] == "onnx" and config["window"] == [16, 16, 16] and config["inputs"] == ["image"]
     assert config["bundle"] == bundle.metadata()
 
@@ -100,3 +100,34 @@ def test_predict_cli_runs_onnx_like_the_checkpoint(onnx_export, tmp_path):
     assert (a == b).mean() > 0.9999
     record = json.loads((tmp_path / "onnx" / f"{folder.name}.json").read_text())
     assert record["models"][0]["runtime"] == "onnxruntime"
+
+
+def _site_probabilities(network, image, site):
+    return Predictor([network], PredictConfig(window="patch")).probabilities(image, site=site)[0]
+
+
+def test_dalight_site_ids_reach_the_network():
+    bundle = tiny_dalight_bundle()
+    image = np.random.default_rng(0).normal(size=(4, 16, 16, 16)).astype(np.float32)
+    network = TorchNetwork(bundle)
+    known, unknown = (_site_probabilities(network, image, s) for s in ("TCIA01", "CBICA"))
+    assert np.abs(known - unknown).max() > 1e-3
+
+
+def test_dalight_torchscript_export_takes_ids(tmp_path):
+    bundle = tiny_dalight_bundle()
+    result = export_torchscript(bundle, tmp_path / "dalight.ts")
+    assert result["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.slow
+def test_dalight_onnx_export_keeps_site_ids(tmp_path):
+    bundle = tiny_dalight_bundle()
+    export_onnx(bundle, tmp_path / "dalight.onnx")
+    config = json.loads((tmp_path / "dalight.onnx.json").read_text())
+    assert config["inputs"] == ["image", "ids"]
+    image = np.random.default_rng(0).normal(size=(4, 20, 16, 16)).astype(np.float32)
+    onnx_net, torch_net = OnnxNetwork(tmp_path / "dalight.onnx"), TorchNetwork(bundle)
+    for site in ("TCIA01", None):
+        np.testing.assert_allclose(_site_probabilities(onnx_net, image, site),
+                                   _site_probabilities(torch_net, image, site), atol=1e-4)

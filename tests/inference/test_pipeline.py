@@ -67,12 +67,12 @@ def test_sidecar_records_models_timings_and_volumes(tmp_path):
     voxel_ml = 1.2 * 0.9 * 1.5 / 1000
     assert record["volumes_ml"]["ET"] == pytest.approx((label == 4).sum() * voxel_ml)
     assert record["volumes_ml"]["WT"] == pytest.approx((label > 0).sum() * voxel_ml)
-    probs = nib.load(str(tmp_path / "out" / f"{folder.name}_probabilities.nii.gz"))
+    probs = nib.load(str(tmp_path / "out" / "probabilities" / f"{folder.name}.nii.gz"))
     assert probs.shape == (*label.shape, 3) and probs.get_data_dtype() == np.float32
     np.testing.assert_array_equal(probs.affine, nib.load(str(folder / f"{folder.name}_seg.nii.gz")).affine)
     wt = np.asanyarray(probs.dataobj)[..., 0]
     np.testing.assert_array_equal(wt > 0.5, label > 0)
-    entropy = np.asanyarray(nib.load(str(tmp_path / "out" / f"{folder.name}_uncertainty.nii.gz")).dataobj)
+    entropy = np.asanyarray(nib.load(str(tmp_path / "out" / "uncertainty" / f"{folder.name}.nii.gz")).dataobj)
     assert entropy.shape == label.shape and 0 <= entropy.min() and entropy.max() <= 1
 
 

@@ -60,7 +60,7 @@ def test_ensemble_in_the_documented_argument_order(tmp_path, checkpoints):
     record = json.loads((out / f"{folder.name}.json").read_text())
     assert [m["sha256"] for m in record["models"]] == [file_sha256(p) for p in checkpoints]
     assert record["run"]["windows_run"] == 2
-    assert (out / f"{folder.name}_uncertainty.nii.gz").is_file()
+    assert (out / "uncertainty" / f"{folder.name}.nii.gz").is_file()
 
 
 @pytest.mark.realdata

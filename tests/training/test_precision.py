@@ -15,7 +15,8 @@ from glioseg.training.precision_ladder import Ladder
 from glioseg.training.precision_probe import measure_step_times, rank_precisions
 from glioseg.training.precision_signals import SignalTracker
 
-FAST = dict(warmup_steps=10, calm_steps=5, cooldown_steps=10, min_history=5, stats_window=20)
+# prescreen off: these tests script the step timings, which this machine's real bf16 speed must not override.
+FAST = dict(warmup_steps=10, calm_steps=5, cooldown_steps=10, min_history=5, stats_window=20, prescreen=False)
 
 
 class FakeClock:
@@ -510,3 +511,14 @@ def test_two_gloo_ranks_agree_on_every_decision(tmp_path):
     assert {p for p in first["precisions"]} == {"fp32", "bf16"}   # fp16 excluded by rank 1
     assert [26, "bf16", "fp32", "other_rank"] in first["switches"]
     assert [26, "bf16", "fp32", "loss_spike"] in second["switches"]
+
+
+def test_conv_prescreen_rules_out_levels_over_the_give_up_ratio():
+    from glioseg.training.precision_probe import conv_prescreen
+
+    # Each seconds() call reads the clock twice per repetition: fp32 takes 1 s, bf16 100 s, fp16 2 s.
+    ticks = iter([0, 1, 1, 2, 0, 100, 100, 200, 0, 2, 2, 4])
+    screened = conv_prescreen(torch.device("cpu"), ("fp32", "bf16", "fp16"), 3.0, clock=lambda: next(ticks))
+    assert list(screened) == ["bf16"]
+    assert "100x slower than fp32" in screened["bf16"]
+    assert conv_prescreen(torch.device("meta"), ("fp32", "bf16"), 3.0) == {}

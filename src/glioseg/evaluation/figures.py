@@ -218,7 +218,7 @@ def _png(fig: Figure, dpi: int) -> bytes:
     return buffer.getvalue()
 
 
-RUN_COLUMNS = ("epoch", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et", "precision", "seconds")
+RUN_COLUMNS = ("epoch", "step", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et", "precision", "seconds")
 
 
 def _number(text: str | None) -> float:
@@ -272,13 +272,20 @@ def _precision_timeline(ax, epochs: list[dict], events: list[dict]) -> None:
         states = [str(events[0].get("from", events[0].get("to")))] + [str(e.get("to")) for e in events]
         levels = _levels(states)
         y = [levels.index(s) for s in states]
-        ax.step([0.0] + steps, y, where="post", color="0.3")
+        # the line runs on to the run's last step, not just to its last decision
+        last = max([steps[-1]] + [e["step"] for e in epochs if math.isfinite(e.get("step", math.nan))])
+        ax.step([0.0] + steps + [last], y + [y[-1]], where="post", color="0.3")
+        switches = 0
         for step, before, after in zip(steps, y, y[1:]):
+            if after == before:   # a decision that kept the level (the probe, a refused promotion)
+                continue
+            switches += 1
             fallback = after > before  # towards fp32 = safer
             ax.plot(step, after, "v" if fallback else "^", color="tab:red" if fallback else "tab:green",
                     markersize=7)
         ax.set_xlabel("optimizer step")
-        ax.set_title(f"precision timeline ({len(events)} switches; red: fallback, green: faster)", fontsize=10)
+        ax.set_title(f"precision timeline ({switches} switches, {len(events)} decisions; "
+                     "red: fallback, green: faster)", fontsize=10)
     else:
         names = [e["precision"] for e in epochs if e["precision"]]
         levels = _levels(names)

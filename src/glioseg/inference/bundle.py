@@ -8,9 +8,12 @@ Where bundles live:
 
 - inside every training checkpoint, under the key ``"bundle"`` (``bundle.to_state()``: tensors
   and plain Python values only, so ``torch.load(weights_only=True)`` reads it);
-- as released weights: ``NAME.safetensors`` + ``NAME.json`` (``write_released`` in
+- as released weights: ``NAME.safetensors`` + ``NAME.safetensors.json`` (``write_released`` in
   :mod:`glioseg.inference.export`), no pickle anywhere;
-- as an ONNX deployment file ``NAME.onnx`` + ``NAME.json`` (metadata only, no weights here).
+- as an ONNX deployment file ``NAME.onnx`` + ``NAME.onnx.json`` (metadata only, no weights here).
+
+The config is named after the whole file name, so an ONNX export and released weights of the
+same model can share a folder and a stem.
 
 :func:`load_bundle` accepts the first two and refuses TorchScript archives, legacy pickles and
 anything else with a message that says what the file is and what to pass instead.
@@ -208,8 +211,8 @@ def read_config(path: Path) -> dict:
 
 
 def config_path(weights: Path) -> Path:
-    """``NAME.json`` beside ``NAME.safetensors`` / ``NAME.onnx``."""
-    return weights.with_suffix(".json")
+    """``NAME.safetensors.json`` / ``NAME.onnx.json`` beside the file."""
+    return weights.with_name(weights.name + ".json")
 
 
 def released_file(config_file: Path, config: dict) -> Path:
@@ -228,7 +231,7 @@ def verified_released(path: Path) -> tuple[Path, dict, str]:
     config_file = path if sniff(path) == "json" else config_path(path)
     if not config_file.is_file():
         raise ValueError(f"{path}: its config {config_file.name} is missing; a released model is "
-                         "NAME.safetensors (or NAME.onnx) + NAME.json side by side")
+                         "NAME.safetensors (or NAME.onnx) + NAME.safetensors.json (NAME.onnx.json) side by side")
     config = read_config(config_file)
     target = released_file(config_file, config)
     if path != config_file and target.resolve() != path.resolve():

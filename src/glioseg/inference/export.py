@@ -2,7 +2,8 @@
 
 Every export is written to a ``.part-`` name, checked, and only then renamed; a failed check
 raises and leaves nothing at the output path. ONNX and safetensors files get a JSON config
-beside them (``NAME.json``: the bundle's metadata, the file's SHA-256, the window size), which
+beside them (``NAME.onnx.json`` / ``NAME.safetensors.json``: the bundle's metadata, the file's
+SHA-256, the window size), which
 is what ``glioseg predict`` reads with them; no pickle is involved in either.
 
 ONNX graphs have a dynamic batch axis and a fixed window (the training patch unless ``--roi``):
@@ -97,7 +98,7 @@ def _write_config(weights: Path, bundle: ModelBundle, fmt: str, extra: dict) -> 
 
 
 def export_onnx(bundle: ModelBundle, out: Path, roi=None, tolerance: float = 1e-4) -> dict:
-    """``out`` (.onnx) + ``out.json``; the graph is checked with onnxruntime against PyTorch."""
+    """``out`` (.onnx) + ``out.onnx.json``; the graph is checked with onnxruntime against PyTorch."""
     import onnxruntime
 
     model = bundle.build_model("cpu")
@@ -149,7 +150,7 @@ def export_torchscript(bundle: ModelBundle, out: Path, roi=None, tolerance: floa
 
 
 def write_released(bundle: ModelBundle, out: Path) -> dict:
-    """Released weights: ``out`` (.safetensors) + ``out.json``; read back and compared bit for bit."""
+    """Released weights: ``out`` (.safetensors) + ``out.safetensors.json``; read back and compared bit for bit."""
     from safetensors.torch import load_file, save_file
 
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in bundle.weights.items()}

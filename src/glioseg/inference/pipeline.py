@@ -77,7 +77,8 @@ def _write_outputs(item: CaseInput, out: Path, probs: np.ndarray, meta: dict, im
     for what, array in maps.items():
         path = writer.output_path(out, case_id, what)
         digest = writer.write_verified(path, array, image)
-        record[what] = {"file": path.name, "sha256": digest, "shape": list(array.shape), "dtype": str(array.dtype)}
+        record[what] = {"file": str(path.relative_to(out)), "sha256": digest, "shape": list(array.shape),
+                        "dtype": str(array.dtype)}
     return record, label
 
 

@@ -1,11 +1,13 @@
 """Writing predictions: atomic NIfTI in the input's geometry, verified after writing, and a sidecar.
 
-Per case, in this order: ``<case>.nii.gz`` (labels), optionally ``<case>_probabilities.nii.gz``
-and ``<case>_uncertainty.nii.gz``, and last ``<case>.json``. Each file is written to a
-``.part-`` name and renamed; each NIfTI is read back and its shape, affine, qform, sform, codes
-and voxels compared with what was meant, and removed on any difference. The sidecar records
-the SHA-256 of every output, so a case counts as done on a re-run only when its sidecar exists,
-asks for the same inputs, models and settings, and every output still has that hash.
+Per case, in this order: ``<case>.nii.gz`` (labels), optionally ``probabilities/<case>.nii.gz``
+and ``uncertainty/<case>.nii.gz`` (in sub-folders, so a folder of predictions holds only label
+maps at its top, which is what ``glioseg evaluate --pred`` reads), and last ``<case>.json``.
+Each file is written to a ``.part-`` name and renamed; each NIfTI is read back and its shape,
+affine, qform, sform, codes and voxels compared with what was meant, and removed on any
+difference. The sidecar records the SHA-256 of every output, so a case counts as done on a
+re-run only when its sidecar exists, asks for the same inputs, models and settings, and every
+output still has that hash.
 """
 from __future__ import annotations
 
@@ -23,8 +25,7 @@ log = logging.getLogger(__name__)
 
 AFFINE_TOL = 1e-5   # float32 sform rows round-trip exactly; this only absorbs float64 noise
 QFORM_TOL = 1e-4    # the quaternion representation of the qform is float32
-OUTPUTS = {"label": "{}.nii.gz", "probabilities": "{}_probabilities.nii.gz",
-           "uncertainty": "{}_uncertainty.nii.gz"}
+OUTPUTS = {"label": "{}.nii.gz", "probabilities": "probabilities/{}.nii.gz", "uncertainty": "uncertainty/{}.nii.gz"}
 
 
 def output_path(out: Path, case_id: str, what: str) -> Path:
@@ -36,8 +37,9 @@ def sidecar_path(out: Path, case_id: str) -> Path:
 
 
 def clean_parts(out: Path) -> int:
-    """Remove ``.part-*`` files a killed run left in ``out``; returns how many."""
-    stale = [p for p in Path(out).glob(".part-*") if p.is_file()]
+    """Remove ``.part-*`` files a killed run left in ``out`` and its map folders; returns how many."""
+    folders = [Path(out)] + [Path(out) / Path(pattern).parent for pattern in OUTPUTS.values() if "/" in pattern]
+    stale = [p for folder in folders for p in folder.glob(".part-*") if p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
@@ -118,8 +120,10 @@ def is_complete(out: Path, case_id: str, request: dict) -> bool:
     if record is None or record.get("request") != request:
         return False
     for what, entry in record.get("outputs", {}).items():
-        path = Path(out) / str(entry.get("file", ""))
-        if what not in OUTPUTS or path.name != output_path(out, case_id, what).name or not path.is_file():
+        if what not in OUTPUTS or entry.get("file") != OUTPUTS[what].format(case_id):
+            return False
+        path = output_path(out, case_id, what)
+        if not path.is_file():
             return False
         try:
             if file_sha256(path) != entry.get("sha256") or list(nib.load(str(path)).shape) != entry.get("shape"):

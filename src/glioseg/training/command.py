@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from glioseg.config import from_dict, load_yaml
-from glioseg.training.recipe import TrainConfig, build_config
+from glioseg.training.recipe import TrainConfig, build_config, recipe_dict
 from glioseg.training.trainer import train
 
 log = logging.getLogger(__name__)
@@ -31,24 +31,45 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     }
 
 
-def resumed_config(out: Path, overrides: dict) -> TrainConfig:
-    saved = load_yaml(out / "config.yaml")
+def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None) -> TrainConfig:
+    """The run's saved configuration with the resumable ``overrides`` applied.
+
+    ``file_settings`` (from ``--recipe`` / ``--config`` given again) and the command-line
+    ``overrides`` must agree with the run's settings, except the resumable ones, which change
+    only from the command line: a resumed run never silently trains with other settings.
+    """
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"{out}: --resume needs a started run there, but {path.name} is missing")
+    saved = load_yaml(path)
     saved.pop("versions", None)
-    changed = sorted(k for k, v in overrides.items() if v is not None and k not in RESUMABLE
-                     and v != (tuple(saved[k]) if isinstance(saved.get(k), list) else saved.get(k)))
+    given = {k: v for k, v in (file_settings or {}).items() if k not in RESUMABLE}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    where = str(path)
+    # compare as a fresh run would build them (YAML lists vs tuples, nested settings)
+    base, asked = from_dict(TrainConfig, saved, where), from_dict(TrainConfig, {**saved, **given}, where)
+    changed = sorted(k for k in given if k not in RESUMABLE and getattr(asked, k) != getattr(base, k))
     if changed:
         raise ValueError(f"{out}: --resume continues the run as it was configured; only "
                          f"{', '.join('--' + k for k in RESUMABLE)} may change, not {', '.join(changed)}")
     if overrides.get("epochs") is not None and overrides["epochs"] < saved["epochs"]:
         raise ValueError(f"{out}: --epochs {overrides['epochs']} is fewer than the run's {saved['epochs']}")
     saved.update({k: v for k, v in overrides.items() if k in RESUMABLE and v is not None})
-    return from_dict(TrainConfig, saved, where=str(out / "config.yaml"))
+    return from_dict(TrainConfig, saved, where)
+
+
+def file_settings(args: argparse.Namespace) -> dict:
+    """Settings from ``--recipe`` and ``--config`` as given (the recipe only when named)."""
+    data = recipe_dict(args.recipe) if args.recipe else {}
+    if args.config is not None:
+        data.update(load_yaml(args.config))
+    return data
 
 
 def run_cli(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     if args.resume:
-        config = resumed_config(args.out, overrides)
+        config = resumed_config(args.out, overrides, file_settings(args))
     else:
         config = build_config(args.recipe or default_recipe(args.model), args.config, overrides)
     summary = train(config, args.data, args.out, resume=args.resume, data_format=args.format,

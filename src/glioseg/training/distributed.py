@@ -30,14 +30,15 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); no-op alone."""
+def init_distributed(requested_device: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes (nccl for CUDA training, else gloo); no-op alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    cuda = requested_device.startswith("cuda") or (requested_device == "auto" and torch.cuda.is_available())
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     log.info("rank %d of %d joined (%s)", info.rank, world, dist.get_backend())
     return info
 

@@ -5,7 +5,9 @@ Specification: docs ``shared/design/precision.md``. Policies: ``fp32``, ``bf16``
 
 1. **probe** (once, at start-up): time a few real training steps at each supported precision;
    the fastest one that is at least ``min_speedup`` faster than fp32 becomes the *target*
-   (fp32 when none is, as on AVX2-only CPUs). Logged as an event, kept in the state.
+   (fp32 when none is, as on AVX2-only CPUs). On a CPU, a sub-second conv pre-screen first
+   rules out levels over ``probe_give_up`` x fp32, whose single probe step would cost minutes.
+   Logged as an event, kept in the state.
 2. **warm-up**: train in fp32 for ``warmup_steps``, then move to the target once calm
    (``calm_steps`` steps without any signal; checked every ``calm_steps`` steps).
 3. **signals** every step from the step's own loss and gradient norm (one device sync):
@@ -66,7 +68,7 @@ import torch
 from glioseg.training.precision_config import (POLICIES, NonFiniteTrainingError,
                                                PrecisionConfig, StepResult, json_value)
 from glioseg.training.precision_ladder import Ladder
-from glioseg.training.precision_probe import (DTYPES, PRECISIONS, device_sync,
+from glioseg.training.precision_probe import (DTYPES, PRECISIONS, conv_prescreen, device_sync,
                                               measure_step_times, rank_precisions,
                                               supported_precisions)
 from glioseg.training.precision_signals import SignalTracker
@@ -204,8 +206,12 @@ class PrecisionController:
         buffers = ({name: b.detach().clone() for name, b in model.named_buffers()}
                    if model is not None else {})
         try:
+            # The pre-screen measures the hardware, so it keeps the real clock.
+            screened = (conv_prescreen(self.device, self._candidates, self.config.probe_give_up,
+                                       self._reduce) if self.config.prescreen else {})
+            candidates = tuple(p for p in self._candidates if p not in screened)
             times, notes = measure_step_times(
-                step_fn, self._candidates, clock=self._clock, sync=device_sync(self.device),
+                step_fn, candidates, clock=self._clock, sync=device_sync(self.device),
                 warmup=self.config.probe_warmup, steps=self.config.probe_steps,
                 give_up=self.config.probe_give_up, agree=self._reduce)
         finally:
@@ -215,7 +221,8 @@ class PrecisionController:
                     for name, buffer in model.named_buffers():
                         buffer.copy_(buffers[name])
                 model.zero_grad(set_to_none=True)
-        return self._set_probe(times, notes)
+        times.update({p: math.nan for p in screened})
+        return self._set_probe(times, {**notes, **screened})
 
     def _set_probe(self, times: dict[str, float], notes: dict[str, str]) -> dict:
         target, levels = rank_precisions(times, self.config.min_speedup, self._reduce)

@@ -72,15 +72,21 @@ class RunFolder:
             with open(self.events, "a") as fh:
                 fh.write(json.dumps(event) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        """Drop log rows of steps after ``step`` (what a resumed run will redo)."""
+    def truncate_after(self, step: int, epochs_done: int) -> None:
+        """Drop log rows of steps after ``step`` and of epochs after the first ``epochs_done``
+        (what a resumed run will redo).
+
+        Epoch rows go by epoch, not by step: a checkpoint taken at an epoch's last step, before
+        its validation and its epoch-end checkpoint, has that epoch's step count but not the
+        epoch done, and the resumed run writes that epoch's row again.
+        """
         if not self.writer:
             return
-        for path, key in ((self.metrics, "step"), (self.steps, "step")):
+        for path, key, last in ((self.metrics, "epoch", epochs_done), (self.steps, "step", step)):
             if path.exists():
                 with open(path, newline="") as fh:
                     rows = list(csv.DictReader(fh))
-                kept = [r for r in rows if int(r[key]) <= step]
+                kept = [r for r in rows if int(r[key]) <= last]
                 columns = METRIC_COLUMNS if path == self.metrics else STEP_COLUMNS
                 with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
                     out = csv.DictWriter(fh, fieldnames=columns)
@@ -90,6 +96,13 @@ class RunFolder:
             lines = [ln for ln in self.events.read_text().splitlines()
                      if ln.strip() and json.loads(ln).get("step", 0) <= step]
             write_text_atomic(self.events, "".join(ln + "\n" for ln in lines))
+
+    def clear_logs(self) -> None:
+        """Drop the logs of an earlier run that died before its first checkpoint (a new run
+        starts there; appending would mix the two runs' rows)."""
+        if self.writer:
+            for path in (self.metrics, self.steps, self.events):
+                path.unlink(missing_ok=True)
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Precision summary (JSON), loss/Dice/precision curves (PNG) and the run's HTML report."""

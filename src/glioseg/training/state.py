@@ -46,7 +46,8 @@ def run_state(trainer) -> dict:
         "schedule": {"kind": "cosine", "total_steps": trainer.total_steps,
                      "warmup_steps": trainer.config.warmup_steps},
         "progress": {"step": trainer.step, "epoch": trainer.epoch, "position": trainer.position,
-                     "best": trainer.best},
+                     "best": trainer.best, "epoch_losses": list(trainer.epoch_losses),
+                     "epoch_skipped": trainer.epoch_skipped},
         "rng": capture_rng_state(),
         "config": trainer.config.to_dict(),
         "split": trainer.data.split,
@@ -74,4 +75,6 @@ def restore_state(trainer, state: dict) -> None:
     progress = state["progress"]
     trainer.step, trainer.epoch = int(progress["step"]), int(progress["epoch"])
     trainer.position, trainer.best = int(progress["position"]), float(progress["best"])
+    trainer.epoch_losses = [float(v) for v in progress["epoch_losses"]]
+    trainer.epoch_skipped = int(progress["epoch_skipped"])
     restore_rng_state(state["rng"])

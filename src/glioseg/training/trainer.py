@@ -36,6 +36,18 @@ from glioseg.training.validate import validate
 log = logging.getLogger(__name__)
 
 
+def batches(loader: torch.utils.data.DataLoader):
+    """An iterator over ``loader`` that leaves torch's global random stream where it was.
+
+    Creating a DataLoader iterator draws a base seed from torch's global generator, the one
+    dropout draws from: a resumed epoch creates its iterator at another point of that stream
+    than the uninterrupted run did, and every later dropout mask would differ. The patches do
+    not depend on that seed (each is a pure function of seed, epoch and index).
+    """
+    with torch.random.fork_rng(devices=[]):
+        return iter(loader)
+
+
 class TrainingError(GliosegError):
     """Training cannot go on; the last good checkpoint is untouched."""
 
@@ -64,6 +76,13 @@ class Trainer:
                           target=self.loss_fn.target, id_dropout=config.id_dropout),
             config.augment, seed=config.seed)
         self.step, self.epoch, self.position, self.best = 0, 0, 0, -1.0
+        # losses and skipped updates of the current epoch so far: a run resumed in the middle of
+        # an epoch needs the steps before the checkpoint for the epoch's mean train loss
+        self.epoch_losses: list[float] = []
+        self.epoch_skipped = 0
+        # a skipped update leaves the weights as they were: a checkpoint after it would only
+        # replace the last good one (and then its .prev) by a state amid a non-finite streak
+        self.last_skipped = False
         self.total_steps = config.epochs * config.steps_per_epoch
 
     # -- one optimiser step -------------------------------------------------------------
@@ -84,7 +103,9 @@ class Trainer:
             result = self.controller.step(self._forward_loss(batch), self.model, self.optimizer,
                                           cases=list(batch["case"]))
         except NonFiniteTrainingError as exc:
-            raise TrainingError(f"{exc}; the last good checkpoint is {self.run.last}, untouched") from exc
+            kept = (f"the last good checkpoint is {self.run.last}, untouched" if self.run.last.exists()
+                    else "no checkpoint was written before")
+            raise TrainingError(f"{exc}; {kept}") from exc
         self.step += 1
         self.run.log_step({"step": self.step, "epoch": self.epoch, "loss": result.loss,
                            "precision": result.precision, "grad_norm": result.grad_norm,
@@ -93,7 +114,7 @@ class Trainer:
 
     def _probe(self) -> None:
         """Rank precisions by measured step time on the real model and patch (``auto`` only)."""
-        batch = next(iter(make_loader(self.dataset, self.config.batch_size, workers=0)))
+        batch = next(batches(make_loader(self.dataset, self.config.batch_size, workers=0)))
 
         def step_fn(precision: str) -> None:
             with self.controller.autocast(precision):
@@ -113,18 +134,20 @@ class Trainer:
         self.dataset.set_epoch(self.epoch)
         loader = make_loader(torch.utils.data.Subset(self.dataset, self._epoch_indices()),
                              self.config.batch_size, workers=self.config.workers)
-        losses, skipped = [], 0
-        bar = tqdm(loader, total=len(loader), disable=not self.info.is_main, leave=False, unit="step",
+        bar = tqdm(batches(loader), total=len(loader), disable=not self.info.is_main, leave=False, unit="step",
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", initial=0)
         for batch in bar:
             result = self._train_step(batch)
             self.position += 1
-            losses.append(result.loss)
-            skipped += int(result.skipped)
+            self.epoch_losses.append(result.loss)
+            self.epoch_skipped += int(result.skipped)
             bar.set_postfix(loss=f"{result.loss:.4f}", precision=result.precision)
-            if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+            self.last_skipped = result.skipped
+            if (self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0
+                    and not self.last_skipped):
                 self.save(self.run.last)
-        return float(np.nanmean(losses)) if losses else float("nan"), skipped
+        losses = self.epoch_losses
+        return float(np.nanmean(losses)) if losses else float("nan"), self.epoch_skipped
 
     def fit(self) -> dict:
         if self.step == 0 and self.controller.needs_probe:
@@ -132,15 +155,19 @@ class Trainer:
         while self.epoch < self.config.epochs:
             started = time.perf_counter()
             train_loss, skipped = self._run_epoch()
+            # the epoch's loss over every rank's patches, not only over rank 0's shard
+            train_loss = dist_utils.mean_over_ranks(train_loss, self.info, self.device)
             row = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss,
                    "precision": self.controller.precision, "lr": self.optimizer.param_groups[0]["lr"],
                    "skipped": skipped}
             if (self.epoch + 1) % self.config.val_every == 0 or self.epoch + 1 == self.config.epochs:
                 row.update(self._validate())
             self.epoch, self.position = self.epoch + 1, 0
+            self.epoch_losses, self.epoch_skipped = [], 0
             row["seconds"] = round(time.perf_counter() - started, 3)
             self.run.log_epoch(row)
-            self.save(self.run.last)
+            if not self.last_skipped or self.epoch == self.config.epochs:
+                self.save(self.run.last)
             log.info("epoch %d: %s", self.epoch, {k: v for k, v in row.items() if k != "epoch"})
         return self.controller.summary()
 
@@ -148,7 +175,10 @@ class Trainer:
         """Whole-volume Dice on rank 0 (the other ranks wait at the next barrier)."""
         if not (self.info.is_main and self.data.val_ids):
             return {}
-        scores = validate(self.model, self.data.val_volumes(), self.data.scheme, self.loss_fn.target,
+        volumes = self.data.val_volumes()
+        if not self.takes_ids:   # a site id is an input only of site-conditioned models
+            volumes = [(case, image, label, None) for case, image, label, _ in volumes]
+        scores = validate(self.model, volumes, self.data.scheme, self.loss_fn.target,
                           tuple(self.config.patch), self.config.val_overlap, self.device)
         mean = float(np.mean(list(scores.values())))
         if mean > self.best:
@@ -166,13 +196,15 @@ class Trainer:
         dist_utils.barrier(self.info)
 
     def load(self, path: Path) -> None:
+        # a kill between the two renames of a save leaves a new last.pt beside its old SHA-256;
+        # the previous checkpoint, kept for that, is then the one to continue from
         restore_state(self, load_checkpoint(path, allow_previous=True))
 
 
 def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data_format: str = "auto",
           cache: Path | None = None) -> dict:
     """Train ``config`` on ``data`` into run folder ``out``; returns the precision summary."""
-    info = dist_utils.init_distributed(dist_utils.pick_device("cpu", dist_utils.DistInfo()))
+    info = dist_utils.init_distributed(config.device)
     device = dist_utils.pick_device(config.device, info)
     run = RunFolder(out, writer=info.is_main)
     try:
@@ -184,10 +216,13 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
         trainer = Trainer(config, prepared, run, info, device)
         if resume:
             trainer.load(run.last)
-            run.truncate_after(trainer.step)
+            run.truncate_after(trainer.step, trainer.epoch)
             log.info("resumed %s at epoch %d, step %d", out, trainer.epoch, trainer.step)
         else:
-            run.write_config({**config.to_dict(), "versions": versions()}, prepared.split)
+            run.clear_logs()
+        # on resume too: config.yaml describes the run as it now goes on (a larger --epochs),
+        # and the next --resume starts from it
+        run.write_config({**config.to_dict(), "versions": versions()}, prepared.split)
         summary = trainer.fit()
         if info.is_main:
             run.finish(summary)

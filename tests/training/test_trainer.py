@@ -1,0 +1,126 @@
+"""The trainer end to end on phantoms: run folder, checkpoint contents, precision fallback, workers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from glioseg.config import from_dict
+from glioseg.inference.bundle import load_bundle
+from glioseg.training.checkpoint import load_checkpoint
+from glioseg.training.datasource import prepare_data
+from glioseg.training.distributed import DistInfo
+from glioseg.training.precision import PrecisionController
+from glioseg.training.recipe import TrainConfig
+from glioseg.training.run_folder import RunFolder
+from glioseg.training.trainer import Trainer
+
+from ._runs import TINY, read_csv, read_events, run_inprocess, train_args, write_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RUN_FILES = ("config.yaml", "split.json", "metrics.csv", "steps.csv", "precision_events.jsonl",
+             "last.pt", "best.pt", "training_curves.png", "report.html")
+METRICS = ("epoch", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et", "precision", "seconds")
+STATE = ("model", "optimizer", "controller", "rng", "progress", "config", "split", "bundle")
+
+
+def test_train_auto_writes_the_whole_run_folder(phantom_cache, tmp_path):
+    config = write_config(tmp_path, precision="auto", epochs=2, steps_per_epoch=2,
+                          precision_options={"probe_steps": 1})
+    run = tmp_path / "run"
+    assert run_inprocess(train_args(phantom_cache, run, config)) == 0
+
+    for name in RUN_FILES:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    metrics = read_csv(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in metrics] == [1, 2]
+    assert set(METRICS) <= set(metrics[0])
+    assert all(r["precision"] == "fp32" for r in metrics)   # bf16/fp16 are slower on this CPU
+    for region in ("wt", "tc", "et"):
+        assert 0.0 <= float(metrics[-1][f"val_dice_{region}"]) <= 1.0
+    steps = read_csv(run / "steps.csv")
+    assert [int(r["step"]) for r in steps] == [1, 2, 3, 4]
+    assert all(math.isfinite(float(r["loss"])) and r["skipped"] == "0" for r in steps)
+
+    events = read_events(run / "precision_events.jsonl")
+    assert events[0]["signal"] == "probe" and events[0]["step"] == 0
+    assert events[0]["from"] == events[0]["to"] == "fp32" and "target fp32" in events[0]["reason"]
+
+    state = load_checkpoint(run / "last.pt")
+    assert set(STATE) <= set(state)
+    assert state["progress"]["step"] == 4 and state["progress"]["epoch"] == 2
+    assert state["config"]["precision"] == "auto" and state["split"]["val"]
+    assert state["controller"]["probe"]["target"] == "fp32"
+    bundle = load_bundle(run / "last.pt")
+    model = bundle.build_model()
+    with torch.no_grad():
+        logits = model(torch.zeros(1, len(bundle.channels), 16, 16, 16))
+    assert logits.shape == (1, 3, 16, 16, 16) and torch.isfinite(logits).all()
+    best = max(float(r["val_dice_mean"]) for r in metrics)
+    assert load_checkpoint(run / "best.pt")["progress"]["best"] == best == state["progress"]["best"]
+
+
+class FakeClock:
+    """Seconds that pass only when the probe says so (the controller's clock is injectable)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class NaNLossAt:
+    """The trainer's loss with a non-finite value injected at one step (a corrupted batch), and
+    the weights checked to be untouched by that step's skipped update."""
+
+    def __init__(self, loss_fn, model, bad_step: int):
+        self.loss_fn, self.model, self.bad_step, self.calls = loss_fn, model, bad_step, 0
+        self.target = loss_fn.target
+        self.before: list[torch.Tensor] | None = None
+        self.untouched: bool | None = None
+
+    def __call__(self, logits, target):
+        self.calls += 1
+        loss = self.loss_fn(logits, target)
+        if self.calls == self.bad_step:
+            self.before = [p.detach().clone() for p in self.model.parameters()]
+            return loss * float("nan")
+        if self.calls == self.bad_step + 1:
+            self.untouched = all(torch.equal(a, p) for a, p in zip(self.before, self.model.parameters()))
+        return loss
+
+
+def test_injected_instability_in_bf16_falls_back_to_fp32_and_training_continues(phantom_cache, tmp_path):
+    """``auto`` probed as if bf16 were twice as fast (on this CPU it is far slower, so the real probe
+    would never leave fp32); one calm fp32 step, then bf16; a NaN loss at step 3 must skip that
+    update, fall back to fp32 for the cool-down and let training go on with finite weights."""
+    options = {"candidates": ["fp32", "bf16"], "warmup_steps": 1, "calm_steps": 1, "min_history": 0,
+               "grad_z": 1e6, "loss_z": 1e6, "curvature_z": 1e6, "cooldown_steps": 100}
+    config = from_dict(TrainConfig, {**TINY, "precision": "auto", "precision_options": options,
+                                     "epochs": 1, "steps_per_epoch": 5, "val_fraction": 0.0})
+    run, info, device = RunFolder(tmp_path / "run"), DistInfo(), torch.device("cpu")
+    trainer = Trainer(config, prepare_data(phantom_cache, run.path, config, "auto", None, info), run, info, device)
+    clock = FakeClock()
+    trainer.controller = PrecisionController.from_options("auto", device, options, on_event=run.log_event,
+                                                          clock=clock)
+    trainer.controller.probe(lambda p: setattr(clock, "now", clock.now + {"fp32": 1.0, "bf16": 0.5}[p]))
+    trainer.loss_fn = NaNLossAt(trainer.loss_fn, trainer.model, bad_step=3)
+    trainer.fit()
+
+    steps = read_csv(run.steps)
+    assert [(r["precision"], r["skipped"]) for r in steps] == [
+        ("fp32", "0"), ("bf16", "0"), ("bf16", "1"), ("fp32", "0"), ("fp32", "0")]
+    assert steps[2]["loss"] == "nan" and all(math.isfinite(float(r["loss"])) for r in steps[3:])
+    assert trainer.loss_fn.untouched, "the skipped update changed the weights"
+    moves = [(e["step"], e["from"], e["to"], e["signal"]) for e in read_events(run.events)]
+    assert moves == [(0, "fp32", "fp32", "probe"), (1, "fp32", "bf16", "calm"),
+                     (3, "bf16", "fp32", "nonfinite_loss")]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    state = load_checkpoint(run.last)
+    assert state["progress"]["step"] == 5 and state["controller"]["ladder"]["failures"]["bf16"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    summary = trainer.controller.summary()
+    assert summary["skipped"] == 1 and summary["steps_per_precision"] == {"fp32": 3, "bf16": 2}
