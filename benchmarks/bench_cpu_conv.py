@@ -5,13 +5,16 @@ found by running the network once with hooks), with the backend aten picks for i
 ``slow_conv3d``, by the ``N·C·D·H > 20480`` rule for batch 1) and the median time of forward,
 input gradient and weight gradient, aten's and cpu_conv's (both weight-gradient forms), times the
 number of such layers in the network. ``step``: whole training steps (forward, Dice loss,
-backward, Adam) of the network as built and after ``accelerate_cpu_convs``, interleaved so that
-load changes hit both alike; median seconds and the speed-up, plus the share of the plain step
-spent in ``slow_conv3d`` (torch.profiler).
+backward, Adam) of the network in variants, interleaved so that load changes hit all alike:
+``plain`` (as the registry builds it: channels-last 3D for SegResNet), ``contiguous`` (NCDHW),
+``cpuconv`` (after ``accelerate_cpu_convs``), ``compile`` (``torch.compile``, inductor); median
+seconds, speed-ups against the first variant, the first step of each (compilation), and the share
+of the first variant's step spent in convolutions that aten runs on ``slow_conv3d`` (torch.profiler).
 
     PYTHONPATH=src python benchmarks/bench_cpu_conv.py layers --model segresnet --patch 64
     PYTHONPATH=src python benchmarks/bench_cpu_conv.py step --model segresnet --patch 64 96 --reps 5
     PYTHONPATH=src python benchmarks/bench_cpu_conv.py step --model dalight3d --patch 64 --reps 5
+    PYTHONPATH=src python benchmarks/bench_cpu_conv.py step --patch 64 --variants plain contiguous cpuconv compile
 
 ``--clock cpu`` times process CPU seconds instead of wall seconds (use it with ``--threads 1`` on a
 shared, loaded machine: it then counts the work, not the waiting for a core).
@@ -33,6 +36,7 @@ from glioseg.models.registry import create
 from glioseg.training.losses import SegmentationLoss
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+VARIANTS = ("plain", "contiguous", "cpuconv", "compile")
 
 
 def timed(fn, reps: int, clock) -> float:
@@ -137,15 +141,36 @@ def slow_share(step) -> float:
     return slow / total if total else float("nan")
 
 
+def build_variant(name: str, model_name: str, reference: nn.Module) -> nn.Module:
+    """``reference`` (as the registry builds it) turned into one variant, same weights."""
+    if name == "plain":
+        return copy.deepcopy(reference)
+    if name == "contiguous":
+        model = create(model_name, channels_last=False)
+        model.load_state_dict(reference.state_dict())
+        return model.train()
+    if name == "cpuconv":
+        return cpu_conv.accelerate_cpu_convs(copy.deepcopy(reference))
+    if name == "compile":
+        return torch.compile(copy.deepcopy(reference))
+    raise ValueError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+
+
 def run_steps(args, clock) -> None:
-    print(f"{'model':12s} {'patch':>5s} {'plain s':>8s} {'fast s':>8s} {'speed-up':>8s} {'slow_conv3d share':>18s}")
+    """Median step time per variant, interleaved; the first (untimed) step of each is reported
+    too, since it holds torch.compile's compilation."""
+    print(f"{'model':10s} {'patch':>5s} " + " ".join(f"{v + ' s':>11s}" for v in args.variants)
+          + " " + " ".join(f"{v + ' x':>11s}" for v in args.variants[1:])
+          + f" {'first steps s':>14s} {'slow_conv3d':>11s}")
     for patch in args.patch:
         torch.manual_seed(0)
-        plain = create(args.model).train()
-        fast = cpu_conv.accelerate_cpu_convs(copy.deepcopy(plain))
-        steps = {"plain": make_step(plain, patch), "fast": make_step(fast, patch)}
-        for fn in steps.values():
-            fn()
+        reference = create(args.model).train()
+        steps, first = {}, {}
+        for name in args.variants:
+            steps[name] = make_step(build_variant(name, args.model, reference), patch)
+            start = time.perf_counter()
+            steps[name]()
+            first[name] = time.perf_counter() - start
         times = {name: [] for name in steps}
         for _ in range(args.reps):
             for name, fn in steps.items():
@@ -153,9 +178,11 @@ def run_steps(args, clock) -> None:
                 fn()
                 times[name].append(clock() - start)
         med = {name: statistics.median(v) for name, v in times.items()}
-        share = slow_share(steps["plain"]) if args.profile else float("nan")
-        print(f"{args.model:12s} {patch:5d} {med['plain']:8.2f} {med['fast']:8.2f} "
-              f"{med['plain'] / med['fast']:7.2f}x {100 * share:17.1f}%", flush=True)
+        base = med[args.variants[0]]
+        share = slow_share(steps[args.variants[0]]) if args.profile else float("nan")
+        print(f"{args.model:10s} {patch:5d} " + " ".join(f"{med[v]:11.2f}" for v in args.variants)
+              + " " + " ".join(f"{base / med[v]:10.2f}x" for v in args.variants[1:])
+              + f" {'/'.join(f'{first[v]:.0f}' for v in args.variants):>14s} {100 * share:10.1f}%", flush=True)
 
 
 def main() -> None:
@@ -166,8 +193,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain", "cpuconv"],
+                        help="step: networks to compare; speed-ups are against the first")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
-                        help="step: skip the profiled run that measures the slow_conv3d share")
+                        help="step: skip the profiled run that measures the first variant's slow_conv3d share")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,8 +30,8 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from glioseg.models.fast_conv import PointwiseConv3d
 
@@ -103,6 +103,7 @@ class _Conv3dFn(torch.autograd.Function):
         return mkldnn_conv(x, weight, bias, stride, padding)
 
     @staticmethod
+    @once_differentiable   # the backward kernels have no derivatives of their own (no double backward)
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         stride, padding = ctx.stride, ctx.padding
