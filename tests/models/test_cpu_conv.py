@@ -124,8 +124,8 @@ def test_which_modules_are_switched_and_state_dict_is_unchanged():
     assert type(clone[0]) is cpu_conv.CpuConv3d
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
-def test_autocast_and_tracing_run_the_plain_convolution():
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning", "ignore:TF32 acceleration:UserWarning")
+def test_autocast_tracing_and_disabled_onednn_run_the_plain_convolution():
     plain, fast = pair(3, 4, 3, 1, 1, True)
     x = torch.randn(1, 3, 6, 6, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -136,6 +136,9 @@ def test_autocast_and_tracing_run_the_plain_convolution():
     assert rel(traced(x), plain(x)) < RTOL
     with torch.no_grad():
         assert rel(fast(x), plain(x)) < RTOL
+    with torch.backends.mkldnn.flags(enabled=False), torch.profiler.profile() as prof:
+        fast(x)
+    assert not any("mkldnn" in e.key for e in prof.key_averages())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -119,10 +119,10 @@ class _Conv3dFn(torch.autograd.Function):
 
 
 def _plain_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Anything but fp32 CPU eager tensors outside autocast runs nn.Conv3d's own code."""
+    """Anything but fp32 CPU eager tensors outside autocast, with oneDNN enabled, runs nn.Conv3d's code."""
     return (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
-            or x.dim() != 5 or torch.is_autocast_enabled("cpu") or torch.jit.is_scripting()
-            or torch.jit.is_tracing() or torch.compiler.is_compiling())
+            or x.dim() != 5 or torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled
+            or torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 class CpuConv3d(nn.Conv3d):
@@ -150,11 +150,11 @@ def _pointwise(module: nn.Conv3d) -> bool:
 def accelerate_cpu_convs(model: nn.Module) -> nn.Module:
     """Give every plain dense ``nn.Conv3d`` of ``model`` the fast CPU kernels, in place; returns it.
 
-    A no-op for a model on CUDA (its convolutions keep cuDNN). Modules are switched by class only
+    A no-op for a model on CUDA (its convolutions keep cuDNN) or a torch built without oneDNN. Modules are switched by class only
     (1×1×1 stride 1: ``PointwiseConv3d``; others: :class:`CpuConv3d`), so parameters, ``state_dict``
     keys, optimiser state and hooks stay as they were. Idempotent.
     """
-    if any(p.device.type == "cuda" for p in model.parameters()):
+    if any(p.device.type == "cuda" for p in model.parameters()) or not torch.backends.mkldnn.is_available():
         return model
     counts = {"pointwise": 0, "dense": 0}
     for module in model.modules():
