@@ -185,7 +185,8 @@ def summarise(policy: str, seed: int, result: dict, folder: Path) -> dict:
 
 
 def fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """``value`` in ``spec`` (e.g. "8.3f"), or a dash of the same width."""
+    return format("-", ">" + spec.split(".")[0]) if value is None else format(value, spec)
 
 
 def print_table(rows: list[dict], hw: dict, args) -> None:
@@ -193,7 +194,8 @@ def print_table(rows: list[dict], hw: dict, args) -> None:
           f"batch {args.batch_size}, {args.epochs} epoch(s) x {args.steps} steps, seeds {args.seeds}, "
           f"budget {args.max_seconds or 'none'} s of steps per run")
     print(f"hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} ({hw['torch_threads']} threads)"
-          f"{', GPU ' + hw['gpu'] if hw['gpu'] else ''}; load average at start {hw['load_average'][0]:.1f}")
+          f"{', GPU ' + hw['gpu'] if hw['gpu'] else ''}; load average {hw['load_average'][0]:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end")
     print(f"{'policy':6s} {'seed':>4s} {'steps':>13s} {'s/step':>8s} {'s/epoch':>8s} {'setup s':>8s} "
           f"{'peak MiB':>9s} {'Dice WT':>8s} {'TC':>6s} {'ET':>6s} {'switch':>6s} {'skip':>5s} {'final':>6s}")
     for r in rows:
