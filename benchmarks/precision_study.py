@@ -70,11 +70,11 @@ def run_one(spec: dict) -> dict:
 
     config = build_config(spec["recipe"], None, spec["overrides"])
     record: dict = {}
-    instrument_trainer(record, max_seconds=spec["max_seconds"])
     started = time.perf_counter()
     status = "done"
     try:
-        train(config, Path(spec["data"]), Path(spec["out"]))
+        with instrument_trainer(record, max_seconds=spec["max_seconds"]):
+            train(config, Path(spec["data"]), Path(spec["out"]))
     except StopTraining:
         status = "budget"
     if config.device != "cpu" and torch.cuda.is_available():
