@@ -16,18 +16,19 @@ therefore has a wall-clock budget for its training steps (``--max-seconds``): a 
 it stops after the step in progress and is reported as ``budget: n of N steps`` with its
 measured seconds per step and no final Dice (its model did not get the same training).
 
-Small check (2-core shared CPU, minutes)::
+Small check (run on the shared 2-core CPU: ~25 min, most of it whole-volume validation)::
 
     PYTHONPATH=src python benchmarks/precision_study.py --data ../shared/data/brats18 \\
         --out /tmp/precision-small --model-option init_filters=8 --patch 32 32 32 --steps 4 \\
-        --epochs 1 --seeds 0 --val-fraction 0.1 --val-overlap 0.25 --max-seconds 60
+        --epochs 1 --seeds 0 --val-fraction 0.05 --val-overlap 0.25 --max-seconds 25
 
-Full study on this CPU (a quiet machine; under an hour: fp32 and auto train the whole budget,
-bf16 / fp16 stop at their 8-minute cap)::
+Full study on this CPU (for a quiet machine; about 50 minutes, estimated from the contended
+runs: fp32 SegResNet at 64³ ~3.5 s/step with 2 threads, validation ~80 s per case): fp32 and auto
+train the whole 80 steps and are validated on 2 cases, bf16 / fp16 stop at their 4-minute cap::
 
     PYTHONPATH=src python benchmarks/precision_study.py --data ../shared/data/brats18 \\
-        --out runs/precision-study-cpu --patch 64 64 64 --steps 25 --epochs 4 --seeds 0 1 \\
-        --val-fraction 0.2 --max-seconds 480
+        --out runs/precision-study-cpu --patch 64 64 64 --steps 40 --epochs 2 --seeds 0 1 \\
+        --val-fraction 0.1 --val-overlap 0.25 --max-seconds 240
 
 On a GPU (paper recipe size; add seeds as time allows)::
 
