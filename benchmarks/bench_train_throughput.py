@@ -135,9 +135,9 @@ def glioseg_run(cache: Path, args, patch, device: torch.device, cpu_conv: bool, 
     trainer_module.create = ((lambda *a, **k: cpu_conv_module.accelerate_cpu_convs(create(*a, **k)))
                              if cpu_conv else create)
     record: dict = {}
-    instrument_trainer(record, max_steps=args.steps)
     try:
-        trainer_module.train(config, cache, out)
+        with instrument_trainer(record, max_steps=args.steps):
+            trainer_module.train(config, cache, out)
     except StopTraining:
         pass
     finally:

@@ -16,18 +16,19 @@ therefore has a wall-clock budget for its training steps (``--max-seconds``): a 
 it stops after the step in progress and is reported as ``budget: n of N steps`` with its
 measured seconds per step and no final Dice (its model did not get the same training).
 
-Small check (2-core shared CPU, minutes)::
+Small check (run on the shared 2-core CPU: ~25 min, most of it whole-volume validation)::
 
     PYTHONPATH=src python benchmarks/precision_study.py --data ../shared/data/brats18 \\
         --out /tmp/precision-small --model-option init_filters=8 --patch 32 32 32 --steps 4 \\
-        --epochs 1 --seeds 0 --val-fraction 0.1 --val-overlap 0.25 --max-seconds 60
+        --epochs 1 --seeds 0 --val-fraction 0.05 --val-overlap 0.25 --max-seconds 25
 
-Full study on this CPU (a quiet machine; under an hour: fp32 and auto train the whole budget,
-bf16 / fp16 stop at their 8-minute cap)::
+Full study on this CPU (for a quiet machine; about 50 minutes, estimated from the contended
+runs: fp32 SegResNet at 64³ ~3.5 s/step with 2 threads, validation ~80 s per case): fp32 and auto
+train the whole 80 steps and are validated on 2 cases, bf16 / fp16 stop at their 4-minute cap::
 
     PYTHONPATH=src python benchmarks/precision_study.py --data ../shared/data/brats18 \\
-        --out runs/precision-study-cpu --patch 64 64 64 --steps 25 --epochs 4 --seeds 0 1 \\
-        --val-fraction 0.2 --max-seconds 480
+        --out runs/precision-study-cpu --patch 64 64 64 --steps 40 --epochs 2 --seeds 0 1 \\
+        --val-fraction 0.1 --val-overlap 0.25 --max-seconds 240
 
 On a GPU (paper recipe size; add seeds as time allows)::
 
@@ -70,11 +71,11 @@ def run_one(spec: dict) -> dict:
 
     config = build_config(spec["recipe"], None, spec["overrides"])
     record: dict = {}
-    instrument_trainer(record, max_seconds=spec["max_seconds"])
     started = time.perf_counter()
     status = "done"
     try:
-        train(config, Path(spec["data"]), Path(spec["out"]))
+        with instrument_trainer(record, max_seconds=spec["max_seconds"]):
+            train(config, Path(spec["data"]), Path(spec["out"]))
     except StopTraining:
         status = "budget"
     if config.device != "cpu" and torch.cuda.is_available():
@@ -185,7 +186,8 @@ def summarise(policy: str, seed: int, result: dict, folder: Path) -> dict:
 
 
 def fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """``value`` in ``spec`` (e.g. "8.3f"), or a dash of the same width."""
+    return format("-", ">" + spec.split(".")[0]) if value is None else format(value, spec)
 
 
 def print_table(rows: list[dict], hw: dict, args) -> None:
@@ -193,7 +195,8 @@ def print_table(rows: list[dict], hw: dict, args) -> None:
           f"batch {args.batch_size}, {args.epochs} epoch(s) x {args.steps} steps, seeds {args.seeds}, "
           f"budget {args.max_seconds or 'none'} s of steps per run")
     print(f"hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} ({hw['torch_threads']} threads)"
-          f"{', GPU ' + hw['gpu'] if hw['gpu'] else ''}; load average at start {hw['load_average'][0]:.1f}")
+          f"{', GPU ' + hw['gpu'] if hw['gpu'] else ''}; load average {hw['load_average'][0]:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end")
     print(f"{'policy':6s} {'seed':>4s} {'steps':>13s} {'s/step':>8s} {'s/epoch':>8s} {'setup s':>8s} "
           f"{'peak MiB':>9s} {'Dice WT':>8s} {'TC':>6s} {'ET':>6s} {'switch':>6s} {'skip':>5s} {'final':>6s}")
     for r in rows:

@@ -1,13 +1,14 @@
 """Timing hooks around glioseg's Trainer for the benchmarks (never used by the library).
 
-``instrument_trainer(record, max_seconds=None, max_steps=None)`` wraps ``Trainer._train_step`` and
-``Trainer._run_epoch`` of this process: every optimiser step's duration and end time, and every
+``with instrument_trainer(record, max_seconds=None, max_steps=None):`` wraps ``Trainer._train_step``
+and ``Trainer._run_epoch`` of this process (restored on exit): every optimiser step's duration and end time, and every
 epoch loop's duration, go into ``record``; once the steps took ``max_seconds`` in all, or
 ``max_steps`` steps ran, the step in progress finishes and :class:`StopTraining` is raised
 (``glioseg.training.trainer.train`` lets it through; the run folder keeps its last checkpoint).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 
@@ -15,7 +16,8 @@ class StopTraining(Exception):
     """The benchmark's budget (seconds or steps) is spent."""
 
 
-def instrument_trainer(record: dict, max_seconds: float | None = None, max_steps: int | None = None) -> None:
+@contextlib.contextmanager
+def instrument_trainer(record: dict, max_seconds: float | None = None, max_steps: int | None = None):
     from glioseg.training import trainer as trainer_module
 
     record.setdefault("step_seconds", [])
@@ -43,3 +45,7 @@ def instrument_trainer(record: dict, max_seconds: float | None = None, max_steps
             record["epoch_seconds"].append(time.perf_counter() - start)
 
     trainer_module.Trainer._train_step, trainer_module.Trainer._run_epoch = timed_step, timed_epoch
+    try:
+        yield record
+    finally:
+        trainer_module.Trainer._train_step, trainer_module.Trainer._run_epoch = step, run_epoch
