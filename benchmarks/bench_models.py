@@ -8,6 +8,10 @@ Per (model, patch): parameters, FLOPs of one forward pass (2 per multiply-add), 
 fp32), each the median of ``--repeats`` runs after one warm-up, and peak memory above the
 baseline for inference and for the training step.
 
+Kernels (``--kernels``): ``torch`` runs the network as the registry builds it (nn.Conv3d on aten's
+own backend choice); ``glioseg`` applies :func:`glioseg.models.cpu_conv.accelerate_cpu_convs`, as
+``glioseg train`` and ``glioseg predict`` do on a CPU.
+
 Memory: every (model, patch) runs in its own subprocess. Before the first forward the worker
 records its resident set (VmRSS, with the model and input already allocated); ``ru_maxrss`` after
 the inference runs, and again after the training runs, minus that baseline gives the peak extra
@@ -66,15 +70,18 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, size: int, repeats: int, threads: int, dtype: str) -> dict:
+def measure(name: str, size: int, repeats: int, threads: int, dtype: str, kernels: str) -> dict:
     """Worker: all numbers for one (model, patch, dtype), in this process."""
     import torch
 
     from glioseg.models import count_parameters, create, describe
+    from glioseg.models.cpu_conv import accelerate_cpu_convs
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = create(name)
+    if kernels == "glioseg":
+        accelerate_cpu_convs(model)
     x = torch.randn(1, 4, size, size, size)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
     base = rss_mib()
@@ -95,30 +102,30 @@ def measure(name: str, size: int, repeats: int, threads: int, dtype: str) -> dic
     model.train()
     step = median_time(train_step, repeats)
     peak_step = peak_mib() - base
-    return {"model": name, "size": size, "dtype": dtype, "params": count_parameters(model),
+    return {"model": name, "size": size, "dtype": dtype, "kernels": kernels, "params": count_parameters(model),
             "flops": describe(name, (size, size, size))["flops"], "forward_s": fwd,
             "train_step_s": step, "peak_forward_mib": peak_fwd, "peak_train_mib": peak_step}
 
 
-def run_worker(name: str, size: int, args, dtype: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, str(size), dtype,
+def run_worker(name: str, size: int, args, dtype: str, kernels: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, str(size), dtype, kernels,
            "--repeats", str(args.repeats), "--threads", str(args.threads)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"{name} at {size}^3 ({dtype}) failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{name} at {size}^3 ({dtype}, {kernels} kernels) failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'model':22s} {'patch':>6s} {'dtype':>5s} {'params':>10s} {'GFLOP':>7s} {'fwd s':>7s} "
+    head = (f"{'model':22s} {'patch':>6s} {'dtype':>5s} {'kernels':>7s} {'params':>10s} {'GFLOP':>7s} {'fwd s':>7s} "
             f"{'step s':>7s} {'GFLOP/s':>8s} {'fwd MiB':>8s} {'step MiB':>9s}")
     print(head)
     print("-" * len(head))
     for r in rows:
         # a training step is ~3 forward passes of FLOPs (forward, input grad, weight grad)
         rate = 3 * r["flops"] / 1e9 / r["train_step_s"]
-        print(f"{r['model']:22s} {r['size']:>4d}^3 {r['dtype']:>5s} {r['params']:>10,d} "
+        print(f"{r['model']:22s} {r['size']:>4d}^3 {r['dtype']:>5s} {r['kernels']:>7s} {r['params']:>10,d} "
               f"{r['flops'] / 1e9:7.1f} {r['forward_s']:7.2f} {r['train_step_s']:7.2f} {rate:8.1f} "
               f"{r['peak_forward_mib']:8.0f} {r['peak_train_mib']:9.0f}")
 
@@ -129,14 +136,16 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 96], help="cubic patch sizes")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (median)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kernels", nargs="+", choices=["torch", "glioseg"], default=["torch", "glioseg"],
+                        help="conv kernels: torch's own, or glioseg's CPU kernels (as train/predict use)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "SIZE", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("MODEL", "SIZE", "DTYPE", "KERNELS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.worker:
-        name, size, dtype = args.worker
-        print(json.dumps(measure(name, int(size), args.repeats, args.threads, dtype)))
+        name, size, dtype, kernels = args.worker
+        print(json.dumps(measure(name, int(size), args.repeats, args.threads, dtype, kernels)))
         return 0
 
     sys.path.insert(0, str(SRC))
@@ -154,8 +163,8 @@ def main(argv=None) -> int:
           f"load average at start {os.getloadavg()[0]:.1f}")
     if "bf16" not in dtypes:
         print("bf16: skipped (no avx512_bf16/amx_bf16: emulated bf16 convs are ~90x slower here)")
-    jobs = [(m, s, d) for s in args.sizes for m in models for d in dtypes]
-    rows = [run_worker(m, s, args, d) for m, s, d in tqdm(jobs, desc="benchmark", unit="run")]
+    jobs = [(m, s, d, k) for s in args.sizes for m in models for d in dtypes for k in args.kernels]
+    rows = [run_worker(m, s, args, d, k) for m, s, d, k in tqdm(jobs, desc="benchmark", unit="run")]
     print_table(rows)
     print(f"load average at end {os.getloadavg()[0]:.1f} (>{args.threads} means other jobs shared the CPU)")
     if args.json:

@@ -14,8 +14,8 @@ number of DataLoader worker processes, in one process, one after the other:
   all) on the preprocessed cache: memory-mapped volumes, ``PatchDataset`` (tumour-centred share,
   flips, intensity scale/shift), ``make_loader``. Validation is off and the run stops after its
   steps, so only the training loop is timed.
-- ``glioseg-cpuconv``: the same with ``glioseg.models.cpu_conv.accelerate_cpu_convs`` applied to
-  the model the trainer creates (the proposed one-line hook in the trainer).
+- ``glioseg-torchconv``: the same with the trainer's ``accelerate_cpu_convs`` turned off, so every
+  convolution takes aten's own backend choice (what glioseg's CPU kernels gain).
 
 Steps per second are counted from the end of step ``--warmup`` to the end of the last step, so
 they include waiting for data but not start-up (worker spawn, first batch). The one-time cost of
@@ -44,7 +44,7 @@ from trainer_timing import StopTraining, instrument_trainer
 
 log = logging.getLogger("bench_train_throughput")
 
-VARIANTS = ("monai", "glioseg", "glioseg-cpuconv")
+VARIANTS = ("monai", "glioseg", "glioseg-torchconv")
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 
@@ -121,9 +121,8 @@ def monai_run(files: list[dict], args, patch, device: torch.device) -> list[floa
 
 
 # -- glioseg ----------------------------------------------------------------------------------------
-def glioseg_run(cache: Path, args, patch, device: torch.device, cpu_conv: bool, out: Path) -> list[float]:
+def glioseg_run(cache: Path, args, patch, device: torch.device, cpu_kernels: bool, out: Path) -> list[float]:
     """``glioseg.training.trainer.train`` for ``args.steps`` steps (no validation); step end times."""
-    from glioseg.models import cpu_conv as cpu_conv_module
     from glioseg.training import trainer as trainer_module
     from glioseg.training.recipe import build_config
 
@@ -131,9 +130,8 @@ def glioseg_run(cache: Path, args, patch, device: torch.device, cpu_conv: bool, 
         "precision": args.precision, "epochs": 1, "steps_per_epoch": args.steps, "patch": tuple(patch),
         "batch_size": args.batch_size, "seed": args.seed, "val_fraction": 0.0, "workers": args.workers,
         "device": device.type})
-    create = trainer_module.create
-    trainer_module.create = ((lambda *a, **k: cpu_conv_module.accelerate_cpu_convs(create(*a, **k)))
-                             if cpu_conv else create)
+    accelerate = trainer_module.accelerate_cpu_convs
+    trainer_module.accelerate_cpu_convs = accelerate if cpu_kernels else (lambda model: model)
     record: dict = {}
     try:
         with instrument_trainer(record, max_steps=args.steps):
@@ -141,7 +139,7 @@ def glioseg_run(cache: Path, args, patch, device: torch.device, cpu_conv: bool, 
     except StopTraining:
         pass
     finally:
-        trainer_module.create = create
+        trainer_module.accelerate_cpu_convs = accelerate
         gc.collect()   # the stopped epoch's loader workers exit now, not during the next variant
     return record["step_ends"]
 
@@ -178,7 +176,7 @@ def measure_patch(patch, args, files, cache: Path, device: torch.device, work: P
                 ends = monai_run(files, args, patch, device)
             else:
                 out = work / f"run-{variant}-{'x'.join(map(str, patch))}-{r}"
-                ends = glioseg_run(cache, args, patch, device, variant == "glioseg-cpuconv", out)
+                ends = glioseg_run(cache, args, patch, device, variant == "glioseg", out)
             rates[variant].append(rate(ends, args.warmup))
             log.info("%s %s round %d: %.3f steps/s (%.0f s with start-up)", variant, patch, r,
                      rates[variant][-1], time.perf_counter() - start)

@@ -186,3 +186,16 @@ def test_region_uncertainty_is_zero_when_certain_and_one_at_half():
     probs = np.stack([np.full((2, 2, 2), v, dtype=np.float32) for v in (0.0, 1.0, 0.5)])
     entropy = normalised_entropy(probs, "regions")
     np.testing.assert_allclose(entropy, 1 / 3, atol=1e-4)
+
+
+def test_torch_network_runs_the_cpu_kernels_with_the_plain_models_logits():
+    from glioseg.inference.predictor import TorchNetwork
+    from glioseg.models.cpu_conv import CpuConv3d
+    from ._fakes import tiny_bundle
+
+    bundle = tiny_bundle()
+    network = TorchNetwork(bundle, "cpu")
+    assert any(type(m) is CpuConv3d for m in network.model.modules())
+    x = torch.from_numpy(_image((1, 4, 16, 16, 16)))
+    with torch.no_grad():
+        assert torch.allclose(network(x, None), bundle.build_model("cpu")(x), atol=1e-5, rtol=1e-4)

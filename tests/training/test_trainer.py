@@ -93,6 +93,22 @@ class NaNLossAt:
         return loss
 
 
+def test_trainer_runs_glioseg_cpu_kernels_and_saves_plain_weights(phantom_cache, tmp_path):
+    """On a CPU the trainer's dense convs run on oneDNN (cpu_conv); the checkpoint's weights load
+    into the registry's plain network."""
+    from glioseg.models.cpu_conv import CpuConv3d
+    from glioseg.models.registry import create
+
+    config = from_dict(TrainConfig, {**TINY, "precision": "fp32", "epochs": 1, "steps_per_epoch": 1,
+                                     "val_fraction": 0.0})
+    run, info, device = RunFolder(tmp_path / "run"), DistInfo(), torch.device("cpu")
+    trainer = Trainer(config, prepare_data(phantom_cache, run.path, config, "fp32", None, info), run, info, device)
+    assert any(type(m) is CpuConv3d for m in trainer.model.modules())
+    trainer.fit()
+    plain = create(config.model, in_channels=4, out_channels=trainer.model_out_channels, **config.model_options)
+    plain.load_state_dict(load_checkpoint(run.last)["model"], strict=True)
+
+
 def test_injected_instability_in_bf16_falls_back_to_fp32_and_training_continues(phantom_cache, tmp_path):
     """``auto`` probed as if bf16 were twice as fast (on this CPU it is far slower, so the real probe
     would never leave fp32); one calm fp32 step, then bf16; a NaN loss at step 3 must skip that

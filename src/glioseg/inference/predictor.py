@@ -24,6 +24,7 @@ from monai.inferers import sliding_window_inference
 from glioseg.data.formats import CHANNELS
 from glioseg.data.labels import class_values, classes_to_regions, get_scheme, labels_to_regions
 from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
+from glioseg.models.cpu_conv import accelerate_cpu_convs
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class TorchNetwork:
 
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu", source: Path | None = None):
         self.bundle, self.source = bundle, source
-        self.model = bundle.build_model(device)
+        self.model = accelerate_cpu_convs(bundle.build_model(device))
         self.device = torch.device(device)
         self.size_divisor = int(getattr(self.model, "size_divisor", 1))
         self.takes_ids = "ids" in inspect.signature(self.model.forward).parameters

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from glioseg.data.labels import class_values
 from glioseg.errors import GliosegError
 from glioseg.data.sampling import PatchDataset, SamplerConfig, make_loader
+from glioseg.models.cpu_conv import accelerate_cpu_convs
 from glioseg.models.registry import create
 from glioseg.training import distributed as dist_utils
 from glioseg.training.checkpoint import load_checkpoint, save_checkpoint
@@ -59,8 +60,11 @@ class Trainer:
         self.loss_fn = SegmentationLoss(config.loss, config.ce_weight)
         self.model_out_channels = 3 if self.loss_fn.target == "regions" else len(class_values(data.scheme))
         torch.manual_seed(config.seed)
-        self.model = create(config.model, in_channels=len(data.channels), out_channels=self.model_out_channels,
-                            **config.model_options).to(device)
+        # on a CPU, dense convs go to oneDNN whatever their size (aten's small-conv path is
+        # single-threaded at batch 1); a class swap only, so checkpoints are unchanged
+        self.model = accelerate_cpu_convs(
+            create(config.model, in_channels=len(data.channels), out_channels=self.model_out_channels,
+                   **config.model_options).to(device))
         self.takes_ids = "ids" in inspect.signature(self.model.forward).parameters
         self.net = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if info.enabled else self.model)
