@@ -11,9 +11,11 @@ normalisation (z-score over the brain, 0 outside, as MONAI's NormalizeIntensityd
 does) and differ only in where the network runs:
 
 - ``recipe``: MONAI's published BraTS recipe, one 240x240x160 window over the whole RAS volume
-  (MONAI pads 155 to 160), overlap 0.5, fp32;
+  (MONAI pads 155 to 160), overlap 0.5, fp32, the network as the registry builds it (torch's
+  own convolution kernels);
 - ``glioseg`` (the default of ``glioseg predict``): one window over the brain's bounding box,
-  rounded up to the network's size divisor (overlap 0.5 is then moot: a single window);
+  rounded up to the network's size divisor (overlap 0.5 is then moot: a single window), on
+  glioseg's CPU convolution kernels (``glioseg.models.cpu_conv``), as ``glioseg predict`` runs;
 - ``patch-0.5`` / ``patch-0.25``: Gaussian windows of the training patch with overlap 0.5 / 0.25;
 - ``glioseg-bf16``: the default under bf16 autocast, added only on CPUs with native bf16
   (AVX512-BF16 or AMX); on AVX2-only CPUs bf16 convolutions are emulated and ~90x slower.
@@ -22,9 +24,9 @@ Agreement is Dice per region of each pipeline's labels against the recipe's. Wit
 weights (no ``--checkpoint``) the network's output is a function of its input, so agreement
 between pipelines still measures the pipelines; but a nearly empty or nearly full region makes it
 trivial, so the table prints each region's size in the recipe's prediction. GFLOP/s is the FLOPs
-of the windows actually run (counted during the timed run by torch.utils.flop_counter:
-convolutions and matrix products, not norms or activations) over the inference time, against a
-big fp32 Conv3d measured here. Other processes may share the cores: times are upper bounds.
+of the windows actually run (each window shape counted once on the meta device by
+``glioseg.models.flops``: convolutions and matrix products, not norms or activations) over the
+inference time, against a big fp32 Conv3d measured here. Other processes may share the cores: times are upper bounds.
 """
 from __future__ import annotations
 
@@ -99,8 +101,6 @@ def _recipe_probabilities(model, array: np.ndarray, meta: dict) -> np.ndarray:
 
 
 def worker(args) -> None:
-    from torch.utils.flop_counter import FlopCounterMode
-
     from glioseg.data import preprocess
     from glioseg.data.labels import regions_to_labels
     from glioseg.inference.bundle import load_bundle
@@ -110,7 +110,7 @@ def worker(args) -> None:
     start = time.perf_counter()
     bundle = load_bundle(args.model_file)
     network = TorchNetwork(bundle)
-    counting = CountingModel(network.model)
+    counting = CountingModel(bundle.build_model() if args.worker == "recipe" else network.model)
     network.model = counting
     network.takes_ids = False
     item, image, array, meta = _read_case(args.case, bundle)
@@ -118,22 +118,31 @@ def worker(args) -> None:
     if args.worker == "idle":
         print(json.dumps({"total": t_pre - start}))
         return
-    # The counter sees each operator call, not each element: its cost is negligible next to 3D convolutions.
-    with FlopCounterMode(display=False) as counter:
-        if args.worker == "recipe":
-            probs = _recipe_probabilities(counting, array, meta)
-        else:
-            window, overlap, precision = GLIOSEG[args.worker]
-            config = PredictConfig(window=window, overlap=overlap, precision=precision)
-            probs, _ = Predictor([network], config).probabilities(array)
+    if args.worker == "recipe":
+        probs = _recipe_probabilities(counting, array, meta)
+    else:
+        window, overlap, precision = GLIOSEG[args.worker]
+        config = PredictConfig(window=window, overlap=overlap, precision=precision)
+        probs, _ = Predictor([network], config).probabilities(array)
     t_inf = time.perf_counter()
     label = preprocess.to_original(regions_to_labels(probs > 0.5, item.scheme), meta, order=0)
     t_post = time.perf_counter()
     np.save(args.out, label)
     print(json.dumps({"read_preprocess": t_pre - start, "inference": t_inf - t_pre, "postprocess": t_post - t_inf,
                       "total": t_post - start, "windows": sum(counting.shapes.values()),
-                      "window": list(next(iter(counting.shapes))[2:]), "flops": counter.get_total_flops(),
+                      "window": list(next(iter(counting.shapes))[2:]), "flops": window_flops(bundle, counting.shapes),
                       "box": [hi - lo for lo, hi in meta["crop"]["box"]]}))
+
+
+def window_flops(bundle, shapes: Counter) -> int:
+    """FLOPs of the windows run: each (batch, C, x, y, z) shape counted once on the meta device."""
+    from glioseg.models.flops import count_flops
+    from glioseg.models.registry import create
+
+    with torch.device("meta"):
+        model = create(bundle.model, in_channels=bundle.in_channels, out_channels=bundle.out_channels,
+                       **bundle.options)
+    return sum(n * count_flops(model, shape[1], shape[2:], batch=shape[0]) for shape, n in shapes.items())
 
 
 # ---- the parent: weights, conv peak, workers, table ----
