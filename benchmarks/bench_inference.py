@@ -20,7 +20,8 @@ does) and differ only in where the network runs:
 - ``glioseg-bf16``: the default under bf16 autocast, added only on CPUs with native bf16
   (AVX512-BF16 or AMX); on AVX2-only CPUs bf16 convolutions are emulated and ~90x slower.
 
-Agreement is Dice per region of each pipeline's labels against the recipe's. With random
+Agreement is Dice per region of each pipeline's labels against the recipe's; where the case has an
+expert label (``*_seg.nii.gz``), each pipeline's Dice against it is printed too. With random
 weights (no ``--checkpoint``) the network's output is a function of its input, so agreement
 between pipelines still measures the pipelines; but a nearly empty or nearly full region makes it
 trivial, so the table prints each region's size in the recipe's prediction. GFLOP/s is the FLOPs
@@ -217,11 +218,21 @@ def bf16_native() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def reference_masks(case: Path) -> dict[str, np.ndarray] | None:
+    """The case's expert label (``*_seg.nii.gz``) as WT / TC / ET masks, or None without one."""
+    import nibabel as nib
+
+    found = sorted(case.glob("*_seg.nii*"))
+    return region_masks(np.asarray(nib.load(found[0]).dataobj).astype(np.uint8)) if found else None
+
+
 def print_table(model: str, rows: list[dict], peak: float, idle_mib: float, recipe_sizes: dict) -> None:
     print(f"\n{model}: recipe prediction sizes (voxels) " + ", ".join(f"{r} {n:,}" for r, n in recipe_sizes.items())
           + f"; idle worker (imports + model + case) {idle_mib:.0f} MiB")
+    expert = all("expert" in r for r in rows)
     head = (f"{'pipeline':<11} {'window':<13} {'win':>3} {'infer s':>8} {'total s':>8} {'speed-up':>8} "
-            f"{'peak MiB':>8} {'GFLOP':>7} {'GFLOP/s':>7} {'% peak':>6}  Dice WT / TC / ET vs recipe")
+            f"{'peak MiB':>8} {'GFLOP':>7} {'GFLOP/s':>7} {'% peak':>6}  Dice WT / TC / ET vs recipe"
+            + ("    vs expert label" if expert else ""))
     print(head)
     recipe_total = next(r for r in rows if r["name"] == "recipe")["total"]
     for r in rows:
@@ -229,9 +240,10 @@ def print_table(model: str, rows: list[dict], peak: float, idle_mib: float, reci
         rate = gflops / r["inference"]
         dices = " / ".join(f"{r['dice'][k]:.4f}" for k in ("WT", "TC", "ET"))
         window = "x".join(map(str, r["window"]))
+        versus = "   " + " / ".join(f"{r['expert'][k]:.4f}" for k in ("WT", "TC", "ET")) if expert else ""
         print(f"{r['name']:<11} {window:<13} {r['windows']:>3} {r['inference']:>8.1f} {r['total']:>8.1f} "
               f"{recipe_total / r['total']:>7.2f}x {r['mib']:>8.0f} {gflops:>7.0f} {rate:>7.1f} "
-              f"{100 * rate / peak:>5.0f}%  {dices}")
+              f"{100 * rate / peak:>5.0f}%  {dices}{versus}")
 
 
 def measure_model(model_file: Path, args, tmp: Path) -> tuple[list[dict], float, dict]:
@@ -242,8 +254,11 @@ def measure_model(model_file: Path, args, tmp: Path) -> tuple[list[dict], float,
         result, mib = run_worker(name, model_file, args.case, args.threads, tmp / f"{name}.npy")
         labels[name] = region_masks(np.load(tmp / f"{name}.npy"))
         rows.append({"name": name, "mib": mib, **result})
+    reference = reference_masks(args.case)
     for row in rows:
         row["dice"] = {k: dice(labels[row["name"]][k], labels["recipe"][k]) for k in ("WT", "TC", "ET")}
+        if reference is not None:
+            row["expert"] = {k: dice(labels[row["name"]][k], reference[k]) for k in ("WT", "TC", "ET")}
     return rows, idle_mib, {k: int(v.sum()) for k, v in labels["recipe"].items()}
 
 
