@@ -4,6 +4,7 @@
 ``metrics.csv``: a row per epoch; ``steps.csv``: a row per optimiser step;
 ``precision_events.jsonl``: one JSON object per controller decision. On resume, rows past
 the checkpoint being resumed are dropped, so the files always describe one consistent run.
+``tensorboard/``: the same rows as TensorBoard scalars, where the tensorboard package is installed.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import yaml
 from glioseg.data.io import atomic_path
 from glioseg.evaluation.figures import training_curves
 from glioseg.evaluation.report import write_report
+from glioseg.training.tensorboard import TensorBoardLog
 
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et",
                   "val_dice_mean", "precision", "lr", "skipped", "seconds")
@@ -37,6 +39,7 @@ class RunFolder:
         self.writer = writer
         if writer:
             self.path.mkdir(parents=True, exist_ok=True)
+        self.board = TensorBoardLog(self.path / "tensorboard") if writer else None
 
     last = property(lambda self: self.path / "last.pt")
     best = property(lambda self: self.path / "best.pt")
@@ -63,14 +66,19 @@ class RunFolder:
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         self._append(self.metrics, METRIC_COLUMNS, row)
+        if self.board is not None:
+            self.board.log_epoch(row)
 
     def log_step(self, row: dict[str, Any]) -> None:
         self._append(self.steps, STEP_COLUMNS, row)
+        if self.board is not None:
+            self.board.log_step(row)
 
     def log_event(self, event: dict[str, Any]) -> None:
         if self.writer:
             with open(self.events, "a") as fh:
                 fh.write(json.dumps(event) + "\n")
+            self.board.log_event(event)
 
     def truncate_after(self, step: int, epochs_done: int) -> None:
         """Drop log rows of steps after ``step`` and of epochs after the first ``epochs_done``
@@ -82,6 +90,7 @@ class RunFolder:
         """
         if not self.writer:
             return
+        self.board.resume_at(step)
         for path, key, last in ((self.metrics, "epoch", epochs_done), (self.steps, "step", step)):
             if path.exists():
                 with open(path, newline="") as fh:
@@ -103,6 +112,11 @@ class RunFolder:
         if self.writer:
             for path in (self.metrics, self.steps, self.events):
                 path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (the CSV / JSONL logs are flushed at every row)."""
+        if self.board is not None:
+            self.board.close()
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Precision summary (JSON), loss/Dice/precision curves (PNG) and the run's HTML report."""

@@ -232,5 +232,6 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
             run.finish(summary)
         return summary
     finally:
+        run.close()
         dist_utils.shutdown(info)
 
