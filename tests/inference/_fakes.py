@@ -80,6 +80,7 @@ class FakeNetwork:
 
     def __init__(self, fn, bundle: ModelBundle | None = None, size_divisor: int = 1):
         self.fn, self.bundle, self.size_divisor = fn, bundle or make_bundle(), size_divisor
+        self.patch_size, self.name = self.bundle.patch_size, self.bundle.model
         self.calls = []
 
     def __call__(self, x: torch.Tensor, site_id):

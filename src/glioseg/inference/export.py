@@ -179,6 +179,7 @@ class OnnxNetwork:
             raise ValueError(f"{path}: config describes a {config.get('format')!r} file, not ONNX")
         self.source = model_file
         self.bundle = ModelBundle.from_state(config["bundle"], sha256=digest)
+        self.patch_size, self.name = self.bundle.patch_size, self.bundle.model
         self.fixed_window = tuple(int(w) for w in config["window"])
         self.size_divisor = int(config.get("size_divisor", 1))
         self.inputs = list(config.get("inputs", ["image"]))

@@ -72,24 +72,35 @@ class PredictConfig:
             raise ValueError(f"sw_batch_size must be >= 1; got {self.sw_batch_size}")
 
 
-class TorchNetwork:
-    """A bundle's PyTorch model; ``__call__(x, site_id)`` returns logits (B, K, x, y, z)."""
+class ModuleNetwork:
+    """A PyTorch module as a window network: ``__call__(x, site_id)`` returns logits (B, K, x, y, z).
+
+    Prediction wraps a bundle's model (:class:`TorchNetwork`); validation during training wraps the
+    model being trained, so that both score a case through the same windows.
+    """
 
     kind = "pytorch"
     fixed_window = None
 
-    def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu", source: Path | None = None):
-        self.bundle, self.source = bundle, source
-        self.model = accelerate_cpu_convs(bundle.build_model(device))
-        self.device = torch.device(device)
-        self.size_divisor = int(getattr(self.model, "size_divisor", 1))
-        self.takes_ids = "ids" in inspect.signature(self.model.forward).parameters
+    def __init__(self, model: torch.nn.Module, patch_size: Sequence[int], name: str):
+        self.model, self.patch_size, self.name = model, tuple(int(p) for p in patch_size), name
+        self.size_divisor = int(getattr(model, "size_divisor", 1))
+        self.takes_ids = "ids" in inspect.signature(model.forward).parameters
 
     def __call__(self, x: torch.Tensor, site_id: int | None) -> torch.Tensor:
         if not self.takes_ids:
             return self.model(x)
         ids = None if site_id is None else torch.full((x.shape[0],), site_id, dtype=torch.long, device=x.device)
         return self.model(x, ids=ids)
+
+
+class TorchNetwork(ModuleNetwork):
+    """A bundle's PyTorch model, on glioseg's CPU convolution kernels where it runs on a CPU."""
+
+    def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu", source: Path | None = None):
+        super().__init__(accelerate_cpu_convs(bundle.build_model(device)), bundle.patch_size, bundle.model)
+        self.bundle, self.source = bundle, source
+        self.device = torch.device(device)
 
 
 def open_network(path: Path, device: torch.device | str = "cpu"):
@@ -154,10 +165,10 @@ def window_size(config: PredictConfig, network, box: Sequence[int]) -> tuple[int
         return network.fixed_window
     if config.window == "box":
         return tuple(rounded)
-    want = network.bundle.patch_size if config.window == "patch" else config.window
+    want = network.patch_size if config.window == "patch" else config.window
     bad = [w for w in want if w % div]
     if bad:
-        raise ValueError(f"window {list(want)} must be a multiple of {div} for {network.bundle.model}")
+        raise ValueError(f"window {list(want)} must be a multiple of {div} for {network.name}")
     return tuple(min(w, r) for w, r in zip(want, rounded))
 
 

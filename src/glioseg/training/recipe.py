@@ -14,6 +14,7 @@ from glioseg.config import from_dict, load_yaml, to_dict
 from glioseg.data.sampling import AugmentConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+VAL_WINDOWS = ("box", "patch")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 1
     val_fraction: float = 0.2
+    val_window: str = "box"
     val_overlap: float = 0.5
     workers: int = 1
     device: str = "auto"
@@ -53,6 +55,10 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.val_window not in VAL_WINDOWS:
+            raise ValueError(f"val_window must be one of {', '.join(VAL_WINDOWS)}, got {self.val_window!r}")
+        if not 0.0 <= self.val_overlap < 1.0:
+            raise ValueError(f"val_overlap must be in [0, 1), got {self.val_overlap}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.foreground_fraction <= 1.0:

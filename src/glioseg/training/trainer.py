@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from glioseg.data.labels import class_values
 from glioseg.errors import GliosegError
+from glioseg.inference.predictor import PredictConfig
 from glioseg.data.sampling import PatchDataset, SamplerConfig, make_loader
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 from glioseg.models.registry import create
@@ -179,11 +180,10 @@ class Trainer:
         """Whole-volume Dice on rank 0 (the other ranks wait at the next barrier)."""
         if not (self.info.is_main and self.data.val_ids):
             return {}
-        volumes = self.data.val_volumes()
-        if not self.takes_ids:   # a site id is an input only of site-conditioned models
-            volumes = [(case, image, label, None) for case, image, label, _ in volumes]
-        scores = validate(self.model, volumes, self.data.scheme, self.loss_fn.target,
-                          tuple(self.config.patch), self.config.val_overlap, self.device)
+        window = PredictConfig(window=self.config.val_window, overlap=self.config.val_overlap,
+                               device=str(self.device))
+        scores = validate(self.model, self.data.val_volumes(), self.data.scheme, self.loss_fn.target,
+                          tuple(self.config.patch), window)
         mean = float(np.mean(list(scores.values())))
         if mean > self.best:
             self.best = mean

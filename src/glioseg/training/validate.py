@@ -1,48 +1,43 @@
-"""Validation on whole cached volumes: sliding window over the cropped brain, Dice per region."""
+"""Validation on whole cached volumes, through the same window engine as ``glioseg predict``.
+
+Each case goes through :func:`glioseg.inference.predictor.window_logits` with the run's
+``val_window`` ("box": one window over the cropped brain, predict's default; "patch":
+Gaussian-weighted training-patch windows with ``val_overlap``), so the best checkpoint is chosen
+by the numbers ``glioseg predict`` would give. Dice per region, WT / TC / ET.
+"""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 
-from glioseg.data.labels import REGIONS, LabelScheme, classes_to_regions, labels_to_regions
+from glioseg.data.labels import REGIONS, LabelScheme, labels_to_regions
 from glioseg.evaluation.metrics import dice
+from glioseg.inference.predictor import ModuleNetwork, PredictConfig, RunStats, activation, to_regions, window_logits
 
 log = logging.getLogger(__name__)
 
 
-def logits_to_regions(logits: torch.Tensor, target: str, scheme: LabelScheme) -> np.ndarray:
-    """Logits (K, X, Y, Z) → boolean regions (3, X, Y, Z) WT, TC, ET."""
-    if target == "regions":
-        return (logits > 0).cpu().numpy()
-    return classes_to_regions(logits.argmax(0).cpu().numpy(), scheme)
-
-
 @torch.no_grad()
-def window_logits(model: torch.nn.Module, image: np.ndarray, roi: tuple[int, ...], overlap: float,
-                  device: torch.device, site_id: int | None = None) -> torch.Tensor:
-    """Gaussian-weighted sliding-window logits (K, X, Y, Z) in fp32 for one (C, X, Y, Z) volume."""
-    x = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(device)
-    kwargs = {}
-    if site_id is not None:
-        kwargs["ids"] = torch.tensor([site_id], device=device)
-    out = sliding_window_inference(x, roi_size=roi, sw_batch_size=1, mode="gaussian",
-                                   predictor=lambda w: model(w, **kwargs).float(), overlap=overlap)
-    return out[0]
+def predict_regions(network: ModuleNetwork, image: np.ndarray, config: PredictConfig, target: str,
+                    scheme: LabelScheme, site_id: int | None = None) -> np.ndarray:
+    """Boolean regions (3, X, Y, Z) WT, TC, ET of one cache-space (C, X, Y, Z) volume."""
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    logits = window_logits(network, x, config, site_id, RunStats())
+    return to_regions(activation(logits, target)[0].cpu().numpy(), target, scheme.name)
 
 
-def validate(model: torch.nn.Module, volumes, scheme: LabelScheme, target: str,
-             roi: tuple[int, ...], overlap: float, device: torch.device) -> dict[str, float]:
+def validate(model: torch.nn.Module, volumes, scheme: LabelScheme, target: str, patch: tuple[int, ...],
+             config: PredictConfig) -> dict[str, float]:
     """Mean Dice per region over ``volumes`` (case_id, image, label, site_id or None)."""
+    network = ModuleNetwork(model, patch, type(model).__name__)
     was_training = model.training
     model.eval()
     scores = {r: [] for r in REGIONS}
     try:
         for case_id, image, label, site_id in volumes:
-            logits = window_logits(model, image, roi, overlap, device, site_id)
-            pred = logits_to_regions(logits, target, scheme)
+            pred = predict_regions(network, image, config, target, scheme, site_id)
             ref = labels_to_regions(np.asarray(label), scheme)
             for r, p, q in zip(REGIONS, pred, ref):
                 scores[r].append(dice(p, q))

@@ -1,0 +1,92 @@
+"""Validation scores a case through predict's window engine: box or patch windows, ids, train mode kept."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from glioseg.data.labels import get_scheme, labels_to_regions
+from glioseg.inference.predictor import PredictConfig
+from glioseg.training.validate import validate
+
+BRATS = get_scheme("brats")
+
+
+def _case(shape=(24, 20, 18)) -> tuple[np.ndarray, np.ndarray]:
+    """A (4, X, Y, Z) image whose first three channels are +4 inside WT / TC / ET and -4 outside."""
+    label = np.zeros(shape, dtype=np.uint8)
+    label[4:16, 3:15, 2:14] = 2
+    label[6:12, 5:11, 4:10] = 1
+    label[8:10, 7:9, 6:8] = 4
+    regions = labels_to_regions(label, BRATS)
+    image = np.concatenate([np.where(regions, 4.0, -4.0), np.zeros((1, *shape))]).astype(np.float32)
+    return image, label
+
+
+class Pointwise(torch.nn.Module):
+    """Logits = the first three channels times ``scale``: the regions exactly when scale > 0."""
+
+    size_divisor = 1
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(scale))
+
+    def forward(self, x):
+        return self.scale * x[:, :3]
+
+
+class SiteGated(Pointwise):
+    """Right only for site 3: any other id, or none, predicts nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, ids=None):
+        self.seen.append(None if ids is None else ids.tolist())
+        right = ids is not None and bool((ids == 3).all())
+        return x[:, :3] if right else torch.full_like(x[:, :3], -5.0)
+
+
+@pytest.mark.parametrize("window,overlap", [("box", 0.5), ("patch", 0.5), ("patch", 0.25)])
+def test_a_model_that_reproduces_the_regions_scores_one(window, overlap):
+    image, label = _case()
+    model = Pointwise().train()
+    scores = validate(model, [("c1", image, label, None)], BRATS, "regions", (8, 8, 8),
+                      PredictConfig(window=window, overlap=overlap))
+    assert scores == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
+    assert model.training   # validation puts the model back in the mode it found it in
+
+
+def test_scores_are_the_mean_over_cases_with_the_brats_empty_mask_convention():
+    image, label = _case()
+    empty = np.zeros_like(label)
+    wrong = Pointwise(scale=-1.0)   # predicts the complement of every region
+    scores = validate(wrong, [("c1", image, label, None), ("c2", np.full_like(image, 4.0), empty, None)],
+                      BRATS, "regions", (8, 8, 8), PredictConfig())
+    # c1: the complement never overlaps a region (Dice 0); c2: logits -4 everywhere, nothing predicted
+    # where nothing is (Dice 1)
+    assert scores == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
+
+
+def test_site_ids_reach_models_that_take_them():
+    image, label = _case()
+    model = SiteGated()
+    good = validate(model, [("c1", image, label, 3)], BRATS, "regions", (8, 8, 8), PredictConfig())
+    bad = validate(model, [("c1", image, label, None)], BRATS, "regions", (8, 8, 8), PredictConfig())
+    assert good["WT"] == 1.0 and bad["WT"] == 0.0
+    assert model.seen == [[3], None]
+
+
+def test_class_models_are_scored_through_the_argmax():
+    image, label = _case()
+    values = (0, 1, 2, 4)   # the BraTS classes in channel order
+    onehot = np.stack([(label == v) for v in values]).astype(np.float32) * 8.0
+
+    class Classes(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    scores = validate(Classes(), [("c1", onehot, label, None)], BRATS, "classes", (8, 8, 8), PredictConfig())
+    assert scores == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
