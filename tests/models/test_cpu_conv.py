@@ -176,3 +176,17 @@ def test_segresnet_training_step_agrees():
         torch.optim.SGD(model.parameters(), lr=0.1).step()
     weights = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (plain, fast)]
     assert rel(weights[1], weights[0]) < RTOL
+
+
+def test_layers_that_aten_runs_on_onednn_keep_atens_own_kernels(monkeypatch):
+    """glioseg's autograd function serves only the convs aten would send to slow_conv3d."""
+    calls = []
+    real = cpu_conv._Conv3dFn.apply
+    monkeypatch.setattr(cpu_conv._Conv3dFn, "apply", lambda *a: calls.append(a[0].shape) or real(*a))
+    conv = cpu_conv.accelerate_cpu_convs(nn.Conv3d(24, 8, 3, padding=1))
+    big = torch.randn(1, 24, 32, 32, 8, requires_grad=True)      # N·C·D·H = 24,576 > 20,480: oneDNN in aten
+    small = torch.randn(1, 24, 16, 16, 8, requires_grad=True)    # 6,144: aten's slow_conv3d
+    assert cpu_conv.aten_uses_mkldnn(big.shape, (3, 3, 3)) and not cpu_conv.aten_uses_mkldnn(small.shape, (3, 3, 3))
+    conv(big).sum().backward()
+    conv(small).sum().backward()
+    assert calls == [small.shape]

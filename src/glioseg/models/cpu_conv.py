@@ -1,13 +1,12 @@
-"""oneDNN kernels for every dense 3D convolution of a network on the CPU, backward included.
+"""oneDNN kernels for the dense 3D convolutions that PyTorch would run on its slow path, backward included.
 
 With batch 1, PyTorch sends a float 3D convolution to oneDNN only when N·C·D·H > 20480
 (``ConvParams::use_mkldnn``, aten/src/ATen/native/Convolution.cpp); smaller ones (SegResNet's
-64 channels at 16³, 128 at 8³-12³, the 4-channel first conv at 64³) take ``slow_conv3d``
-(im2col + GEMM, parallel over the batch only, so single-threaded with batch 1), forward and
-backward. oneDNN's own weight gradient is slow on this AVX2 CPU, too. Here, for fp32 CPU
-tensors outside autocast:
+64 channels at 16³, 128 at 8³-12³ with 64³ patches) take ``slow_conv3d`` (im2col + GEMM,
+parallel over the batch only, so single-threaded with batch 1), forward and backward. For those
+layers, with fp32 CPU tensors outside autocast:
 
-- forward: ``aten::mkldnn_convolution`` directly, whatever the size;
+- forward: ``aten::mkldnn_convolution`` directly;
 - input gradient: stride 1: the forward kernel with the transposed, flipped filter and padding
   ``k-1-p``; stride > 1: oneDNN's transposed convolution (``mkldnn::_convolution_transpose_pointwise``),
   or aten's backward where this build lacks it;
@@ -15,6 +14,12 @@ tensors outside autocast:
   convolution with batch and channels swapped: input ``x`` as (C_in, N, ...), filter ``g`` as
   (C_out, N, ...) dilated by the stride, cropped to the kernel. Used where it was measured to do
   less work than aten's (:func:`swap_weight_grad_pays`); aten's weight gradient elsewhere.
+
+Where aten already runs oneDNN, its own forward and backward are kept. Replacing those too (the
+rule before) paid on an AVX2 EPYC, where oneDNN's weight gradient was slow, but not on a 2-core
+AVX-512 Xeon (torch 2.13, channels-last SegResNet training step, 2 threads): 64³ 0.90 s with every
+layer replaced, 0.80 s with the slow-path layers only, 1.11 s with aten alone; 128³ 6.70 / 6.31 /
+6.20 s (all layers on oneDNN there, so aten's backward is the one to keep).
 
 1×1×1 convolutions become :class:`glioseg.models.fast_conv.PointwiseConv3d` (a matrix product on
 channels-last tensors), and depthwise / grouped convolutions are left alone (oneDNN already runs
@@ -127,10 +132,11 @@ def _plain_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 class CpuConv3d(nn.Conv3d):
     """An ``nn.Conv3d`` (groups 1, dilation 1, zero padding) whose fp32 CPU forward and backward run
-    on oneDNN (module docstring). Made by :func:`accelerate_cpu_convs`, never constructed directly."""
+    on oneDNN where aten would take ``slow_conv3d`` (module docstring), and as ``nn.Conv3d`` where it
+    would not. Made by :func:`accelerate_cpu_convs`, never constructed directly."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _plain_path(x, self.weight):
+        if _plain_path(x, self.weight) or aten_uses_mkldnn(x.shape, self.kernel_size, self.stride):
             return super().forward(x)
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             swap = swap_weight_grad_pays(x.shape, self.kernel_size, self.stride)
