@@ -11,8 +11,8 @@ normalisation (z-score over the brain, 0 outside, as MONAI's NormalizeIntensityd
 does) and differ only in where the network runs:
 
 - ``recipe``: MONAI's published BraTS recipe, one 240x240x160 window over the whole RAS volume
-  (MONAI pads 155 to 160), overlap 0.5, fp32, the network as the registry builds it (torch's
-  own convolution kernels);
+  (MONAI pads 155 to 160), overlap 0.5, fp32, the network in PyTorch's default layout
+  (channels-first, as MONAI builds it) on torch's own convolution kernels;
 - ``glioseg`` (the default of ``glioseg predict``): one window over the brain's bounding box,
   rounded up to the network's size divisor (overlap 0.5 is then moot: a single window), on
   glioseg's CPU convolution kernels (``glioseg.models.cpu_conv``), as ``glioseg predict`` runs;
@@ -88,6 +88,17 @@ def _read_case(case_dir: Path, bundle):
     return item, image, array, meta
 
 
+def recipe_model(bundle):
+    """The bundle's network as the recipe runs it: channels-first where glioseg's default is channels-last."""
+    import dataclasses
+
+    from glioseg.models.registry import get_spec
+
+    if "channels_last" in {f.name for f in dataclasses.fields(get_spec(bundle.model).config)}:
+        bundle = dataclasses.replace(bundle, options={**bundle.options, "channels_last": False})
+    return bundle.build_model()
+
+
 def _recipe_probabilities(model, array: np.ndarray, meta: dict) -> np.ndarray:
     """The recipe: the z-scored RAS volume uncropped (zeros outside the brain), one big window."""
     from monai.inferers import sliding_window_inference
@@ -111,7 +122,7 @@ def worker(args) -> None:
     start = time.perf_counter()
     bundle = load_bundle(args.model_file)
     network = TorchNetwork(bundle)
-    counting = CountingModel(bundle.build_model() if args.worker == "recipe" else network.model)
+    counting = CountingModel(recipe_model(bundle) if args.worker == "recipe" else network.model)
     network.model = counting
     network.takes_ids = False
     item, image, array, meta = _read_case(args.case, bundle)
