@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def predict_regions(network: ModuleNetwork, image: np.ndarray, config: PredictConfig, target: str,
                     scheme: LabelScheme, site_id: int | None = None) -> np.ndarray:
     """Boolean regions (3, X, Y, Z) WT, TC, ET of one cache-space (C, X, Y, Z) volume."""
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    x = torch.from_numpy(np.array(image, dtype=np.float32))[None]   # a copy: cached volumes are read-only memmaps
     logits = window_logits(network, x, config, site_id, RunStats())
     return to_regions(activation(logits, target)[0].cpu().numpy(), target, scheme.name)
 
