@@ -18,7 +18,7 @@ does) and differ only in where the network runs:
   glioseg's CPU convolution kernels (``glioseg.models.cpu_conv``), as ``glioseg predict`` runs;
 - ``patch-0.5`` / ``patch-0.25``: Gaussian windows of the training patch with overlap 0.5 / 0.25;
 - ``glioseg-bf16``: the default under bf16 autocast, added only on CPUs with native bf16
-  (AVX512-BF16 or AMX); on AVX2-only CPUs bf16 convolutions are emulated and ~90x slower.
+  (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32 (2.5x to ~90x).
 
 Agreement is Dice per region of each pipeline's labels against the recipe's; where the case has an
 expert label (``*_seg.nii.gz``), each pipeline's Dice against it is printed too. With random
@@ -298,7 +298,7 @@ def main() -> None:
     peak = conv_peak(args.threads)
     print(f"case {args.case.name}, {args.threads} threads, load average {os.getloadavg()[0]:.1f} "
           f"(other processes share the cores: times are upper bounds); fp32 Conv3d peak at start "
-          f"{peak:.1f} GFLOP/s; bf16: {'native' if bf16_native() else 'not native on this CPU (AVX2 only): skipped'}")
+          f"{peak:.1f} GFLOP/s; bf16: {'native' if bf16_native() else 'not native on this CPU (no AVX512-BF16 / AMX): skipped'}")
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         tmp = Path(tmp)
         patch = {m: tuple(args.patch or RECIPE_PATCH.get(m, (128, 128, 128))) for m in args.models}

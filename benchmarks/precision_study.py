@@ -10,25 +10,25 @@ whole-volume validation Dice WT/TC/ET, switches and skipped steps (from the run 
 ``steps.csv`` / ``precision_events.jsonl``), and the hardware. Results go to
 ``OUT/study.json`` and ``OUT/study.csv``; run folders to ``OUT/runs/<policy>-seed<seed>``.
 
-On a CPU without native bf16/fp16 units (this project's AVX2 machines), a bf16/fp16 autocast
-step is ~10-90x slower than fp32, so a full-size low-precision run would take days. Each run
-therefore has a wall-clock budget for its training steps (``--max-seconds``): a run that reaches
-it stops after the step in progress and is reported as ``budget: n of N steps`` with its
-measured seconds per step and no final Dice (its model did not get the same training).
+On a CPU without native bf16/fp16 units (this project's AVX2 and AVX-512 machines), a bf16/fp16
+autocast step is 2.5-90x slower than fp32 (SegResNet 64³ on the AVX-512 Xeon: bf16 2.5x, fp16
+95x), so a full-size fp16 run would take days. Each run therefore has a wall-clock budget for its
+training steps (``--max-seconds``): a run that reaches it stops after the step in progress and is
+reported as ``budget: n of N steps`` with its measured seconds per step and no final Dice (its
+model did not get the same training).
 
-Small check (run on the shared 2-core CPU: ~25 min, most of it whole-volume validation)::
+Small check (a few minutes on a 2-core CPU)::
 
     PYTHONPATH=src python benchmarks/precision_study.py --data ../shared/data/brats18 \\
         --out /tmp/precision-small --model-option init_filters=8 --patch 32 32 32 --steps 4 \\
         --epochs 1 --seeds 0 --val-fraction 0.05 --val-overlap 0.25 --max-seconds 25
 
-Full study on this CPU (for a quiet machine; about 50 minutes, estimated from the contended
-runs: fp32 SegResNet at 64³ ~3.5 s/step with 2 threads, validation ~80 s per case): fp32 and auto
-train the whole 80 steps and are validated on 2 cases, bf16 / fp16 stop at their 4-minute cap::
+Full study on this CPU (22 minutes on the quiet 2-core AVX-512 Xeon: fp32, bf16 and auto train
+the whole 80 steps and are validated on 2 whole cases, fp16 stops at its 3-minute cap)::
 
     PYTHONPATH=src python benchmarks/precision_study.py --data ../shared/data/brats18 \\
         --out runs/precision-study-cpu --patch 64 64 64 --steps 40 --epochs 2 --seeds 0 1 \\
-        --val-fraction 0.1 --val-overlap 0.25 --max-seconds 240
+        --val-fraction 0.1 --max-seconds 180
 
 On a GPU (paper recipe size; add seeds as time allows)::
 
