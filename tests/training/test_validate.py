@@ -7,6 +7,7 @@ import torch
 
 from glioseg.data.labels import get_scheme, labels_to_regions
 from glioseg.inference.predictor import PredictConfig
+from glioseg.training.recipe import build_config
 from glioseg.training.validate import validate
 
 BRATS = get_scheme("brats")
@@ -90,3 +91,11 @@ def test_class_models_are_scored_through_the_argmax():
 
     scores = validate(Classes(), [("c1", onehot, label, None)], BRATS, "classes", (8, 8, 8), PredictConfig())
     assert scores == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
+
+
+@pytest.mark.parametrize("bad,message", [({"val_window": "whole"}, "val_window must be one of box, patch"),
+                                         ({"val_overlap": 1.0}, r"val_overlap must be in \[0, 1\)")])
+def test_train_config_rejects_bad_validation_windows(bad, message):
+    assert build_config("segresnet-brats").val_window == "box"
+    with pytest.raises(ValueError, match=message):
+        build_config("segresnet-brats", None, bad)

@@ -12,9 +12,9 @@ from typing import Any
 
 from glioseg.config import from_dict, load_yaml, to_dict
 from glioseg.data.sampling import AugmentConfig
+from glioseg.inference.predictor import WINDOWS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-VAL_WINDOWS = ("box", "patch")
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.val_window not in VAL_WINDOWS:
-            raise ValueError(f"val_window must be one of {', '.join(VAL_WINDOWS)}, got {self.val_window!r}")
+        if self.val_window not in WINDOWS:
+            raise ValueError(f"val_window must be one of {', '.join(WINDOWS)}, got {self.val_window!r}")
         if not 0.0 <= self.val_overlap < 1.0:
             raise ValueError(f"val_overlap must be in [0, 1), got {self.val_overlap}")
         if not 0.0 <= self.val_fraction < 1.0:
