@@ -62,13 +62,24 @@ def test_a_model_that_reproduces_the_regions_scores_one(window, overlap):
 
 def test_scores_are_the_mean_over_cases_with_the_brats_empty_mask_convention():
     image, label = _case()
-    empty = np.zeros_like(label)
-    wrong = Pointwise(scale=-1.0)   # predicts the complement of every region
-    scores = validate(wrong, [("c1", image, label, None), ("c2", np.full_like(image, 4.0), empty, None)],
+    silent = Pointwise(scale=-1.0)   # on an image of +4 everywhere: logits -4, nothing predicted
+    bright = np.full_like(image, 4.0)
+    scores = validate(silent, [("c1", bright, label, None), ("c2", bright, np.zeros_like(label), None)],
                       BRATS, "regions", (8, 8, 8), PredictConfig())
-    # c1: the complement never overlaps a region (Dice 0); c2: logits -4 everywhere, nothing predicted
-    # where nothing is (Dice 1)
+    # c1 misses its tumour (Dice 0); c2 has none and predicts none (Dice 1)
     assert scores == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
+
+
+def test_regions_are_nested_as_in_the_label_map_predict_writes():
+    """Core predicted outside the whole tumour is tumour core in predict's label map, so inside WT."""
+    image, label = _case()
+    stray = np.zeros(label.shape, dtype=bool)
+    stray[18:22, 15:19, 14:17] = True            # outside the tumour: 48 voxels
+    image[1][stray] = 4.0                        # the TC channel fires there, the WT channel does not
+    scores = validate(Pointwise(), [("c1", image, label, None)], BRATS, "regions", (8, 8, 8), PredictConfig())
+    wt, tc = (int(r.sum()) for r in labels_to_regions(label, BRATS)[:2])
+    assert scores["WT"] == pytest.approx(2 * wt / (2 * wt + 48))
+    assert scores["TC"] == pytest.approx(2 * tc / (2 * tc + 48)) and scores["ET"] == 1.0
 
 
 def test_site_ids_reach_models_that_take_them():

@@ -1,9 +1,11 @@
-"""Validation on whole cached volumes, through the same window engine as ``glioseg predict``.
+"""Validation on whole cached volumes, scored as ``glioseg predict`` + ``glioseg evaluate`` would score them.
 
 Each case goes through :func:`glioseg.inference.predictor.window_logits` with the run's
 ``val_window`` ("box": one window over the cropped brain, predict's default; "patch":
-Gaussian-weighted training-patch windows with ``val_overlap``), so the best checkpoint is chosen
-by the numbers ``glioseg predict`` would give. Dice per region, WT / TC / ET.
+Gaussian-weighted training-patch windows with ``val_overlap``), then through the label map that
+predict writes (regions nested as in ``data.labels.regions_to_labels``: a voxel predicted TC but
+not WT counts as tumour core, so inside WT), so the best checkpoint is chosen by the numbers the
+user will get. Dice per region, WT / TC / ET.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import logging
 import numpy as np
 import torch
 
-from glioseg.data.labels import REGIONS, LabelScheme, labels_to_regions
+from glioseg.data.labels import REGIONS, LabelScheme, labels_to_regions, regions_to_labels
 from glioseg.evaluation.metrics import dice
 from glioseg.inference.predictor import ModuleNetwork, PredictConfig, RunStats, activation, to_regions, window_logits
 
@@ -25,7 +27,8 @@ def predict_regions(network: ModuleNetwork, image: np.ndarray, config: PredictCo
     """Boolean regions (3, X, Y, Z) WT, TC, ET of one cache-space (C, X, Y, Z) volume."""
     x = torch.from_numpy(np.array(image, dtype=np.float32))[None]   # a copy: cached volumes are read-only memmaps
     logits = window_logits(network, x, config, site_id, RunStats())
-    return to_regions(activation(logits, target)[0].cpu().numpy(), target, scheme.name)
+    regions = to_regions(activation(logits, target)[0].cpu().numpy(), target, scheme.name)
+    return labels_to_regions(regions_to_labels(regions, scheme), scheme)
 
 
 def validate(model: torch.nn.Module, volumes, scheme: LabelScheme, target: str, patch: tuple[int, ...],
