@@ -4,8 +4,8 @@
                                                      [--repeats 5] [--threads 2] [--json out.json]
 
 Per (model, patch): parameters, FLOPs of one forward pass (2 per multiply-add), forward time
-(eval, no_grad), training-step time (train mode, forward + backward of a mean loss, batch 1,
-fp32), each the median of ``--repeats`` runs after one warm-up, and peak memory above the
+(eval, no_grad), training-step time (train mode, forward + backward of the sigmoid Dice loss on a
+random target, batch 1, fp32), each the median of ``--repeats`` runs after one warm-up, and peak memory above the
 baseline for inference and for the training step.
 
 Kernels (``--kernels``): ``torch`` runs the network as the registry builds it (nn.Conv3d on aten's
@@ -77,6 +77,7 @@ def measure(name: str, size: int, repeats: int, threads: int, dtype: str, kernel
 
     from glioseg.models import count_parameters, create, describe
     from glioseg.models.cpu_conv import accelerate_cpu_convs
+    from glioseg.training.losses import SegmentationLoss
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -84,6 +85,9 @@ def measure(name: str, size: int, repeats: int, threads: int, dtype: str, kernel
     if kernels == "glioseg":
         accelerate_cpu_convs(model)
     x = torch.randn(1, 4, size, size, size)
+    # the segresnet-brats loss on a fixed random target, as a training step computes it
+    target = (torch.rand(1, 3, size, size, size) > 0.7).float()
+    loss_fn = SegmentationLoss("dice")
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
     base = rss_mib()
 
@@ -95,7 +99,7 @@ def measure(name: str, size: int, repeats: int, threads: int, dtype: str, kernel
         model.zero_grad(set_to_none=True)
         with autocast:
             y = model(x)
-        y.float().mean().backward()
+        loss_fn(y, target).backward()
 
     model.eval()
     fwd = median_time(forward, repeats)
