@@ -82,6 +82,18 @@ def test_regions_are_nested_as_in_the_label_map_predict_writes():
     assert scores["TC"] == pytest.approx(2 * tc / (2 * tc + 48)) and scores["ET"] == 1.0
 
 
+def test_a_diverged_model_is_scored_as_predicting_nothing(caplog):
+    """Non-finite outputs (weights blown up by a bad step) do not stop the run in validation: the
+    precision controller decides that; the case counts as an empty prediction."""
+    image, label = _case()
+    broken = Pointwise(scale=float("nan"))
+    with caplog.at_level("WARNING"):
+        scores = validate(broken, [("c1", image, label, None), ("c2", image, np.zeros_like(label), None)],
+                          BRATS, "regions", (8, 8, 8), PredictConfig())
+    assert scores == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
+    assert "non-finite network outputs" in caplog.text
+
+
 def test_site_ids_reach_models_that_take_them():
     image, label = _case()
     model = SiteGated()

@@ -128,6 +128,10 @@ class RunStats:
     oom_retries: int = 0
 
 
+class NonFiniteOutputError(ValueError):
+    """A window's logits are not finite even in fp32: the weights or the input are broken."""
+
+
 class GuardedWindow:
     """The predictor handed to MONAI: autocast, then an fp32 re-run of non-finite windows."""
 
@@ -149,8 +153,8 @@ class GuardedWindow:
             out[bad] = self._run(x[bad], None)
             bad = ~torch.isfinite(out).flatten(1).all(dim=1)
         if bad.any():
-            raise ValueError(f"{int(bad.sum())} window(s) have non-finite outputs even in fp32: the "
-                             "weights or the preprocessed input are broken")
+            raise NonFiniteOutputError(f"{int(bad.sum())} window(s) have non-finite outputs even in fp32: "
+                                       "the weights or the preprocessed input are broken")
         return out
 
 

@@ -16,7 +16,8 @@ import torch
 
 from glioseg.data.labels import REGIONS, LabelScheme, labels_to_regions, regions_to_labels
 from glioseg.evaluation.metrics import dice
-from glioseg.inference.predictor import ModuleNetwork, PredictConfig, RunStats, activation, to_regions, window_logits
+from glioseg.inference.predictor import (ModuleNetwork, NonFiniteOutputError, PredictConfig, RunStats, activation,
+                                         to_regions, window_logits)
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,12 @@ def predict_regions(network: ModuleNetwork, image: np.ndarray, config: PredictCo
                     scheme: LabelScheme, site_id: int | None = None) -> np.ndarray:
     """Boolean regions (3, X, Y, Z) WT, TC, ET of one cache-space (C, X, Y, Z) volume."""
     x = torch.from_numpy(np.array(image, dtype=np.float32))[None]   # a copy: cached volumes are read-only memmaps
-    logits = window_logits(network, x, config, site_id, RunStats())
+    try:
+        logits = window_logits(network, x, config, site_id, RunStats())
+    except NonFiniteOutputError:
+        # a diverging run is the precision controller's to stop; validation scores it as predicting nothing
+        log.warning("validation: non-finite network outputs; the case is scored as an empty prediction")
+        return np.zeros((len(REGIONS), *image.shape[1:]), dtype=bool)
     regions = to_regions(activation(logits, target)[0].cpu().numpy(), target, scheme.name)
     return labels_to_regions(regions_to_labels(regions, scheme), scheme)
 
