@@ -56,13 +56,17 @@ def test_gradients_reach_every_parameter(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_bf16_autocast_is_finite(name):
-    # bf16 convolutions are ~90x slower than fp32 on this AVX2 CPU: keep it tiny.
+    # Emulated bf16 is slow on CPUs without native bf16: keep it tiny. oneDNN is off because its
+    # bf16 conv3d weight gradient reads uninitialised memory on such CPUs (torch 2.13, AVX-512 Xeon:
+    # a 64-channel 2x2x2 input, padding 1, gives NaN in about 1 call in 4 with a dirty allocator).
+    # That is a kernel bug, not our networks' numerics; aten's own bf16 kernels test the latter.
     model = build_tiny(name).train()
     x = inputs((1, 4, 16, 16, 16))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = call(model, x, ids_for(model, 1))
-    assert torch.isfinite(y.float()).all()
-    y.float().square().mean().backward()
+    with torch.backends.mkldnn.flags(enabled=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = call(model, x, ids_for(model, 1))
+        assert torch.isfinite(y.float()).all()
+        y.float().square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
