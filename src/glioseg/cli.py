@@ -127,7 +127,8 @@ def _add_predict(sub) -> None:
                         "the model's)")
     p.add_argument("--roi", nargs="+", metavar="SIZE",
                    help="window: 'box' (default: one window over the brain box), 'patch' (the training "
-                        "patch), or X Y Z")
+                        "patch), 'volume' (one window over the whole volume, as MONAI's BraTS recipe: its "
+                        "labels, at 2-3x the work), or X Y Z")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap when several windows are needed")
     p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")

@@ -36,7 +36,7 @@ def _assert_same_geometry(output: Path, source: Path):
 
 
 @pytest.mark.parametrize("affine", [LPS, PERMUTED], ids=["LPS", "permuted"])
-@pytest.mark.parametrize("window", ["box", "patch"])
+@pytest.mark.parametrize("window", ["box", "patch", "volume"])
 def test_prediction_reproduces_the_label_in_the_input_geometry(tmp_path, affine, window):
     folder, label = write_case(tmp_path / "data", affine, qform_code=2, sform_code=1)
     counts, _ = _predict([tmp_path / "data"], tmp_path / "out", window=window)
@@ -84,7 +84,7 @@ class OraclePredictor:
         self.config = PredictConfig()
         self.networks = [FakeNetwork(threshold_logits, bundle)]
 
-    def probabilities(self, array, site=None):
+    def case_probabilities(self, array, meta, site=None):
         assert self.cached.shape == array.shape[1:]
         return labels_to_regions(self.cached, get_scheme("brats")).astype(np.float32), RunStats()
 

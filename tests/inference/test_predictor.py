@@ -199,3 +199,23 @@ def test_torch_network_runs_the_cpu_kernels_with_the_plain_models_logits():
     x = torch.from_numpy(_image((1, 4, 16, 16, 16)))
     with torch.no_grad():
         assert torch.allclose(network(x, None), bundle.build_model("cpu")(x), atol=1e-5, rtol=1e-4)
+
+
+def _context_logits(x: torch.Tensor) -> torch.Tensor:
+    """Logits that depend on the whole window, as GroupNorm makes them: each channel minus its window mean."""
+    return x[:, :3] - x[:, :3].mean(dim=(2, 3, 4), keepdim=True)
+
+
+def test_volume_window_sees_the_whole_uncropped_volume():
+    image = _image((4, 6, 5, 4))
+    box, shape = [[2, 8], [1, 6], [3, 7]], (10, 9, 8)
+    meta = {"crop": {"box": box}, "ras": {"shape": list(shape)}}
+    net = FakeNetwork(_context_logits)
+    got, stats = Predictor([net], PredictConfig(window="volume")).case_probabilities(image, meta)
+    full = torch.zeros((1, 4, *shape))
+    full[:, :, 2:8, 1:6, 3:7] = torch.from_numpy(image)
+    want = torch.sigmoid(_context_logits(full))[0, :, 2:8, 1:6, 3:7].numpy()
+    assert net.calls == [((1, 4, *shape), None)] and stats.window_size == list(shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    boxed, _ = Predictor([net], PredictConfig(window="box")).case_probabilities(image, meta)
+    assert boxed.shape == got.shape and not np.allclose(boxed, got, atol=1e-3)

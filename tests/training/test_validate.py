@@ -116,7 +116,8 @@ def test_class_models_are_scored_through_the_argmax():
     assert scores == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
 
 
-@pytest.mark.parametrize("bad,message", [({"val_window": "whole"}, "val_window must be one of box, patch"),
+@pytest.mark.parametrize("bad,message", [({"val_window": "whole"}, "val_window must be one of box, patch, got"),
+                                         ({"val_window": "volume"}, "val_window must be one of box, patch, got"),
                                          ({"val_overlap": 1.0}, r"val_overlap must be in \[0, 1\)")])
 def test_train_config_rejects_bad_validation_windows(bad, message):
     assert build_config("segresnet-brats").val_window == "box"

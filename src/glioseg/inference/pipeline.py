@@ -92,7 +92,7 @@ def predict_case(item: CaseInput, predictor: Predictor, out: Path, options: Outp
     array, _, meta = preprocess.preprocess_case(image, None, case, bundle.preprocess_config(),
                                                 channels=item.dataset.channels, inputs=digests)
     times["preprocess"] = time.perf_counter()
-    probs, stats = predictor.probabilities(array, case.site)
+    probs, stats = predictor.case_probabilities(array, meta, case.site)
     times["inference"] = time.perf_counter()
     outputs, label = _write_outputs(item, out, probs, meta, image, predictor, options)
     times["write"] = time.perf_counter()

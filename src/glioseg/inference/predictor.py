@@ -23,13 +23,14 @@ from monai.inferers import sliding_window_inference
 
 from glioseg.data.formats import CHANNELS
 from glioseg.data.labels import class_values, classes_to_regions, get_scheme, labels_to_regions
+from glioseg.data.preprocess import crop, uncrop
 from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-WINDOWS = ("box", "patch")
+WINDOWS = ("box", "patch", "volume")
 # The 8 combinations of flips over the spatial axes of a (B, C, X, Y, Z) tensor.
 FLIPS: tuple[tuple[int, ...], ...] = tuple(d for n in range(4) for d in itertools.combinations((2, 3, 4), n))
 
@@ -43,7 +44,10 @@ class PredictConfig:
     work than MONAI's 240x240x160 recipe window and 4-5x less than training-patch windows with
     overlap 0.5 (benchmarks/bench_inference.py). It needs activation memory for the whole box;
     out of memory, prediction falls back to training-patch windows. "patch" uses the training
-    patch; three sizes set the window. A window never exceeds the box (rounded up): padding
+    patch; three sizes set the window. "volume" runs one window over the whole uncropped RAS
+    volume, as MONAI's BraTS recipe does (240x240x160 for BraTS): the recipe's labels, since a
+    network normalising over its window (GroupNorm, attention) depends on what the window holds,
+    at 2-3x the work of "box" (:meth:`Predictor.case_probabilities`). A window never exceeds the box (rounded up): padding
     beyond it is wasted work. ``overlap`` matters only when several windows are needed.
     ``device`` runs the windows; ``sw_batch_size`` windows go through the network at once.
     """
@@ -167,7 +171,7 @@ def window_size(config: PredictConfig, network, box: Sequence[int]) -> tuple[int
             raise ValueError(f"this ONNX model takes windows of {list(network.fixed_window)} only; "
                              f"got --roi {list(config.window)}")
         return network.fixed_window
-    if config.window == "box":
+    if config.window in ("box", "volume"):   # for "volume" the image is the uncropped volume
         return tuple(rounded)
     want = network.patch_size if config.window == "patch" else config.window
     bad = [w for w in want if w % div]
@@ -271,6 +275,20 @@ class Predictor:
                 probs = probs.flip(dims) if dims else probs
                 total = probs if total is None else total.add_(probs)
         return (total / (len(flips) * len(self.networks)))[0].cpu().numpy(), stats
+
+
+    def case_probabilities(self, image: np.ndarray, meta: dict, site: str | None = None) -> tuple[np.ndarray, RunStats]:
+        """:meth:`probabilities` of a cache-space image with its preprocessing record ``meta``.
+
+        With window "volume" the brain box goes back into its zero-filled RAS volume (zero is the
+        z-scored background, as MONAI's NormalizeIntensityd(nonzero=True) leaves it), the network
+        sees the whole volume, and the probabilities are cropped back to the box.
+        """
+        if self.config.window != "volume":
+            return self.probabilities(image, site)
+        box, shape = meta["crop"]["box"], tuple(meta["ras"]["shape"])
+        probs, stats = self.probabilities(uncrop(np.asarray(image, dtype=np.float32), box, shape), site)
+        return np.ascontiguousarray(crop(probs, box)), stats
 
 
 # ---- probabilities → regions, region probabilities, uncertainty (pure NumPy) ----

@@ -55,8 +55,9 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.val_window not in WINDOWS:
-            raise ValueError(f"val_window must be one of {', '.join(WINDOWS)}, got {self.val_window!r}")
+        windows = [w for w in WINDOWS if w != "volume"]   # validation volumes are cached brain boxes
+        if self.val_window not in windows:
+            raise ValueError(f"val_window must be one of {', '.join(windows)}, got {self.val_window!r}")
         if not 0.0 <= self.val_overlap < 1.0:
             raise ValueError(f"val_overlap must be in [0, 1), got {self.val_overlap}")
         if not 0.0 <= self.val_fraction < 1.0:
