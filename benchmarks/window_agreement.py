@@ -1,0 +1,74 @@
+"""How far glioseg's brain-box window is from the recipe's whole-volume window, per checkpoint and case.
+
+    PYTHONPATH=src python benchmarks/window_agreement.py --checkpoint A.pt [B.pt ...] \
+        --cases ../shared/data/brats18/Brats18_CBICA_ABM_1 [...] [--threads 2]
+
+For every checkpoint and case: the labels of ``glioseg predict --roi box`` (the default) and of
+``--roi volume`` (the recipe's one window over the whole volume: the recipe's labels, as
+``bench_inference.py`` measures), their Dice agreement per region, and each one's Dice against the
+expert label. Networks that normalise over their window (GroupNorm, attention) give different
+logits for the two windows; how many labels that flips depends on the weights, which is what this
+prints: one row per checkpoint (e.g. checkpoints of one run at increasing training steps).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from glioseg.data import preprocess
+from glioseg.data.cases import load_case
+from glioseg.data.labels import REGIONS, get_scheme, labels_to_regions, regions_to_labels
+from glioseg.evaluation.metrics import dice
+from glioseg.inference.inputs import from_path
+from glioseg.inference.predictor import PredictConfig, Predictor, open_network, to_regions
+
+
+def case_regions(predictor: Predictor, case_dir: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(regions (3, ...) in the file's grid, expert regions or None, inference seconds)."""
+    bundle = predictor.bundle
+    (item,) = from_path(case_dir, bundle.channels, None)
+    image, _ = load_case(item.case, item.dataset)
+    array, _, meta = preprocess.preprocess_case(image, None, item.case, bundle.preprocess_config(),
+                                                channels=item.dataset.channels, inputs={})
+    start = time.perf_counter()
+    probs, _ = predictor.case_probabilities(array, meta, item.case.site)
+    seconds = time.perf_counter() - start
+    scheme = get_scheme("brats")
+    labels = preprocess.to_original(regions_to_labels(to_regions(probs, bundle.target, bundle.scheme), scheme),
+                                    meta, order=0)
+    found = sorted(case_dir.glob("*_seg.nii*"))
+    expert = labels_to_regions(np.asarray(nib.load(found[0]).dataobj).astype(np.uint8), scheme) if found else None
+    return labels_to_regions(labels, scheme), expert, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", nargs="+", type=Path, required=True)
+    parser.add_argument("--cases", nargs="+", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    print(f"{'checkpoint':<36} {'case':<24} {'box s':>6} {'vol s':>6}  box vs volume WT / TC / ET"
+          "   box vs expert        volume vs expert")
+    for path in args.checkpoint:
+        network = open_network(path)
+        runs = {w: Predictor([network], PredictConfig(window=w)) for w in ("box", "volume")}
+        for case_dir in args.cases:
+            (box, expert, t_box), (vol, _, t_vol) = (case_regions(runs[w], case_dir) for w in ("box", "volume"))
+            agree = " / ".join(f"{dice(a, b):.3f}" for a, b in zip(box, vol))
+            vs = ["   n/a" if expert is None else " / ".join(f"{dice(a, b):.3f}" for a, b in zip(p, expert))
+                  for p in (box, vol)]
+            print(f"{str(path)[-36:]:<36} {case_dir.name[-24:]:<24} {t_box:>6.1f} {t_vol:>6.1f}  {agree}"
+                  f"   {vs[0]}   {vs[1]}", flush=True)
+    print(f"regions: {', '.join(REGIONS)}; Dice of two empty masks is 1")
+
+
+if __name__ == "__main__":
+    main()
