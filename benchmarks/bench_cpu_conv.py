@@ -7,13 +7,14 @@ input gradient and weight gradient, aten's and cpu_conv's (both weight-gradient 
 number of such layers in the network. ``step``: whole training steps (forward, Dice loss,
 backward, Adam) of the network in variants, interleaved so that load changes hit all alike:
 ``plain`` (as the registry builds it: channels-last 3D for SegResNet), ``contiguous`` (NCDHW),
-``cpuconv`` (after ``accelerate_cpu_convs``), ``compile`` (``torch.compile``, inductor); median
+``cpuconv`` (after ``accelerate_cpu_convs``), ``cpuconv-nopad`` (the same without padding
+lane-misaligned widths, ``cpu_conv.LANES`` = 1), ``compile`` (``torch.compile``, inductor); median
 seconds, speed-ups against the first variant, the first step of each (compilation), and the share
 of the first variant's step spent in convolutions that aten runs on ``slow_conv3d`` (torch.profiler).
 
     PYTHONPATH=src python benchmarks/bench_cpu_conv.py layers --model segresnet --patch 64
     PYTHONPATH=src python benchmarks/bench_cpu_conv.py step --model segresnet --patch 64 96 --reps 5
-    PYTHONPATH=src python benchmarks/bench_cpu_conv.py step --model dalight3d --patch 64 --reps 5
+    PYTHONPATH=src python benchmarks/bench_cpu_conv.py step --model dalight3d --patch 64 96 --variants cpuconv-nopad cpuconv
     PYTHONPATH=src python benchmarks/bench_cpu_conv.py step --patch 64 --variants plain contiguous cpuconv compile
 
 ``--clock cpu`` times process CPU seconds instead of wall seconds (use it with ``--threads 1`` on a
@@ -36,7 +37,7 @@ from glioseg.models.registry import create
 from glioseg.training.losses import SegmentationLoss
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-VARIANTS = ("plain", "contiguous", "cpuconv", "compile")
+VARIANTS = ("plain", "contiguous", "cpuconv", "cpuconv-nopad", "compile")
 
 
 def timed(fn, reps: int, clock) -> float:
@@ -149,11 +150,22 @@ def build_variant(name: str, model_name: str, reference: nn.Module) -> nn.Module
         model = create(model_name, channels_last=False)
         model.load_state_dict(reference.state_dict())
         return model.train()
-    if name == "cpuconv":
+    if name in ("cpuconv", "cpuconv-nopad"):
         return cpu_conv.accelerate_cpu_convs(copy.deepcopy(reference))
     if name == "compile":
         return torch.compile(copy.deepcopy(reference))
     raise ValueError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+
+
+def with_lanes(step, lanes: int):
+    """``step`` run with ``cpu_conv.LANES`` set to ``lanes`` (1: every width counts as aligned)."""
+    def run() -> None:
+        saved, cpu_conv.LANES = cpu_conv.LANES, lanes
+        try:
+            step()
+        finally:
+            cpu_conv.LANES = saved
+    return run
 
 
 def run_steps(args, clock) -> None:
@@ -168,6 +180,8 @@ def run_steps(args, clock) -> None:
         steps, first = {}, {}
         for name in args.variants:
             steps[name] = make_step(build_variant(name, args.model, reference), patch)
+            if name == "cpuconv-nopad":
+                steps[name] = with_lanes(steps[name], 1)
             start = time.perf_counter()
             steps[name]()
             first[name] = time.perf_counter() - start

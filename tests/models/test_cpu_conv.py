@@ -179,14 +179,50 @@ def test_segresnet_training_step_agrees():
 
 
 def test_layers_that_aten_runs_on_onednn_keep_atens_own_kernels(monkeypatch):
-    """glioseg's autograd function serves only the convs aten would send to slow_conv3d."""
+    """glioseg's autograd function serves the convs aten would send to slow_conv3d, and the
+    lane-misaligned stride-1 ones; aligned layers that aten runs on oneDNN keep aten's kernels."""
     calls = []
     real = cpu_conv._Conv3dFn.apply
     monkeypatch.setattr(cpu_conv._Conv3dFn, "apply", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(cpu_conv, "LANES", 8)
     conv = cpu_conv.accelerate_cpu_convs(nn.Conv3d(24, 8, 3, padding=1))
-    big = torch.randn(1, 24, 32, 32, 8, requires_grad=True)      # N·C·D·H = 24,576 > 20,480: oneDNN in aten
-    small = torch.randn(1, 24, 16, 16, 8, requires_grad=True)    # 6,144: aten's slow_conv3d
-    assert cpu_conv.aten_uses_mkldnn(big.shape, (3, 3, 3)) and not cpu_conv.aten_uses_mkldnn(small.shape, (3, 3, 3))
+    big = torch.randn(1, 24, 32, 32, 8).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    small = torch.randn(1, 24, 16, 16, 8, requires_grad=True)    # N·C·D·H 6,144: aten's slow_conv3d
+    assert cpu_conv.aten_uses_mkldnn(big.shape, (3, 3, 3))       # 24,576 > 20,480: oneDNN in aten
+    assert not cpu_conv.aten_uses_mkldnn(small.shape, (3, 3, 3))
     conv(big).sum().backward()
     conv(small).sum().backward()
     assert calls == [small.shape]
+    monkeypatch.setattr(cpu_conv, "LANES", 16)                   # 24 and 8 are no longer whole vectors
+    conv(big).sum().backward()
+    assert calls == [small.shape, big.shape]
+    conv(big.detach().contiguous().requires_grad_()).sum().backward()  # channels-first keeps aten's kernels
+    strided = cpu_conv.accelerate_cpu_convs(nn.Conv3d(24, 8, 3, stride=2, padding=1))
+    strided(big).sum().backward()                                # and so does stride 2
+    assert calls == [small.shape, big.shape]
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last", "channels-first"])
+@pytest.mark.parametrize("c_in,c_out,bias", [(24, 24, False), (4, 24, True), (24, 64, False), (32, 32, True)])
+def test_lane_padded_convolutions_match_nn_conv3d(monkeypatch, channels_last, c_in, c_out, bias):
+    """Zero filters padding the widths to whole vectors change nothing but the time."""
+    monkeypatch.setattr(cpu_conv, "LANES", 16)
+    plain, fast = pair(c_in, c_out, 3, 1, 1, bias)
+    calls = []
+    real = cpu_conv._Conv3dFn.apply
+    monkeypatch.setattr(cpu_conv._Conv3dFn, "apply", lambda *a: calls.append(a[0].shape) or real(*a))
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    x = torch.randn(1, c_in, 32, 32, 8, generator=torch.Generator().manual_seed(6)).contiguous(memory_format=layout)
+    x_plain, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_plain, y_fast = plain(x_plain), fast(x_fast)
+    assert y_fast.shape == y_plain.shape and y_fast.is_contiguous(memory_format=layout)
+    assert rel(y_fast, y_plain) < RTOL
+    grad = torch.randn(y_plain.shape, generator=torch.Generator().manual_seed(7))
+    y_plain.backward(grad)
+    y_fast.backward(grad)
+    assert x_fast.grad.shape == x.shape and rel(x_fast.grad, x_plain.grad) < RTOL
+    assert rel(fast.weight.grad, plain.weight.grad) < RTOL
+    ours = (channels_last and cpu_conv.misaligned(c_in, c_out)) or not cpu_conv.aten_uses_mkldnn(x.shape, (3, 3, 3))
+    assert len(calls) == int(ours)
+    with torch.no_grad():
+        assert rel(fast(x), plain(x)) < RTOL
