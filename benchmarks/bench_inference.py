@@ -79,7 +79,7 @@ class CountingModel(torch.nn.Module):
         return self.model(x)
 
 
-def _read_case(case_dir: Path, bundle):
+def read_case(case_dir: Path, bundle):
     from glioseg.data import preprocess
     from glioseg.data.cases import load_case
     from glioseg.inference.inputs import from_path
@@ -129,7 +129,7 @@ def worker(args) -> None:
     counting = CountingModel(recipe_model(bundle) if args.worker == "recipe" else network.model)
     network.model = counting
     network.takes_ids = False
-    item, image, array, meta = _read_case(args.case, bundle)
+    item, image, array, meta = read_case(args.case, bundle)
     t_pre = time.perf_counter()
     if args.worker == "idle":
         print(json.dumps({"total": t_pre - start}))

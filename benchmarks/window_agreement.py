@@ -3,6 +3,8 @@
     PYTHONPATH=src python benchmarks/window_agreement.py --checkpoint A.pt [B.pt ...] \
         --cases ../shared/data/brats18/Brats18_CBICA_ABM_1 [...] [--threads 2]
 
+Case reading and the WT / TC / ET masks are bench_inference.py's (imported from this folder).
+
 For every checkpoint and case: the labels of ``glioseg predict --roi box`` (the default) and of
 ``--roi volume`` (the recipe's one window over the whole volume: the recipe's labels, as
 ``bench_inference.py`` measures), their Dice agreement per region, and each one's Dice against the
@@ -17,34 +19,25 @@ import logging
 import time
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import torch
 
+from bench_inference import read_case, reference_masks, region_masks
 from glioseg.data import preprocess
-from glioseg.data.cases import load_case
-from glioseg.data.labels import REGIONS, get_scheme, labels_to_regions, regions_to_labels
+from glioseg.data.labels import REGIONS, get_scheme, regions_to_labels
 from glioseg.evaluation.metrics import dice
-from glioseg.inference.inputs import from_path
 from glioseg.inference.predictor import PredictConfig, Predictor, open_network, to_regions
 
 
-def case_regions(predictor: Predictor, case_dir: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """(regions (3, ...) in the file's grid, expert regions or None, inference seconds)."""
+def case_regions(predictor: Predictor, case_dir: Path) -> tuple[dict, float]:
+    """(WT / TC / ET masks in the file's grid, inference seconds) of one case."""
     bundle = predictor.bundle
-    (item,) = from_path(case_dir, bundle.channels, None)
-    image, _ = load_case(item.case, item.dataset)
-    array, _, meta = preprocess.preprocess_case(image, None, item.case, bundle.preprocess_config(),
-                                                channels=item.dataset.channels, inputs={})
+    item, _, array, meta = read_case(case_dir, bundle)
     start = time.perf_counter()
     probs, _ = predictor.case_probabilities(array, meta, item.case.site)
     seconds = time.perf_counter() - start
-    scheme = get_scheme("brats")
-    labels = preprocess.to_original(regions_to_labels(to_regions(probs, bundle.target, bundle.scheme), scheme),
-                                    meta, order=0)
-    found = sorted(case_dir.glob("*_seg.nii*"))
-    expert = labels_to_regions(np.asarray(nib.load(found[0]).dataobj).astype(np.uint8), scheme) if found else None
-    return labels_to_regions(labels, scheme), expert, seconds
+    regions = to_regions(probs, bundle.target, bundle.scheme)
+    labels = preprocess.to_original(regions_to_labels(regions, get_scheme("brats")), meta, order=0)
+    return region_masks(labels), seconds
 
 
 def main() -> None:
@@ -61,9 +54,10 @@ def main() -> None:
         network = open_network(path)
         runs = {w: Predictor([network], PredictConfig(window=w)) for w in ("box", "volume")}
         for case_dir in args.cases:
-            (box, expert, t_box), (vol, _, t_vol) = (case_regions(runs[w], case_dir) for w in ("box", "volume"))
-            agree = " / ".join(f"{dice(a, b):.3f}" for a, b in zip(box, vol))
-            vs = ["   n/a" if expert is None else " / ".join(f"{dice(a, b):.3f}" for a, b in zip(p, expert))
+            (box, t_box), (vol, t_vol) = (case_regions(runs[w], case_dir) for w in ("box", "volume"))
+            expert = reference_masks(case_dir)
+            agree = " / ".join(f"{dice(box[r], vol[r]):.3f}" for r in REGIONS)
+            vs = ["   n/a" if expert is None else " / ".join(f"{dice(p[r], expert[r]):.3f}" for r in REGIONS)
                   for p in (box, vol)]
             print(f"{str(path)[-36:]:<36} {case_dir.name[-24:]:<24} {t_box:>6.1f} {t_vol:>6.1f}  {agree}"
                   f"   {vs[0]}   {vs[1]}", flush=True)

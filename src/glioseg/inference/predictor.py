@@ -47,8 +47,8 @@ class PredictConfig:
     patch; three sizes set the window. "volume" runs one window over the whole uncropped RAS
     volume, as MONAI's BraTS recipe does (240x240x160 for BraTS): the recipe's labels, since a
     network normalising over its window (GroupNorm, attention) depends on what the window holds,
-    at 2-3x the work of "box" (:meth:`Predictor.case_probabilities`). A window never exceeds the box (rounded up): padding
-    beyond it is wasted work. ``overlap`` matters only when several windows are needed.
+    at 2-3x the work of "box" (:meth:`Predictor.case_probabilities`). A window never exceeds the
+    box (rounded up): padding beyond it is wasted work. ``overlap`` matters only when several windows are needed.
     ``device`` runs the windows; ``sw_batch_size`` windows go through the network at once.
     """
 
@@ -275,7 +275,6 @@ class Predictor:
                 probs = probs.flip(dims) if dims else probs
                 total = probs if total is None else total.add_(probs)
         return (total / (len(flips) * len(self.networks)))[0].cpu().numpy(), stats
-
 
     def case_probabilities(self, image: np.ndarray, meta: dict, site: str | None = None) -> tuple[np.ndarray, RunStats]:
         """:meth:`probabilities` of a cache-space image with its preprocessing record ``meta``.

@@ -98,7 +98,8 @@ def lane_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     weight = torch.cat([weight, weight.new_zeros((extra, *weight.shape[1:]))])
     bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra)])
     out = mkldnn_conv(x, weight, bias, stride, padding)
-    layout = torch.channels_last_3d if out.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format
+    channels_last = out.is_contiguous(memory_format=torch.channels_last_3d)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     return out[:, : out.shape[1] - extra].contiguous(memory_format=layout)
 
 
@@ -167,8 +168,7 @@ class CpuConv3d(nn.Conv3d):
     """An ``nn.Conv3d`` (groups 1, dilation 1, zero padding) whose fp32 CPU forward and backward run
     on glioseg's oneDNN calls where aten would take ``slow_conv3d`` or where a stride-1 layer's
     widths are not lane-aligned on a channels-last input (module docstring), and as ``nn.Conv3d``
-    elsewhere. Made by
-    :func:`accelerate_cpu_convs`, never constructed directly."""
+    elsewhere. Made by :func:`accelerate_cpu_convs`, never constructed directly."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the input width matters only to the input gradient
