@@ -215,11 +215,6 @@ def run_worker(name: str, model_file: Path, case: Path, threads: int, out: Path)
     return json.loads(stdout.decode().strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def region_masks(label: np.ndarray) -> dict[str, np.ndarray]:
     from glioseg.data.labels import get_scheme, labels_to_regions
 
@@ -264,6 +259,8 @@ def print_table(model: str, rows: list[dict], peak: float, idle_mib: float, reci
 
 def measure_model(model_file: Path, args, tmp: Path) -> tuple[list[dict], float, dict]:
     """Every pipeline of one model: (rows, idle worker MiB, region sizes of the recipe's prediction)."""
+    from glioseg.evaluation.metrics import dice
+
     _, idle_mib = run_worker("idle", model_file, args.case, args.threads, tmp / "idle.npy")
     rows, labels = [], {}
     for name in args.pipelines:
