@@ -222,11 +222,9 @@ def region_masks(label: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def bf16_native() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from glioseg.precisions import native_precisions
+
+    return "bf16" in native_precisions("cpu")
 
 
 def reference_masks(case: Path) -> dict[str, np.ndarray] | None:

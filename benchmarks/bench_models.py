@@ -43,11 +43,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from glioseg.precisions import native_precisions
+
+    return "bf16" in native_precisions("cpu")
 
 
 def rss_mib() -> float:

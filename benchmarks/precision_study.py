@@ -45,6 +45,7 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,13 +55,15 @@ from pathlib import Path
 import torch
 import yaml
 
+from glioseg.precisions import describe_device
 from trainer_timing import StopTraining, instrument_trainer
 
 log = logging.getLogger("precision_study")
 
 POLICIES = ("fp32", "bf16", "fp16", "auto")
 COLUMNS = ("policy", "seed", "status", "steps", "planned_steps", "s_per_step", "s_per_epoch", "setup_s",
-           "peak_mib", "dice_wt", "dice_tc", "dice_et", "switches", "skipped", "final_precision")
+           "train_s", "total_s", "peak_mib", "dice_wt", "dice_tc", "dice_et", "switches", "skipped",
+           "final_precision", "seconds_per_precision")
 
 
 # -- one run, in its own process ------------------------------------------------------------------
@@ -92,7 +95,7 @@ def run_one(spec: dict) -> dict:
 def read_run(folder: Path) -> dict:
     """Final Dice, switches, skipped steps and last precision from a run folder's logs."""
     out = {"dice_wt": None, "dice_tc": None, "dice_et": None, "switches": 0, "skipped": 0,
-           "final_precision": None, "probe": None}
+           "final_precision": None, "probe": None, "seconds_per_precision": {}}
     if (folder / "metrics.csv").exists():
         with open(folder / "metrics.csv", newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if r.get("val_dice_wt")]
@@ -107,6 +110,9 @@ def read_run(folder: Path) -> dict:
         events = [json.loads(line) for line in (folder / "precision_events.jsonl").read_text().splitlines() if line]
         out["switches"] = sum(e["from"] != e["to"] for e in events)
         out["probe"] = next((e["reason"] for e in events if e.get("signal") == "probe"), None)
+    if (folder / "precision_summary.json").exists():
+        summary = json.loads((folder / "precision_summary.json").read_text())
+        out["seconds_per_precision"] = {p: round(t, 1) for p, t in summary["seconds_per_precision"].items() if t}
     return out
 
 
@@ -120,7 +126,7 @@ def hardware(device: str) -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "gpu": None,
-            "load_average": os.getloadavg()}
+            "load_average": os.getloadavg(), "device": describe_device("cpu")}
     if device != "cpu" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -140,7 +146,7 @@ def parse_options(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-option needs KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--model-option / --precision-option need KEY=VALUE, got {pair!r}")
         options[key] = yaml.safe_load(value)
     return options
 
@@ -153,6 +159,8 @@ def run_spec(args, data: Path, policy: str, seed: int) -> dict:
                  "val_overlap": args.val_overlap, "workers": args.workers, "device": args.device}
     if args.model_option:
         overrides["model_options"] = parse_options(args.model_option)
+    if args.precision_option:
+        overrides["precision_options"] = parse_options(args.precision_option)
     return {"recipe": args.recipe or default_recipe(args.model), "overrides": overrides, "data": str(data),
             "out": str(args.out / "runs" / f"{policy}-seed{seed}"), "max_seconds": args.max_seconds}
 
@@ -177,8 +185,12 @@ def summarise(policy: str, seed: int, result: dict, folder: Path) -> dict:
            "s_per_epoch": statistics.median(result["epoch_seconds"]) if result["status"] == "done"
            and result["epoch_seconds"] else None,
            "setup_s": result["setup_s"], "peak_mib": result["peak_mib"]}
+    row["train_s"] = sum(result["epoch_seconds"]) if result["epoch_seconds"] else None
+    row["total_s"] = (row["train_s"] + row["setup_s"]) if row["train_s"] is not None and row["setup_s"] is not None \
+        else None
     logs = read_run(folder)
-    row.update({k: logs[k] for k in ("dice_wt", "dice_tc", "dice_et", "switches", "skipped", "final_precision")})
+    row.update({k: logs[k] for k in ("dice_wt", "dice_tc", "dice_et", "switches", "skipped", "final_precision",
+                                     "seconds_per_precision")})
     if result["status"] == "budget":
         row.update(dice_wt=None, dice_tc=None, dice_et=None)
     row["probe"] = logs["probe"]
@@ -190,21 +202,34 @@ def fmt(value, spec: str) -> str:
     return format("-", ">" + spec.split(".")[0]) if value is None else format(value, spec)
 
 
+def print_totals(rows: list[dict]) -> None:
+    """Each policy's whole time (set-up with the probe + training loop) against fp32's, seed by seed."""
+    fp32 = {r["seed"]: r["total_s"] for r in rows if r["policy"] == "fp32" and r.get("total_s")}
+    for r in rows:
+        if r["policy"] != "fp32" and r.get("total_s") and r["seed"] in fp32:
+            saved = 1.0 - r["total_s"] / fp32[r["seed"]]
+            spent = ", ".join(f"{p} {t:.0f} s" for p, t in (r.get("seconds_per_precision") or {}).items())
+            print(f"{r['policy']} seed {r['seed']}: {saved:+.1%} less time than fp32 "
+                  f"({r['total_s']:.0f} s vs {fp32[r['seed']]:.0f} s; steps: {spent})")
+
+
 def print_table(rows: list[dict], hw: dict, args) -> None:
     print(f"\nPrecision study: {args.model} {args.model_option or ''}, patch {'x'.join(map(str, args.patch))}, "
           f"batch {args.batch_size}, {args.epochs} epoch(s) x {args.steps} steps, seeds {args.seeds}, "
           f"budget {args.max_seconds or 'none'} s of steps per run")
     print(f"hardware: {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']} ({hw['torch_threads']} threads)"
-          f"{', GPU ' + hw['gpu'] if hw['gpu'] else ''}; load average {hw['load_average'][0]:.1f} at the start, "
+          f"{', GPU ' + hw['gpu'] if hw['gpu'] else ''} ({hw['device']}); load average {hw['load_average'][0]:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end")
     print(f"{'policy':6s} {'seed':>4s} {'steps':>13s} {'s/step':>8s} {'s/epoch':>8s} {'setup s':>8s} "
-          f"{'peak MiB':>9s} {'Dice WT':>8s} {'TC':>6s} {'ET':>6s} {'switch':>6s} {'skip':>5s} {'final':>6s}")
+          f"{'train s':>8s} {'total s':>8s} {'peak MiB':>9s} {'Dice WT':>8s} {'TC':>6s} {'ET':>6s} "
+          f"{'switch':>6s} {'skip':>5s} {'final':>6s}")
     for r in rows:
         steps = f"{r['steps']}/{r['planned_steps']}" + (" budget" if r["status"] == "budget" else "")
         if r["status"].startswith("failed"):
             steps = r["status"]
         print(f"{r['policy']:6s} {r['seed']:4d} {steps:>13s} {fmt(r['s_per_step'], '8.3f')} "
-              f"{fmt(r['s_per_epoch'], '8.1f')} {fmt(r['setup_s'], '8.1f')} {fmt(r['peak_mib'], '9.0f')} "
+              f"{fmt(r['s_per_epoch'], '8.1f')} {fmt(r['setup_s'], '8.1f')} {fmt(r.get('train_s'), '8.1f')} "
+              f"{fmt(r.get('total_s'), '8.1f')} {fmt(r['peak_mib'], '9.0f')} "
               f"{fmt(r['dice_wt'], '8.3f')} {fmt(r['dice_tc'], '6.3f')} {fmt(r['dice_et'], '6.3f')} "
               f"{r['switches']:6d} {r['skipped']:5d} {r['final_precision'] or '-':>6s}")
     fp32 = [r["s_per_step"] for r in rows if r["policy"] == "fp32" and r["s_per_step"]]
@@ -214,6 +239,7 @@ def print_table(rows: list[dict], hw: dict, args) -> None:
             times = [r["s_per_step"] for r in rows if r["policy"] == policy and r["s_per_step"]]
             if times and policy != "fp32":
                 print(f"{policy}: {statistics.median(times) / base:.2f}x fp32's time per step")
+    print_totals(rows)
     for r in rows:
         if r["probe"]:
             print(f"auto probe (seed {r['seed']}): {r['probe']}")
@@ -224,8 +250,7 @@ def print_table(rows: list[dict], hw: dict, args) -> None:
 
 
 def write_results(out: Path, rows: list[dict], hw: dict, args) -> None:
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("worker", "result")}
+    settings = study_settings(args)
     (out / "study.json").write_text(json.dumps({"hardware": hw, "settings": settings, "runs": rows}, indent=2))
     with open(out / "study.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
@@ -233,18 +258,43 @@ def write_results(out: Path, rows: list[dict], hw: dict, args) -> None:
         writer.writerows(rows)
 
 
+def study_settings(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in ("worker", "result")}
+
+
+def check_same_study(out: Path, args) -> None:
+    """A second call with the same command continues the study; other settings are refused."""
+    saved = out / "study.json"
+    if saved.exists():
+        before = json.loads(saved.read_text())["settings"]
+        changed = sorted(k for k in set(before) | set(study_settings(args)) if before.get(k) != study_settings(args).get(k))
+        if changed:
+            raise SystemExit(f"{out} holds a study with other settings ({', '.join(changed)}); pass another --out")
+
+
+def run_or_reuse(spec: dict, spec_path: Path) -> dict:
+    """A finished run's measurements are reused; an interrupted one is timed again from scratch
+    (a resumed run's timings would mix two processes)."""
+    result_path = spec_path.with_suffix(".result.json")
+    if result_path.exists() and Path(spec["out"]).exists():
+        return json.loads(result_path.read_text())
+    if Path(spec["out"]).exists():
+        shutil.rmtree(spec["out"])
+    return launch(spec, spec_path)
+
+
 def study(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
+    check_same_study(args.out, args)
     hw = hardware(args.device)
     data = ensure_cache(args.data, args.out)
     rows = []
     for seed in args.seeds:
         for policy in args.policies:
             spec = run_spec(args, data, policy, seed)
-            if Path(spec["out"]).exists():
-                raise ValueError(f"{spec['out']} exists; pass another --out")
             log.info("run %s seed %d", policy, seed)
-            result = launch(spec, args.out / f"{policy}-seed{seed}.spec.json")
+            result = run_or_reuse(spec, args.out / f"{policy}-seed{seed}.spec.json")
             rows.append(summarise(policy, seed, result, Path(spec["out"])))
             write_results(args.out, rows, hw, args)
     print_table(rows, hw, args)
@@ -259,6 +309,8 @@ def main() -> None:
     parser.add_argument("--model", default="segresnet")
     parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                         help="network option, e.g. init_filters=8 (repeatable)")
+    parser.add_argument("--precision-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="precision controller setting, e.g. warmup_steps=25 (repeatable)")
     parser.add_argument("--recipe", default=None, help="default: the model's recipe")
     parser.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
     parser.add_argument("--steps", type=int, default=25, help="optimiser steps per epoch")

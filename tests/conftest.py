@@ -17,6 +17,8 @@ import pytest
 
 from glioseg.data.labels import get_scheme
 
+from ._probe import PROBE_ENV, force_probe, probe_mode
+
 REPO = Path(__file__).resolve().parents[1]
 CHANNEL_BASE = {"flair": 100, "t1": 200, "t1ce": 300, "t2": 400}
 SMALL_SHAPE = (24, 24, 16)
@@ -174,3 +176,25 @@ def case_arrays():
 def affine_lps():
     """``affine_lps(shape, spacing=(1, 1, 1))`` → the 4×4 BraTS (LPS) affine."""
     return lps_affine
+
+
+def pytest_report_header(config):
+    """What this machine offers low precision, and whether the probes are forced."""
+    from glioseg.precisions import describe_device
+
+    return [f"glioseg device: {describe_device('cpu')}",
+            f"glioseg precision probes: {probe_mode()} ({PROBE_ENV}=real|fast|slow forces every probe)"]
+
+
+@pytest.fixture(autouse=True)
+def _forced_probes(monkeypatch):
+    """With ``GLIOSEG_TEST_PROBE=fast`` (``slow``) every precision probe of a test, training's and
+    prediction's, finds bf16 faster (slower) than fp32, on any CPU: both branches run everywhere."""
+    if probe_mode() != "real":
+        force_probe(monkeypatch, probe_mode())
+
+
+@pytest.fixture
+def forced_probe(monkeypatch):
+    """``forced_probe("fast" | "slow")``: this test's probes find bf16 faster / slower than fp32."""
+    return lambda mode: force_probe(monkeypatch, mode)

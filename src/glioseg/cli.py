@@ -16,6 +16,9 @@ from glioseg.errors import GliosegError
 log = logging.getLogger("glioseg")
 
 FORMATS = ("auto", "msd", "brats", "brats2023", "manifest")
+# glioseg.precisions' levels with "auto" (spelled here so that --help needs no torch import;
+# tests/test_cli_vocabulary.py pins them to the engines' vocabularies)
+PRECISION_POLICIES = ("auto", "fp32", "bf16", "fp16")
 
 
 def _add_verify(sub) -> None:
@@ -92,7 +95,7 @@ def _add_train(sub) -> None:
     p.add_argument("--model", help="registered network (see `glioseg models`)")
     p.add_argument("--recipe", help="shipped recipe: segresnet-brats or dalight3d-paper (default by model)")
     p.add_argument("--config", type=Path, help="YAML file of settings; overrides the recipe")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--precision", choices=PRECISION_POLICIES)
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int)
     p.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"))
@@ -131,7 +134,9 @@ def _add_predict(sub) -> None:
                         "labels, at 2-3x the work), or X Y Z")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap when several windows are needed")
     p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISION_POLICIES, default="auto",
+                   help="auto (default): bf16 where the device runs it natively and a probe window is "
+                        "faster, else fp32; non-finite windows are re-run in fp32, stitching is fp32")
     p.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--probabilities", action="store_true",

@@ -13,6 +13,7 @@ from glioseg.data.cases import load_case
 from glioseg.data.labels import get_scheme, labels_to_regions
 from glioseg.inference import inputs, writer
 from glioseg.inference.pipeline import OutputOptions, predict_all
+from glioseg.inference.precision import PrecisionChoice
 from glioseg.inference.predictor import PredictConfig, Predictor, RunStats
 from ._fakes import LPS, PERMUTED, FakeNetwork, make_bundle, synthetic, threshold_logits, write_case
 
@@ -82,6 +83,7 @@ class OraclePredictor:
     def __init__(self, bundle, cached_label: np.ndarray):
         self.bundle, self.cached = bundle, cached_label
         self.config = PredictConfig()
+        self.requested_precision, self.precision_choice = "fp32", PrecisionChoice("fp32", "fp32: as asked")
         self.networks = [FakeNetwork(threshold_logits, bundle)]
 
     def case_probabilities(self, array, meta, site=None):

@@ -522,3 +522,14 @@ def test_conv_prescreen_rules_out_levels_over_the_give_up_ratio():
     assert list(screened) == ["bf16"]
     assert "100x slower than fp32" in screened["bf16"]
     assert conv_prescreen(torch.device("meta"), ("fp32", "bf16"), 3.0) == {}
+
+
+def test_realised_speed_compares_each_level_with_fp32_steps():
+    from glioseg.training.precision import realised_speed
+
+    got = realised_speed({"fp32": 10, "bf16": 30, "fp16": 0}, {"fp32": 30.0, "bf16": 60.0, "fp16": 0.0})
+    assert got["seconds_per_step"] == {"fp32": 3.0, "bf16": 2.0}
+    assert got["speedup"] == 1.5
+    assert got["saved_fraction"] == round(1 - 90.0 / 120.0, 4)
+    assert realised_speed({"fp32": 4}, {"fp32": 8.0}) == {"seconds_per_step": {"fp32": 2.0}, "speedup": None,
+                                                          "saved_fraction": None}

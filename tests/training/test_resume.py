@@ -6,6 +6,7 @@ run in this process with the same single torch thread, so all three compute iden
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -146,3 +147,42 @@ def test_resume_with_more_epochs_continues(phantom_cache, config, reference, tmp
     # the run folder now describes a 4-epoch run: resuming it again needs no --epochs
     resume(phantom_cache, run, config)
     assert len(read_csv(run / "steps.csv")) == TOTAL_STEPS + 2
+
+
+@contextlib.contextmanager
+def interrupted(monkeypatch, after_steps: int):
+    """Training in this context stops (KeyboardInterrupt, exit 130) before step ``after_steps + 1``."""
+    from glioseg.training import trainer as trainer_module
+
+    step, calls = trainer_module.Trainer._train_step, []
+
+    def stopping(self, batch):
+        if len(calls) == after_steps:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return step(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module.Trainer, "_train_step", stopping)
+        yield
+
+
+@pytest.mark.parametrize("policy", ["bf16", "auto"])
+def test_a_low_precision_run_resumes_bitwise(phantom_cache, tmp_path, monkeypatch, forced_probe, policy):
+    """bf16 (fixed, and ``auto`` probed into bf16 after one fp32 step) interrupted after step 3 and
+    resumed: the same loss curve, precisions and controller decisions as the uninterrupted run.
+    32³ patches: oneDNN's bf16 weight gradient at 2³ (the bottom of a 16³ patch) is not reliable."""
+    forced_probe("fast")
+    options = {"probe_steps": 1, "warmup_steps": 1, "calm_steps": 1, "min_history": 0,
+               "grad_z": 1e6, "loss_z": 1e6, "curvature_z": 1e6}
+    config = write_config(tmp_path, precision=policy, epochs=2, steps_per_epoch=2, patch=[32, 32, 32],
+                          checkpoint_every=1, **({"precision_options": options} if policy == "auto" else {}))
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert run_inprocess(train_args(phantom_cache, whole, config)) == 0
+    with interrupted(monkeypatch, after_steps=3):
+        assert run_inprocess(train_args(phantom_cache, part, config)) == 130
+    assert load_checkpoint(part / "last.pt")["progress"]["step"] == 3
+    resume(phantom_cache, part, config)
+    assert_same_run(part, whole)
+    precisions = [r["precision"] for r in read_csv(whole / "steps.csv")]
+    assert precisions == (["bf16"] * 4 if policy == "bf16" else ["fp32", "bf16", "bf16", "bf16"])

@@ -184,6 +184,26 @@ def _volumes_html(volumes: dict[str, dict[str, dict[str, float]]]) -> str:
     return "<h3>Volumes (cases drawn below)</h3>" + _table(header, rows)
 
 
+def _precision_html(run_dir: Path, events: list[dict]) -> str:
+    """The controller's verdict: the probe's measurement and decision, then time per precision."""
+    path = Path(run_dir) / "precision_summary.json"
+    if not path.is_file():
+        return ""
+    summary = json.loads(path.read_text())
+    probe = next((e["reason"] for e in events if e.get("signal") == "probe"), None)
+    lines = [f"policy {summary['policy']} on {summary.get('device_description', summary['device'])}"]
+    if probe:
+        lines.append(probe)
+    if summary.get("speedup"):
+        lines.append(f"measured: {summary['speedup']:.2f}x fp32's speed per step in the fastest level; "
+                     f"{summary['saved_fraction']:.0%} less step time than the same steps all in fp32")
+    per_step = summary.get("seconds_per_step", {})
+    rows = [[p, str(n), _fmt(summary["seconds_per_precision"].get(p), 1), _fmt(per_step.get(p), 3)]
+            for p, n in summary["steps_per_precision"].items() if n]
+    return ("<h3>Precision</h3>" + "".join(f'<p class="note">{html.escape(line)}</p>' for line in lines) +
+            _table(["precision", "steps", "seconds", "s/step"], rows))
+
+
 def _run_html(run_dir: Path) -> str:
     epochs = figures.read_run_metrics(run_dir)
     events = figures.read_precision_events(run_dir)
@@ -194,6 +214,7 @@ def _run_html(run_dir: Path) -> str:
         digits = {"epoch": 0, "seconds": 1, "train_loss": 4}
         parts.append("<h3>Last epoch</h3>" + _table(list(figures.RUN_COLUMNS), [[
             last[c] if c == "precision" else _fmt(last[c], digits.get(c, 3)) for c in figures.RUN_COLUMNS]]))
+    parts.append(_precision_html(run_dir, events))
     if events:
         keys = ["step", "from", "to", "signal", "value"]
         parts.append(f"<h3>Precision events ({len(events)}; first 50)</h3>" +

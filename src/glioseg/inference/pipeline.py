@@ -54,7 +54,7 @@ def request_of(item: CaseInput, digests: dict, predictor: Predictor, options: Ou
         "models": [net.bundle.sha256 for net in predictor.networks],
         "scheme": item.scheme.name,
         "settings": {"window": config.window if isinstance(config.window, str) else list(config.window),
-                     "overlap": config.overlap, "tta": config.tta, "precision": config.precision},
+                     "overlap": config.overlap, "tta": config.tta, "precision": predictor.requested_precision},
         "outputs": options.names(),
     }
 
@@ -102,7 +102,8 @@ def predict_case(item: CaseInput, predictor: Predictor, out: Path, options: Outp
         "models": [{"file": str(net.source), "sha256": net.bundle.sha256, "model": net.bundle.model,
                     "runtime": net.kind, "target": net.bundle.target} for net in predictor.networks],
         "label_scheme": item.scheme.name, "site": case.site,
-        "run": {"precision": predictor.config.precision, "window": stats.window_size,
+        "run": {"precision": predictor.config.precision, "precision_choice": predictor.precision_choice.reason,
+                "window": stats.window_size,
                 "overlap": predictor.config.overlap, "tta": predictor.config.tta, "windows_run": stats.windows,
                 "sw_batch_size": stats.sw_batch_size, "device": predictor.config.device,
                 "stitching": stats.stitching, "fp32_reruns": stats.fp32_reruns, "oom_retries": stats.oom_retries},

@@ -25,11 +25,13 @@ from glioseg.data.formats import CHANNELS
 from glioseg.data.labels import class_values, classes_to_regions, get_scheme, labels_to_regions
 from glioseg.data.preprocess import crop, uncrop
 from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
+from glioseg.inference.precision import PrecisionChoice, choose_precision, window_runner
 from glioseg.models.cpu_conv import accelerate_cpu_convs
+from glioseg.precisions import DTYPES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+POLICIES = ("auto",) + PRECISIONS   # "auto": the fastest native precision (inference.precision)
 WINDOWS = ("box", "patch", "volume")
 # The 8 combinations of flips over the spatial axes of a (B, C, X, Y, Z) tensor.
 FLIPS: tuple[tuple[int, ...], ...] = tuple(d for n in range(4) for d in itertools.combinations((2, 3, 4), n))
@@ -70,8 +72,8 @@ class PredictConfig:
             object.__setattr__(self, "window", window)
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1); got {self.overlap}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is unknown; known: {', '.join(PRECISIONS)}")
+        if self.precision not in POLICIES:
+            raise ValueError(f"precision {self.precision!r} is unknown; known: {', '.join(POLICIES)}")
         if self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1; got {self.sw_batch_size}")
 
@@ -141,7 +143,7 @@ class GuardedWindow:
 
     def __init__(self, network, site_id: int | None, precision: str, stats: RunStats):
         self.network, self.site_id, self.stats = network, site_id, stats
-        self.dtype = PRECISIONS[precision]
+        self.dtype = None if precision == "fp32" else DTYPES[precision]
 
     def _run(self, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -255,11 +257,26 @@ class Predictor:
         if not networks:
             raise ValueError("no model given")
         _check_ensemble(networks)
-        if config.precision != "fp32" and any(n.kind == "onnxruntime" for n in networks):
+        onnx = any(n.kind == "onnxruntime" for n in networks)
+        if config.precision not in ("fp32", "auto") and onnx:
             raise ValueError(f"--precision {config.precision} applies to PyTorch models; an ONNX model runs "
                              "in the precision it was exported in (fp32)")
-        self.networks, self.config = list(networks), config
-        self.bundle = networks[0].bundle
+        self.networks, self.bundle = list(networks), networks[0].bundle
+        self.requested_precision = config.precision
+        self.precision_choice = self._choose(config, onnx)
+        self.config = replace(config, precision=self.precision_choice.precision)
+
+    def _choose(self, config: PredictConfig, onnx: bool) -> PrecisionChoice:
+        """``auto``: probe one training-patch window of the first network; else as asked."""
+        if config.precision != "auto":
+            return PrecisionChoice(config.precision, f"{config.precision}: as asked")
+        if onnx:
+            return PrecisionChoice("fp32", "fp32: an ONNX model runs in the precision it was exported in")
+        network = self.networks[0]
+        run_window = window_runner(network, network.patch_size, len(self.bundle.channels), config.device)
+        choice = choose_precision(run_window, config.device)
+        log.info("precision %s", choice.reason)
+        return choice
 
     @torch.no_grad()
     def probabilities(self, image: np.ndarray, site: str | None = None) -> tuple[np.ndarray, RunStats]:

@@ -65,12 +65,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from glioseg.precisions import DTYPES, PRECISIONS, describe_device
 from glioseg.training.precision_config import (POLICIES, NonFiniteTrainingError,
                                                PrecisionConfig, StepResult, json_value)
 from glioseg.training.precision_ladder import Ladder
-from glioseg.training.precision_probe import (DTYPES, PRECISIONS, conv_prescreen, device_sync,
-                                              measure_step_times, rank_precisions,
-                                              supported_precisions)
+from glioseg.training.precision_probe import (conv_prescreen, device_sync, measure_step_times,
+                                              rank_precisions, supported_precisions)
 from glioseg.training.precision_signals import SignalTracker
 from glioseg.training.rng import capture_rng_state, restore_rng_state
 
@@ -80,6 +80,26 @@ __all__ = ["PrecisionController", "PrecisionConfig", "StepResult", "NonFiniteTra
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+
+
+def realised_speed(steps: dict[str, int], seconds: dict[str, float]) -> dict:
+    """Measured seconds per step of each precision used, and what the run saved against fp32.
+
+    ``speedup``: fp32's seconds per step over the fastest level's; ``saved_fraction``: one minus
+    the run's step time over the same steps all at fp32's rate. Both need fp32 steps to compare
+    with (``auto`` runs its warm-up in fp32), else they are None.
+    """
+    per_step = {p: seconds[p] / n for p, n in steps.items() if n and seconds.get(p)}
+    low = [p for p in per_step if p != "fp32"]
+    if "fp32" not in per_step or not low:
+        return {"seconds_per_step": {p: round(t, 6) for p, t in per_step.items()}, "speedup": None,
+                "saved_fraction": None}
+    fastest = min(low, key=per_step.get)
+    total = sum(seconds[p] for p in per_step)
+    all_fp32 = sum(steps[p] for p in per_step) * per_step["fp32"]
+    return {"seconds_per_step": {p: round(t, 6) for p, t in per_step.items()},
+            "speedup": round(per_step["fp32"] / per_step[fastest], 4),
+            "saved_fraction": round(1.0 - total / all_fp32, 4)}
 
 
 @dataclass(frozen=True)
@@ -234,7 +254,7 @@ class PrecisionController:
         verdict = (f"target {target}, {speedup:.2f}x fp32" if target != "fp32" else
                    "target fp32: no lower precision is faster than fp32 on this device")
         self._emit("fp32", "fp32", "probe", speedup,
-                   f"probe on {self.device}: {measured}; {verdict}; ladder {'/'.join(levels)}")
+                   f"probe on {describe_device(self.device)}: {measured}; {verdict}; ladder {'/'.join(levels)}")
         return self.probe_result
 
     # -- one training step --------------------------------------------------------------------
@@ -419,7 +439,8 @@ class PrecisionController:
                      "times": {p: json_value(t) for p, t in self.probe_result["times"].items()}}
         ladder = self.ladder
         return {
-            "policy": self.config.policy, "device": str(self.device), "precision": self.precision,
+            "policy": self.config.policy, "device": str(self.device),
+            "device_description": describe_device(self.device), "precision": self.precision,
             "target": probe["target"] if probe else (self.config.policy if ladder else None),
             "steps": self.steps, "steps_per_precision": dict(self._steps_in),
             "seconds_per_precision": {p: round(t, 6) for p, t in self._seconds_in.items()},
@@ -428,6 +449,7 @@ class PrecisionController:
             "skipped": sum(self._skipped_by.values()), "skipped_by_signal": dict(self._skipped_by),
             "failures": dict(ladder.failures) if ladder else {},
             "given_up": list(ladder.given_up) if ladder else [], "probe": probe,
+            **realised_speed(self._steps_in, self._seconds_in),
         }
 
     # -- checkpoint state ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 from glioseg import config as config_utils
-from glioseg.training.precision_probe import PRECISIONS
+from glioseg.precisions import PRECISIONS
 
 POLICIES = ("auto",) + PRECISIONS
 

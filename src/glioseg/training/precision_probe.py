@@ -20,24 +20,16 @@ from typing import Callable
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")   # safest first: fallback walks towards fp32
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from glioseg.precisions import DTYPES, PRECISIONS, native_precisions
 
 Agree = Callable[[bool], bool]
-
-
-def _cuda_native_bf16() -> bool:
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch versions before the emulation flag
-        return torch.cuda.is_bf16_supported()
 
 
 def _autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
     """Run one matmul under autocast; supported when it really computes in ``dtype``."""
     if not torch.amp.autocast_mode.is_autocast_available(device.type):
         return False
-    if device.type == "cuda" and dtype is torch.bfloat16 and not _cuda_native_bf16():
+    if device.type == "cuda" and dtype is torch.bfloat16 and "bf16" not in native_precisions(device):
         return False
     try:
         with warnings.catch_warnings():

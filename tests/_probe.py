@@ -1,0 +1,44 @@
+"""Forced precision probes: every branch of ``auto`` runs on every CPU, whatever it offers.
+
+``fast``: bf16 is timed at half fp32's time and fp16 at twice, so ``auto`` targets bf16 (training)
+or picks it (prediction); ``slow``: bf16 at 3x and fp16 at 5x, so fp32 stays. The real step or
+window still runs once in every precision (its code path is exercised); only the clock is fake.
+The conv pre-screen and the native-precision check are bypassed, since they read the hardware.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+PROBE_ENV = "GLIOSEG_TEST_PROBE"
+FACTORS = {"fast": {"fp32": 1.0, "bf16": 0.5, "fp16": 2.0}, "slow": {"fp32": 1.0, "bf16": 3.0, "fp16": 5.0}}
+
+
+def probe_mode() -> str:
+    mode = os.environ.get(PROBE_ENV, "real")
+    if mode != "real" and mode not in FACTORS:
+        raise pytest.UsageError(f"{PROBE_ENV}={mode!r}; use real, fast or slow")
+    return mode
+
+
+def force_probe(monkeypatch, mode: str) -> None:
+    from glioseg.inference import precision as inference_precision
+    from glioseg.training import precision as training_precision
+
+    factors = FACTORS[mode]
+
+    def measure_step_times(step_fn, candidates, **_):
+        for level in candidates:
+            step_fn(level)
+        return {level: factors[level] for level in candidates}, {}
+
+    def time_precisions(run_window, levels, **_):
+        for level in levels:
+            run_window(level)
+        return {level: factors[level] for level in levels}
+
+    monkeypatch.setattr(training_precision, "measure_step_times", measure_step_times)
+    monkeypatch.setattr(training_precision, "conv_prescreen", lambda *args, **kwargs: {})
+    monkeypatch.setattr(inference_precision, "time_precisions", time_precisions)
+    monkeypatch.setattr(inference_precision, "native_precisions", lambda device: ("fp32", "bf16"))
