@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from glioseg.data.errors import DataError
-from glioseg.data.formats import Case, Dataset
+from glioseg.data.formats import Case, Dataset, joined
 from glioseg.data.header import AFFINE_TOL_MATRIX, AFFINE_TOL_MM, affines_agree, describe_affine
 from glioseg.data.io import Image, read_image
 from glioseg.data.labels import LabelScheme
@@ -160,9 +160,9 @@ def read_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> CaseF
     """Read and check every file of ``case``, collecting all problems instead of stopping."""
     out = CaseFiles(case)
     where = case_path(case)
-    out.problems += [DataError(where, f"missing {m}") for m in case.missing]
+    out.problems += case.problems
     absent = [c for c in dataset.channels if c not in case.images]
-    if absent and not case.missing:
+    if absent and not case.problems:
         out.problems.append(DataError(where, f"no file for channel(s) {', '.join(absent)}"))
     for path, names in _file_groups(case, dataset.channels).items():
         try:
@@ -190,10 +190,7 @@ def load_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> tuple
     """
     files = read_case(case, dataset, verify_stream)
     if files.problems:
-        if len(files.problems) == 1:
-            raise files.problems[0]
-        raise DataError(case_path(case), f"{len(files.problems)} problems: "
-                                         + " | ".join(str(p) for p in files.problems))
+        raise joined(case_path(case), files.problems)
     for warning in files.warnings:
         log.warning("%s", warning)
     first = files.channels[dataset.channels[0]]

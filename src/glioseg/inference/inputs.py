@@ -6,19 +6,12 @@ that says which files were found and which names were expected.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from glioseg.data.formats import (BRATS2023_SUFFIX, BRATS_SUFFIX, CHANNELS, Case, Dataset, discover,
-                                  site_from_case_id)
+from glioseg.data.formats import (BRATS2023_SUFFIX, BRATS_SUFFIX, CHANNELS, Case, Dataset, case_folder,
+                                  check_case_id, discover, joined, nifti_stem, site_from_case_id)
 from glioseg.data.labels import LabelScheme, get_scheme
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_NIFTI = (".nii.gz", ".nii")
-# Files a case folder may hold besides its images: the reference segmentation.
-_LABEL_SUFFIXES = ("seg",)
-
 
 @dataclass(frozen=True)
 class CaseInput:
@@ -29,41 +22,21 @@ class CaseInput:
     scheme: LabelScheme
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in _NIFTI:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def _niftis(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.name.endswith(_NIFTI))
+    # By name, not type: a dangling link or a folder named like an image is reported when read.
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and nifti_stem(p.name) is not None)
 
 
 def _case_folder(folder: Path) -> tuple[Case, str]:
-    """A single case folder: files ``*_flair.nii.gz`` ... (BraTS) or ``*-t2f.nii.gz`` ... (2023)."""
-    files = _niftis(folder)
+    """A single case folder, found by :func:`case_folder` as ``discover`` finds a dataset's cases."""
     for fmt, suffixes, sep in (("brats", BRATS_SUFFIX, "_"), ("brats2023", BRATS2023_SUFFIX, "-")):
-        images, unknown = {}, []
-        by_suffix = {v: k for k, v in suffixes.items()}
-        for path in files:
-            tail = _stem(path).rsplit(sep, 1)[-1].lower()
-            if tail in by_suffix:
-                if by_suffix[tail] in images:
-                    raise ValueError(f"{folder}: two files for {by_suffix[tail]}: "
-                                     f"{images[by_suffix[tail]].name}, {path.name}")
-                images[by_suffix[tail]] = path
-            elif tail not in _LABEL_SUFFIXES:
-                unknown.append(path.name)
-        if images:
-            if unknown:
-                raise ValueError(f"{folder}: unrecognised NIfTI files {unknown}; a {fmt} case folder holds "
-                                 f"<case>{sep}{{{','.join(suffixes.values())}}}.nii.gz (and {sep}seg)")
-            return Case(folder.name, images, None, site_from_case_id(folder.name)), fmt
+        case = case_folder(folder, suffixes, sep)
+        if case.images:
+            if case.problems:
+                raise joined(folder, case.problems)
+            return case, fmt
     raise ValueError(f"{folder}: no case images found (looked for *_flair.nii.gz ... (BraTS) and "
-                     f"*-t2f.nii.gz ... (BraTS 2023)); found {[p.name for p in files]}")
+                     f"*-t2f.nii.gz ... (BraTS 2023)); found {[p.name for p in _niftis(folder)]}")
 
 
 def check_channels(case: Case, channels: tuple[str, ...], source: Path, named: bool = False) -> None:
@@ -82,9 +55,7 @@ def check_channels(case: Case, channels: tuple[str, ...], source: Path, named: b
 def _for_model(case: Case, dataset: Dataset, channels, scheme: LabelScheme, source: Path,
                named: bool = False) -> CaseInput:
     check_channels(case, channels, source, named)
-    if not _SAFE_ID.match(case.case_id):
-        raise ValueError(f"{source}: case id {case.case_id!r} cannot name an output file; "
-                         "expected letters, digits, '.', '_' or '-' (not starting with '.')")
+    check_case_id(case.case_id, source, "name an output file")
     # Predict never reads the reference label: a broken label file must not stop prediction.
     case = replace(case, label=None, images={c: case.images[c] for c in channels})
     return CaseInput(case, replace(dataset, channels=tuple(channels), scheme=scheme), scheme)
