@@ -162,17 +162,8 @@ def _channel_of(tail: str, by_tail: dict[str, str]) -> tuple[str | None, bool]:
     return CHANNEL_ALIASES.get(tail), False
 
 
-def case_folder(folder: Path, suffixes: dict[str, str], sep: str) -> Case:
-    """The channel files and label of one BraTS-style case folder, with what is wrong with it.
-
-    The one discovery rule of every command (verify, preprocess, train, predict): a NIfTI entry
-    is a candidate for a channel when the text after its last ``sep`` is the layout's name of
-    it or one of :data:`CHANNEL_ALIASES` (``_t1Gd`` for t1ce). Two candidates for one channel
-    (``_flair.nii.gz`` beside ``_flair.nii``) and an alias-named or unrecognised file are
-    ``problems`` naming the files (a missing channel is the caller's to judge: a model may
-    not take it); entries are matched by name, so a
-    folder or dangling link in place of a file is reported by the reader as what it is.
-    """
+def _candidates(folder: Path, suffixes: dict[str, str], sep: str):
+    """Channel (or ``"label"``) → the NIfTI entries naming it; unrecognised names; alias hints."""
     by_tail = {v.lower(): k for k, v in suffixes.items()}
     entries = []
     for entry in _visible(folder.iterdir())[0]:
@@ -190,15 +181,44 @@ def case_folder(folder: Path, suffixes: dict[str, str], sep: str) -> Case:
         else:  # an alias alone is not this layout's name for the file
             unknown.append(entry.name)
             aliases += [f"{tail} is another name for {channel}"] if channel else []
+    return found, unknown, aliases
+
+
+def case_folder(folder: Path, suffixes: dict[str, str], sep: str, require_all: bool = True) -> Case:
+    """The channel files and label of one BraTS-style case folder, with what is wrong with it.
+
+    The one discovery rule of every command (verify, preprocess, train, predict): a NIfTI entry
+    is a candidate for a channel when the text after its last ``sep`` is the layout's name of
+    it or one of :data:`CHANNEL_ALIASES` (``_t1Gd`` for t1ce). Two candidates for one channel
+    (``_flair.nii.gz`` beside ``_flair.nii``) and an alias-named or unrecognised file are
+    ``problems`` naming the files, and so is a missing channel with ``require_all`` (predict
+    leaves that to the model's channels); entries are matched by name, so a
+    folder or dangling link in place of a file is reported by the reader as what it is.
+    """
+    found, unknown, aliases = _candidates(folder, suffixes, sep)
     problems = [DataError(folder, f"two files for {c}: {', '.join(p.name for p in paths)}; expected one "
                                   "(remove the others)") for c, paths in found.items() if len(paths) > 1]
+    problems += [DataError(folder, f"missing the {c} image {folder.name}{sep}{s}.nii.gz")
+                 for c, s in suffixes.items() if require_all and c not in found]
     if unknown:
         problems.append(DataError(folder, f"unrecognised NIfTI files {unknown}{''.join(f' ({a})' for a in aliases)}; "
                                           f"a case folder of this layout holds <case>{sep}"
                                           f"{{{','.join(suffixes.values())}}}.nii.gz (and {sep}seg)"))
+    not_files = {p: e for paths in found.values() for p in paths if (e := _not_a_file(p)) is not None}
+    problems += not_files.values()
+    found = {c: paths for c, paths in found.items() if paths[0] not in not_files}
     label = found.pop("label", [None])[0]
     images = {c: found[c][0] for c in suffixes if c in found}
     return Case(folder.name, images, label, site_from_case_id(folder.name), problems=tuple(problems))
+
+
+def _not_a_file(entry: Path) -> DataError | None:
+    """What ``entry`` is when it is not a (link to a) regular file, named for the user."""
+    if entry.is_symlink() and not entry.exists():
+        return DataError(entry, f"is a dangling symbolic link (to {os.readlink(entry)}); expected a NIfTI file")
+    if entry.is_dir():
+        return DataError(entry, "is a directory; expected a NIfTI file")
+    return None
 
 
 def joined(where: Path, problems) -> DataError:
@@ -213,14 +233,15 @@ def _discover_brats(root: Path, suffixes: dict[str, str], sep: str, strict: bool
     cases = []
     for folder in folders:
         case = case_folder(folder, suffixes, sep)
-        missing = [DataError(folder, f"missing the {c} image {folder.name}{sep}{s}.nii.gz")
-                   for c, s in suffixes.items() if c not in case.images]
-        case = replace(case, problems=(*missing, *case.problems))
+        try:
+            images = {c: inside_root(root, p.relative_to(root), folder) for c, p in case.images.items()}
+            label = inside_root(root, case.label.relative_to(root), folder) if case.label else None
+            case = replace(case, images=images, label=label)
+        except DataError as exc:  # a link out of the root: nothing of the case is read
+            case = replace(case, images={}, label=None, problems=(*case.problems, exc))
         if strict and case.problems:
             raise joined(folder, case.problems)
-        images = {c: inside_root(root, p.relative_to(root), folder) for c, p in case.images.items()}
-        label = inside_root(root, case.label.relative_to(root), folder) if case.label else None
-        cases.append(replace(case, images=images, label=label))
+        cases.append(case)
         hidden += _hidden_in(folder)
     return cases, hidden
 

@@ -182,6 +182,15 @@ def _valid(path, affine: np.ndarray, which: str) -> np.ndarray:
     return affine
 
 
+def _qform(path, header) -> np.ndarray:
+    try:
+        return header.get_qform()
+    except (HeaderDataError, ValueError) as exc:  # nibabel: "w2 should be positive" for |(b, c, d)| > 1
+        b, c, d = (float(header[f"quatern_{k}"]) for k in "bcd")
+        raise DataError(path, f"qform is invalid: {exc} (quatern_b, c, d = {b:g}, {c:g}, {d:g}); expected a "
+                              "unit quaternion, b² + c² + d² ≤ 1") from None
+
+
 def header_affine(path, header) -> np.ndarray:
     """The voxel → world affine under glioseg's qform/sform policy (see the module docstring)."""
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
@@ -191,10 +200,7 @@ def header_affine(path, header) -> np.ndarray:
     if qcode == 0 and scode == 0:
         raise DataError(path, "qform_code and sform_code are both 0: the orientation is unknown; "
                               "expected at least one of them set (> 0)")
-    try:
-        qform = _valid(path, header.get_qform(), "qform") if qcode else None
-    except HeaderDataError as exc:
-        raise DataError(path, f"qform is invalid: {exc}") from None
+    qform = _valid(path, _qform(path, header), "qform") if qcode else None
     sform = _valid(path, header.get_sform(), "sform") if scode else None
     if qform is not None and sform is not None and not affines_agree(qform, sform):
         raise DataError(path, f"qform (code {qcode}) and sform (code {scode}) disagree: qform is "

@@ -30,7 +30,7 @@ def _niftis(folder: Path) -> list[Path]:
 def _case_folder(folder: Path) -> tuple[Case, str]:
     """A single case folder, found by :func:`case_folder` as ``discover`` finds a dataset's cases."""
     for fmt, suffixes, sep in (("brats", BRATS_SUFFIX, "_"), ("brats2023", BRATS2023_SUFFIX, "-")):
-        case = case_folder(folder, suffixes, sep)
+        case = case_folder(folder, suffixes, sep, require_all=False)
         if case.images:
             if case.problems:
                 raise joined(folder, case.problems)
