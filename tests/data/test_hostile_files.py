@@ -1,9 +1,15 @@
 """Hostile files: every message names the file and the check, and fails that case only."""
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -12,6 +18,8 @@ from glioseg.data.errors import DataError
 from glioseg.data.formats import CHANNELS
 from glioseg.data.io import read_image
 from glioseg.inference import inputs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cases(root):
@@ -68,3 +76,48 @@ def test_an_invalid_qform_quaternion_fails_that_case_only(workers, brats_root, n
     assert "expected a unit quaternion" in out and "1 valid, 1 invalid" in out
     with pytest.raises(DataError, match=rf"{t2}: qform is invalid: .*\(quatern_b, c, d = 0.9, 0.9, 1\)"):
         read_image(t2)
+
+
+def _claims_1200_cubed(path, nifti):
+    """A 1.8 MB .nii.gz whose header claims 1200³ uint8 voxels (1.7 GB decoded)."""
+    small = nifti(path.with_name("small.nii"), np.zeros((4, 4, 4), np.uint8))
+    header = nib.load(str(small)).header
+    small.unlink()
+    header.set_data_shape((1200, 1200, 1200))
+    header["vox_offset"] = 352
+    payload = np.random.default_rng(0).bytes(1_800_000)  # incompressible: the file is big enough
+    path.write_bytes(gzip.compress(header.binaryblock + b"\x00" * 4 + payload, compresslevel=1))
+    return path
+
+
+def test_a_huge_voxel_count_is_refused_by_the_budget_before_allocating(brats_root, nifti, capsys):
+    case = _cases(brats_root)[0]
+    flair = _claims_1200_cubed(case / f"{case.name}_flair.nii.gz", nifti)
+    assert main(["verify", str(brats_root), "--workers", "2"]) == 1
+    out = capsys.readouterr().out
+    assert (f"{flair}: header claims 1728000000 bytes of voxel data (1200, 1200, 1200) uint8 (1647.9 MiB), over "
+            "the budget of 1073741824 bytes (1024.0 MiB per image; if the file is real, raise it with glioseg "
+            "--max-image-mb or $GLIOSEG_MAX_IMAGE_MB)") in out and "1 valid, 1 invalid" in out
+    # The option reaches the worker processes: a budget below one small volume refuses every case.
+    assert main(["--max-image-mb", "0.001", "verify", str(brats_root), "--workers", "2"]) == 1
+    assert "0 valid, 2 invalid" in capsys.readouterr().out
+    assert main(["--max-image-mb", "-1", "verify", str(brats_root)]) == 2
+
+
+def test_out_of_memory_while_reading_is_a_message_not_a_traceback(brats_root, nifti, tmp_path):
+    case = _cases(brats_root)[0]
+    flair = _claims_1200_cubed(case / f"{case.name}_flair.nii.gz", nifti)
+    # A process limited to 1 GiB more address space than it has, with the budget raised past the file.
+    script = textwrap.dedent(f"""
+        import resource, sys
+        from glioseg.cli import main
+        import glioseg.data.verify
+        size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (size + 2**30, resource.RLIM_INFINITY))
+        sys.exit(main(["--max-image-mb", "4096", "verify", {str(brats_root)!r}, "--workers", "1"]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"{flair}: out of memory allocating 1728000000 bytes for the voxels (1200, 1200, 1200) uint8" in done.stdout
+    assert "Traceback" not in done.stderr

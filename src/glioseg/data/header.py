@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
+from glioseg.data.budget import DEFAULT_MAX_IMAGE_MB, MAX_IMAGE_MB_ENV, max_image_bytes
 from glioseg.data.errors import DataError
 
 AFFINE_TOL_MM = 1e-3
@@ -35,14 +36,22 @@ _HEADER_CLASSES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """Budget a header may claim before reading is refused (defaults: 2³¹ voxels, 16 GiB)."""
+    """Budget a header may claim before reading is refused (defaults: 2³¹ voxels, 1 GiB).
+
+    ``from_env`` takes the byte budget from :func:`glioseg.data.budget.max_image_bytes`
+    (``--max-image-mb``, ``$GLIOSEG_MAX_IMAGE_MB``).
+    """
 
     max_voxels: int = 2**31
-    max_bytes: int = 2**34
+    max_bytes: int = DEFAULT_MAX_IMAGE_MB << 20
 
     def __post_init__(self):
         if self.max_voxels < 1 or self.max_bytes < 1:
             raise ValueError(f"ReadLimits must be positive; got {self}")
+
+    @classmethod
+    def from_env(cls) -> "ReadLimits":
+        return cls(max_bytes=max_image_bytes())
 
 
 @dataclass(frozen=True)
@@ -126,8 +135,10 @@ def check_layout(path, header, limits: ReadLimits) -> Layout:
         raise DataError(path, f"header claims {voxels} voxels {shape}, over the budget of "
                               f"{limits.max_voxels} voxels")
     if voxels * dtype.itemsize > limits.max_bytes:
-        raise DataError(path, f"header claims {voxels * dtype.itemsize} bytes of voxel data {shape} "
-                              f"{dtype}, over the budget of {limits.max_bytes} bytes")
+        raise DataError(path, f"header claims {voxels * dtype.itemsize} bytes of voxel data {shape} {dtype} "
+                              f"({voxels * dtype.itemsize / 2**20:.1f} MiB), over the budget of {limits.max_bytes} "
+                              f"bytes ({limits.max_bytes / 2**20:.1f} MiB per image; if the file is real, raise it "
+                              f"with glioseg --max-image-mb or ${MAX_IMAGE_MB_ENV})")
     pixdim = [float(p) for p in header["pixdim"][1:4]]
     if not all(math.isfinite(p) and p > 0 for p in pixdim):
         raise DataError(path, f"pixdim[1:4] (voxel size) is {tuple(pixdim)}, expected positive finite values")
