@@ -124,6 +124,8 @@ def _add_predict(sub) -> None:
     for channel in ("flair", "t1", "t1ce", "t2"):
         p.add_argument(f"--{channel}", type=Path, metavar="FILE", help=f"the {channel} image of one case")
     p.add_argument("--case-id", help="name of the case given by modality files")
+    p.add_argument("--allow-duplicate-channels", action="store_true",
+                   help="let two modality flags name the same file (a warning instead of an error)")
     p.add_argument("--scheme", choices=("msd", "brats", "brats2023", "brats2013"),
                    help="label convention to write (default: the input dataset's; for modality files "
                         "the model's)")

@@ -6,12 +6,16 @@ that says which files were found and which names were expected.
 """
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from glioseg.data.formats import (BRATS2023_SUFFIX, BRATS_SUFFIX, CHANNELS, Case, Dataset, case_folder,
                                   check_case_id, discover, joined, nifti_stem, site_from_case_id)
 from glioseg.data.labels import LabelScheme, get_scheme
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CaseInput:
@@ -76,8 +80,21 @@ def from_path(path: Path, channels: tuple[str, ...], scheme_name: str | None) ->
     return [_for_model(c, dataset, channels, scheme, path) for c in dataset.cases]
 
 
+def _check_distinct(given: dict[str, Path], allow: bool) -> None:
+    """Two modality flags naming one file is almost always a typo: an error unless allowed."""
+    names = list(given)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if os.path.samefile(given[a], given[b]):
+                message = f"--{a} and --{b} name the same file {given[b]}"
+                if not allow:
+                    raise ValueError(f"{message}; give each modality its own image (or "
+                                     "--allow-duplicate-channels if that is meant)")
+                log.warning("%s (allowed by --allow-duplicate-channels)", message)
+
+
 def from_named_files(files: dict[str, Path | None], case_id: str | None, channels: tuple[str, ...],
-                     scheme_name: str) -> CaseInput:
+                     scheme_name: str, allow_duplicates: bool = False) -> CaseInput:
     """``--flair a.nii.gz --t1 b.nii.gz ... --case-id ID``."""
     given = {c: Path(p) for c, p in files.items() if p is not None}
     if not case_id:
@@ -85,6 +102,7 @@ def from_named_files(files: dict[str, Path | None], case_id: str | None, channel
     for channel, path in given.items():
         if not path.is_file():
             raise ValueError(f"{path}: --{channel} file not found")
+    _check_distinct(given, allow_duplicates)
     case = Case(case_id, given, None, site_from_case_id(case_id))
     scheme = get_scheme(scheme_name)
     root = next(iter(given.values())).parent if given else Path(".")
@@ -93,7 +111,8 @@ def from_named_files(files: dict[str, Path | None], case_id: str | None, channel
 
 
 def collect(paths: list[Path], files: dict[str, Path | None], case_id: str | None,
-            channels: tuple[str, ...], scheme_name: str | None, model_scheme: str) -> list[CaseInput]:
+            channels: tuple[str, ...], scheme_name: str | None, model_scheme: str,
+            allow_duplicates: bool = False) -> list[CaseInput]:
     """Every case of the command line; case ids must be unique (they name the outputs)."""
     named = any(p is not None for p in files.values())
     if named and paths:
@@ -101,7 +120,7 @@ def collect(paths: list[Path], files: dict[str, Path | None], case_id: str | Non
     if not named and not paths:
         raise ValueError(f"nothing to predict: give INPUT folders or --{' --'.join(CHANNELS)} files")
     if named:
-        inputs = [from_named_files(files, case_id, channels, scheme_name or model_scheme)]
+        inputs = [from_named_files(files, case_id, channels, scheme_name or model_scheme, allow_duplicates)]
     else:
         inputs = [item for path in paths for item in from_path(path, channels, scheme_name)]
     ids = [item.case.case_id for item in inputs]
