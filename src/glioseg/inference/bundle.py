@@ -166,16 +166,16 @@ def file_sha256(path: Path | str) -> str:
 
 
 def sniff(path: Path) -> str:
-    """What a model file is: "checkpoint", "torchscript", "pickle", "safetensors", "json",
-    "onnx" or "unknown" — from its bytes, not only its name."""
+    """What a model file is: "checkpoint", "damaged" (a zip that does not open), "torchscript",
+    "pickle", "safetensors", "json", "onnx" or "unknown" — from its bytes, not only its name."""
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head.startswith(_ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except zipfile.BadZipFile:
-            return "unknown"
+        except zipfile.BadZipFile:  # a zip cut short or overwritten: the loader says what is wrong
+            return "damaged"
         scripted = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
         return "torchscript" if scripted else "checkpoint"
     if head[:1] == b"\x80":
@@ -272,7 +272,7 @@ def load_bundle(path: Path | str) -> ModelBundle:
     if not path.is_file():
         raise ValueError(f"{path}: no such model file")
     kind = sniff(path)
-    if kind == "checkpoint":
+    if kind in ("checkpoint", "damaged"):
         return _load_checkpoint_bundle(path)
     if kind in ("safetensors", "json"):
         return _load_safetensors(path)
