@@ -25,7 +25,7 @@ from glioseg.data.formats import CHANNELS
 from glioseg.data.labels import class_values, classes_to_regions, get_scheme, labels_to_regions
 from glioseg.data.preprocess import crop, uncrop
 from glioseg.devices import checked_device
-from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
+from glioseg.inference.bundle import ModelBundle, claims_config, load_bundle, read_config, sniff
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 
 log = logging.getLogger(__name__)
@@ -329,10 +329,8 @@ def _is_model_file(path: Path) -> bool:
         return False
     if path.suffix in _MODEL_SUFFIXES:
         return True
-    try:
-        return sniff(path) == "json" and bool(read_config(path))
-    except ValueError:
-        return False
+    # A config that says it is one is a model file, so that its own errors reach the user.
+    return sniff(path) == "json" and claims_config(path)
 
 
 def split_models_and_inputs(checkpoints: Sequence[Path], inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
