@@ -79,3 +79,16 @@ def test_a_manifest_case_id_that_is_a_path_fails_verify(layout, make_dataset, ca
             "letters, digits") in out and "1 valid, 1 invalid" in out
     with pytest.raises(DataError, match=rf"{manifest}: case id '../../evil' cannot"):
         discover(manifest)
+
+
+def test_two_manifest_columns_naming_one_file_fail_verify(make_dataset, capsys):
+    manifest = make_dataset("json")
+    data = json.loads(manifest.read_text())
+    data["cases"][0]["t2"] = data["cases"][0]["t1ce"]
+    manifest.write_text(json.dumps(data))
+    assert main(["verify", str(manifest), "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    shared = manifest.parent / data["cases"][0]["t1ce"]
+    assert f"PROBLEM case0: {manifest}: row 1: t1ce and t2 name the same file {shared}; expected one" in out
+    with pytest.raises(DataError, match="row 1: t1ce and t2 name the same file"):
+        discover(manifest)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from glioseg.cli import main
+from glioseg.data.budget import MAX_IMAGE_MB_ENV
 from glioseg.data.errors import DataError
 from glioseg.data.formats import CHANNELS
 from glioseg.data.io import read_image
@@ -90,7 +91,9 @@ def _claims_1200_cubed(path, nifti):
     return path
 
 
-def test_a_huge_voxel_count_is_refused_by_the_budget_before_allocating(brats_root, nifti, capsys):
+def test_a_huge_voxel_count_is_refused_by_the_budget_before_allocating(brats_root, nifti, capsys, monkeypatch):
+    monkeypatch.delenv(MAX_IMAGE_MB_ENV, raising=False)  # and restored after: --max-image-mb sets it
+    monkeypatch.setenv(MAX_IMAGE_MB_ENV, "")
     case = _cases(brats_root)[0]
     flair = _claims_1200_cubed(case / f"{case.name}_flair.nii.gz", nifti)
     assert main(["verify", str(brats_root), "--workers", "2"]) == 1

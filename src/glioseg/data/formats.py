@@ -132,8 +132,7 @@ def detect_format(root: Path) -> str:
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    # By name, not type: a dangling link or a folder in place of the file still shows the layout,
-    # and the reader then says what the entry is.
+    # By name, not type: a dangling link or a folder in place of the file still shows the layout.
     for ext in NIFTI_EXTENSIONS:
         if os.path.lexists(folder / f"{stem}{ext}"):
             return folder / f"{stem}{ext}"
@@ -155,13 +154,6 @@ def check_case_id(case_id: str, source: Path | str, use: str = "name a file or f
                                 "or '-' (not starting with '.')")
 
 
-def _channel_of(tail: str, by_tail: dict[str, str]) -> tuple[str | None, bool]:
-    """The channel a file tail names and whether by the layout's own name (not an alias)."""
-    if tail in by_tail:
-        return by_tail[tail], True
-    return CHANNEL_ALIASES.get(tail), False
-
-
 def _candidates(folder: Path, suffixes: dict[str, str], sep: str):
     """Channel (or ``"label"``) → the NIfTI entries naming it; unrecognised names; alias hints."""
     by_tail = {v.lower(): k for k, v in suffixes.items()}
@@ -170,8 +162,11 @@ def _candidates(folder: Path, suffixes: dict[str, str], sep: str):
         stem = nifti_stem(entry.name)
         if stem is not None:
             tail = stem.rsplit(sep, 1)[-1]
-            entries.append((entry, tail, *(("label", True) if tail.lower() == "seg"
-                                           else _channel_of(tail.lower(), by_tail))))
+            low = tail.lower()
+            # (channel, named by the layout's own name rather than an alias)
+            named_as = ("label", True) if low == "seg" else (by_tail[low], True) if low in by_tail \
+                else (CHANNEL_ALIASES.get(low), False)
+            entries.append((entry, tail, *named_as))
     named = {channel for _, _, channel, own in entries if own}
     found: dict[str, list[Path]] = {}
     unknown, aliases = [], []
@@ -205,7 +200,7 @@ def case_folder(folder: Path, suffixes: dict[str, str], sep: str, require_all: b
                                           f"a case folder of this layout holds <case>{sep}"
                                           f"{{{','.join(suffixes.values())}}}.nii.gz (and {sep}seg)"))
     not_files = {p: e for paths in found.values() for p in paths if (e := _not_a_file(p)) is not None}
-    problems += not_files.values()
+    problems += not_files.values()  # said once, here: the reader would call it "no such file"
     found = {c: paths for c, paths in found.items() if paths[0] not in not_files}
     label = found.pop("label", [None])[0]
     images = {c: found[c][0] for c in suffixes if c in found}
@@ -338,8 +333,18 @@ def _discover_manifest(path: Path) -> tuple[list[Case], str]:
         images = {c: inside_root(root, row[c], path) for c in CHANNELS}
         label = inside_root(root, row["label"], path) if row.get("label") else None
         site = row.get("site") or site_from_case_id(row["case"])
-        cases.append(Case(row["case"], images, label, site))
+        cases.append(Case(row["case"], images, label, site, problems=_shared_files(images, n, path)))
     return cases, scheme
+
+
+def _shared_files(images: dict[str, Path], n: int, path: Path) -> tuple[DataError, ...]:
+    """Two channel columns naming one file is a typo as two --flags are (one file per channel)."""
+    by_file: dict[Path, list[str]] = {}
+    for channel, image in images.items():
+        by_file.setdefault(image, []).append(channel)
+    return tuple(DataError(path, f"row {n + 1}: {' and '.join(names)} name the same file {image}; "
+                                 "expected one file per channel")
+                 for image, names in by_file.items() if len(names) > 1)
 
 
 def _with_id_checked(case: Case, source: Path, strict: bool) -> Case:
@@ -386,6 +391,9 @@ def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> 
     if not cases:
         raise ValueError(f"{root}: no cases found in {fmt} layout")
     cases = [_with_id_checked(case, root, strict) for case in cases]
+    failing = next((case for case in cases if case.problems), None)
+    if strict and failing is not None:
+        raise joined(root, failing.problems)
     repeated = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
     if repeated:
         raise ValueError(f"{root}: case ids repeated: {', '.join(repeated)}; expected each case once")

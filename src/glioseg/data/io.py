@@ -66,7 +66,8 @@ def read_image(path: Path | str, dtype: np.dtype | type | None = None, *, verify
     """Read a NIfTI file (.nii or .nii.gz, NIfTI-1 or -2) with every check of robustness.md.
 
     The header is validated before any voxel memory is allocated (dimensions, budget
-    ``limits``, by default :meth:`ReadLimits.from_env`, voxel size, datatype, data offset against the file size, qform/sform policy
+    ``limits``, by default :meth:`ReadLimits.from_env`, voxel size, datatype, data offset
+    against the file size, qform/sform policy
     of :func:`glioseg.data.header.header_affine`). A short file is reported as
     "truncated: expected N bytes of voxel data, got M". With ``verify_stream`` (the default)
     a gzip file is read to its end so that its CRC32 and length are checked: one flipped bit
