@@ -187,8 +187,8 @@ def case_folder(folder: Path, suffixes: dict[str, str], sep: str, require_all: b
     it or one of :data:`CHANNEL_ALIASES` (``_t1Gd`` for t1ce). Two candidates for one channel
     (``_flair.nii.gz`` beside ``_flair.nii``) and an alias-named or unrecognised file are
     ``problems`` naming the files, and so is a missing channel with ``require_all`` (predict
-    leaves that to the model's channels); entries are matched by name, so a
-    folder or dangling link in place of a file is reported by the reader as what it is.
+    leaves that to the model's channels); entries are matched by name, so a folder or a
+    dangling link in place of a file is a problem that says what it is.
     """
     found, unknown, aliases = _candidates(folder, suffixes, sep)
     problems = [DataError(folder, f"two files for {c}: {', '.join(p.name for p in paths)}; expected one "
