@@ -44,6 +44,10 @@ def test_two_candidates_for_a_channel_fail_every_command(make_ambiguous, brats_r
         discover(brats_root)
     assert main(["preprocess", str(brats_root), "--out", str(tmp_path / "cache"), "--workers", "1"]) == 2
     assert message in caplog.text and not (tmp_path / "cache").exists()
+    caplog.clear()
+    assert main(["train", "--data", str(brats_root), "--out", str(tmp_path / "run"), "--model", "segresnet",
+                 "--device", "cpu", "--epochs", "1"]) == 2
+    assert message in caplog.text and not (tmp_path / "run" / "last.pt").exists()
     # predict on the dataset root and on the case folder alike.
     for source in (brats_root, case):
         with pytest.raises(DataError, match=message):
