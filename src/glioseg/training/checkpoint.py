@@ -286,8 +286,9 @@ def _check_format(path: Path, data: bytes) -> None:
         raise CheckpointError(path, f"{kind}; only zip-format torch.save checkpoints are "
                                     "loaded (re-save it with a current torch)")
     # torch.load does not check the CRC-32 of the members: a changed tensor byte would load.
-    advice = (f"restore it from a good copy, or use {previous_path(path).name} beside it "
-              "(train --resume falls back to it)")
+    prev = previous_path(path)
+    advice = "restore it from a good copy" + (f", or use {prev.name} beside it (train --resume falls back to it)"
+                                              if prev.exists() else "")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
