@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
+from glioseg.data.budget import DEFAULT_MAX_IMAGE_MB, MAX_IMAGE_MB_ENV
 from glioseg.errors import GliosegError
 
 log = logging.getLogger("glioseg")
@@ -125,6 +127,8 @@ def _add_predict(sub) -> None:
     for channel in ("flair", "t1", "t1ce", "t2"):
         p.add_argument(f"--{channel}", type=Path, metavar="FILE", help=f"the {channel} image of one case")
     p.add_argument("--case-id", help="name of the case given by modality files")
+    p.add_argument("--allow-duplicate-channels", action="store_true",
+                   help="let two modality flags name the same file (a warning instead of an error)")
     p.add_argument("--scheme", choices=("msd", "brats", "brats2023", "brats2013"),
                    help="label convention to write (default: the input dataset's; for modality files "
                         "the model's)")
@@ -169,6 +173,9 @@ def _add_demo(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glioseg", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--max-image-mb", type=float, metavar="MB",
+                        help=f"refuse a NIfTI file whose header claims more decoded voxel data than this, "
+                             f"before reading it (default {DEFAULT_MAX_IMAGE_MB}; also ${MAX_IMAGE_MB_ENV})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_demo, _add_phantom, _add_verify, _add_preprocess, _add_models, _add_train,
                 _add_evaluate, _add_report, _add_predict, _add_export):
@@ -181,23 +188,39 @@ def _call(target: str, args: argparse.Namespace) -> int:
     return int(getattr(importlib.import_module(module), func)(args) or 0)
 
 
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, (ValueError, OSError, GliosegError)):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return (f"out of memory{f': {exc}' if str(exc) else ''}; free memory, use fewer --workers, or "
+                "lower --max-image-mb to refuse large images before reading them")
+    # Not a known failure: still one line, and the way to the traceback.
+    return f"unexpected {type(exc).__name__}: {exc} (glioseg --debug shows the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.max_image_mb is not None:
+        if not args.max_image_mb > 0:
+            log.error("--max-image-mb is %g; expected a positive number of MiB", args.max_image_mb)
+            return 2
+        # Through the environment, so that worker processes read files under the same budget.
+        os.environ[MAX_IMAGE_MB_ENV] = repr(args.max_image_mb)
     try:
         return _call(args.func, args)
-    except (ValueError, OSError, GliosegError) as exc:
-        # Users get the message that names the file and the problem; --debug adds the traceback.
-        if args.debug:
-            raise
-        log.error("%s", exc)
-        return 2
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Exception as exc:
+        # Users get the message that names the file and the problem; --debug adds the traceback.
+        if args.debug:
+            raise
+        log.error("%s", _message(exc))
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Every settings object in glioseg is a frozen dataclass. ``from_dict`` builds one from plain
 values (as read from YAML or a checkpoint), recursing into nested dataclasses; an unknown
 key is a ``ValueError`` that lists the valid ones, so a typo never silently falls back to a
-default.
+default, and a value of the wrong type (``patch: "abc"`` for a tuple of ints) is one that
+names the field.
 """
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+_SCALAR_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _scalar(tp: type, value: Any, where: str) -> Any:
+    """``value`` as the field's scalar type; a wrong type names the field, not int()'s complaint."""
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+        raise ValueError(f"{where}: expected {_SCALAR_NAMES[tp]}, got {value!r}")
+    return value
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -27,12 +38,14 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         return _convert(args[0], value, where) if len(args) == 1 else value
-    if origin is tuple and isinstance(value, (list, tuple)):
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_convert(inner, v, where) for v in value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp in _SCALAR_NAMES:
+        return _scalar(tp, value, where)
     return value
 
 

@@ -201,8 +201,9 @@ def test_missing_channel_is_an_error_or_recorded(brats_root):
     with pytest.raises(DataError, match=rf"{case.name}: missing the t1ce image {case.name}_t1ce.nii.gz"):
         discover(brats_root)
     lenient = discover(brats_root, strict=False)
-    assert lenient.cases[1].missing == (f"the t1ce image {case.name}_t1ce.nii.gz",)
-    assert "t1ce" not in lenient.cases[1].images and lenient.cases[0].missing == ()
+    problems = [p.problem for p in lenient.cases[1].problems]
+    assert problems == [f"missing the t1ce image {case.name}_t1ce.nii.gz"]
+    assert "t1ce" not in lenient.cases[1].images and lenient.cases[0].problems == ()
 
 
 def test_case_without_label_is_a_test_case(brats_root):

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from glioseg import __version__
 from glioseg.data.errors import DataError
+from glioseg.data.formats import check_case_id
 from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS, LabelScheme
 
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 INDEX, FINGERPRINT = "cache.json", "fingerprint.json"
 IMAGE, LABEL, META = "image.npy", "label.npy", "meta.json"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -67,9 +66,7 @@ def input_digests(case) -> dict[str, dict[str, str]]:
 
 def case_dir(out: Path | str, case_id: str) -> Path:
     """The case's folder in the cache; the id must be a plain name (no separators, no '..')."""
-    if not _SAFE_ID.match(case_id):
-        raise ValueError(f"case id {case_id!r} cannot name a cache folder; "
-                         f"expected letters, digits, '.', '_' or '-' (not starting with '.')")
+    check_case_id(case_id, out, "name a cache folder")
     return Path(out) / case_id
 
 

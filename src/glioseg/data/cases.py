@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from glioseg.data.errors import DataError
-from glioseg.data.formats import Case, Dataset
+from glioseg.data.formats import Case, Dataset, joined
 from glioseg.data.header import AFFINE_TOL_MATRIX, AFFINE_TOL_MM, affines_agree, describe_affine
 from glioseg.data.io import Image, read_image
 from glioseg.data.labels import LabelScheme
@@ -65,9 +65,16 @@ def value_counts(array: np.ndarray) -> dict[int | float, int]:
     return {(int(v) if float(v).is_integer() else float(v)): int(c) for v, c in zip(values, counts)}
 
 
-def _listing(counts: dict) -> str:
+def _value(v: int | float, dtype: np.dtype) -> str:
+    # The shortest text that reads back as the stored value: 1.0000001 must not print as "1".
+    if isinstance(v, int) or dtype.kind != "f":
+        return str(v)
+    return np.format_float_positional(dtype.type(v), unique=True, trim="-")
+
+
+def _listing(counts: dict, dtype: np.dtype) -> str:
     items = sorted(counts.items())
-    shown = ", ".join(f"{v:g} ({c} voxel{'s' * (c != 1)})" for v, c in items[:_SHOWN_VALUES])
+    shown = ", ".join(f"{_value(v, dtype)} ({c} voxel{'s' * (c != 1)})" for v, c in items[:_SHOWN_VALUES])
     return shown + (f" and {len(items) - _SHOWN_VALUES} more values" if len(items) > _SHOWN_VALUES else "")
 
 
@@ -77,10 +84,12 @@ def checked_label_counts(path: Path, array: np.ndarray, scheme: LabelScheme) -> 
     expected = f"whole numbers from the {scheme.name} scheme {sorted(scheme.allowed)}"
     fractional = {v: c for v, c in counts.items() if isinstance(v, float)}
     if fractional:
-        raise DataError(path, f"label values are not whole numbers: {_listing(fractional)}; expected {expected}")
+        raise DataError(path, f"label values are not whole numbers: {_listing(fractional, array.dtype)}; "
+                              f"expected {expected}")
     unexpected = {v: c for v, c in counts.items() if v not in scheme.allowed}
     if unexpected:
-        raise DataError(path, f"label values not in the {scheme.name} scheme: {_listing(unexpected)}; "
+        raise DataError(path, f"label values not in the {scheme.name} scheme: "
+                              f"{_listing(unexpected, array.dtype)}; "
                               f"expected {expected}")
     return counts
 
@@ -160,9 +169,9 @@ def read_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> CaseF
     """Read and check every file of ``case``, collecting all problems instead of stopping."""
     out = CaseFiles(case)
     where = case_path(case)
-    out.problems += [DataError(where, f"missing {m}") for m in case.missing]
+    out.problems += case.problems
     absent = [c for c in dataset.channels if c not in case.images]
-    if absent and not case.missing:
+    if absent and not case.problems:
         out.problems.append(DataError(where, f"no file for channel(s) {', '.join(absent)}"))
     for path, names in _file_groups(case, dataset.channels).items():
         try:
@@ -190,10 +199,7 @@ def load_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> tuple
     """
     files = read_case(case, dataset, verify_stream)
     if files.problems:
-        if len(files.problems) == 1:
-            raise files.problems[0]
-        raise DataError(case_path(case), f"{len(files.problems)} problems: "
-                                         + " | ".join(str(p) for p in files.problems))
+        raise joined(case_path(case), files.problems)
     for warning in files.warnings:
         log.warning("%s", warning)
     first = files.channels[dataset.channels[0]]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from glioseg.data.errors import DataError
@@ -33,6 +34,9 @@ CHANNEL_ALIASES = {
     "t2f": "flair", "t2-flair": "flair", "t1n": "t1", "t1c": "t1ce",
 }
 MANIFEST_KEYS = ("case", *CHANNELS, "label", "site")
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+# A case id names cache folders and output files: a plain name, never a path ('..', '/').
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # BraTS 2017-2019 names carry the institution; glioseg's phantoms (Phantom_SITEA_001) mimic that.
 _BRATS_SITE = re.compile(r"^(?:Brats1[789]|Phantom)_(?P<site>[A-Za-z0-9]+)_", re.IGNORECASE)
 _NOT_SITES = {"training", "validation", "testing"}
@@ -44,9 +48,10 @@ class Case:
 
     ``volume_index`` is set for 4-D files holding several channels (MSD): channel name →
     index along the file's last axis; then every entry of ``images`` is the same file.
-    ``missing`` describes channel files a BraTS layout expects but that are absent (only
-    when :func:`discover` runs with ``strict=False``, as ``glioseg verify`` does); files that
-    dataset.json or a manifest names but that do not exist fail when they are read.
+    ``problems`` says what discovery found wrong (a BraTS channel file absent or given twice,
+    an unrecognised file, an unsafe case id), only when :func:`discover` runs with
+    ``strict=False``, as ``glioseg verify`` does; files that dataset.json or a manifest names
+    but that do not exist fail when they are read.
     """
 
     case_id: str
@@ -54,7 +59,7 @@ class Case:
     label: Path | None = None
     site: str | None = None
     volume_index: dict[str, int] | None = None
-    missing: tuple[str, ...] = ()
+    problems: tuple[DataError, ...] = ()
 
     def files(self) -> list[Path]:
         """Every distinct file of the case, images first."""
@@ -127,33 +132,111 @@ def detect_format(root: Path) -> str:
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    for ext in (".nii.gz", ".nii"):
-        if (folder / f"{stem}{ext}").is_file():
+    # By name, not type: a dangling link or a folder in place of the file still shows the layout.
+    for ext in NIFTI_EXTENSIONS:
+        if os.path.lexists(folder / f"{stem}{ext}"):
             return folder / f"{stem}{ext}"
     return None
 
 
-def _missing(source: Path, missing: list[str], strict: bool) -> tuple[str, ...]:
-    if missing and strict:
-        raise DataError(source, f"missing {'; '.join(missing)}")
-    return tuple(missing)
+def nifti_stem(name: str) -> str | None:
+    """``name`` without its NIfTI extension, or ``None`` when it is no NIfTI name."""
+    for ext in NIFTI_EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def check_case_id(case_id: str, source: Path | str, use: str = "name a file or folder") -> None:
+    """A :class:`DataError` unless ``case_id`` is a plain name (:data:`SAFE_ID`) fit to ``use``."""
+    if not SAFE_ID.match(case_id):
+        raise DataError(source, f"case id {case_id!r} cannot {use}; expected letters, digits, '.', '_' "
+                                "or '-' (not starting with '.')")
+
+
+def _candidates(folder: Path, suffixes: dict[str, str], sep: str):
+    """Channel (or ``"label"``) → the NIfTI entries naming it; unrecognised names; alias hints."""
+    by_tail = {v.lower(): k for k, v in suffixes.items()}
+    entries = []
+    for entry in _visible(folder.iterdir())[0]:
+        stem = nifti_stem(entry.name)
+        if stem is not None:
+            tail = stem.rsplit(sep, 1)[-1]
+            low = tail.lower()
+            # (channel, named by the layout's own name rather than an alias)
+            named_as = ("label", True) if low == "seg" else (by_tail[low], True) if low in by_tail \
+                else (CHANNEL_ALIASES.get(low), False)
+            entries.append((entry, tail, *named_as))
+    named = {channel for _, _, channel, own in entries if own}
+    found: dict[str, list[Path]] = {}
+    unknown, aliases = [], []
+    for entry, tail, channel, own in entries:
+        if channel is not None and (own or channel in named):
+            found.setdefault(channel, []).append(entry)
+        else:  # an alias alone is not this layout's name for the file
+            unknown.append(entry.name)
+            aliases += [f"{tail} is another name for {channel}"] if channel else []
+    return found, unknown, aliases
+
+
+def case_folder(folder: Path, suffixes: dict[str, str], sep: str, require_all: bool = True) -> Case:
+    """The channel files and label of one BraTS-style case folder, with what is wrong with it.
+
+    The one discovery rule of every command (verify, preprocess, train, predict): a NIfTI entry
+    is a candidate for a channel when the text after its last ``sep`` is the layout's name of
+    it or one of :data:`CHANNEL_ALIASES` (``_t1Gd`` for t1ce). Two candidates for one channel
+    (``_flair.nii.gz`` beside ``_flair.nii``) and an alias-named or unrecognised file are
+    ``problems`` naming the files, and so is a missing channel with ``require_all`` (predict
+    leaves that to the model's channels); entries are matched by name, so a folder or a
+    dangling link in place of a file is a problem that says what it is.
+    """
+    found, unknown, aliases = _candidates(folder, suffixes, sep)
+    problems = [DataError(folder, f"two files for {c}: {', '.join(p.name for p in paths)}; expected one "
+                                  "(remove the others)") for c, paths in found.items() if len(paths) > 1]
+    problems += [DataError(folder, f"missing the {c} image {folder.name}{sep}{s}.nii.gz")
+                 for c, s in suffixes.items() if require_all and c not in found]
+    if unknown:
+        problems.append(DataError(folder, f"unrecognised NIfTI files {unknown}{''.join(f' ({a})' for a in aliases)}; "
+                                          f"a case folder of this layout holds <case>{sep}"
+                                          f"{{{','.join(suffixes.values())}}}.nii.gz (and {sep}seg)"))
+    not_files = {p: e for paths in found.values() for p in paths if (e := _not_a_file(p)) is not None}
+    problems += not_files.values()  # said once, here: the reader would call it "no such file"
+    found = {c: paths for c, paths in found.items() if paths[0] not in not_files}
+    label = found.pop("label", [None])[0]
+    images = {c: found[c][0] for c in suffixes if c in found}
+    return Case(folder.name, images, label, site_from_case_id(folder.name), problems=tuple(problems))
+
+
+def _not_a_file(entry: Path) -> DataError | None:
+    """What ``entry`` is when it is not a (link to a) regular file, named for the user."""
+    if entry.is_symlink() and not entry.exists():
+        return DataError(entry, f"is a dangling symbolic link (to {os.readlink(entry)}); expected a NIfTI file")
+    if entry.is_dir():
+        return DataError(entry, "is a directory; expected a NIfTI file")
+    return None
+
+
+def joined(where: Path, problems) -> DataError:
+    """One error for several problems of one case (the error itself when there is one)."""
+    if len(problems) == 1:
+        return problems[0]
+    return DataError(where, f"{len(problems)} problems: " + " | ".join(str(p) for p in problems))
 
 
 def _discover_brats(root: Path, suffixes: dict[str, str], sep: str, strict: bool) -> tuple[list[Case], list[Path]]:
     folders, hidden = _visible(p for p in root.iterdir() if p.is_dir())
     cases = []
     for folder in folders:
-        images, missing = {}, []
-        for channel, suffix in suffixes.items():
-            found = _find(folder, f"{folder.name}{sep}{suffix}")
-            if found is None:
-                missing.append(f"the {channel} image {folder.name}{sep}{suffix}.nii.gz")
-            else:
-                images[channel] = inside_root(root, found.relative_to(root), folder)
-        label = _find(folder, f"{folder.name}{sep}seg")
-        label = inside_root(root, label.relative_to(root), folder) if label else None
-        cases.append(Case(folder.name, images, label, site_from_case_id(folder.name),
-                          missing=_missing(folder, missing, strict)))
+        case = case_folder(folder, suffixes, sep)
+        try:
+            images = {c: inside_root(root, p.relative_to(root), folder) for c, p in case.images.items()}
+            label = inside_root(root, case.label.relative_to(root), folder) if case.label else None
+            case = replace(case, images=images, label=label)
+        except DataError as exc:  # a link out of the root: nothing of the case is read
+            case = replace(case, images={}, label=None, problems=(*case.problems, exc))
+        if strict and case.problems:
+            raise joined(folder, case.problems)
+        cases.append(case)
         hidden += _hidden_in(folder)
     return cases, hidden
 
@@ -250,15 +333,37 @@ def _discover_manifest(path: Path) -> tuple[list[Case], str]:
         images = {c: inside_root(root, row[c], path) for c in CHANNELS}
         label = inside_root(root, row["label"], path) if row.get("label") else None
         site = row.get("site") or site_from_case_id(row["case"])
-        cases.append(Case(row["case"], images, label, site))
+        cases.append(Case(row["case"], images, label, site, problems=_shared_files(images, n, path)))
     return cases, scheme
+
+
+def _shared_files(images: dict[str, Path], n: int, path: Path) -> tuple[DataError, ...]:
+    """Two channel columns naming one file is a typo as two --flags are (one file per channel)."""
+    by_file: dict[Path, list[str]] = {}
+    for channel, image in images.items():
+        by_file.setdefault(image, []).append(channel)
+    return tuple(DataError(path, f"row {n + 1}: {' and '.join(names)} name the same file {image}; "
+                                 "expected one file per channel")
+                 for image, names in by_file.items() if len(names) > 1)
+
+
+def _with_id_checked(case: Case, source: Path, strict: bool) -> Case:
+    """The case id names cache folders and predictions: an unsafe one fails every command."""
+    try:
+        check_case_id(case.case_id, source)
+    except DataError as exc:
+        if strict:
+            raise
+        return replace(case, problems=(*case.problems, exc))
+    return case
 
 
 def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> Dataset:
     """Find every case of the dataset at ``root`` (a folder, or a manifest file).
 
-    With ``strict`` (the default) a missing BraTS channel file is an error at once; without
-    it the case carries a ``missing`` list so that ``glioseg verify`` can report every problem.
+    With ``strict`` (the default) a case folder's problem (:func:`case_folder`) or an unsafe
+    case id is an error at once; without it the case carries its ``problems`` so that
+    ``glioseg verify`` can report every problem of every case.
     """
     root = Path(root)
     if not root.exists():
@@ -285,6 +390,10 @@ def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> 
         log.warning("%s: ignored %d hidden entries (dotfiles such as ._* AppleDouble files)", root, len(hidden))
     if not cases:
         raise ValueError(f"{root}: no cases found in {fmt} layout")
+    cases = [_with_id_checked(case, root, strict) for case in cases]
+    failing = next((case for case in cases if case.problems), None)
+    if strict and failing is not None:
+        raise joined(root, failing.problems)
     repeated = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
     if repeated:
         raise ValueError(f"{root}: case ids repeated: {', '.join(repeated)}; expected each case once")

@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
+from glioseg.data.budget import DEFAULT_MAX_IMAGE_MB, MAX_IMAGE_MB_ENV, max_image_bytes
 from glioseg.data.errors import DataError
 
 AFFINE_TOL_MM = 1e-3
@@ -35,14 +36,22 @@ _HEADER_CLASSES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """Budget a header may claim before reading is refused (defaults: 2³¹ voxels, 16 GiB)."""
+    """Budget a header may claim before reading is refused (defaults: 2³¹ voxels, 1 GiB).
+
+    ``from_env`` takes the byte budget from :func:`glioseg.data.budget.max_image_bytes`
+    (``--max-image-mb``, ``$GLIOSEG_MAX_IMAGE_MB``).
+    """
 
     max_voxels: int = 2**31
-    max_bytes: int = 2**34
+    max_bytes: int = DEFAULT_MAX_IMAGE_MB << 20
 
     def __post_init__(self):
         if self.max_voxels < 1 or self.max_bytes < 1:
             raise ValueError(f"ReadLimits must be positive; got {self}")
+
+    @classmethod
+    def from_env(cls) -> "ReadLimits":
+        return cls(max_bytes=max_image_bytes())
 
 
 @dataclass(frozen=True)
@@ -126,8 +135,10 @@ def check_layout(path, header, limits: ReadLimits) -> Layout:
         raise DataError(path, f"header claims {voxels} voxels {shape}, over the budget of "
                               f"{limits.max_voxels} voxels")
     if voxels * dtype.itemsize > limits.max_bytes:
-        raise DataError(path, f"header claims {voxels * dtype.itemsize} bytes of voxel data {shape} "
-                              f"{dtype}, over the budget of {limits.max_bytes} bytes")
+        raise DataError(path, f"header claims {voxels * dtype.itemsize} bytes of voxel data {shape} {dtype} "
+                              f"({voxels * dtype.itemsize / 2**20:.1f} MiB), over the budget of {limits.max_bytes} "
+                              f"bytes ({limits.max_bytes / 2**20:.1f} MiB per image; if the file is real, raise it "
+                              f"with glioseg --max-image-mb or ${MAX_IMAGE_MB_ENV})")
     pixdim = [float(p) for p in header["pixdim"][1:4]]
     if not all(math.isfinite(p) and p > 0 for p in pixdim):
         raise DataError(path, f"pixdim[1:4] (voxel size) is {tuple(pixdim)}, expected positive finite values")
@@ -182,6 +193,15 @@ def _valid(path, affine: np.ndarray, which: str) -> np.ndarray:
     return affine
 
 
+def _qform(path, header) -> np.ndarray:
+    try:
+        return header.get_qform()
+    except (HeaderDataError, ValueError) as exc:  # nibabel: "w2 should be positive" for |(b, c, d)| > 1
+        b, c, d = (float(header[f"quatern_{k}"]) for k in "bcd")
+        raise DataError(path, f"qform is invalid: {exc} (quatern_b, c, d = {b:g}, {c:g}, {d:g}); expected a "
+                              "unit quaternion, b² + c² + d² ≤ 1") from None
+
+
 def header_affine(path, header) -> np.ndarray:
     """The voxel → world affine under glioseg's qform/sform policy (see the module docstring)."""
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
@@ -191,10 +211,7 @@ def header_affine(path, header) -> np.ndarray:
     if qcode == 0 and scode == 0:
         raise DataError(path, "qform_code and sform_code are both 0: the orientation is unknown; "
                               "expected at least one of them set (> 0)")
-    try:
-        qform = _valid(path, header.get_qform(), "qform") if qcode else None
-    except HeaderDataError as exc:
-        raise DataError(path, f"qform is invalid: {exc}") from None
+    qform = _valid(path, _qform(path, header), "qform") if qcode else None
     sform = _valid(path, header.get_sform(), "sform") if scode else None
     if qform is not None and sform is not None and not affines_agree(qform, sform):
         raise DataError(path, f"qform (code {qcode}) and sform (code {scode}) disagree: qform is "

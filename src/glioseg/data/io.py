@@ -66,7 +66,8 @@ def read_image(path: Path | str, dtype: np.dtype | type | None = None, *, verify
     """Read a NIfTI file (.nii or .nii.gz, NIfTI-1 or -2) with every check of robustness.md.
 
     The header is validated before any voxel memory is allocated (dimensions, budget
-    ``limits``, voxel size, datatype, data offset against the file size, qform/sform policy
+    ``limits``, by default :meth:`ReadLimits.from_env`, voxel size, datatype, data offset
+    against the file size, qform/sform policy
     of :func:`glioseg.data.header.header_affine`). A short file is reported as
     "truncated: expected N bytes of voxel data, got M". With ``verify_stream`` (the default)
     a gzip file is read to its end so that its CRC32 and length are checked: one flipped bit
@@ -84,7 +85,7 @@ def read_image(path: Path | str, dtype: np.dtype | type | None = None, *, verify
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
-            header, layout, affine = _read_header(path, stream, size, compressed, limits or ReadLimits())
+            header, layout, affine = _read_header(path, stream, size, compressed, limits or ReadLimits.from_env())
             data = _read_voxels(path, stream, layout, len(header.binaryblock))
             if verify_stream and compressed:
                 _drain(stream)
@@ -163,7 +164,12 @@ def _read_voxels(path: Path, stream: BinaryIO, layout: Layout, position: int) ->
     if skipped < skip:
         raise DataError(path, f"vox_offset {layout.offset} is past the end of the data "
                               f"({position + skipped} bytes decompressed)")
-    data = bytearray(layout.nbytes)
+    try:
+        data = bytearray(layout.nbytes)
+    except MemoryError:
+        raise DataError(path, f"out of memory allocating {layout.nbytes} bytes for the voxels {layout.shape} "
+                              f"{layout.dtype}; free memory, or lower glioseg --max-image-mb to refuse such "
+                              "files before reading") from None
     got = _read_into(stream, data)
     if got < layout.nbytes:
         raise DataError(path, f"truncated: expected {layout.nbytes} bytes of voxel data, got {got}")

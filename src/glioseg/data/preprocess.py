@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from glioseg import __version__
+from glioseg.config import from_dict
 from glioseg.data import cache
 from glioseg.data.cache import Cache, load_cache  # noqa: F401  (re-exported: the cache's public API)
 from glioseg.data.formats import CHANNELS, Case, Dataset, discover
@@ -74,7 +75,7 @@ class PreprocessConfig:
         unknown = sorted(set(data) - set(valid))
         if unknown:
             raise ValueError(f"unknown preprocessing keys {unknown}; valid keys: {', '.join(valid)}")
-        return cls(**data)
+        return from_dict(cls, data, "preprocess")
 
 
 # ---- geometry: pure functions on the last three axes of (..., X, Y, Z) arrays ----

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from glioseg.data.cases import CaseFiles, read_case
+from glioseg.data.cases import CaseFiles, case_path, read_case
 from glioseg.data.formats import Case, Dataset, discover
 from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS, LabelScheme
@@ -74,9 +74,21 @@ def _tumour_outside_images(files: CaseFiles) -> list[str]:
     return [f"{files.case.label}: tumour voxels where an image is 0: {listing} (of {int(tumour.sum())})"]
 
 
+def _unreadable(case: Case, exc: Exception) -> CaseReport:
+    return CaseReport(case.case_id, case.site, None, None, None, None, None, None,
+                      problems=(f"{case_path(case)}: cannot be checked: {type(exc).__name__}: {exc}",))
+
+
 def verify_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> CaseReport:
-    """Read and check every file of ``case``; never raises for bad data, it reports it."""
-    files = read_case(case, dataset, verify_stream=verify_stream)
+    """Read and check every file of ``case``; never raises for bad data, it reports it.
+
+    A failure the checks do not know (a reader library's own error on a hostile file) fails
+    this case only, not the dataset's other cases running beside it.
+    """
+    try:
+        files = read_case(case, dataset, verify_stream=verify_stream)
+    except Exception as exc:  # noqa: BLE001 - reported as the case's problem, with its type
+        return _unreadable(case, exc)
     grid = next(iter(files.channels.values()), files.label)
     counts = files.label_counts
     volumes = None

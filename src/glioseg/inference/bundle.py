@@ -38,7 +38,16 @@ log = logging.getLogger(__name__)
 BUNDLE_VERSION = 1
 TARGETS = ("regions", "classes")
 CONFIG_KIND = "glioseg-bundle"
+# Keys of a released config: the common ones, then those of an ONNX export (its fixed window).
+CONFIG_KEYS = ("kind", "format", "file", "sha256", "bundle", "source_sha256",
+               "window", "size_divisor", "inputs", "opset", "check")
 _ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _whole(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"bundle field {name}: expected a whole number, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,11 +76,22 @@ class ModelBundle:
     sha256: str | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(str(c) for c in self.channels))
-        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        # Values come from JSON a person may have edited: each field is checked by name, not cast.
+        for name in ("in_channels", "out_channels"):
+            _whole(name, getattr(self, name))
+        for name in ("options", "preprocess", "site_index"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"bundle field {name}: expected a mapping, got {getattr(self, name)!r}")
+        if not isinstance(self.channels, (list, tuple)) or not all(isinstance(c, str) for c in self.channels):
+            raise ValueError(f"bundle field channels: expected a list of names, got {self.channels!r}")
+        if not isinstance(self.patch_size, (list, tuple)):
+            raise ValueError(f"bundle field patch_size: expected 3 whole numbers, got {self.patch_size!r}")
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "patch_size", tuple(_whole("patch_size", p) for p in self.patch_size))
         object.__setattr__(self, "options", dict(self.options))
         object.__setattr__(self, "preprocess", dict(self.preprocess))
-        object.__setattr__(self, "site_index", {str(k): int(v) for k, v in self.site_index.items()})
+        object.__setattr__(self, "site_index", {str(k): _whole(f"site_index.{k}", v)
+                                                for k, v in self.site_index.items()})
         self._validate()
 
     def _validate(self) -> None:
@@ -117,6 +137,18 @@ class ModelBundle:
         if unknown or missing:
             raise ValueError(f"bundle keys: unknown {unknown}, missing {missing}; valid keys: {', '.join(valid)}")
         return cls(sha256=sha256, **state)
+
+    def check_settings(self) -> None:
+        """The model options and preprocessing settings are valid (checked when a file is loaded,
+        so that the error names the file, not a case predicted later)."""
+        from glioseg.models.registry import make_config
+
+        for name, check in (("options", lambda: make_config(self.model, **self.options)),
+                            ("preprocess", self.preprocess_config)):
+            try:
+                check()
+            except ValueError as exc:
+                raise ValueError(f"bundle field {name}: {exc}") from None
 
     def preprocess_config(self):
         """The :class:`glioseg.data.preprocess.PreprocessConfig` the model was trained with."""
@@ -166,16 +198,16 @@ def file_sha256(path: Path | str) -> str:
 
 
 def sniff(path: Path) -> str:
-    """What a model file is: "checkpoint", "torchscript", "pickle", "safetensors", "json",
-    "onnx" or "unknown" — from its bytes, not only its name."""
+    """What a model file is: "checkpoint", "damaged" (a zip that does not open), "torchscript",
+    "pickle", "safetensors", "json", "onnx" or "unknown" — from its bytes, not only its name."""
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head.startswith(_ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except zipfile.BadZipFile:
-            return "unknown"
+        except zipfile.BadZipFile:  # a zip cut short or overwritten: the loader says what is wrong
+            return "damaged"
         scripted = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
         return "torchscript" if scripted else "checkpoint"
     if head[:1] == b"\x80":
@@ -199,15 +231,40 @@ _REFUSED = {
 }
 
 
+def claims_config(path: Path) -> bool:
+    """Whether ``path`` is JSON that says it is a glioseg model config (valid or not)."""
+    try:
+        return json.loads(Path(path).read_text()).get("kind") == CONFIG_KIND
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
 def read_config(path: Path) -> dict:
     """A released model's JSON config (``glioseg export`` writes it beside the weights)."""
     try:
         config = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the model config: {exc}") from None
     if not isinstance(config, dict) or config.get("kind") != CONFIG_KIND:
         raise ValueError(f"{path}: not a glioseg model config (no \"kind\": \"{CONFIG_KIND}\")")
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(CONFIG_KEYS)}")
     return config
+
+
+def bundle_from_config(config_file: Path, config: dict, digest: str, weights: Mapping | None = None) -> ModelBundle:
+    """The bundle a released config describes; every problem names the config file and the field."""
+    state = config.get("bundle")
+    if not isinstance(state, dict):
+        raise ValueError(f"{config_file}: \"bundle\" must be an object, got {state!r}")
+    try:
+        bundle = ModelBundle.from_state({**state, **({"weights": weights} if weights is not None else {})},
+                                        sha256=digest)
+        bundle.check_settings()
+    except ValueError as exc:
+        raise ValueError(f"{config_file}: {exc}") from None
+    return bundle
 
 
 def config_path(weights: Path) -> Path:
@@ -223,12 +280,17 @@ def released_file(config_file: Path, config: dict) -> Path:
     return config_file.parent / name
 
 
+def released_config(path: Path) -> Path:
+    """The JSON config of a released model given by its weights/ONNX file or by the config itself."""
+    return path if sniff(path) == "json" else config_path(path)
+
+
 def verified_released(path: Path) -> tuple[Path, dict, str]:
     """(model file, config, its SHA-256) for a .safetensors/.onnx file or its .json config.
 
     The file's SHA-256 must equal the config's ``sha256``: a swapped or damaged file is refused.
     """
-    config_file = path if sniff(path) == "json" else config_path(path)
+    config_file = released_config(path)
     if not config_file.is_file():
         raise ValueError(f"{path}: its config {config_file.name} is missing; a released model is "
                          "NAME.safetensors (or NAME.onnx) + NAME.safetensors.json (NAME.onnx.json) side by side")
@@ -252,8 +314,7 @@ def _load_safetensors(path: Path) -> ModelBundle:
     if config.get("format") != "safetensors":
         raise ValueError(f"{path}: config describes a {config.get('format')!r} file; "
                          "ONNX models run with glioseg predict --onnx")
-    weights = load_file(str(target))
-    return ModelBundle.from_state({**config["bundle"], "weights": weights}, sha256=digest)
+    return bundle_from_config(released_config(path), config, digest, load_file(str(target)))
 
 
 def _load_checkpoint_bundle(path: Path) -> ModelBundle:
@@ -263,7 +324,12 @@ def _load_checkpoint_bundle(path: Path) -> ModelBundle:
     if "bundle" not in state:
         raise ValueError(f"{path}: a checkpoint without a \"bundle\" (keys: {', '.join(sorted(state))}); "
                          "it was not written by glioseg train")
-    return ModelBundle.from_state(state["bundle"], sha256=file_sha256(path))
+    try:
+        bundle = ModelBundle.from_state(state["bundle"], sha256=file_sha256(path))
+        bundle.check_settings()
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return bundle
 
 
 def load_bundle(path: Path | str) -> ModelBundle:
@@ -272,7 +338,7 @@ def load_bundle(path: Path | str) -> ModelBundle:
     if not path.is_file():
         raise ValueError(f"{path}: no such model file")
     kind = sniff(path)
-    if kind == "checkpoint":
+    if kind in ("checkpoint", "damaged"):
         return _load_checkpoint_bundle(path)
     if kind in ("safetensors", "json"):
         return _load_safetensors(path)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from glioseg.data.io import atomic_path
-from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, config_path, file_sha256, load_bundle,
-                                      verified_released)
+from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, bundle_from_config, config_path, file_sha256,
+                                      load_bundle, released_config, verified_released)
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class OnnxNetwork:
         if config.get("format") != "onnx":
             raise ValueError(f"{path}: config describes a {config.get('format')!r} file, not ONNX")
         self.source = model_file
-        self.bundle = ModelBundle.from_state(config["bundle"], sha256=digest)
+        self.bundle = bundle_from_config(released_config(Path(path)), config, digest)
         self.patch_size, self.name = self.bundle.patch_size, self.bundle.model
         self.fixed_window = tuple(int(w) for w in config["window"])
         self.size_divisor = int(config.get("size_divisor", 1))

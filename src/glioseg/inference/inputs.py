@@ -6,19 +6,16 @@ that says which files were found and which names were expected.
 """
 from __future__ import annotations
 
-import re
+import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from glioseg.data.formats import (BRATS2023_SUFFIX, BRATS_SUFFIX, CHANNELS, Case, Dataset, discover,
-                                  site_from_case_id)
+from glioseg.data.formats import (BRATS2023_SUFFIX, BRATS_SUFFIX, CHANNELS, Case, Dataset, case_folder,
+                                  check_case_id, discover, joined, nifti_stem, site_from_case_id)
 from glioseg.data.labels import LabelScheme, get_scheme
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_NIFTI = (".nii.gz", ".nii")
-# Files a case folder may hold besides its images: the reference segmentation.
-_LABEL_SUFFIXES = ("seg",)
-
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CaseInput:
@@ -29,41 +26,21 @@ class CaseInput:
     scheme: LabelScheme
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in _NIFTI:
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def _niftis(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.name.endswith(_NIFTI))
+    # By name, not type: a dangling link or a folder named like an image is reported when read.
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and nifti_stem(p.name) is not None)
 
 
 def _case_folder(folder: Path) -> tuple[Case, str]:
-    """A single case folder: files ``*_flair.nii.gz`` ... (BraTS) or ``*-t2f.nii.gz`` ... (2023)."""
-    files = _niftis(folder)
+    """A single case folder, found by :func:`case_folder` as ``discover`` finds a dataset's cases."""
     for fmt, suffixes, sep in (("brats", BRATS_SUFFIX, "_"), ("brats2023", BRATS2023_SUFFIX, "-")):
-        images, unknown = {}, []
-        by_suffix = {v: k for k, v in suffixes.items()}
-        for path in files:
-            tail = _stem(path).rsplit(sep, 1)[-1].lower()
-            if tail in by_suffix:
-                if by_suffix[tail] in images:
-                    raise ValueError(f"{folder}: two files for {by_suffix[tail]}: "
-                                     f"{images[by_suffix[tail]].name}, {path.name}")
-                images[by_suffix[tail]] = path
-            elif tail not in _LABEL_SUFFIXES:
-                unknown.append(path.name)
-        if images:
-            if unknown:
-                raise ValueError(f"{folder}: unrecognised NIfTI files {unknown}; a {fmt} case folder holds "
-                                 f"<case>{sep}{{{','.join(suffixes.values())}}}.nii.gz (and {sep}seg)")
-            return Case(folder.name, images, None, site_from_case_id(folder.name)), fmt
+        case = case_folder(folder, suffixes, sep, require_all=False)
+        if case.images:
+            if case.problems:
+                raise joined(folder, case.problems)
+            return case, fmt
     raise ValueError(f"{folder}: no case images found (looked for *_flair.nii.gz ... (BraTS) and "
-                     f"*-t2f.nii.gz ... (BraTS 2023)); found {[p.name for p in files]}")
+                     f"*-t2f.nii.gz ... (BraTS 2023)); found {[p.name for p in _niftis(folder)]}")
 
 
 def check_channels(case: Case, channels: tuple[str, ...], source: Path, named: bool = False) -> None:
@@ -82,9 +59,7 @@ def check_channels(case: Case, channels: tuple[str, ...], source: Path, named: b
 def _for_model(case: Case, dataset: Dataset, channels, scheme: LabelScheme, source: Path,
                named: bool = False) -> CaseInput:
     check_channels(case, channels, source, named)
-    if not _SAFE_ID.match(case.case_id):
-        raise ValueError(f"{source}: case id {case.case_id!r} cannot name an output file; "
-                         "expected letters, digits, '.', '_' or '-' (not starting with '.')")
+    check_case_id(case.case_id, source, "name an output file")
     # Predict never reads the reference label: a broken label file must not stop prediction.
     case = replace(case, label=None, images={c: case.images[c] for c in channels})
     return CaseInput(case, replace(dataset, channels=tuple(channels), scheme=scheme), scheme)
@@ -105,8 +80,21 @@ def from_path(path: Path, channels: tuple[str, ...], scheme_name: str | None) ->
     return [_for_model(c, dataset, channels, scheme, path) for c in dataset.cases]
 
 
+def _check_distinct(given: dict[str, Path], allow: bool) -> None:
+    """Two modality flags naming one file is almost always a typo: an error unless allowed."""
+    names = list(given)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if os.path.samefile(given[a], given[b]):
+                message = f"--{a} and --{b} name the same file {given[b]}"
+                if not allow:
+                    raise ValueError(f"{message}; give each modality its own image (or "
+                                     "--allow-duplicate-channels if that is meant)")
+                log.warning("%s (allowed by --allow-duplicate-channels)", message)
+
+
 def from_named_files(files: dict[str, Path | None], case_id: str | None, channels: tuple[str, ...],
-                     scheme_name: str) -> CaseInput:
+                     scheme_name: str, allow_duplicates: bool = False) -> CaseInput:
     """``--flair a.nii.gz --t1 b.nii.gz ... --case-id ID``."""
     given = {c: Path(p) for c, p in files.items() if p is not None}
     if not case_id:
@@ -114,6 +102,7 @@ def from_named_files(files: dict[str, Path | None], case_id: str | None, channel
     for channel, path in given.items():
         if not path.is_file():
             raise ValueError(f"{path}: --{channel} file not found")
+    _check_distinct(given, allow_duplicates)
     case = Case(case_id, given, None, site_from_case_id(case_id))
     scheme = get_scheme(scheme_name)
     root = next(iter(given.values())).parent if given else Path(".")
@@ -122,7 +111,8 @@ def from_named_files(files: dict[str, Path | None], case_id: str | None, channel
 
 
 def collect(paths: list[Path], files: dict[str, Path | None], case_id: str | None,
-            channels: tuple[str, ...], scheme_name: str | None, model_scheme: str) -> list[CaseInput]:
+            channels: tuple[str, ...], scheme_name: str | None, model_scheme: str,
+            allow_duplicates: bool = False) -> list[CaseInput]:
     """Every case of the command line; case ids must be unique (they name the outputs)."""
     named = any(p is not None for p in files.values())
     if named and paths:
@@ -130,7 +120,7 @@ def collect(paths: list[Path], files: dict[str, Path | None], case_id: str | Non
     if not named and not paths:
         raise ValueError(f"nothing to predict: give INPUT folders or --{' --'.join(CHANNELS)} files")
     if named:
-        inputs = [from_named_files(files, case_id, channels, scheme_name or model_scheme)]
+        inputs = [from_named_files(files, case_id, channels, scheme_name or model_scheme, allow_duplicates)]
     else:
         inputs = [item for path in paths for item in from_path(path, channels, scheme_name)]
     ids = [item.case.case_id for item in inputs]

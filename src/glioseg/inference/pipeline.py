@@ -19,6 +19,7 @@ from tqdm import tqdm
 from glioseg import __version__
 from glioseg.data import preprocess
 from glioseg.data.cases import load_case
+from glioseg.data.errors import DataError
 from glioseg.data.labels import region_volumes_ml, regions_to_labels
 from glioseg.inference import writer
 from glioseg.inference.bundle import file_sha256
@@ -60,7 +61,7 @@ def request_of(item: CaseInput, digests: dict, predictor: Predictor, options: Ou
 
 
 def _write_outputs(item: CaseInput, out: Path, probs: np.ndarray, meta: dict, image,
-                   predictor: Predictor, options: OutputOptions) -> tuple[dict, np.ndarray]:
+                   predictor: Predictor, options: OutputOptions, stage) -> tuple[dict, np.ndarray]:
     """Label map (and optional maps) in the original geometry; returns (outputs record, label)."""
     bundle, case_id = predictor.bundle, item.case.case_id
     regions = to_regions(probs, bundle.target, bundle.scheme)
@@ -76,7 +77,11 @@ def _write_outputs(item: CaseInput, out: Path, probs: np.ndarray, meta: dict, im
     record = {}
     for what, array in maps.items():
         path = writer.output_path(out, case_id, what)
-        digest = writer.write_verified(path, array, image)
+        try:
+            digest = writer.write_verified(stage(path), array, image)
+        except OSError as exc:  # a full disk: the case unit leaves nothing at a final path
+            raise DataError(path, f"cannot write {what} ({array.nbytes / 2**20:.0f} MiB uncompressed): "
+                                  f"{exc.strerror or exc}; none of the case's outputs was written") from None
         record[what] = {"file": str(path.relative_to(out)), "sha256": digest, "shape": list(array.shape),
                         "dtype": str(array.dtype)}
     return record, label
@@ -94,10 +99,23 @@ def predict_case(item: CaseInput, predictor: Predictor, out: Path, options: Outp
     times["preprocess"] = time.perf_counter()
     probs, stats = predictor.case_probabilities(array, meta, case.site)
     times["inference"] = time.perf_counter()
-    outputs, label = _write_outputs(item, out, probs, meta, image, predictor, options)
-    times["write"] = time.perf_counter()
+    # One unit: the maps and the sidecar reach their final names together or not at all.
+    with writer.case_unit() as stage:
+        outputs, label = _write_outputs(item, out, probs, meta, image, predictor, options, stage)
+        times["write"] = time.perf_counter()
+        record = _record(item, predictor, request, digests, times, stats, outputs, label, image, meta)
+        if options.uncertainty:
+            record["uncertainty"] = UNCERTAINTY[bundle.target]
+        writer.write_sidecar(stage(writer.sidecar_path(out, case.case_id)), record)
+    return record
+
+
+def _record(item: CaseInput, predictor: Predictor, request: dict, digests: dict, times: dict, stats,
+            outputs: dict, label: np.ndarray, image, meta: dict) -> dict:
+    """The sidecar: what was asked, what ran, how long each step took, what was written."""
+    case = item.case
     steps = ("start", "load", "preprocess", "inference", "write")
-    record = {
+    return {
         "case": case.case_id, "glioseg_version": __version__, "request": request, "inputs": digests,
         "models": [{"file": str(net.source), "sha256": net.bundle.sha256, "model": net.bundle.model,
                     "runtime": net.kind, "target": net.bundle.target} for net in predictor.networks],
@@ -113,10 +131,6 @@ def predict_case(item: CaseInput, predictor: Predictor, out: Path, options: Outp
         "cache_box": meta["crop"]["box"],
         "outputs": outputs,
     }
-    if options.uncertainty:
-        record["uncertainty"] = UNCERTAINTY[bundle.target]
-    writer.write_sidecar(out, case.case_id, record)
-    return record
 
 
 def _one(item: CaseInput, predictor: Predictor, out: Path, options: OutputOptions) -> str:

@@ -24,7 +24,8 @@ from monai.inferers import sliding_window_inference
 from glioseg.data.formats import CHANNELS
 from glioseg.data.labels import class_values, classes_to_regions, get_scheme, labels_to_regions
 from glioseg.data.preprocess import crop, uncrop
-from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
+from glioseg.devices import checked_device
+from glioseg.inference.bundle import ModelBundle, claims_config, load_bundle, read_config, sniff
 from glioseg.inference.precision import PrecisionChoice, choose_precision, window_runner
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 from glioseg.precisions import DTYPES, PRECISIONS
@@ -345,10 +346,8 @@ def _is_model_file(path: Path) -> bool:
         return False
     if path.suffix in _MODEL_SUFFIXES:
         return True
-    try:
-        return sniff(path) == "json" and bool(read_config(path))
-    except ValueError:
-        return False
+    # A config that says it is one is a model file, so that its own errors reach the user.
+    return sniff(path) == "json" and claims_config(path)
 
 
 def split_models_and_inputs(checkpoints: Sequence[Path], inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
@@ -373,21 +372,31 @@ def _window_arg(values: Sequence[str] | None) -> str | tuple[int, int, int]:
         raise ValueError(f"--roi takes {' or '.join(WINDOWS)} or three sizes; got {' '.join(values)}") from None
 
 
+def _folder_message(folder: Path) -> str:
+    inside = sorted(p.name for p in folder.iterdir() if _is_model_file(p))
+    hint = f"; model files in it: {', '.join(inside)}" if inside else "; it holds no model file"
+    return f"--checkpoint {folder} is a folder, not a model file: give a file such as {folder}/best.pt{hint}"
+
+
 def run_cli(args) -> int:
     """``glioseg predict [INPUT ...] --checkpoint CKPT [CKPT ...] --out DIR [options]``."""
     from glioseg.inference import inputs as case_inputs
     from glioseg.inference.pipeline import OutputOptions, make_predictor, predict_all
 
+    folders = [Path(p) for p in [*(args.checkpoint or []), *(args.onnx or [])] if Path(p).is_dir()]
     models, paths = split_models_and_inputs(args.checkpoint or [], args.input or [])
     models += [Path(p) for p in args.onnx or []]
     if not models:
+        if folders:
+            raise ValueError(_folder_message(folders[0]))
         raise ValueError("no model: give --checkpoint CKPT (.pt, .safetensors) or --onnx FILE.onnx")
+    checked_device(args.device)
     config = PredictConfig(window=_window_arg(args.roi), overlap=args.overlap, tta=args.tta,
                            precision=args.precision, sw_batch_size=args.sw_batch_size, device=args.device)
     predictor = make_predictor(models, config)
     files = {c: getattr(args, c, None) for c in CHANNELS}
     items = case_inputs.collect(paths, files, args.case_id, predictor.bundle.channels, args.scheme,
-                                predictor.bundle.scheme)
+                                predictor.bundle.scheme, allow_duplicates=args.allow_duplicate_channels)
     log.info("%d case(s), %d model(s), labels written in the %s convention", len(items), len(models),
              ", ".join(sorted({i.scheme.name for i in items})))
     options = OutputOptions(probabilities=args.probabilities, uncertainty=args.uncertainty)

@@ -3,17 +3,22 @@
 Per case, in this order: ``<case>.nii.gz`` (labels), optionally ``probabilities/<case>.nii.gz``
 and ``uncertainty/<case>.nii.gz`` (in sub-folders, so a folder of predictions holds only label
 maps at its top, which is what ``glioseg evaluate --pred`` reads), and last ``<case>.json``.
-Each file is written to a ``.part-`` name and renamed; each NIfTI is read back and its shape,
-affine, qform, sform, codes and voxels compared with what was meant, and removed on any
-difference. The sidecar records the SHA-256 of every output, so a case counts as done on a
+A case is written as one unit (:func:`case_unit`): every file goes to a ``.part-`` name first,
+and only when all of them are written are they renamed, the sidecar last, so a full disk
+never leaves a label map at its final path without its sidecar. Each NIfTI is read back and
+its shape, affine, qform, sform, codes and voxels compared with what was meant, and removed
+on any difference. The sidecar records the SHA-256 of every output, so a case counts as done on a
 re-run only when its sidecar exists, asks for the same inputs, models and settings, and every
 output still has that hash.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -97,12 +102,36 @@ def write_verified(path: Path, array: np.ndarray, reference: Image) -> str:
     return file_sha256(path)
 
 
-def write_sidecar(out: Path, case_id: str, record: dict) -> Path:
-    """The case's JSON record, written last and atomically."""
-    path = sidecar_path(out, case_id)
+def write_sidecar(path: Path, record: dict) -> Path:
+    """The case's JSON record, written atomically to ``path`` (a staged name in a case unit)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
     return path
+
+
+@contextlib.contextmanager
+def case_unit() -> Iterator[Callable[[Path], Path]]:
+    """Stage a case's files: ``stage(final)`` gives the ``.part-`` name to write ``final`` to.
+
+    When the block ends without an error, the staged files are renamed onto their final paths
+    in the order staged (renames need no free space); on an error none is, and the staged files
+    are removed. A kill between renames leaves whole files only; ``clean_parts`` removes parts.
+    """
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(final: Path) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        part = final.with_name(f".part-{os.getpid()}-{final.name}")  # same suffix: nibabel compresses alike
+        staged.append((part, final))
+        return part
+
+    try:
+        yield stage
+        for part, final in staged:
+            os.replace(part, final)
+    finally:
+        for part, _ in staged:
+            part.unlink(missing_ok=True)
 
 
 def _read_sidecar(path: Path) -> dict | None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from glioseg.config import from_dict
 from glioseg.data.io import atomic_path
 from glioseg.models.dalight3d import DALight3D, DALightConfig
 from glioseg.models.flops import count_flops
@@ -82,7 +83,7 @@ def make_config(name: str, **options: Any):
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
                          f"valid options: {', '.join(valid) or '(none)'}")
-    return spec.config(**{**spec.fixed, **options})
+    return from_dict(spec.config, {**spec.fixed, **options}, f"model {name!r} options")
 
 
 def create(name: str, in_channels: int = 4, out_channels: int = 3, **options: Any) -> nn.Module:

@@ -36,10 +36,11 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -53,6 +54,7 @@ _TENSORS = (torch.Tensor, torch.nn.Parameter)
 _MAPPINGS = (dict, collections.OrderedDict)
 _SEQUENCES = (list, tuple, set)
 _ZIP_MAGIC = b"PK\x03\x04"
+_MARGIN = 1 << 16  # the sidecars and file-system slack beside the checkpoint's own bytes
 
 
 class CheckpointError(ValueError):
@@ -159,6 +161,33 @@ def _remove_stale_parts(final: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def clean_parts(folder: Path | str) -> int:
+    """Remove every ``.part-`` file in ``folder`` (a run starting up: no writer is active yet)."""
+    stale = [p for p in Path(folder).glob(".part-*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("%s: removed %d unfinished .part- file(s) of an interrupted run", folder, len(stale))
+    return len(stale)
+
+
+def _check_free_space(final: Path, size: int, disk_usage: Callable) -> None:
+    """Refuse to start a write that cannot fit; warn while the run's checkpoints would not.
+
+    A save needs room for one more copy (the temporary file); a run keeps about five (last,
+    last.prev, best, best.prev and the temporary file).
+    """
+    free, needed, steady = disk_usage(final.parent).free, size + _MARGIN, 5 * size
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"disk full at {final.parent}: checkpoint {final.name} needs "
+                                    f"{needed / 2**20:.1f} MiB free, {free / 2**20:.1f} MiB are (a run keeps "
+                                    f"about 5 checkpoints of {size / 2**20:.1f} MiB: last, last.prev, best, "
+                                    "best.prev and the file being written); the previous checkpoint is kept")
+    if free < steady:
+        log.warning("%s: %.1f MiB free; a run's checkpoints need about %.1f MiB (5 x %.1f MiB)", final.parent,
+                    free / 2**20, steady / 2**20, size / 2**20)
+
+
 def _serialise(path: Path, state: Mapping) -> bytes:
     validate_state(state)
     buffer = io.BytesIO()
@@ -215,17 +244,20 @@ def _keep_previous(final: Path) -> None:
         tmp_link.unlink(missing_ok=True)
 
 
-def save_checkpoint(path: Path | str, state: Mapping[str, Any]) -> Path:
+def save_checkpoint(path: Path | str, state: Mapping[str, Any], *,
+                    disk_usage: Callable = shutil.disk_usage) -> Path:
     """Write ``state`` atomically to ``path`` with a SHA-256 sidecar; keep the previous one.
 
     Raises ValueError (naming the key path) for a value weights_only loading would refuse,
-    and ``OSError(ENOSPC)`` "disk full at <dir>" with nothing changed when the disk is full.
-    Returns the final path.
+    and ``OSError(ENOSPC)`` "disk full at <dir>" with nothing changed when the disk is full
+    or ``disk_usage`` (``shutil.disk_usage``) says the checkpoint cannot fit, with the space
+    it needs. Returns the final path.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     data = _serialise(final, state)
     digest = hashlib.sha256(data).hexdigest()
+    _check_free_space(final, len(data), disk_usage)
     _remove_stale_parts(final)
     _remove_stale_parts(sidecar_path(final))
     try:
@@ -253,11 +285,20 @@ def _check_format(path: Path, data: bytes) -> None:
         kind = "a legacy (non-zip) pickle" if data[:1] == b"\x80" else "not a torch archive"
         raise CheckpointError(path, f"{kind}; only zip-format torch.save checkpoints are "
                                     "loaded (re-save it with a current torch)")
+    # torch.load does not check the CRC-32 of the members: a changed tensor byte would load.
+    prev = previous_path(path)
+    advice = "restore it from a good copy" + (f", or use {prev.name} beside it (train --resume falls back to it)"
+                                              if prev.exists() else "")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(path, f"damaged zip archive: {exc}") from None
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise CheckpointError(path, f"damaged zip archive, truncated or overwritten ({exc}; {len(data)} bytes); "
+                                    f"{advice}") from None
+    if bad is not None:
+        raise CheckpointError(path, f"damaged zip archive: member {bad} fails its CRC-32 check (changed "
+                                    f"after it was written, whatever the .sha256 says); {advice}")
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
         raise CheckpointError(path, "a TorchScript archive, not a checkpoint; refusing to load "
                                     "code from it")

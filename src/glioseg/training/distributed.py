@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from glioseg.devices import checked_device
+
 log = logging.getLogger(__name__)
 
 
@@ -47,12 +49,11 @@ def pick_device(requested: str, info: DistInfo) -> torch.device:
     """``auto`` → this rank's GPU when CUDA is there, else the CPU."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = checked_device(requested)
     if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
         torch.cuda.set_device(info.local_rank)
         return torch.device("cuda", info.local_rank)
-    return torch.device(requested)
+    return device
 
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:

@@ -25,7 +25,7 @@ from glioseg.data.sampling import PatchDataset, SamplerConfig, make_loader
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 from glioseg.models.registry import create
 from glioseg.training import distributed as dist_utils
-from glioseg.training.checkpoint import load_checkpoint, save_checkpoint
+from glioseg.training.checkpoint import clean_parts, load_checkpoint, save_checkpoint
 from glioseg.training.losses import SegmentationLoss
 from glioseg.training.precision import NonFiniteTrainingError, PrecisionController
 from glioseg.training.recipe import TrainConfig
@@ -211,6 +211,8 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
     info = dist_utils.init_distributed(config.device)
     device = dist_utils.pick_device(config.device, info)
     run = RunFolder(out, writer=info.is_main)
+    if info.is_main:
+        clean_parts(out)  # a run killed before its first checkpoint left a .part-last.pt
     try:
         if resume and not run.last.exists():
             raise ValueError(f"{out}: --resume needs a checkpoint, but {run.last.name} is not there")
