@@ -357,14 +357,16 @@ def _window_arg(values: Sequence[str] | None) -> str | tuple[int, int, int]:
 
 
 def run_cli(args) -> int:
-    """``glioseg predict [INPUT ...] --checkpoint CKPT [CKPT ...] --out DIR [options]``."""
-    from glioseg.inference import inputs as case_inputs
+    """``glioseg predict [INPUT ...] --model NAME | --checkpoint CKPT [CKPT ...] --out DIR [options]``."""
+    from glioseg.inference import inputs as case_inputs, released
     from glioseg.inference.pipeline import OutputOptions, make_predictor, predict_all
 
     models, paths = split_models_and_inputs(args.checkpoint or [], args.input or [])
     models += [Path(p) for p in args.onnx or []]
+    models += [released.verified_config(name) for name in getattr(args, "model", None) or []]
     if not models:
-        raise ValueError("no model: give --checkpoint CKPT (.pt, .safetensors) or --onnx FILE.onnx")
+        raise ValueError("no model: give --model NAME (glioseg models --released), --checkpoint CKPT "
+                         "(.pt, .safetensors) or --onnx FILE.onnx")
     config = PredictConfig(window=_window_arg(args.roi), overlap=args.overlap, tta=args.tta,
                            precision=args.precision, sw_batch_size=args.sw_batch_size, device=args.device)
     predictor = make_predictor(models, config)
