@@ -48,7 +48,7 @@ def _copy_verified(source, target: Path, digest: str) -> None:
             sha.update(block)
             dst.write(block)
     if sha.hexdigest() != digest:
-        raise DataError(target, f"the packaged sample file differs from {SUMS} "
+        raise DataError(str(source), f"the packaged sample file differs from {SUMS} "
                                 f"({sha.hexdigest()[:16]}... vs {digest[:16]}...): the installation is damaged")
 
 

@@ -122,7 +122,8 @@ def _update_index(root: Path, name: str, item: dict) -> None:
 
 
 def build_release(checkpoint: Path | str, name: str, results_file: Path | str, cases: Sequence[Path],
-                  root: Path | None = None, replace_existing: bool = False) -> dict:
+                  root: Path | None = None, replace_existing: bool = False,
+                  fp16_threshold: float = FP16_AGREEMENT) -> dict:
     """Write ``root/<name>/`` and its index entry from a glioseg training checkpoint; returns the entry."""
     from glioseg.training.checkpoint import load_checkpoint
 
@@ -136,7 +137,7 @@ def build_release(checkpoint: Path | str, name: str, results_file: Path | str, c
     results = read_results(results_file)
     state = load_checkpoint(checkpoint)
     bundle = ModelBundle.from_state(state["bundle"], sha256=file_sha256(checkpoint))
-    agreement = fp16_agreement(bundle, cases)
+    agreement = fp16_agreement(bundle, cases, fp16_threshold)
     card = render_card(name, bundle, training_facts(checkpoint, state, results), results, agreement)
     root.mkdir(parents=True, exist_ok=True)
     part = Path(tempfile.mkdtemp(prefix=f".part-{name}.", dir=root))
