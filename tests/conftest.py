@@ -174,3 +174,12 @@ def case_arrays():
 def affine_lps():
     """``affine_lps(shape, spacing=(1, 1, 1))`` → the 4×4 BraTS (LPS) affine."""
     return lps_affine
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory):
+    """A released model built by the release builder from a 6-step training run, in a temporary
+    ``released/`` folder (``tests/inference/_release.py``); tests that damage it copy it first."""
+    from tests.inference._release import make_release
+
+    return make_release(tmp_path_factory.mktemp("release"))

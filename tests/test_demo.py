@@ -10,30 +10,24 @@ from glioseg import demo
 from glioseg.cli import main
 from glioseg.inference import released
 
-from .inference._release import make_release
 from .training._runs import read_events, run_inprocess, train_args, write_config
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return make_release(tmp_path_factory.mktemp("release"))
-
-
 @pytest.fixture
-def installed(release, monkeypatch):
-    monkeypatch.setattr(released, "package_root", lambda: release.root)
-    return release
+def installed(tiny_release, monkeypatch):
+    monkeypatch.setattr(released, "package_root", lambda: tiny_release.root)
+    return tiny_release
 
 
 @pytest.fixture(scope="module")
-def demo_out(release, tmp_path_factory):
+def demo_out(tiny_release, tmp_path_factory):
     """Part (a) with the tiny release, and a tiny auto-precision training run as part (b)'s run folder."""
     out = tmp_path_factory.mktemp("demo")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(released, "package_root", lambda: release.root)
-        assert demo.run_steps(demo.released_steps(out, release.name), "(a)") == 0
+        patch.setattr(released, "package_root", lambda: tiny_release.root)
+        assert demo.run_steps(demo.released_steps(out, tiny_release.name), "(a)") == 0
     config = write_config(out / "config", precision="auto")
-    assert run_inprocess(train_args(release.data, out / "run", config)) == 0
+    assert run_inprocess(train_args(tiny_release.data, out / "run", config)) == 0
     return out
 
 
@@ -60,8 +54,8 @@ def test_part_a_writes_the_real_case_its_prediction_and_report(demo_out):
     assert list(dice) == ["WT", "TC", "ET"] and all(0 <= v <= 1 for v in dice.values())
 
 
-def test_closing_lines_give_reports_dice_and_the_precision_decision(demo_out, release):
-    lines = "\n".join(demo._closing(demo_out, release.name))
+def test_closing_lines_give_reports_dice_and_the_precision_decision(demo_out, tiny_release):
+    lines = "\n".join(demo._closing(demo_out, tiny_release.name))
     dice = demo.region_dice(demo_out / "released" / "evaluation")
     summary = json.loads((demo_out / "run" / "precision_summary.json").read_text())
     probe = next(e for e in read_events(demo_out / "run" / "precision_events.jsonl") if e["signal"] == "probe")

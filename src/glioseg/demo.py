@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import shlex
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -78,18 +79,20 @@ def precision_decision(run: Path) -> str:
     summary = json.loads((run / "precision_summary.json").read_text())
     events = [json.loads(line) for line in (run / "precision_events.jsonl").read_text().splitlines() if line]
     probe = next((e["reason"] for e in events if e.get("signal") == "probe"), "no probe (a fixed policy)")
-    return (f"policy {summary['policy']}, target {summary['target']}, trained {summary['steps_per_precision']} "
-            f"steps per precision, {summary['switches']} switch(es); {probe}")
+    steps = ", ".join(f"{n} in {p}" for p, n in summary["steps_per_precision"].items() if n)
+    return (f"policy {summary['policy']}, target {summary['target']}, steps {steps or 'none'}, "
+            f"{summary['switches']} switch(es); {probe}")
 
 
-def _closing(out: Path, model: str | None) -> list[str]:
+def _closing(out: Path, model: str | None, seconds: dict[str, float] | None = None) -> list[str]:
+    took = {part: f" ({t:.0f} s)" for part, t in (seconds or {}).items()}
     lines = []
     if model is not None:
         dice = region_dice(out / "released" / "evaluation")
-        lines += [f"(a) released model {model} on the real case: "
+        lines += [f"(a) released model {model} on the real case{took.get('a', '')}: "
                   + ", ".join(f"{r} Dice {v:.3f}" for r, v in dice.items()),
                   f"    report: {out / 'released' / 'evaluation' / 'report.html'}"]
-    lines += [f"(b) training on phantoms, precision decision: {precision_decision(out / 'run')}",
+    lines += [f"(b) training on phantoms{took.get('b', '')}, precision decision: {precision_decision(out / 'run')}",
               f"    reports: {out / 'evaluation' / 'report.html'} (evaluation), {out / 'run' / 'report.html'} "
               "(training, with the precision timeline)"]
     return lines
@@ -100,13 +103,18 @@ def run_cli(args: argparse.Namespace) -> int:
     if (out / "run" / "last.pt").exists() or (out / "released").exists():
         raise ValueError(f"{out}: a demo was already run here; remove the folder or pass another --out")
     model = demo_model(getattr(args, "model", None))
+    seconds, started = {}, time.perf_counter()
     if model is None:
         log.info("no released model in this installation (glioseg models --released): part (a) is skipped")
     elif (code := run_steps(released_steps(out, model), "(a) released model")) != 0:
         return code
+    else:
+        seconds["a"] = time.perf_counter() - started
+    started = time.perf_counter()
     code = run_steps(demo_steps(out, args.cases, tuple(args.shape), args.seed), "(b) training")
     if code != 0:
         return code
-    print("demo finished")
-    print("\n".join(_closing(out, model)))
+    seconds["b"] = time.perf_counter() - started
+    print(f"demo finished in {sum(seconds.values()):.0f} s")
+    print("\n".join(_closing(out, model, seconds)))
     return 0

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from glioseg import __version__
@@ -47,7 +48,7 @@ def half_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
 
 
-def _regions(predictor: Predictor, array, meta, site) -> object:
+def _regions(predictor: Predictor, array: np.ndarray, meta: dict, site: str | None) -> np.ndarray:
     probs, _ = predictor.case_probabilities(array, meta, site)
     return to_regions(probs, predictor.bundle.target, predictor.bundle.scheme)
 
