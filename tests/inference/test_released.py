@@ -118,8 +118,17 @@ def test_export_round_trip_by_name(copy, tiny_release, tmp_path):
     assert all(torch.equal(again.weights[k], v) for k, v in shipped.weights.items())
 
 
-def test_models_released_lists_name_network_params_dice_and_size(copy, tiny_release, capsys):
-    assert main(["models", "--released"]) == 0
+def test_export_of_an_unknown_name_lists_the_released_ones(copy, tiny_release, tmp_path, caplog):
+    out = tmp_path / "out" / "x.safetensors"
+    assert main(["export", "nothing-here", "--format", "safetensors", "--out", str(out)]) == 2
+    assert f"nothing-here: no such model file, nor a released model (released: {tiny_release.name})" in caplog.text
+    assert not out.parent.exists()
+
+
+def test_models_released_lists_name_network_params_dice_and_size(copy, tiny_release, tmp_path, capsys):
+    assert main(["models", "--released", "--json", str(tmp_path / "released.json")]) == 0
+    rows = json.loads((tmp_path / "released.json").read_text())
+    assert [r["name"] for r in rows] == [tiny_release.name] and rows[0]["status"] == "ok"
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(tiny_release.name))
     entry = released.entry(tiny_release.name)
     size = sum((copy / tiny_release.name / f).stat().st_size for f in entry["files"]) / 1e6

@@ -18,6 +18,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
+from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS
 from glioseg.errors import GliosegError
 from glioseg.inference.bundle import config_path, file_sha256
@@ -92,8 +93,11 @@ def verified_config(name: str, root: Path | None = None) -> Path:
 def model_source(spec: str, root: Path | None = None) -> Path:
     """A model file path as given, or else the checked config of the released model named ``spec``."""
     path = Path(spec)
-    if path.exists() or spec not in read_index(root)["models"]:
+    if path.exists():
         return path
+    if spec not in read_index(root)["models"]:
+        known = ", ".join(released_names(root)) or "none in this installation"
+        raise ReleasedModelError(f"{spec}: no such model file, nor a released model (released: {known})")
     return verified_config(spec, root)
 
 
@@ -131,6 +135,10 @@ def run_models_cli(args) -> int:
 
         return run_cli(args)
     rows = list_released()
+    if args.json is not None:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(rows, indent=2))
+        log.info("wrote %s", args.json)
     if not rows:
         print(f"no released models in this installation ({package_root()})")
         return 0
