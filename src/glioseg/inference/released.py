@@ -130,7 +130,7 @@ def list_released(root: Path | None = None) -> list[dict]:
 
 def run_models_cli(args) -> int:
     """``glioseg models [--released]``: registered networks, or the released models."""
-    if not getattr(args, "released", False):
+    if not args.released:
         from glioseg.models.registry import run_cli
 
         return run_cli(args)
