@@ -74,3 +74,16 @@ def test_a_used_demo_folder_is_refused(tmp_path, caplog):
     (tmp_path / "released").mkdir()
     assert main(["demo", "--out", str(tmp_path)]) == 2
     assert "a demo was already run here" in caplog.text
+
+
+@pytest.mark.parametrize("with_release", [True, False])
+def test_part_a_runs_first_and_only_with_a_release(with_release, tiny_release, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(released, "package_root", lambda: tiny_release.root if with_release else tmp_path)
+    commands = []
+    monkeypatch.setattr(demo, "run_steps", lambda steps, label: commands.extend(s[0] for s in steps) or 0)
+    monkeypatch.setattr(demo, "_closing", lambda out, model, seconds: [f"model {model}, parts {sorted(seconds)}"])
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 0
+    part_b = ["phantom", "verify", "preprocess", "train", "predict", "evaluate"]
+    assert commands == (["sample", "predict", "evaluate"] if with_release else []) + part_b
+    model, parts = (tiny_release.name, ["a", "b"]) if with_release else (None, ["b"])
+    assert f"model {model}, parts {parts}" in capsys.readouterr().out

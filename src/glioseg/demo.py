@@ -98,23 +98,24 @@ def _closing(out: Path, model: str | None, seconds: dict[str, float] | None = No
     return lines
 
 
+def _timed(seconds: dict[str, float], part: str, steps: list[list[str]], label: str) -> int:
+    started = time.perf_counter()
+    code = run_steps(steps, label)
+    seconds[part] = time.perf_counter() - started
+    return code
+
+
 def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "run" / "last.pt").exists() or (out / "released").exists():
         raise ValueError(f"{out}: a demo was already run here; remove the folder or pass another --out")
-    model = demo_model(getattr(args, "model", None))
-    seconds, started = {}, time.perf_counter()
+    model, seconds = demo_model(args.model), {}
     if model is None:
         log.info("no released model in this installation (glioseg models --released): part (a) is skipped")
-    elif (code := run_steps(released_steps(out, model), "(a) released model")) != 0:
+    elif code := _timed(seconds, "a", released_steps(out, model), "(a) released model"):
         return code
-    else:
-        seconds["a"] = time.perf_counter() - started
-    started = time.perf_counter()
-    code = run_steps(demo_steps(out, args.cases, tuple(args.shape), args.seed), "(b) training")
-    if code != 0:
+    if code := _timed(seconds, "b", demo_steps(out, args.cases, tuple(args.shape), args.seed), "(b) training"):
         return code
-    seconds["b"] = time.perf_counter() - started
     print(f"demo finished in {sum(seconds.values()):.0f} s")
     print("\n".join(_closing(out, model, seconds)))
     return 0
