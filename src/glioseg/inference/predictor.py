@@ -363,7 +363,7 @@ def run_cli(args) -> int:
 
     models, paths = split_models_and_inputs(args.checkpoint or [], args.input or [])
     models += [Path(p) for p in args.onnx or []]
-    models += [released.verified_config(name) for name in getattr(args, "model", None) or []]
+    models += [released.verified_config(name) for name in args.model or []]
     if not models:
         raise ValueError("no model: give --model NAME (glioseg models --released), --checkpoint CKPT "
                          "(.pt, .safetensors) or --onnx FILE.onnx")
