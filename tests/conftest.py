@@ -198,3 +198,12 @@ def _forced_probes(monkeypatch):
 def forced_probe(monkeypatch):
     """``forced_probe("fast" | "slow")``: this test's probes find bf16 faster / slower than fp32."""
     return lambda mode: force_probe(monkeypatch, mode)
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory):
+    """A released model built by the release builder from a 6-step training run, in a temporary
+    ``released/`` folder (``tests/inference/_release.py``); tests that damage it copy it first."""
+    from tests.inference._release import make_release
+
+    return make_release(tmp_path_factory.mktemp("release"))

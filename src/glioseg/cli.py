@@ -59,7 +59,15 @@ def _add_models(sub) -> None:
     p.add_argument("--out-channels", type=int, default=3,
                    help="output channels (3: WT/TC/ET regions; 4: the DALight-3D paper's classes)")
     p.add_argument("--json", type=Path)
-    p.set_defaults(func="glioseg.models.registry:run_cli")
+    p.add_argument("--released", action="store_true",
+                   help="list the trained models shipped with glioseg instead (name, network, Dice, size)")
+    p.set_defaults(func="glioseg.inference.released:run_models_cli")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="copy the bundled real BraTS case (TCIA, CC BY 3.0) into OUT/<case>/")
+    p.add_argument("out", type=Path, help="folder to put the case folder in (created; never overwritten)")
+    p.set_defaults(func="glioseg.data.sample:run_cli")
 
 
 def _add_evaluate(sub) -> None:
@@ -123,6 +131,9 @@ def _add_predict(sub) -> None:
                    help="training checkpoint(s) .pt, released .safetensors/.json or .onnx; several are "
                         "an ensemble (probabilities averaged)")
     p.add_argument("--onnx", nargs="+", type=Path, metavar="FILE", help="ONNX model(s) run with onnxruntime")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="a released model by name (glioseg models --released); repeat it, or add --checkpoint "
+                        "/ --onnx, for an ensemble")
     p.add_argument("--out", type=Path, required=True, help="output folder: <case>.nii.gz + <case>.json")
     for channel in ("flair", "t1", "t1ce", "t2"):
         p.add_argument(f"--{channel}", type=Path, metavar="FILE", help=f"the {channel} image of one case")
@@ -152,7 +163,7 @@ def _add_predict(sub) -> None:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors + JSON")
-    p.add_argument("checkpoint", type=Path, help="training checkpoint .pt (or released .safetensors)")
+    p.add_argument("checkpoint", help="training checkpoint .pt, released .safetensors, or a released model's name")
     p.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), required=True)
     p.add_argument("--out", type=Path, required=True, help="output file (.onnx, .ts.pt, .safetensors)")
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"),
@@ -162,8 +173,9 @@ def _add_export(sub) -> None:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on bundled synthetic data")
+    p = sub.add_parser("demo", help="a released model on the bundled real case, then the pipeline on phantoms")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--model", help="released model of part (a) (default: segresnet-brats18, else the first)")
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 72], metavar=("X", "Y", "Z"))
     p.add_argument("--seed", type=int, default=0)
@@ -177,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"refuse a NIfTI file whose header claims more decoded voxel data than this, "
                              f"before reading it (default {DEFAULT_MAX_IMAGE_MB}; also ${MAX_IMAGE_MB_ENV})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_phantom, _add_verify, _add_preprocess, _add_models, _add_train,
+    for add in (_add_demo, _add_sample, _add_phantom, _add_verify, _add_preprocess, _add_models, _add_train,
                 _add_evaluate, _add_report, _add_predict, _add_export):
         add(sub)
     return parser

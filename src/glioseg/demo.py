@@ -1,17 +1,36 @@
-"""``glioseg demo``: the whole pipeline on bundled synthetic data, step by step.
+"""``glioseg demo``: a released model on a real scan, then the pipeline on synthetic data, step by step.
 
 Each step is the command a user would type, run through the same CLI entry point, so the
-demo shows (and tests) exactly what a user gets: phantoms → verify → preprocess → train →
-predict → evaluate (metrics + HTML report).
+demo shows (and tests) exactly what a user gets:
+
+(a) where a released model is installed (``glioseg models --released``): the bundled real case
+    → ``predict --model`` → ``evaluate`` against its expert label (HTML report with overlays);
+(b) phantoms → verify → preprocess → a short training run whose precision controller probes,
+    decides and logs (``RUN/precision_events.jsonl``) → predict → evaluate.
+
+At the end it prints where both reports are, the Dice of (a) and the precision decision of (b).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "segresnet-brats18"
+
+
+def released_steps(out: Path, model: str) -> list[list[str]]:
+    data, pred = out / "released" / "data", out / "released" / "predictions"
+    return [
+        ["sample", str(data)],
+        ["predict", str(data), "--model", model, "--out", str(pred)],
+        ["evaluate", "--pred", str(pred), "--ref", str(data), "--out", str(out / "released" / "evaluation")],
+    ]
 
 
 def demo_steps(out: Path, cases: int, shape: tuple[int, int, int], seed: int) -> list[list[str]]:
@@ -26,19 +45,77 @@ def demo_steps(out: Path, cases: int, shape: tuple[int, int, int], seed: int) ->
     ]
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def demo_model(requested: str | None) -> str | None:
+    """The released model part (a) uses: the one asked for, else segresnet-brats18, else the first."""
+    from glioseg.inference.released import entry, released_names
+
+    if requested:
+        entry(requested)  # an unknown name fails here, listing the released ones
+        return requested
+    names = released_names()
+    return DEFAULT_MODEL if DEFAULT_MODEL in names else (names[0] if names else None)
+
+
+def run_steps(steps: list[list[str]], label: str) -> int:
     from glioseg.cli import main
 
-    out = Path(args.out)
-    if (out / "run" / "last.pt").exists():
-        raise ValueError(f"{out}: a demo was already run here; remove the folder or pass another --out")
-    steps = demo_steps(out, args.cases, tuple(args.shape), args.seed)
     for n, argv in enumerate(steps, 1):
-        log.info("demo step %d/%d: glioseg %s", n, len(steps), shlex.join(argv))
+        log.info("demo %s, step %d/%d: glioseg %s", label, n, len(steps), shlex.join(argv))
         code = main(argv)
         if code != 0:
-            log.error("demo step %d failed (exit %d): glioseg %s", n, code, shlex.join(argv))
+            log.error("demo %s, step %d failed (exit %d): glioseg %s", label, n, code, shlex.join(argv))
             return code
-    log.info("demo finished: open %s (evaluation) and %s (training)",
-             out / "evaluation" / "report.html", out / "run" / "report.html")
+    return 0
+
+
+def region_dice(evaluation: Path) -> dict[str, float]:
+    """Mean Dice per region from ``glioseg evaluate``'s summary.json."""
+    summary = json.loads((evaluation / "summary.json").read_text())
+    return {region: stats["dice"]["mean"] for region, stats in summary["regions"].items()}
+
+
+def precision_decision(run: Path) -> str:
+    """The controller's target and the probe's reason, from the run folder's logs."""
+    summary = json.loads((run / "precision_summary.json").read_text())
+    events = [json.loads(line) for line in (run / "precision_events.jsonl").read_text().splitlines() if line]
+    probe = next((e["reason"] for e in events if e.get("signal") == "probe"), "no probe (a fixed policy)")
+    steps = ", ".join(f"{n} in {p}" for p, n in summary["steps_per_precision"].items() if n)
+    return (f"policy {summary['policy']}, target {summary['target']}, steps {steps or 'none'}, "
+            f"{summary['switches']} switch(es); {probe}")
+
+
+def _closing(out: Path, model: str | None, seconds: dict[str, float] | None = None) -> list[str]:
+    took = {part: f" ({t:.0f} s)" for part, t in (seconds or {}).items()}
+    lines = []
+    if model is not None:
+        dice = region_dice(out / "released" / "evaluation")
+        lines += [f"(a) released model {model} on the real case{took.get('a', '')}: "
+                  + ", ".join(f"{r} Dice {v:.3f}" for r, v in dice.items()),
+                  f"    report: {out / 'released' / 'evaluation' / 'report.html'}"]
+    lines += [f"(b) training on phantoms{took.get('b', '')}, precision decision: {precision_decision(out / 'run')}",
+              f"    reports: {out / 'evaluation' / 'report.html'} (evaluation), {out / 'run' / 'report.html'} "
+              "(training, with the precision timeline)"]
+    return lines
+
+
+def _timed(seconds: dict[str, float], part: str, steps: list[list[str]], label: str) -> int:
+    started = time.perf_counter()
+    code = run_steps(steps, label)
+    seconds[part] = time.perf_counter() - started
+    return code
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if (out / "run" / "last.pt").exists() or (out / "released").exists():
+        raise ValueError(f"{out}: a demo was already run here; remove the folder or pass another --out")
+    model, seconds = demo_model(args.model), {}
+    if model is None:
+        log.info("no released model in this installation (glioseg models --released): part (a) is skipped")
+    elif code := _timed(seconds, "a", released_steps(out, model), "(a) released model"):
+        return code
+    if code := _timed(seconds, "b", demo_steps(out, args.cases, tuple(args.shape), args.seed), "(b) training"):
+        return code
+    print(f"demo finished in {sum(seconds.values()):.0f} s")
+    print("\n".join(_closing(out, model, seconds)))
     return 0

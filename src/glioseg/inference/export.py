@@ -196,8 +196,10 @@ class OnnxNetwork:
 
 
 def run_cli(args) -> int:
-    """``glioseg export CKPT --format onnx|torchscript|safetensors --out FILE [--roi X Y Z]``."""
-    bundle = load_bundle(args.checkpoint)
+    """``glioseg export CKPT|NAME --format onnx|torchscript|safetensors --out FILE [--roi X Y Z]``."""
+    from glioseg.inference.released import model_source
+
+    bundle = load_bundle(model_source(str(args.checkpoint)))
     out = Path(args.out)
     if args.format == "onnx":
         result = export_onnx(bundle, out, args.roi, args.tolerance)

@@ -379,17 +379,19 @@ def _folder_message(folder: Path) -> str:
 
 
 def run_cli(args) -> int:
-    """``glioseg predict [INPUT ...] --checkpoint CKPT [CKPT ...] --out DIR [options]``."""
-    from glioseg.inference import inputs as case_inputs
+    """``glioseg predict [INPUT ...] --model NAME | --checkpoint CKPT [CKPT ...] --out DIR [options]``."""
+    from glioseg.inference import inputs as case_inputs, released
     from glioseg.inference.pipeline import OutputOptions, make_predictor, predict_all
 
     folders = [Path(p) for p in [*(args.checkpoint or []), *(args.onnx or [])] if Path(p).is_dir()]
     models, paths = split_models_and_inputs(args.checkpoint or [], args.input or [])
     models += [Path(p) for p in args.onnx or []]
+    models += [released.verified_config(name) for name in args.model or []]
     if not models:
         if folders:
             raise ValueError(_folder_message(folders[0]))
-        raise ValueError("no model: give --checkpoint CKPT (.pt, .safetensors) or --onnx FILE.onnx")
+        raise ValueError("no model: give --model NAME (glioseg models --released), --checkpoint CKPT "
+                         "(.pt, .safetensors) or --onnx FILE.onnx")
     checked_device(args.device)
     config = PredictConfig(window=_window_arg(args.roi), overlap=args.overlap, tta=args.tta,
                            precision=args.precision, sw_batch_size=args.sw_batch_size, device=args.device)

@@ -1,0 +1,153 @@
+"""Released models: named models shipped as package data, found by name and checked at load.
+
+Layout (package data, written only by ``tools/release_model.py``)::
+
+    glioseg/released/index.json                      the manifest: every model, its files' SHA-256
+    glioseg/released/<name>/<name>.safetensors       weights (fp16 or fp32), no pickle
+    glioseg/released/<name>/<name>.safetensors.json  the bundle: channels, preprocessing, labels, network
+    glioseg/released/<name>/MODEL_CARD.md            data and terms, recipe, measured Dice, intended use
+
+``verified_config(name)`` checks every file the index lists against its SHA-256 (a missing file
+or a changed byte is an error naming the file) and returns the config path, which
+:func:`glioseg.inference.bundle.load_bundle` and ``glioseg predict`` read like any released file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+from glioseg.data.io import atomic_path
+from glioseg.data.labels import REGIONS
+from glioseg.errors import GliosegError
+from glioseg.inference.bundle import config_path, file_sha256
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.json"
+INDEX_KIND = "glioseg-released-index"
+INDEX_VERSION = 1
+CARD = "MODEL_CARD.md"
+
+
+class ReleasedModelError(GliosegError, ValueError):
+    """A released model is unknown, incomplete or damaged."""
+
+
+def package_root() -> Path:
+    """``glioseg/released`` of this installation. safetensors reads files from disk, and glioseg
+    installs as plain files (a checkout or an unpacked wheel), so the traversable is a path."""
+    return Path(str(resources.files("glioseg") / "released"))
+
+
+def read_index(root: Path | None = None) -> dict:
+    """The manifest; a folder without one has no released models."""
+    path = (root or package_root()) / INDEX
+    if not path.is_file():
+        return {"kind": INDEX_KIND, "version": INDEX_VERSION, "models": {}}
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReleasedModelError(f"{path}: cannot read the released-model index: {exc}") from None
+    if not isinstance(index, dict) or index.get("kind") != INDEX_KIND or index.get("version") != INDEX_VERSION:
+        raise ReleasedModelError(f"{path}: not a glioseg released-model index of version {INDEX_VERSION}")
+    return index
+
+
+def released_names(root: Path | None = None) -> list[str]:
+    return sorted(read_index(root)["models"])
+
+
+def entry(name: str, root: Path | None = None) -> dict:
+    """The index entry of ``name``; an unknown name is an error listing the released ones."""
+    models = read_index(root)["models"]
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none in this installation"
+        raise ReleasedModelError(f"unknown released model {name!r}; released models: {known} "
+                                 "(glioseg models --released)")
+    return models[name]
+
+
+def verify(name: str, root: Path | None = None) -> Path:
+    """Check every file of ``name`` against the index; returns the model's folder."""
+    root = root or package_root()
+    folder, files = root / name, entry(name, root)["files"]
+    for file, digest in files.items():
+        path = folder / file
+        if not path.is_file():
+            raise ReleasedModelError(f"{path}: listed in {root / INDEX} but missing; reinstall glioseg")
+        actual = file_sha256(path)
+        if actual != digest:
+            raise ReleasedModelError(f"{path}: SHA-256 {actual[:16]}... differs from {INDEX}'s {digest[:16]}... "
+                                     "(damaged or replaced); reinstall glioseg")
+    return folder
+
+
+def verified_config(name: str, root: Path | None = None) -> Path:
+    """The checked ``<name>.safetensors.json`` of a released model (what ``load_bundle`` takes)."""
+    folder = verify(name, root)
+    return config_path(folder / entry(name, root)["weights"])
+
+
+def model_source(spec: str, root: Path | None = None) -> Path:
+    """A model file path as given, or else the checked config of the released model named ``spec``."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    if spec not in read_index(root)["models"]:
+        known = ", ".join(released_names(root)) or "none in this installation"
+        raise ReleasedModelError(f"{spec}: no such model file, nor a released model (released: {known})")
+    return verified_config(spec, root)
+
+
+def _dice_cell(dice: dict, region: str) -> str:
+    score = dice.get(region) or {}
+    if score.get("mean") is None:
+        return "n/a"
+    return f"{score['mean']:.3f}±{score['sd']:.3f}" if score.get("sd") is not None else f"{score['mean']:.3f}"
+
+
+def _status(name: str, root: Path | None) -> str:
+    try:
+        verify(name, root)
+    except ReleasedModelError as exc:
+        return f"DAMAGED ({exc})"
+    return "ok"
+
+
+def list_released(root: Path | None = None) -> list[dict]:
+    """One row per released model: name, architecture, params, Dice, size, weights dtype, status."""
+    root = root or package_root()
+    rows = []
+    for name in released_names(root):
+        item = entry(name, root)
+        size = sum((root / name / f).stat().st_size for f in item["files"] if (root / name / f).is_file())
+        rows.append({"name": name, "model": item["model"], "params": item["params"], "dice": item["dice"],
+                     "bytes": size, "dtype": item["dtype"], "status": _status(name, root)})
+    return rows
+
+
+def run_models_cli(args) -> int:
+    """``glioseg models [--released]``: registered networks, or the released models."""
+    if not args.released:
+        from glioseg.models.registry import run_cli
+
+        return run_cli(args)
+    rows = list_released()
+    if args.json is not None:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(rows, indent=2))
+        log.info("wrote %s", args.json)
+    if not rows:
+        print(f"no released models in this installation ({package_root()})")
+        return 0
+    print(f"{'name':24s} {'network':12s} {'params':>10s} {'weights':>8s} {'size MB':>8s}  "
+          + "  ".join(f"{'Dice ' + r:14s}" for r in REGIONS) + "  status")
+    for r in rows:
+        dice = "  ".join(f"{_dice_cell(r['dice'], region):14s}" for region in REGIONS)
+        print(f"{r['name']:24s} {r['model']:12s} {r['params']:>10,d} {r['dtype']:>8s} {r['bytes'] / 1e6:8.1f}  "
+              f"{dice}  {r['status']}")
+    print("Dice: mean ± sd as measured for the model card (see MODEL_CARD.md in each model's folder: "
+          f"{package_root()})")
+    return 0
