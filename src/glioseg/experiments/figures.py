@@ -29,20 +29,20 @@ def _finite(values) -> list[float]:
 def box_plots(results: Results, metric: str = "dice", dpi: int = 100) -> bytes:
     regions = results.plan.spec.evaluation.regions
     arms = results.arms()
-    fig = Figure(figsize=(4.2 * len(regions), 0.5 * len(arms) + 2.6))
+    fig = Figure(figsize=(max(4.0, 0.7 * len(arms) + 1.5) * len(regions), 4.4))
     axes = fig.subplots(1, len(regions), squeeze=False)[0]
     for ax, region in zip(axes, regions):
         values = results.values(region, metric)
         data = [_finite(values[a].values()) or [math.nan] for a in arms]
-        parts = ax.boxplot(data, vert=False, patch_artist=True, widths=0.6)
+        parts = ax.boxplot(data, patch_artist=True, widths=0.6)
         for patch, arm in zip(parts["boxes"], arms):
             patch.set_facecolor(_colour(results, arm))
             patch.set_alpha(0.5)
-        ax.set_yticks(range(1, len(arms) + 1), arms if ax is axes[0] else [""] * len(arms))
+        ax.set_xticks(range(1, len(arms) + 1), arms, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"{region} {'Dice' if metric == 'dice' else 'HD95 (mm)'}", fontsize=10)
         if metric == "dice":
-            ax.set_xlim(0, 1)
-        ax.grid(alpha=0.3, axis="x")
+            ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return to_png(fig, dpi)
 
@@ -119,7 +119,7 @@ def validation_curves(results: Results, dpi: int = 100) -> bytes:
     ax.set_ylabel("validation Dice (mean of WT, TC, ET)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    if ax.lines:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return to_png(fig, dpi)

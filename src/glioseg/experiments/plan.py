@@ -124,7 +124,9 @@ def save_plan(plan: Plan, **about) -> None:
     new = {**plan.to_dict(), **about}
     if path.is_file():
         old = json.loads(path.read_text())
-        changed = [k for k in ("spec", "budget", "folds") if old.get(k) != new[k]]
+        # the slurm settings say how the runs execute, not what they are: they may change
+        what = lambda d: {**d, "spec": {k: v for k, v in d["spec"].items() if k != "slurm"}}  # noqa: E731
+        changed = [k for k in ("spec", "budget", "folds") if what(old).get(k) != what(new)[k]]
         if changed:
             raise SpecError(str(path), f"this folder holds an experiment with another {' and '.join(changed)}; "
                                        "continue it with its own spec and --budget, or use another --out")
