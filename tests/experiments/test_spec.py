@@ -6,6 +6,7 @@ import logging
 import re
 
 import pytest
+import torch
 
 from glioseg.cli import main
 from glioseg.experiments.resolve import resolve
@@ -112,3 +113,13 @@ def test_list_names_every_shipped_spec(capsys):
     text = capsys.readouterr().out
     for name in ("comparison", "ablation", "precision"):
         assert f"{name}:" in text
+
+
+def test_a_gpu_budget_without_a_gpu_is_an_error_before_anything_is_written(phantom_data, tmp_path, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the paper budget can run here")
+    out = tmp_path / "x"
+    assert main(["experiment", "run", "comparison", "--out", str(out), "--budget", "paper",
+                 "--data", str(phantom_data)]) == 2
+    assert "budget 'paper' trains on cuda, but torch sees no CUDA device" in caplog.text
+    assert not out.exists()

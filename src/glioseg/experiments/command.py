@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 from glioseg.data.formats import discover
 from glioseg.data.preprocess import PreprocessConfig, preprocess_dataset
 from glioseg.experiments.executors import run_local, run_slurm
@@ -16,7 +18,7 @@ from glioseg.experiments.measure import machine, threads_for
 from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan, save_plan
 from glioseg.experiments.report import write_report
 from glioseg.experiments.results import load_results
-from glioseg.experiments.spec import load_spec, shipped_names
+from glioseg.experiments.spec import SpecError, load_spec, shipped_names
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,22 @@ def describe_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def check_devices(plan: Plan) -> None:
+    """A GPU budget on a machine without one fails now, not when the first run starts."""
+    budget = plan.resolved.budget
+    for what, device in (("trains", budget.device), ("evaluates", budget.eval_device)):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SpecError(plan.spec.source, f"budget {plan.resolved.budget_name!r} {what} on {device}, but torch "
+                                              "sees no CUDA device here (--dry-run shows its plan anyway)")
+
+
 def run_cli(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.data)
     plan = make_plan(spec, args.budget, Path(args.out))
     if args.dry_run:
         print(describe_plan(plan))
         return 0
+    check_devices(plan)
     command = "glioseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     save_plan(plan, command=command, machine=machine())
     for arm, why in plan.not_run.items():

@@ -29,6 +29,7 @@ from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, peak_mib, rea
                                          timed_steps)
 from glioseg.experiments.plan import Plan, Run
 from glioseg.inference import inputs as case_inputs
+from glioseg.inference.bundle import load_bundle
 from glioseg.inference.pipeline import make_predictor, predict_all
 from glioseg.inference.predictor import PredictConfig
 from glioseg.models.registry import describe
@@ -116,8 +117,6 @@ def _evaluate(job: dict, run_dir: Path) -> tuple[list[dict], str, float]:
 
 
 def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) -> dict:
-    from glioseg.inference.bundle import load_bundle
-
     bundle = load_bundle(run_dir / f"{checkpoint}.pt")
     model = describe(bundle.model, tuple(config.patch), bundle.in_channels, bundle.out_channels, **bundle.options)
     times = [t for _, t in read_step_times(run_dir)]

@@ -79,7 +79,7 @@ def sections(results: Results, command: str | None, machine: dict | None) -> lis
                          f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}; torch {machine.get('torch')}."))
     out.append(("p", f"Budget `{plan.resolved.budget_name}`: " + ", ".join(
         f"{k} {getattr(budget, k)}" for k in ("steps", "epochs", "minutes", "steps_per_epoch", "device")
-        if getattr(budget, k) is not None) + f". {budget.description}"))
+        if getattr(budget, k) is not None) + f". {budget.description}".rstrip()))
     total = len([r for r in plan.runs if r.arm not in plan.not_run])
     out.append(("p", f"{len(results.runs)} of {total} runs finished ({len(spec.arms)} arms, {spec.folds.k} folds, "
                      f"seeds {', '.join(map(str, spec.seeds))}); {len(plan.strata)} cases, each held out once per seed."))
