@@ -72,11 +72,13 @@ def test_run_writes_run_folders_results_and_the_report(finished, phantom_data):
         cases = [c for f in (0, 1) for c in json.loads(
             (finished / "results" / arm / f"fold{f}-seed0.json").read_text())["test_cases"]]
         assert sorted(cases) == sorted(p.name for p in phantom_data.iterdir() if p.is_dir())
-    report = (finished / "report" / "report.md").read_text()
+    report = (finished / "report" / "tiny.md").read_text()
     assert "unet vs small: ΔWT" in report and "## Cost per arm" in report
-    assert all((finished / "report" / f"{name}.png").stat().st_size > 1000 for name in (
-        "dice_boxplots", "paired_differences", "dice_vs_cost", "validation_curves"))
-    html = (finished / "report" / "report.html").read_text()
+    figures = ("dice_boxplots", "paired_differences", "dice_vs_cost", "validation_curves")
+    for name in figures:
+        assert f"![{name.replace('_', ' ')}](tiny-{name}.png)" in report
+        assert (finished / "report" / f"tiny-{name}.png").stat().st_size > 1000
+    html = (finished / "report" / "tiny.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "unet vs small" in html
 
 
@@ -137,3 +139,23 @@ def test_slurm_executor_runs_the_jobs_through_submitit(finished, tmp_path):
     assert main(["experiment", "run", str(path), "--out", str(out), "--executor", "slurm"]) == 0
     assert list((out / "slurm").glob("*_result.pkl"))     # the job went through submitit
     assert _scores(out) == _scores(finished)
+
+
+def test_the_report_needs_only_the_committable_result_files(finished, tmp_path, capsys):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    shutil.copy(finished / "experiment.json", kept)
+    shutil.copytree(finished / "results", kept / "results")
+    assert main(["experiment", "report", str(kept), "--out", str(tmp_path / "docs")]) == 0
+    assert (tmp_path / "docs" / "tiny.md").read_text().split("## Figures")[0].replace(str(kept), "") == \
+        (finished / "report" / "tiny.md").read_text().split("## Figures")[0].replace(str(finished), "")
+    assert "tiny.md" in capsys.readouterr().out
+
+
+def test_a_report_before_any_run_finished_says_so(finished, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(finished / "experiment.json", empty)
+    assert main(["experiment", "report", str(empty)]) == 0
+    text = (empty / "report" / "tiny.md").read_text()
+    assert "0 of 4 runs finished" in text and "## Figures" not in text

@@ -85,6 +85,14 @@ def test_a_larger_hd95_is_worse():
     assert "ΔTC HD95 +5.50" in row.sentence()
 
 
+def test_too_few_cases_or_none_are_said_so_not_called_no_difference():
+    five = {(f"c{i}", 0): 0.5 + 0.1 * i for i in range(5)}
+    (row,) = stats.compare({"ref": {k: 0.0 for k in five}, "a": five}, "ref", "WT", "dice", 200, 0, 0.05)
+    assert row.verdict == "too few cases (n = 5) for the signed-rank test at alpha 0.05"
+    (none,) = stats.compare({"ref": {}, "a": five}, "ref", "WT", "dice", 200, 0, 0.05)
+    assert none.verdict == "no paired cases yet" and none.n_pairs == 0
+
+
 def test_signed_uses_a_true_minus_sign():
     assert stats.signed(-0.0104, 3) == "\u22120.010"
     assert stats.signed(0.012, 3) == "+0.012"

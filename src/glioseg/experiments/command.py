@@ -95,8 +95,8 @@ def run_cli(args: argparse.Namespace) -> int:
         else:
             run_local(jobs, args.jobs)
     finally:
-        folder = write_report(plan, load_results(plan))
-        print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
+        report = write_report(plan, load_results(plan))
+        print(f"wrote {report} and {report.with_suffix('.html')}")
     return 0
 
 
@@ -114,8 +114,8 @@ def status_cli(args: argparse.Namespace) -> int:
 
 def report_cli(args: argparse.Namespace) -> int:
     plan = load_plan(args.dir)
-    folder = write_report(plan, load_results(plan), args.out)
-    print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
+    report = write_report(plan, load_results(plan), args.out)
+    print(f"wrote {report} and {report.with_suffix('.html')}")
     return 0
 
 

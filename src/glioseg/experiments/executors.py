@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
@@ -55,7 +56,8 @@ def run_local(jobs: list[dict], workers: int = 1, job_fn: Callable[[dict], dict]
     # spawn: a fork of a process with torch threads running can deadlock; one process per run,
     # so that each run's peak memory is its own
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    with ProcessPoolExecutor(workers, mp_context=context, **fresh) as pool:
         futures = {pool.submit(job_fn, job): job for job in jobs}
         for future in as_completed(futures):
             try:

@@ -1,4 +1,9 @@
-"""``DIR/report/``: ``report.md`` with its figures beside it, and one self-contained ``report.html``.
+"""``DIR/report/``: ``<name>.md`` with its figures beside it, and one self-contained ``<name>.html``.
+
+``<name>`` is the spec's name, and the figures are ``<name>-<figure>.png``, so the reports of
+several experiments can share one folder (``glioseg experiment report DIR --out docs/results``).
+The report reads only ``DIR/experiment.json`` and ``DIR/results/``: the committed result files
+are enough to write it again.
 
 Both come from the same sections: how the experiment was run (command, machine, budget and how
 far a result at that budget carries), progress, the folds, the settings that differ between
@@ -69,7 +74,7 @@ def _cost_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def sections(results: Results, command: str | None, machine: dict | None) -> list[tuple]:
-    """The report as ("h2", text) / ("p", text) / ("table", header, rows) / ("img", name, png)."""
+    """The report as ("h2", text) / ("p", text) / ("table", header, rows) / ("img", name, file, png)."""
     plan, spec = results.plan, results.plan.spec
     budget = plan.resolved.budget
     out: list[tuple] = [("h1", f"glioseg experiment: {spec.name}"), ("p", spec.description)]
@@ -108,10 +113,11 @@ def sections(results: Results, command: str | None, machine: dict | None) -> lis
     cost_rows = cost(results)
     out += [("h2", "Cost per arm"), ("table", *_cost_table(cost_rows))]
     if results.runs:
-        out += [("h2", "Figures"), ("img", "dice_boxplots", figures.box_plots(results)),
-                ("img", "paired_differences", figures.difference_plot(comps)),
-                ("img", "dice_vs_cost", figures.dice_vs_cost(results, cost_rows)),
-                ("img", "validation_curves", figures.validation_curves(results))]
+        drawn = {"dice boxplots": figures.box_plots(results), "paired differences": figures.difference_plot(comps),
+                 "dice vs cost": figures.dice_vs_cost(results, cost_rows),
+                 "validation curves": figures.validation_curves(results)}
+        out.append(("h2", "Figures"))
+        out += [("img", name, f"{spec.name}-{name.replace(' ', '_')}.png", png) for name, png in drawn.items()]
     return out
 
 
@@ -132,7 +138,7 @@ def to_markdown(parts: list[tuple]) -> str:
         elif kind == "table":
             text.append(_markdown_table(part[1], part[2]))
         elif kind == "img":
-            text.append(f"![{part[1]}]({part[1]}.png)")
+            text.append(f"![{part[1]}]({part[2]})")
     return "\n\n".join(text) + "\n"
 
 
@@ -147,21 +153,23 @@ def to_html(parts: list[tuple], title: str) -> str:
         elif kind == "table":
             body.append(html_table(part[1], part[2]))
         elif kind == "img":
-            body.append(f"<p>{png_tag(part[2], part[1])}</p>")
+            body.append(f"<p>{png_tag(part[3], part[1])}</p>")
     note = f'<p class="note">glioseg {glioseg.__version__}, {datetime.datetime.now():%Y-%m-%d %H:%M}.</p>'
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}{note}</body></html>")
 
 
 def write_report(plan: Plan, results: Results, folder: Path | None = None) -> Path:
-    """Write ``report.md`` (+ PNGs) and ``report.html`` into ``folder`` (default ``DIR/report``)."""
+    """Write ``<name>.md`` (+ PNGs) and ``<name>.html`` into ``folder`` (default ``DIR/report``);
+    returns the Markdown file."""
     folder = Path(folder or plan.out / "report")
     saved = json.loads((plan.out / EXPERIMENT_FILE).read_text())
     parts = sections(results, saved.get("command"), saved.get("machine"))
     for part in parts:
         if part[0] == "img":
-            with atomic_path(folder / f"{part[1]}.png") as tmp:
-                tmp.write_bytes(part[2])
-    write_text_atomic(folder / "report.md", to_markdown(parts))
-    write_text_atomic(folder / "report.html", to_html(parts, f"glioseg experiment {plan.spec.name}"))
-    return folder
+            with atomic_path(folder / part[2]) as tmp:
+                tmp.write_bytes(part[3])
+    name = plan.spec.name
+    write_text_atomic(folder / f"{name}.html", to_html(parts, f"glioseg experiment {name}"))
+    write_text_atomic(folder / f"{name}.md", to_markdown(parts))
+    return folder / f"{name}.md"

@@ -120,7 +120,12 @@ class Comparison:
                 f"{self.verdict}")
 
 
-def verdict(arm: str, delta: float, p_holm: float, alpha: float, higher_is_better: bool) -> str:
+def verdict(arm: str, delta: float, p_holm: float, alpha: float, higher_is_better: bool, n: int) -> str:
+    if n == 0:
+        return "no paired cases yet"
+    if 2.0 / 2 ** n >= alpha:
+        # the smallest two-sided signed-rank p of n pairs is 2 / 2^n: no outcome could be significant
+        return f"too few cases (n = {n}) for the signed-rank test at alpha {alpha:g}"
     if math.isnan(p_holm) or p_holm >= alpha or delta == 0:
         return "no difference at this budget"
     better = (delta > 0) == higher_is_better
@@ -139,5 +144,5 @@ def compare(values: Mapping[str, Mapping[Key, float]], reference: str, region: s
         rows.append((arm, len(diffs), units.size, delta, bootstrap_ci(units, resamples, seed), wilcoxon_p(units)))
     adjusted = holm([r[5] for r in rows])
     higher = metric == "dice"
-    return [Comparison(arm, reference, region, metric, n, m, d, ci, p, q, verdict(arm, d, q, alpha, higher))
+    return [Comparison(arm, reference, region, metric, n, m, d, ci, p, q, verdict(arm, d, q, alpha, higher, m))
             for (arm, n, m, d, ci, p), q in zip(rows, adjusted)]
