@@ -27,7 +27,7 @@ from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
 from glioseg.evaluation.figures import read_run_metrics
 from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, peak_mib, read_step_times, reset_peak,
                                          timed_steps)
-from glioseg.experiments.plan import Plan, Run
+from glioseg.experiments.plan import Plan, Run, is_trained
 from glioseg.inference import inputs as case_inputs
 from glioseg.inference.bundle import load_bundle
 from glioseg.inference.pipeline import make_predictor, predict_all
@@ -64,9 +64,9 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
 
 
 def _train(job: dict, run_dir: Path, config: TrainConfig) -> None:
-    """Train or resume the run; records wall time and peak memory of this attempt."""
-    trained = (run_dir / "precision_summary.json").is_file() or (run_dir / BUDGET_STOP).is_file()
-    if trained:
+    """Train or resume the run; records wall time and peak memory of this attempt (an attempt
+    killed outright records nothing: its steps are redone and timed by the next)."""
+    if is_trained(run_dir):
         return
     resume = (run_dir / "last.pt").is_file()
     if resume:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from glioseg.data.formats import discover
 from glioseg.experiments.folds import assign_folds, balance, fold_split, read_grades, stratum_of
+from glioseg.experiments.measure import BUDGET_STOP
 from glioseg.experiments.resolve import Resolved, precision_verdicts, resolve, slug
 from glioseg.experiments.spec import ExperimentSpec, SpecError, spec_dict, spec_from_dict
 from glioseg.training.run_folder import write_text_atomic
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT_FILE = "experiment.json"
 STATES = ("pending", "partial", "trained", "done", "not run")
+
+
+def is_trained(run_dir: Path) -> bool:
+    """The trainer finished the run (its summary is written) or the minutes budget stopped it."""
+    return (run_dir / "precision_summary.json").is_file() or (run_dir / BUDGET_STOP).is_file()
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class Plan:
             return "not run"
         if self.result_path(run).is_file():
             return "done"
-        if (folder / "precision_summary.json").is_file() or (folder / "budget_stop.json").is_file():
+        if is_trained(folder):
             return "trained"
         return "partial" if (folder / "last.pt").is_file() else "pending"
 
@@ -109,12 +115,7 @@ def make_plan(spec: ExperimentSpec, budget_name: str, out: Path) -> Plan:
         raise SpecError(spec.source, f"folds.k = {spec.folds.k} is more folds than the {len(strata)} cases of "
                                      f"{spec.data_path()}")
     folds = {s: assign_folds(strata, spec.folds.k, (spec.folds.seed, s)) for s in spec.seeds}
-    plan = Plan(resolved, Path(out), strata, folds, precision_verdicts(resolved))
-    for run in plan.runs:
-        split = plan.split(run)
-        if not split["train"]:
-            raise SpecError(spec.source, f"fold {run.fold} leaves no training case")
-    return plan
+    return Plan(resolved, Path(out), strata, folds, precision_verdicts(resolved))
 
 
 def save_plan(plan: Plan, **about) -> None:

@@ -73,12 +73,12 @@ def _cost_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def sections(results: Results, command: str | None, machine: dict | None) -> list[tuple]:
-    """The report as ("h2", text) / ("p", text) / ("table", header, rows) / ("img", name, file, png)."""
+def _about(results: Results, command: str | None, machine: dict | None) -> list[tuple]:
+    """How the experiment was run: command, machine, budget (and what it means), progress."""
     plan, spec = results.plan, results.plan.spec
     budget = plan.resolved.budget
-    out: list[tuple] = [("h1", f"glioseg experiment: {spec.name}"), ("p", spec.description)]
-    out.append(("p", f"Command: `{command or 'glioseg experiment run ...'}`"))
+    out: list[tuple] = [("h1", f"glioseg experiment: {spec.name}"), ("p", spec.description),
+                        ("p", f"Command: `{command or 'glioseg experiment run ...'}`")]
     if machine:
         out.append(("p", f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores"
                          f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}; torch {machine.get('torch')}."))
@@ -87,29 +87,41 @@ def sections(results: Results, command: str | None, machine: dict | None) -> lis
         if getattr(budget, k) is not None) + f". {budget.description}".rstrip()))
     total = len([r for r in plan.runs if r.arm not in plan.not_run])
     out.append(("p", f"{len(results.runs)} of {total} runs finished ({len(spec.arms)} arms, {spec.folds.k} folds, "
-                     f"seeds {', '.join(map(str, spec.seeds))}); {len(plan.strata)} cases, each held out once per seed."))
-    for arm, why in plan.not_run.items():
-        out.append(("p", f"Arm {arm} was not run on this machine: {why}."))
-    differences = plan.resolved.differences()
-    out.append(("h2", "What differs between arms"))
-    out.append(("table", ["setting"] + plan.resolved.arm_names,
-                [[k] + [json.dumps(v[a]) for a in plan.resolved.arm_names] for k, v in differences.items()]))
-    first = spec.seeds[0]
-    out += [("h2", f"Folds (seed {first}): cases per site/grade and fold"),
-            ("table", ["stratum"] + [f"fold {k}" for k in range(spec.folds.k)],
+                     f"seeds {', '.join(map(str, spec.seeds))}); {len(plan.strata)} cases, each held out once "
+                     "per seed."))
+    out += [("p", f"Arm {arm} was not run on this machine: {why}.") for arm, why in plan.not_run.items()]
+    return out
+
+
+def _design(plan: Plan) -> list[tuple]:
+    """What differs between the arms, and the folds' balance of sites and grades."""
+    names, first = plan.resolved.arm_names, plan.spec.seeds[0]
+    return [("h2", "What differs between arms"),
+            ("table", ["setting"] + names,
+             [[k] + [json.dumps(v[a]) for a in names] for k, v in plan.resolved.differences().items()]),
+            ("h2", f"Folds (seed {first}): cases per site/grade and fold"),
+            ("table", ["stratum"] + [f"fold {k}" for k in range(plan.spec.folds.k)],
              [[s] + [str(n) for n in counts] for s, counts in plan.balance(first).items()])]
+
+
+def _comparisons(comps: list) -> list[tuple]:
+    header = ["arm", "region", "metric", "pairs", "cases", "Δ mean", "95 % CI", "p", "p (Holm)", "verdict"]
+    rows = [[c.arm, c.region, c.metric, str(c.n_pairs), str(c.n_cases), signed(c.delta, 3),
+             f"[{signed(c.ci[0], 3)}, {signed(c.ci[1], 3)}]", format_p(c.p), format_p(c.p_holm), c.verdict]
+            for c in comps]
+    return [("p", c.sentence()) for c in comps if c.metric == "dice"] + [("table", header, rows),
+                                                                         ("p", STATISTICS_NOTE)]
+
+
+def sections(results: Results, command: str | None, machine: dict | None) -> list[tuple]:
+    """The report as ("h2", text) / ("p", text) / ("table", header, rows) / ("img", name, file, png)."""
+    spec = results.plan.spec
+    out = _about(results, command, machine) + _design(results.plan)
     scores = arm_scores(results)
     out.append(("h2", "Scores on held-out whole cases"))
-    for metric in spec.evaluation.metrics:
-        out.append(("table", *_score_table(scores, metric)))
+    out += [("table", *_score_table(scores, metric)) for metric in spec.evaluation.metrics]
     comps = comparisons(results)
-    out.append(("h2", f"Against the reference arm {spec.reference}"))
-    out += [("p", c.sentence()) for c in comps if c.metric == "dice"]
-    out.append(("table", ["arm", "region", "metric", "pairs", "cases", "Δ mean", "95 % CI", "p", "p (Holm)", "verdict"],
-                [[c.arm, c.region, c.metric, str(c.n_pairs), str(c.n_cases), signed(c.delta, 3),
-                  f"[{signed(c.ci[0], 3)}, {signed(c.ci[1], 3)}]", format_p(c.p), format_p(c.p_holm), c.verdict]
-                 for c in comps]))
-    out.append(("p", STATISTICS_NOTE))
+    out += [("h2", f"Against the reference arm {spec.reference}")] + _comparisons(comps)
     cost_rows = cost(results)
     out += [("h2", "Cost per arm"), ("table", *_cost_table(cost_rows))]
     if results.runs:
