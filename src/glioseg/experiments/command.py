@@ -73,6 +73,8 @@ def check_devices(plan: Plan) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     spec = load_spec(args.spec, args.data)
     plan = make_plan(spec, args.budget, Path(args.out))
     if args.dry_run:
