@@ -61,8 +61,8 @@ class BudgetSpec:
     """How long every run trains: exactly one of ``steps``, ``epochs`` or ``minutes``.
 
     ``minutes`` stops a run once its optimiser steps took that long (the run is then checkpointed
-    and evaluated); ``max_epochs`` bounds it and sets the schedule's length. ``s_per_step`` (model
-    name → seconds, as measured on the machine the budget was sized for) feeds ``--dry-run``'s
+    and evaluated); ``max_epochs`` bounds it and sets the schedule's length. ``s_per_step`` (arm or
+    model name → seconds, as measured on the machine the budget was sized for) feeds ``--dry-run``'s
     time estimate only; ``s_per_case`` likewise for whole-case prediction.
     """
 
