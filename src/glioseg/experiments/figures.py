@@ -96,6 +96,7 @@ def dice_vs_cost(results: Results, cost_rows: list[dict], dpi: int = 100) -> byt
     by_time.set_xlabel("training time per run (s, median)")
     for ax in (by_params, by_time):
         ax.set_ylabel(f"mean Dice ({', '.join(regions)})")
+        ax.margins(0.2)   # room for the arm names beside the points
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return to_png(fig, dpi)

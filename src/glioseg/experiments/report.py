@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import html
 import json
+import re
 from pathlib import Path
 
 import glioseg
@@ -161,7 +162,7 @@ def to_html(parts: list[tuple], title: str) -> str:
         if kind in ("h1", "h2"):
             body.append(f"<{kind}>{html.escape(part[1])}</{kind}>")
         elif kind == "p" and part[1]:
-            body.append(f"<p>{html.escape(part[1])}</p>")
+            body.append("<p>" + re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(part[1])) + "</p>")
         elif kind == "table":
             body.append(html_table(part[1], part[2]))
         elif kind == "img":
