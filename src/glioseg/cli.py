@@ -172,6 +172,30 @@ def _add_export(sub) -> None:
     p.set_defaults(func="glioseg.inference.export:run_cli")
 
 
+def _add_experiment(sub) -> None:
+    p = sub.add_parser("experiment", help="compare arms (models, recipes, precisions) fairly, with paired statistics")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = actions.add_parser("run", help="run (or continue) every run of a spec, then write the report")
+    run.add_argument("spec", help="spec file (YAML) or shipped spec name (glioseg experiment list)")
+    run.add_argument("--out", type=Path, required=True, help="experiment folder")
+    run.add_argument("--budget", default="cpu", help="budget of the spec to use (cpu, paper, ...)")
+    run.add_argument("--data", help="dataset to use instead of the spec's")
+    run.add_argument("--executor", choices=("local", "slurm"), default="local",
+                     help="local processes (default) or Slurm through submitit")
+    run.add_argument("--jobs", type=int, default=1, help="runs at once with --executor local")
+    run.add_argument("--dry-run", action="store_true", help="check the spec and print the plan; train nothing")
+    run.set_defaults(func="glioseg.experiments.command:run_cli")
+    status = actions.add_parser("status", help="how far each arm's runs have got")
+    status.add_argument("dir", type=Path)
+    status.set_defaults(func="glioseg.experiments.command:status_cli")
+    report = actions.add_parser("report", help="write DIR/report/report.md and report.html from the finished runs")
+    report.add_argument("dir", type=Path)
+    report.add_argument("--out", type=Path, help="report folder (default DIR/report)")
+    report.set_defaults(func="glioseg.experiments.command:report_cli")
+    shipped = actions.add_parser("list", help="the shipped specs")
+    shipped.set_defaults(func="glioseg.experiments.command:list_cli")
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="a released model on the bundled real case, then the pipeline on phantoms")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
@@ -190,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"before reading it (default {DEFAULT_MAX_IMAGE_MB}; also ${MAX_IMAGE_MB_ENV})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_demo, _add_sample, _add_phantom, _add_verify, _add_preprocess, _add_models, _add_train,
-                _add_evaluate, _add_report, _add_predict, _add_export):
+                _add_evaluate, _add_report, _add_predict, _add_export, _add_experiment):
         add(sub)
     return parser
 

@@ -209,10 +209,10 @@ def overlay_figure(image_ras, label_ras, scheme: LabelScheme, *, affine: np.ndar
     fig.text(0.01, 1 - 0.08 / fig.get_figheight(), heading, fontsize=9, va="top", ha="left", wrap=True)
     fig.subplots_adjust(left=0.3 / fig.get_figwidth(), right=0.995, top=1 - 0.95 / fig.get_figheight(),
                         bottom=0.4 / fig.get_figheight(), wspace=0.03, hspace=0.03)
-    return _png(fig, dpi)
+    return to_png(fig, dpi)
 
 
-def _png(fig: Figure, dpi: int) -> bytes:
+def to_png(fig: Figure, dpi: int) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
@@ -322,4 +322,4 @@ def training_curves(run_dir: Path, dpi: int = 100) -> bytes:
     for ax in (loss_ax, dice_ax, prec_ax):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig, dpi)
+    return to_png(fig, dpi)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 UNDERLAYS: tuple[tuple[str, str], ...] = (("FLAIR", "flair"), ("T1ce", "t1ce"))
 DEFAULT_MAX_CASES = 20
-_CSS = """
+CSS = """
 body{font-family:DejaVu Sans,Arial,sans-serif;margin:24px;color:#222;max-width:1360px}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}h3{font-size:15px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
@@ -118,11 +118,11 @@ def load_metrics(metrics_dir: Path) -> tuple[list[dict], dict | None]:
     return rows, summary
 
 
-def _png_tag(png: bytes, alt: str) -> str:
+def png_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _table(header: list[str], rows: list[list[str]], cell_class=None) -> str:
+def html_table(header: list[str], rows: list[list[str]], cell_class=None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for row in rows:
@@ -156,7 +156,7 @@ def _summary_html(summary: dict) -> str:
     if missing.get("cases"):
         notes.append(f"{len(missing['cases'])} cases without a prediction, {missing['meaning']}: "
                      f"{', '.join(missing['cases'])}.")
-    return _table(header, rows) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    return html_table(header, rows) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
 
 
 def _metrics_html(rows: list[dict]) -> str:
@@ -171,8 +171,8 @@ def _metrics_html(rows: list[dict]) -> str:
     volumes = [[case] + [_fmt(regions.get(region, {}).get(k), 1) for region in REGIONS for k in ("pred_ml", "ref_ml")]
                for case, regions in by_case.items()]
     vol_header = ["case"] + [f"{region} {who} mL" for region in REGIONS for who in ("pred", "ref")]
-    return ("<h3>Per case</h3>" + _table(header, table, low_dice) +
-            "<h3>Volumes</h3>" + _table(vol_header, volumes))
+    return ("<h3>Per case</h3>" + html_table(header, table, low_dice) +
+            "<h3>Volumes</h3>" + html_table(vol_header, volumes))
 
 
 def _volumes_html(volumes: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -181,7 +181,7 @@ def _volumes_html(volumes: dict[str, dict[str, dict[str, float]]]) -> str:
     header = ["case"] + [f"{region} {name} mL" for region in REGIONS for name in names]
     rows = [[case] + [_fmt(per_case.get(name, {}).get(region), 1) for region in REGIONS for name in names]
             for case, per_case in volumes.items()]
-    return "<h3>Volumes (cases drawn below)</h3>" + _table(header, rows)
+    return "<h3>Volumes (cases drawn below)</h3>" + html_table(header, rows)
 
 
 def _precision_html(run_dir: Path, events: list[dict]) -> str:
@@ -201,24 +201,24 @@ def _precision_html(run_dir: Path, events: list[dict]) -> str:
     rows = [[p, str(n), _fmt(summary["seconds_per_precision"].get(p), 1), _fmt(per_step.get(p), 3)]
             for p, n in summary["steps_per_precision"].items() if n]
     return ("<h3>Precision</h3>" + "".join(f'<p class="note">{html.escape(line)}</p>' for line in lines) +
-            _table(["precision", "steps", "seconds", "s/step"], rows))
+            html_table(["precision", "steps", "seconds", "s/step"], rows))
 
 
 def _run_html(run_dir: Path) -> str:
     epochs = figures.read_run_metrics(run_dir)
     events = figures.read_precision_events(run_dir)
     parts = [f'<p class="note">Run folder: {html.escape(str(run_dir))}; {len(epochs)} epochs.</p>',
-             _png_tag(figures.training_curves(run_dir), "training curves")]
+             png_tag(figures.training_curves(run_dir), "training curves")]
     if epochs:
         last = epochs[-1]
         digits = {"epoch": 0, "seconds": 1, "train_loss": 4}
-        parts.append("<h3>Last epoch</h3>" + _table(list(figures.RUN_COLUMNS), [[
+        parts.append("<h3>Last epoch</h3>" + html_table(list(figures.RUN_COLUMNS), [[
             last[c] if c == "precision" else _fmt(last[c], digits.get(c, 3)) for c in figures.RUN_COLUMNS]]))
     parts.append(_precision_html(run_dir, events))
     if events:
         keys = ["step", "from", "to", "signal", "value"]
         parts.append(f"<h3>Precision events ({len(events)}; first 50)</h3>" +
-                     _table(keys, [[str(e.get(k, "")) for k in keys] for e in events[:50]]))
+                     html_table(keys, [[str(e.get(k, "")) for k in keys] for e in events[:50]]))
     return "<h2>Training run</h2>" + "".join(parts)
 
 
@@ -226,7 +226,7 @@ def _cases_html(shown: list[ReportCase], total: int, max_cases: int, convention:
     sections, volumes = [], {}
     for case in tqdm(shown, desc="report", unit="case"):
         png, volumes[case.case_id] = case_figure(case, convention)
-        sections.append(f"<h3>{html.escape(case.case_id)}</h3>{_png_tag(png, case.case_id)}")
+        sections.append(f"<h3>{html.escape(case.case_id)}</h3>{png_tag(png, case.case_id)}")
     capped = f" (--max-cases {max_cases})" if len(shown) < total else ""
     parts = [_volumes_html(volumes)] if with_volumes else []
     return "".join(parts + ["<h2>Cases</h2>", f'<p class="note">{len(shown)} of {total} cases drawn{capped}.</p>',
@@ -251,7 +251,7 @@ def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, su
     if shown:
         body.append(_cases_html(shown, len(cases), max_cases, convention, with_volumes=not metrics))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
     with atomic_path(out_html) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return Path(out_html)

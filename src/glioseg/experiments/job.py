@@ -1,0 +1,170 @@
+"""One run of an experiment as an independent job: train (or resume), predict, score, write results.
+
+A job is a plain dict (it crosses process and Slurm boundaries by pickling) made by
+:func:`make_job`; :func:`run_job` does whatever the run still needs and is safe to call again
+after any interruption: a finished run is not trained again, an interrupted one continues with
+the trainer's exact resume, and prediction skips cases already written. The result file
+(``DIR/results/<arm>/fold<k>-seed<s>.json`` and a per-case ``.csv`` beside it) is written last,
+atomically, and holds no weights, so it can be committed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from glioseg.config import from_dict, to_dict
+from glioseg.data.formats import discover
+from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
+from glioseg.evaluation.figures import read_run_metrics
+from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, peak_mib, read_step_times, reset_peak,
+                                         timed_steps)
+from glioseg.experiments.plan import Plan, Run, is_trained
+from glioseg.inference import inputs as case_inputs
+from glioseg.inference.bundle import load_bundle
+from glioseg.inference.pipeline import make_predictor, predict_all
+from glioseg.inference.predictor import PredictConfig
+from glioseg.models.registry import describe
+from glioseg.training.distributed import DistInfo, pick_device
+from glioseg.training.recipe import TrainConfig
+from glioseg.training.run_folder import write_text_atomic
+from glioseg.training.trainer import train
+
+log = logging.getLogger(__name__)
+
+COST_FILE = "experiment_cost.json"
+
+
+def make_job(plan: Plan, run: Run, threads: int | None = None) -> dict:
+    budget, spec = plan.resolved.budget, plan.spec
+    return {"arm": run.arm, "fold": run.fold, "seed": run.seed, "run_dir": str(plan.run_dir(run)),
+            "result": str(plan.result_path(run)), "cache": str(plan.cache), "data": str(spec.data_path()),
+            "config": to_dict(plan.resolved.config(run.arm, run.seed)), "split": plan.split(run),
+            "minutes": budget.minutes, "eval_device": budget.eval_device,
+            "evaluation": to_dict(spec.evaluation), "threads": threads}
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    """A run folder started with other settings (an edited spec) must not be continued."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved.pop("versions", None)
+    before = from_dict(TrainConfig, saved, str(run_dir / "config.yaml"))
+    changed = sorted(k for k, v in to_dict(config).items() if to_dict(before).get(k) != v)
+    if changed:
+        raise ValueError(f"{run_dir}: this run was started with other settings ({', '.join(changed)}); "
+                         "continue the experiment with its own spec, or use another --out")
+
+
+def _train(job: dict, run_dir: Path, config: TrainConfig) -> None:
+    """Train or resume the run; records wall time and peak memory of this attempt (an attempt
+    killed outright records nothing: its steps are redone and timed by the next)."""
+    if is_trained(run_dir):
+        return
+    resume = (run_dir / "last.pt").is_file()
+    if resume:
+        _check_same_config(run_dir, config)
+    else:
+        write_text_atomic(run_dir / "split.json", json.dumps(job["split"], indent=2))
+    device = pick_device(config.device, DistInfo())
+    measure = reset_peak(device)
+    started = time.perf_counter()
+    try:
+        with timed_steps(run_dir, job["minutes"]):
+            train(config, Path(job["cache"]), run_dir, resume=resume)
+    except BudgetSpent:
+        log.info("%s: the budget's %s minutes are spent", run_dir, job["minutes"])
+    finally:
+        _add_cost(run_dir, time.perf_counter() - started, peak_mib(device), measure)
+
+
+def _add_cost(run_dir: Path, wall: float, peak: float, measure: str) -> None:
+    path = run_dir / COST_FILE
+    cost = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "peak_mib": 0.0, "attempts": 0}
+    cost = {"wall_s": round(cost["wall_s"] + wall, 3), "peak_mib": round(max(cost["peak_mib"], peak), 1),
+            "attempts": cost["attempts"] + 1, "peak_measure": measure}
+    write_text_atomic(path, json.dumps(cost, indent=2))
+
+
+def _evaluate(job: dict, run_dir: Path) -> tuple[list[dict], str, float]:
+    """Held-out cases through the predict pipeline, scored; (rows, checkpoint used, s per case)."""
+    wanted = job["evaluation"]["checkpoint"]
+    checkpoint = run_dir / f"{wanted}.pt"
+    if not checkpoint.is_file():
+        checkpoint = run_dir / "last.pt"   # no validation ran, so no best.pt: the trained state
+    predictor = make_predictor([checkpoint], PredictConfig(window=job["evaluation"]["window"],
+                                                           device=job["eval_device"]))
+    test = set(job["split"]["test"])
+    data = Path(job["data"])
+    items = [i for i in case_inputs.from_path(data, predictor.bundle.channels, None) if i.case.case_id in test]
+    pred_dir = run_dir / "predictions"
+    started = time.perf_counter()
+    predict_all(items, predictor, pred_dir)
+    seconds = (time.perf_counter() - started) / max(1, len(items))
+    dataset = discover(data)
+    jobs = [(c.case_id, prediction_path(pred_dir, c.case_id), c.label, dataset.scheme.name)
+            for c in dataset.cases if c.case_id in test]
+    rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
+            for r in score_all(jobs)]   # NaN (sensitivity of an empty reference) is JSON null
+    return rows, checkpoint.stem, seconds
+
+
+def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) -> dict:
+    bundle = load_bundle(run_dir / f"{checkpoint}.pt")
+    model = describe(bundle.model, tuple(config.patch), bundle.in_channels, bundle.out_channels, **bundle.options)
+    times = [t for _, t in read_step_times(run_dir)]
+    cost = json.loads((run_dir / COST_FILE).read_text()) if (run_dir / COST_FILE).is_file() else {}
+    return {"params": model["params"], "flops": model["flops"], "patch": list(config.patch),
+            "steps": len(times), "s_per_step": statistics.median(times) if times else None,
+            "train_step_seconds": round(sum(times), 3), "train_wall_s": cost.get("wall_s"),
+            "peak_mib": cost.get("peak_mib"), "peak_measure": cost.get("peak_measure"),
+            "eval_s_per_case": round(eval_s, 3), "device": str(pick_device(config.device, DistInfo())),
+            "threads": torch.get_num_threads()}
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    keep = ("epoch", "step", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et", "precision", "seconds")
+    rows = read_run_metrics(run_dir) if (run_dir / "metrics.csv").is_file() else []
+    return [{k: (r[k] if r[k] == r[k] else None) if k != "precision" else r[k] for k in keep} for r in rows]
+
+
+def _write_result(path: Path, result: dict) -> None:
+    buffer = io.StringIO()
+    out = csv.DictWriter(buffer, fieldnames=("arm", "fold", "seed", *COLUMNS))
+    out.writeheader()
+    out.writerows({"arm": result["arm"], "fold": result["fold"], "seed": result["seed"], **r}
+                  for r in result["rows"])
+    write_text_atomic(path.with_suffix(".csv"), buffer.getvalue())
+    write_text_atomic(path, json.dumps(result, indent=1, allow_nan=False, default=str))
+
+
+def run_job(job: dict) -> dict:
+    """Whatever the run still needs; returns its result (the content of the result file)."""
+    result_path = Path(job["result"])
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    run_dir = Path(job["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = from_dict(TrainConfig, job["config"], "experiment run")
+    _train(job, run_dir, config)
+    rows, checkpoint, eval_s = _evaluate(job, run_dir)
+    summary = run_dir / "precision_summary.json"
+    stop = run_dir / BUDGET_STOP
+    result = {"arm": job["arm"], "fold": job["fold"], "seed": job["seed"], "model": config.model,
+              "checkpoint": checkpoint, "test_cases": job["split"]["test"], "rows": rows,
+              "cost": _cost(run_dir, config, checkpoint, eval_s), "curve": _curve(run_dir),
+              "precision": json.loads(summary.read_text()) if summary.is_file() else None,
+              "budget_stop": json.loads(stop.read_text()) if stop.is_file() else None,
+              "config": job["config"]}
+    _write_result(result_path, result)
+    log.info("%s: done (%d held-out cases)", result_path, len(job["split"]["test"]))
+    return result

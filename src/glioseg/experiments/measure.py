@@ -1,0 +1,134 @@
+"""What a run costs: seconds per optimiser step, training time, peak memory; the minutes budget.
+
+The trainer's own logs stay as they are (an exact resume compares them bit for bit), so the
+experiment times each step from outside, as ``benchmarks/trainer_timing.py`` does, by wrapping
+``Trainer._train_step`` for the duration of one run. Each step's seconds are appended to the run
+folder's ``step_times.csv`` as it ends; a resumed run drops the rows after the step it resumes
+from, so the file always describes the steps of the trajectory that was kept, and a ``minutes``
+budget counts exactly those.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` after a reset; on Linux the process's
+peak resident set (``VmHWM``), reset at the start of the run through ``/proc/self/clear_refs``
+so that runs sharing a process are measured apart; elsewhere ``ru_maxrss``, the process's peak.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from glioseg.training.run_folder import write_text_atomic
+
+STEP_TIMES = "step_times.csv"
+BUDGET_STOP = "budget_stop.json"
+
+
+class BudgetSpent(Exception):
+    """The run's minutes are spent; its last checkpoint is the state after the last timed step."""
+
+
+def read_step_times(run_dir: Path) -> list[tuple[int, float]]:
+    path = Path(run_dir) / STEP_TIMES
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [(int(r["step"]), float(r["seconds"])) for r in csv.DictReader(fh)]
+
+
+def _keep_until(run_dir: Path, step: int) -> float:
+    """Drop rows after ``step`` (a resumed run redoes them); returns the seconds kept."""
+    rows = [(s, t) for s, t in read_step_times(run_dir) if s <= step]
+    text = "step,seconds\n" + "".join(f"{s},{t:.6f}\n" for s, t in rows)
+    write_text_atomic(Path(run_dir) / STEP_TIMES, text)
+    return sum(t for _, t in rows)
+
+
+@contextlib.contextmanager
+def timed_steps(run_dir: Path, minutes: float | None = None):
+    """Time every optimiser step of the trainer runs inside; stop after ``minutes`` of steps."""
+    from glioseg.training import trainer as trainer_module
+
+    original = trainer_module.Trainer._train_step
+    state = {"spent": None}
+
+    def timed(self, batch):
+        if state["spent"] is None:   # the first step of this attempt: self.step is where it resumes
+            state["spent"] = _keep_until(run_dir, self.step)
+        start = time.perf_counter()
+        result = original(self, batch)
+        seconds = time.perf_counter() - start
+        state["spent"] += seconds
+        with open(Path(run_dir) / STEP_TIMES, "a") as fh:
+            fh.write(f"{self.step},{seconds:.6f}\n")
+        if minutes is not None and state["spent"] >= 60.0 * minutes:
+            self.save(self.run.last)
+            write_text_atomic(Path(run_dir) / BUDGET_STOP, json.dumps(
+                {"step": self.step, "epoch": self.epoch, "seconds": round(state["spent"], 3)}))
+            raise BudgetSpent
+        return result
+
+    trainer_module.Trainer._train_step = timed
+    try:
+        yield
+    finally:
+        trainer_module.Trainer._train_step = original
+
+
+def _proc_status(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return float(line.split()[1]) / 1024.0   # kB → MiB
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak(device: torch.device) -> str:
+    """Start a fresh peak-memory measurement; returns what will be measured."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return "torch.cuda.max_memory_allocated"
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        if _proc_status("VmHWM") is not None:
+            return "peak resident set of the run (VmHWM, reset at its start)"
+    except OSError:
+        pass
+    return "peak resident set of the process (ru_maxrss; may include earlier runs of this process)"
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _proc_status("VmHWM")
+    if hwm is not None:
+        return hwm
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform == "darwin" else 1.0)
+    return kib / 1024.0   # ru_maxrss: bytes on macOS, kB on Linux
+
+
+def threads_for(jobs: int) -> int:
+    """Torch threads per run when ``jobs`` runs share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def machine() -> dict:
+    """The CPU (model name, cores), the GPU if any, and torch's thread count: for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch_threads": torch.get_num_threads(),
+            "torch": str(torch.__version__)}

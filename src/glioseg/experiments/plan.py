@@ -1,0 +1,148 @@
+"""The runs of an experiment, where they live, and how far each has got.
+
+One run per (arm, fold, seed): an ordinary ``glioseg train`` run folder at
+``DIR/runs/<arm>/fold<k>-seed<s>/`` whose ``split.json`` is written before training (the fold's
+cases, held-out ``test`` cases included), and its small result file at
+``DIR/results/<arm>/fold<k>-seed<s>.json``. ``DIR/experiment.json`` records the spec, the budget,
+the fold assignments and the precision verdicts; a re-run with another spec or budget into the
+same folder is refused, so results never mix two experiments.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glioseg.data.formats import discover
+from glioseg.experiments.folds import assign_folds, balance, fold_split, read_grades, stratum_of
+from glioseg.experiments.measure import BUDGET_STOP
+from glioseg.experiments.resolve import Resolved, precision_verdicts, resolve, slug
+from glioseg.experiments.spec import ExperimentSpec, SpecError, spec_dict, spec_from_dict
+from glioseg.training.run_folder import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_FILE = "experiment.json"
+STATES = ("pending", "partial", "trained", "done", "not run")
+
+
+def is_trained(run_dir: Path) -> bool:
+    """The trainer finished the run (its summary is written) or the minutes budget stopped it."""
+    return (run_dir / "precision_summary.json").is_file() or (run_dir / BUDGET_STOP).is_file()
+
+
+@dataclass(frozen=True)
+class Run:
+    arm: str
+    fold: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{slug(self.arm)}/fold{self.fold}-seed{self.seed}"
+
+
+@dataclass
+class Plan:
+    resolved: Resolved
+    out: Path
+    strata: dict[str, str]                  # case → "site/grade"
+    folds: dict[int, dict[str, int]]        # training seed → case → fold
+    not_run: dict[str, str] = field(default_factory=dict)   # arm → why it cannot run here
+
+    @property
+    def spec(self) -> ExperimentSpec:
+        return self.resolved.spec
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+    @property
+    def runs(self) -> list[Run]:
+        return [Run(a, k, s) for a in self.resolved.arm_names for s in self.spec.seeds
+                for k in range(self.spec.folds.k)]
+
+    def run_dir(self, run: Run) -> Path:
+        return self.out / "runs" / run.key
+
+    def result_path(self, run: Run) -> Path:
+        return self.out / "results" / f"{run.key}.json"
+
+    def split(self, run: Run) -> dict:
+        val_fraction = self.resolved.config(run.arm, run.seed).val_fraction
+        return fold_split(self.folds[run.seed], run.fold, run.seed, val_fraction)
+
+    def status(self, run: Run) -> str:
+        """``done`` (result file written), ``trained`` (to evaluate), ``partial`` (to resume),
+        ``pending`` (to start) or ``not run`` (its precision cannot run on this machine)."""
+        folder = self.run_dir(run)
+        if run.arm in self.not_run:
+            return "not run"
+        if self.result_path(run).is_file():
+            return "done"
+        if is_trained(folder):
+            return "trained"
+        return "partial" if (folder / "last.pt").is_file() else "pending"
+
+    def balance(self, seed: int) -> dict[str, list[int]]:
+        return balance(self.folds[seed], self.strata, self.spec.folds.k)
+
+    def to_dict(self) -> dict:
+        return {"spec": spec_dict(self.spec), "budget": self.resolved.budget_name, "strata": self.strata,
+                "folds": {str(s): a for s, a in self.folds.items()}, "not_run": self.not_run}
+
+
+def _strata(spec: ExperimentSpec) -> dict[str, str]:
+    data = spec.data_path()
+    if not data.exists():
+        raise SpecError(spec.source, f"data {data} does not exist (the spec's data, or --data)")
+    dataset = discover(data)
+    grades = read_grades(spec.grades_path()) if spec.grades_path() else {}
+    labelled = [c for c in dataset.cases if c.label is not None]
+    if len(labelled) < len(dataset.cases):
+        raise SpecError(spec.source, f"{data}: {len(dataset.cases) - len(labelled)} cases have no reference "
+                                     "label; every case of an experiment is scored")
+    return {c.case_id: stratum_of(c.site, grades.get(c.case_id)) for c in labelled}
+
+
+def make_plan(spec: ExperimentSpec, budget_name: str, out: Path) -> Plan:
+    """Check the whole spec (settings, data, folds, precisions) before anything trains."""
+    resolved = resolve(spec, budget_name)
+    strata = _strata(spec)
+    if spec.folds.k > len(strata):
+        raise SpecError(spec.source, f"folds.k = {spec.folds.k} is more folds than the {len(strata)} cases of "
+                                     f"{spec.data_path()}")
+    folds = {s: assign_folds(strata, spec.folds.k, (spec.folds.seed, s)) for s in spec.seeds}
+    return Plan(resolved, Path(out), strata, folds, precision_verdicts(resolved))
+
+
+def save_plan(plan: Plan, **about) -> None:
+    """Write ``experiment.json`` (with ``about``: the command, the machine); an experiment folder
+    holding another spec or budget is an error."""
+    path = plan.out / EXPERIMENT_FILE
+    new = {**plan.to_dict(), **about}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        # the slurm settings say how the runs execute, not what they are: they may change
+        what = lambda d: {**d, "spec": {k: v for k, v in d["spec"].items() if k != "slurm"}}  # noqa: E731
+        changed = [k for k in ("spec", "budget", "folds") if what(old).get(k) != what(new)[k]]
+        if changed:
+            raise SpecError(str(path), f"this folder holds an experiment with another {' and '.join(changed)}; "
+                                       "continue it with its own spec and --budget, or use another --out")
+    plan.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(new, indent=2))
+
+
+def load_plan(out: Path) -> Plan:
+    """The plan recorded in ``DIR/experiment.json`` (no data access: status and report use it)."""
+    path = Path(out) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise ValueError(f"{out}: not an experiment folder ({EXPERIMENT_FILE} is missing); "
+                         "start one with glioseg experiment run SPEC --out DIR")
+    saved = json.loads(path.read_text())
+    spec = spec_from_dict(saved["spec"], str(path), ".")
+    resolved = resolve(spec, saved["budget"])
+    folds = {int(s): a for s, a in saved["folds"].items()}
+    return Plan(resolved, Path(out), saved["strata"], folds, saved.get("not_run", {}))

@@ -1,0 +1,109 @@
+"""The result files of an experiment as tables: scores per arm, comparisons, cost, curves.
+
+Only finished runs (their ``DIR/results/...json``) count; the tables say how many runs of each
+arm are in, so a report of an experiment still under way is honest about it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+
+from glioseg.experiments.plan import Plan, Run
+from glioseg.experiments.stats import Comparison, Key, compare, describe, seed_means
+
+
+@dataclass(frozen=True)
+class Results:
+    plan: Plan
+    runs: dict[Run, dict]        # finished runs → their result file
+
+    def arms(self) -> list[str]:
+        return [a for a in self.plan.resolved.arm_names if a not in self.plan.not_run]
+
+    def of_arm(self, arm: str) -> list[dict]:
+        return [r for run, r in self.runs.items() if run.arm == arm]
+
+    def values(self, region: str, metric: str) -> dict[str, dict[Key, float]]:
+        """arm → (case, seed) → value of ``metric`` in ``region`` (None where undefined)."""
+        return {arm: {(row["case"], r["seed"]): row[metric] for r in self.of_arm(arm)
+                      for row in r["rows"] if row["region"] == region}
+                for arm in self.arms()}
+
+
+def load_results(plan: Plan) -> Results:
+    runs = {}
+    for run in plan.runs:
+        path = plan.result_path(run)
+        if path.is_file():
+            runs[run] = json.loads(path.read_text())
+    return Results(plan, runs)
+
+
+def arm_scores(results: Results) -> list[dict]:
+    """Per arm, region and metric: statistics over (case, seed) values and over the seed means."""
+    ev = results.plan.spec.evaluation
+    rows = []
+    for region in ev.regions:
+        for metric in ev.metrics:
+            for arm, values in results.values(region, metric).items():
+                over_seeds = describe(list(seed_means(values).values()))
+                rows.append({"arm": arm, "region": region, "metric": metric, **describe(list(values.values())),
+                             "seeds": over_seeds["n"], "seed_sd": over_seeds["sd"],
+                             "runs": len(results.of_arm(arm))})
+    return rows
+
+
+def comparisons(results: Results) -> list[Comparison]:
+    spec = results.plan.spec
+    ev = spec.evaluation
+    if spec.reference in results.plan.not_run:
+        return []
+    return [c for region in ev.regions for metric in ev.metrics
+            for c in compare(results.values(region, metric), spec.reference, region, metric,
+                             ev.bootstrap, spec.folds.seed, ev.alpha)]
+
+
+def time_to_target(curve: list[dict], target: float) -> tuple[float | None, int | None]:
+    """Training seconds and steps until the mean validation Dice (WT, TC, ET) first reaches ``target``."""
+    elapsed = 0.0
+    for row in curve:
+        elapsed += row.get("seconds") or 0.0
+        dice = [row.get(f"val_dice_{r}") for r in ("wt", "tc", "et")]
+        if all(d is not None for d in dice) and float(np.mean(dice)) >= target:
+            return elapsed, int(row["step"])
+    return None, None
+
+
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(values) if values else None
+
+
+def cost(results: Results) -> list[dict]:
+    """Per arm: parameters, FLOPs, s/step, peak MiB, training time, time to the target Dice."""
+    target = results.plan.spec.evaluation.target_dice
+    rows = []
+    for arm in results.plan.resolved.arm_names:
+        done = results.of_arm(arm)
+        c = [r["cost"] for r in done]
+        row = {"arm": arm, "model": results.plan.resolved.configs[arm].model, "runs": len(done),
+               "params": c[0]["params"] if c else None, "flops": c[0]["flops"] if c else None,
+               "s_per_step": _median([x["s_per_step"] for x in c]),
+               "peak_mib": max((x["peak_mib"] for x in c if x["peak_mib"] is not None), default=None),
+               "train_s": _median([x["train_wall_s"] for x in c]),
+               "steps": _median([x["steps"] for x in c]),
+               "precision": sorted({(r["precision"] or {}).get("precision") or r["config"]["precision"]
+                                    for r in done}),
+               "not_run": results.plan.not_run.get(arm)}
+        if target is not None:
+            reached = [time_to_target(r["curve"], target) for r in done]
+            row["target_dice"] = target
+            row["reached"] = sum(s is not None for s, _ in reached)
+            row["time_to_target_s"] = _median([s for s, _ in reached])
+            row["steps_to_target"] = _median([n for _, n in reached if n is not None])
+        rows.append(row)
+    return rows

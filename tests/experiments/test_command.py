@@ -1,0 +1,161 @@
+"""``glioseg experiment`` end to end on phantoms: run, status, report; kill and continue; Slurm via submitit."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import glioseg
+from glioseg.cli import main
+
+from .conftest import TINY_SPEC
+
+SRC = Path(glioseg.__file__).resolve().parents[1]
+RUNS = ("small/fold0-seed0", "small/fold1-seed0", "unet/fold0-seed0", "unet/fold1-seed0")
+# result fields that measure time or memory: they differ between identical runs
+MEASURED = ("cost",)
+
+
+def _spec(folder: Path, data: Path, **changes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump({**TINY_SPEC, "data": str(data), **changes}, sort_keys=False))
+    return path
+
+
+def _scores(out: Path) -> dict[str, list[dict]]:
+    """Per run: the per-case metric rows and the validation curve without its seconds."""
+    scores = {}
+    for key in RUNS:
+        result = json.loads((out / "results" / f"{key}.json").read_text())
+        scores[key] = [result["rows"], [{k: v for k, v in r.items() if k != "seconds"} for r in result["curve"]]]
+    return scores
+
+
+@pytest.fixture(scope="module")
+def finished(phantom_data, tmp_path_factory) -> Path:
+    """The tiny experiment run once, uninterrupted, through the CLI in this process."""
+    folder = tmp_path_factory.mktemp("experiment")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["experiment", "run", str(_spec(folder, phantom_data)), "--out", str(folder / "out")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return folder / "out"
+
+
+def test_run_writes_run_folders_results_and_the_report(finished, phantom_data):
+    for key in RUNS:
+        run = finished / "runs" / key
+        assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
+        split = json.loads((run / "split.json").read_text())
+        assert not set(split["test"]) & set(split["train"] + split["val"])
+        result = json.loads((finished / "results" / f"{key}.json").read_text())
+        assert sorted({r["case"] for r in result["rows"]}) == split["test"]
+        assert {r["region"] for r in result["rows"]} == {"WT", "TC", "ET"}
+        cost = result["cost"]
+        assert cost["params"] > 0 and cost["flops"] > 0 and cost["steps"] == 4 and cost["s_per_step"] > 0
+        assert cost["peak_mib"] > 0 and result["precision"]["precision"] == "fp32"
+        assert (finished / "results" / f"{key}.csv").read_text().startswith("arm,fold,seed,case,region,dice")
+    # each case is held out exactly once per seed, in one of the two folds
+    for arm in ("small", "unet"):
+        cases = [c for f in (0, 1) for c in json.loads(
+            (finished / "results" / arm / f"fold{f}-seed0.json").read_text())["test_cases"]]
+        assert sorted(cases) == sorted(p.name for p in phantom_data.iterdir() if p.is_dir())
+    report = (finished / "report" / "tiny.md").read_text()
+    assert "unet vs small: ΔWT" in report and "## Cost per arm" in report
+    figures = ("dice_boxplots", "paired_differences", "dice_vs_cost", "validation_curves")
+    for name in figures:
+        assert f"![{name.replace('_', ' ')}](tiny-{name}.png)" in report
+        assert (finished / "report" / f"tiny-{name}.png").stat().st_size > 1000
+    html = (finished / "report" / "tiny.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "unet vs small" in html
+
+
+def test_status_and_a_second_run_skip_what_is_done(finished, capsys):
+    assert main(["experiment", "status", str(finished)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split() for ln in lines if ln.startswith(("small", "unet"))] == [
+        ["small", "0", "0", "0", "2", "0"], ["unet", "0", "0", "0", "2", "0"]]
+    spec = finished.parent / "spec.yaml"
+    stamps = {k: (finished / "results" / f"{k}.json").stat().st_mtime_ns for k in RUNS}
+    assert main(["experiment", "run", str(spec), "--out", str(finished)]) == 0
+    assert stamps == {k: (finished / "results" / f"{k}.json").stat().st_mtime_ns for k in RUNS}
+
+
+def test_a_folder_of_another_experiment_is_refused(finished, phantom_data, tmp_path, caplog):
+    other = _spec(tmp_path, phantom_data, seeds=[5])
+    assert main(["experiment", "run", str(other), "--out", str(finished)]) == 2
+    assert "holds an experiment with another spec" in caplog.text
+
+
+def test_a_killed_experiment_continues_to_the_same_results(finished, phantom_data, tmp_path):
+    spec, out = _spec(tmp_path, phantom_data), tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "glioseg", "experiment", "run", str(spec), "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "results" / "small" / "fold0-seed0.json"
+    deadline = time.monotonic() + 120
+    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)   # somewhere in the second run: training, checkpoint or prediction
+    proc.wait()
+    assert first.is_file()
+    assert not (out / "results" / "unet" / "fold1-seed0.json").exists()
+    assert main(["experiment", "run", str(spec), "--out", str(out)]) == 0
+    assert _scores(out) == _scores(finished)
+
+
+def test_minutes_budget_stops_a_run_and_evaluates_it(phantom_data, tmp_path):
+    budgets = {"cpu": {"minutes": 1e-9, "max_epochs": 3, "steps_per_epoch": 2, "device": "cpu", "workers": 0}}
+    spec = _spec(tmp_path, phantom_data, budgets=budgets, folds={"k": 2, "seed": 0})
+    out = tmp_path / "out"
+    assert main(["experiment", "run", str(spec), "--out", str(out)]) == 0
+    result = json.loads((out / "results" / "small" / "fold0-seed0.json").read_text())
+    assert result["budget_stop"]["step"] == 1 and result["cost"]["steps"] == 1
+    assert result["checkpoint"] == "last"     # stopped before any validation: no best.pt
+
+
+def test_slurm_executor_runs_the_jobs_through_submitit(finished, tmp_path):
+    pytest.importorskip("submitit")
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    (out / "results" / "unet" / "fold1-seed0.json").unlink()     # this run is evaluated again
+    spec = yaml.safe_load((finished.parent / "spec.yaml").read_text())
+    spec["slurm"] = {"cluster": "local", "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["experiment", "run", str(path), "--out", str(out), "--executor", "slurm"]) == 0
+    assert list((out / "slurm").glob("*_result.pkl"))     # the job went through submitit
+    assert _scores(out) == _scores(finished)
+
+
+def test_the_report_needs_only_the_committable_result_files(finished, tmp_path, capsys):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    shutil.copy(finished / "experiment.json", kept)
+    shutil.copytree(finished / "results", kept / "results")
+    assert main(["experiment", "report", str(kept), "--out", str(tmp_path / "docs")]) == 0
+    assert (tmp_path / "docs" / "tiny.md").read_text().split("## Figures")[0].replace(str(kept), "") == \
+        (finished / "report" / "tiny.md").read_text().split("## Figures")[0].replace(str(finished), "")
+    assert "tiny.md" in capsys.readouterr().out
+
+
+def test_a_report_before_any_run_finished_says_so(finished, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(finished / "experiment.json", empty)
+    assert main(["experiment", "report", str(empty)]) == 0
+    text = (empty / "report" / "tiny.md").read_text()
+    assert "0 of 4 runs finished" in text and "## Figures" not in text

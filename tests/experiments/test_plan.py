@@ -1,0 +1,66 @@
+"""Plans: precision levels the probe rules out are reported as not run; run folders and status."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from glioseg.cli import main
+from glioseg.experiments import resolve as resolve_module
+from glioseg.experiments.plan import make_plan
+from glioseg.experiments.spec import load_spec
+
+from .conftest import TINY_SPEC
+
+
+def _precision_arms(*levels):
+    arms = []
+    for level in levels:
+        arm = copy.deepcopy(TINY_SPEC["arms"][0])
+        arm["name"] = level
+        arm["overrides"] = {**arm["overrides"], "precision": level}
+        arms.append(arm)
+    return arms
+
+
+def test_a_level_the_probe_rules_out_is_not_run_and_says_why(write_spec, tmp_path, monkeypatch, capsys):
+    # the verdict depends on the CPU; here the probe's pre-screen is made to rule fp16 out
+    monkeypatch.setattr(resolve_module, "supported_precisions", lambda device: ("fp32", "bf16", "fp16"))
+    monkeypatch.setattr(resolve_module, "conv_prescreen",
+                        lambda device, candidates, give_up: {"fp16": "conv pre-screen: 71x slower than fp32"}
+                        if "fp16" in candidates else {})
+    spec = write_spec(arms=_precision_arms("fp32", "bf16", "fp16"), reference="fp32")
+    plan = make_plan(load_spec(spec), "cpu", tmp_path / "out")
+    assert plan.not_run == {"fp16": "conv pre-screen: 71x slower than fp32 (probe_give_up 3x): not run"}
+    assert {plan.status(r) for r in plan.runs if r.arm == "fp16"} == {"not run"}
+    assert {plan.status(r) for r in plan.runs if r.arm != "fp16"} == {"pending"}
+    assert main(["experiment", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "arm fp16: segresnet" in (out := capsys.readouterr().out) and "NOT RUN: conv pre-screen: 71x" in out
+
+
+def test_an_unsupported_level_is_not_run(write_spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(resolve_module, "supported_precisions", lambda device: ("fp32",))
+    spec = write_spec(arms=_precision_arms("fp32", "bf16"), reference="fp32")
+    plan = make_plan(load_spec(spec), "cpu", tmp_path / "out")
+    assert plan.not_run == {"bf16": "bf16 autocast is not supported on cpu"}
+
+
+def test_runs_are_one_folder_per_arm_fold_and_seed(write_spec, tmp_path):
+    plan = make_plan(load_spec(write_spec(seeds=[0, 3])), "cpu", tmp_path / "out")
+    assert [r.key for r in plan.runs] == ["small/fold0-seed0", "small/fold1-seed0", "small/fold0-seed3",
+                                          "small/fold1-seed3", "unet/fold0-seed0", "unet/fold1-seed0",
+                                          "unet/fold0-seed3", "unet/fold1-seed3"]
+    assert plan.run_dir(plan.runs[2]) == tmp_path / "out" / "runs" / "small" / "fold0-seed3"
+    assert plan.result_path(plan.runs[2]) == tmp_path / "out" / "results" / "small" / "fold0-seed3.json"
+    for seed in (0, 3):
+        tests = [c for r in plan.runs if r.arm == "small" and r.seed == seed for c in plan.split(r)["test"]]
+        assert sorted(tests) == sorted(plan.strata)          # every case held out once per seed
+    # the same split for every arm: arms differ only in what they name
+    assert plan.split(plan.runs[0]) == plan.split(plan.runs[4])
+    assert plan.resolved.config("unet", 3).seed == 3
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2"])
+def test_jobs_must_be_positive(write_spec, tmp_path, jobs, caplog):
+    assert main(["experiment", "run", str(write_spec()), "--out", str(tmp_path / "x"), "--jobs", jobs]) == 2
+    assert "--jobs must be at least 1" in caplog.text
