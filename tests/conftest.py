@@ -207,3 +207,14 @@ def tiny_release(tmp_path_factory):
     from tests.inference._release import make_release
 
     return make_release(tmp_path_factory.mktemp("release"))
+
+
+@pytest.fixture
+def one_thread():
+    """Train in-process with one torch thread (as the subprocess runs do), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

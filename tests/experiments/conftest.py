@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from glioseg.data.phantom import write_dataset
@@ -43,10 +42,3 @@ def write_spec(tmp_path, phantom_data):
 
     return write
 
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

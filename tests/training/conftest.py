@@ -1,10 +1,9 @@
-"""Fixtures of the trainer tests: one tiny phantom cache per session, one torch thread per run."""
+"""Fixtures of the trainer tests: one tiny phantom cache per session (one_thread is in tests/conftest.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
 
 from glioseg.data.formats import discover
 from glioseg.data.phantom import write_dataset
@@ -18,11 +17,3 @@ def phantom_cache(tmp_path_factory) -> Path:
     write_dataset(root / "raw", cases=4, seed=0, shape=(48, 48, 40))
     return preprocess_dataset(discover(root / "raw"), root / "cache", PreprocessConfig(), workers=1)
 
-
-@pytest.fixture
-def one_thread():
-    """Train in-process with one torch thread (as the subprocess runs do), then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
