@@ -3,11 +3,13 @@
 ``fast``: bf16 is timed at half fp32's time and fp16 at twice, so ``auto`` targets bf16 (training)
 or picks it (prediction); ``slow``: bf16 at 3x and fp16 at 5x, so fp32 stays. The real step or
 window still runs once in every precision (its code path is exercised); only the clock is fake.
-The conv pre-screen and the native-precision check are bypassed, since they read the hardware.
+The conv pre-screen and the native-precision check are bypassed, since they read the hardware;
+a probe that a test drives with its own clock (injected times) is left alone.
 """
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -23,17 +25,23 @@ def probe_mode() -> str:
 
 
 def force_probe(monkeypatch, mode: str) -> None:
+    """Fake the probes' measurements; a probe that a test gives its own clock keeps it."""
     from glioseg.inference import precision as inference_precision
     from glioseg.training import precision as training_precision
 
     factors = FACTORS[mode]
+    real_measure, real_time = training_precision.measure_step_times, inference_precision.time_precisions
 
-    def measure_step_times(step_fn, candidates, **_):
+    def measure_step_times(step_fn, candidates, *, clock, **options):
+        if clock is not time.perf_counter:
+            return real_measure(step_fn, candidates, clock=clock, **options)
         for level in candidates:
             step_fn(level)
         return {level: factors[level] for level in candidates}, {}
 
-    def time_precisions(run_window, levels, **_):
+    def time_precisions(run_window, levels, *, clock=time.perf_counter, **options):
+        if clock is not time.perf_counter:
+            return real_time(run_window, levels, clock=clock, **options)
         for level in levels:
             run_window(level)
         return {level: factors[level] for level in levels}

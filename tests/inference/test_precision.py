@@ -64,9 +64,8 @@ def test_choose_precision_times_only_native_levels(monkeypatch, native, cost, ch
 
 
 def test_choose_precision_on_this_machine_is_consistent_with_its_hardware():
-    """The real probe on this CPU, whatever it is: it picks a level it found native and faster."""
-    from glioseg.precisions import native_precisions
-
+    """The probe on this CPU, whatever it is (or as GLIOSEG_TEST_PROBE forces it): it picks a level
+    it found native and faster."""
     conv = torch.nn.Conv3d(4, 16, 3, padding=1)
     x = torch.randn(1, 4, 24, 24, 24)
 
@@ -75,7 +74,7 @@ def test_choose_precision_on_this_machine_is_consistent_with_its_hardware():
             conv(x)
 
     choice = choose_precision(window, "cpu")
-    assert choice.precision in native_precisions("cpu")
+    assert choice.precision in inference_precision.native_precisions("cpu")
     if choice.precision != "fp32":
         assert choice.times[choice.precision] < choice.times["fp32"]
 
