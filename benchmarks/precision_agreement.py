@@ -26,6 +26,17 @@ import numpy as np
 REGIONS = ("WT", "TC", "ET")
 
 
+def expert_label(item):
+    """The case's expert label, read through its dataset (prediction inputs carry none)."""
+    from glioseg.data.cases import load_case
+    from glioseg.data.formats import discover
+
+    folder = Path(item.case.images[item.dataset.channels[0]]).parent
+    dataset = discover(folder.parent)
+    case = next((c for c in dataset.cases if c.case_id == item.case.case_id), None)
+    return load_case(case, dataset)[1] if case is not None else None
+
+
 def case_regions(predictor, item) -> tuple[np.ndarray, np.ndarray | None, float]:
     """(3, x, y, z) predicted regions in cache space, the expert's regions, and seconds."""
     from glioseg.data.cases import load_case
@@ -33,7 +44,8 @@ def case_regions(predictor, item) -> tuple[np.ndarray, np.ndarray | None, float]
     from glioseg.data.preprocess import preprocess_case
     from glioseg.inference.predictor import to_regions
 
-    image, label = load_case(item.case, item.dataset)
+    image, _ = load_case(item.case, item.dataset)
+    label = expert_label(item)
     array, lab, meta = preprocess_case(image, label, item.case, predictor.bundle.preprocess_config(),
                                        channels=item.dataset.channels)
     start = time.perf_counter()

@@ -284,6 +284,23 @@ def run_or_reuse(spec: dict, spec_path: Path) -> dict:
     return launch(spec, spec_path)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The study's rows as a Markdown table (for docs/results)."""
+    head = ("policy", "seed", "steps", "s/step", "set-up s", "train s", "total s", "vs fp32", "peak MiB",
+            "Dice WT / TC / ET", "switches", "time per precision")
+    fp32 = {r["seed"]: r["total_s"] for r in rows if r["policy"] == "fp32" and r.get("total_s")}
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ratio = (f"{1 - r['total_s'] / fp32[r['seed']]:+.1%}" if r["policy"] != "fp32" and r.get("total_s")
+                 and r["seed"] in fp32 else "")
+        dice = " / ".join(fmt(r[f"dice_{g}"], ".3f") for g in ("wt", "tc", "et"))
+        spent = ", ".join(f"{p} {t:.0f} s" for p, t in (r.get("seconds_per_precision") or {}).items())
+        lines.append(f"| {r['policy']} | {r['seed']} | {r['steps']}/{r['planned_steps']} | {fmt(r['s_per_step'], '.2f')} "
+                     f"| {fmt(r['setup_s'], '.1f')} | {fmt(r.get('train_s'), '.0f')} | {fmt(r.get('total_s'), '.0f')} "
+                     f"| {ratio} | {fmt(r['peak_mib'], '.0f')} | {dice} | {r['switches']} | {spent} |")
+    return "\n".join(lines) + "\n"
+
+
 def study(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     check_same_study(args.out, args)
@@ -298,7 +315,8 @@ def study(args) -> None:
             rows.append(summarise(policy, seed, result, Path(spec["out"])))
             write_results(args.out, rows, hw, args)
     print_table(rows, hw, args)
-    print(f"\nresults: {args.out / 'study.json'}, {args.out / 'study.csv'}")
+    (args.out / "study.md").write_text(markdown_table(rows))
+    print(f"\nresults: {args.out / 'study.json'}, {args.out / 'study.csv'}, {args.out / 'study.md'}")
 
 
 def main() -> None:
