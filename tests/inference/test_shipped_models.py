@@ -10,9 +10,9 @@ from glioseg.evaluation.evaluate import evaluate
 from glioseg.inference import released
 
 SHIPPED = "segresnet-brats18"
-# WT Dice of the shipped model on the sample case must stay above this. The lead sets it from the
-# measured Dice (see MODEL_CARD.md), with a margin for CPU-to-CPU differences. The sample is one of
-# the training cases, so this guards the shipped file and the pipeline, not generalisation.
+# WT Dice of the shipped model on the sample case must stay above this: measured 0.873 (fp32 and
+# bf16 alike; the sample is one of the interim model's 4 held-out cases, MODEL_CARD.md), less a
+# margin for CPU-to-CPU differences. It guards the shipped file and the pipeline.
 SAMPLE_WT_FLOOR = 0.80
 
 

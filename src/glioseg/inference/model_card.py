@@ -46,8 +46,9 @@ INTENDED_USE = """\
 - **Not for clinical decisions.** A research model trained on a few public cases, validated only
   as described above; not a medical device, not validated on any other population, scanner or
   protocol.
-- The cases of BraTS 2017/2018 (and MSD Task01) training were its training data; scores on them
-  (the bundled sample case included) are not a measure of generalisation."""
+- Its training data are cases of BraTS 2017/2018 (and so of MSD Task01) training: scores on the
+  cases it was trained on are not a measure of generalisation; the measured Dice below says which
+  cases were held out."""
 
 
 @dataclass(frozen=True)
@@ -146,5 +147,6 @@ def render_card(name: str, bundle, training: dict, results: ReleaseResults, agre
               f"{agreement['dtype']} safetensors. With glioseg predict's default windows, the fp16-rounded "
               f"weights' labels agree with fp32's at per-region Dice (minimum over {len(agreement['cases'])} case(s): "
               f"{', '.join(agreement['cases'])}) {minima}; fp16 is stored only at ≥ {agreement['threshold']} "
-              "in every region. Prediction runs in fp32 either way.", ""]
+              "in every region. The weights are loaded as fp32; prediction computes in the precision "
+              "`--precision` picks (auto: bf16 where it is native and faster).", ""]
     return "\n".join(lines)
