@@ -99,7 +99,8 @@ def test_a_folder_of_another_experiment_is_refused(finished, phantom_data, tmp_p
     assert "holds an experiment with another spec" in caplog.text
 
 
-def test_a_killed_experiment_continues_to_the_same_results(finished, phantom_data, tmp_path):
+def test_a_killed_experiment_continues_to_the_same_results(finished, phantom_data, tmp_path, one_thread):
+    """The killed run, the resumed one and the uninterrupted one all compute with one torch thread."""
     spec, out = _spec(tmp_path, phantom_data), tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
