@@ -90,16 +90,15 @@ def realised_speed(steps: dict[str, int], seconds: dict[str, float]) -> dict:
     with (``auto`` runs its warm-up in fp32), else they are None.
     """
     per_step = {p: seconds[p] / n for p, n in steps.items() if n and seconds.get(p)}
+    result = {"seconds_per_step": {p: round(t, 6) for p, t in per_step.items()}, "speedup": None,
+              "saved_fraction": None}
     low = [p for p in per_step if p != "fp32"]
-    if "fp32" not in per_step or not low:
-        return {"seconds_per_step": {p: round(t, 6) for p, t in per_step.items()}, "speedup": None,
-                "saved_fraction": None}
-    fastest = min(low, key=per_step.get)
-    total = sum(seconds[p] for p in per_step)
-    all_fp32 = sum(steps[p] for p in per_step) * per_step["fp32"]
-    return {"seconds_per_step": {p: round(t, 6) for p, t in per_step.items()},
-            "speedup": round(per_step["fp32"] / per_step[fastest], 4),
-            "saved_fraction": round(1.0 - total / all_fp32, 4)}
+    if "fp32" in per_step and low:
+        fastest = min(low, key=per_step.get)
+        all_fp32 = sum(steps[p] for p in per_step) * per_step["fp32"]
+        result["speedup"] = round(per_step["fp32"] / per_step[fastest], 4)
+        result["saved_fraction"] = round(1.0 - sum(seconds[p] for p in per_step) / all_fp32, 4)
+    return result
 
 
 @dataclass(frozen=True)
