@@ -12,6 +12,7 @@ from the machine; nothing in glioseg assumes which CPU it runs on.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
@@ -60,6 +61,14 @@ def native_precisions(device: torch.device | str) -> tuple[str, ...]:
         features = cpu_features()
         return ("fp32",) + tuple(p for p in ("bf16", "fp16") if features[f"native_{p}"])
     return ("fp32",)
+
+
+def device_sync(device: torch.device | str) -> Callable[[], None]:
+    """A function that waits for the device's queued work (timing needs it on CUDA)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 def describe_device(device: torch.device | str = "cpu") -> str:

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from glioseg.precisions import DTYPES, describe_device, native_precisions
+from glioseg.precisions import DTYPES, describe_device, device_sync, native_precisions
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def window_runner(network, window: Sequence[int], channels: int, device: torch.d
     """``run_window(precision)``: one no-grad forward of a random ``window``-sized input."""
     device = torch.device(device)
     x = torch.randn(1, channels, *window, generator=torch.Generator().manual_seed(0)).to(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
 
     @torch.no_grad()
     def run_window(precision: str) -> None:

@@ -65,11 +65,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from glioseg.precisions import DTYPES, PRECISIONS, describe_device
+from glioseg.precisions import DTYPES, PRECISIONS, describe_device, device_sync
 from glioseg.training.precision_config import (POLICIES, NonFiniteTrainingError,
                                                PrecisionConfig, StepResult, json_value)
 from glioseg.training.precision_ladder import Ladder
-from glioseg.training.precision_probe import (conv_prescreen, device_sync, measure_step_times,
+from glioseg.training.precision_probe import (conv_prescreen, measure_step_times,
                                               rank_precisions, supported_precisions)
 from glioseg.training.precision_signals import SignalTracker
 from glioseg.training.rng import capture_rng_state, restore_rng_state

@@ -49,13 +49,6 @@ def supported_precisions(device: torch.device | str) -> tuple[str, ...]:
     return ("fp32",) + tuple(p for p in PRECISIONS[1:] if _autocast_works(device, DTYPES[p]))
 
 
-def device_sync(device: torch.device) -> Callable[[], None]:
-    """A function that waits for the device's queued work (timing needs it on CUDA)."""
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def conv_prescreen(device: torch.device, candidates: tuple[str, ...], give_up: float,
                    agree: Agree = lambda flag: flag,
                    clock: Callable[[], float] = time.perf_counter) -> dict[str, str]:
