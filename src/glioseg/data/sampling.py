@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from glioseg.data.augment import AugmentConfig, AugmentPlan, apply_plan, config_from_dict, read_shape, sample_plan
+from glioseg.config import from_dict
+from glioseg.data.augment import AugmentConfig, AugmentPlan, apply_plan, read_shape, sample_plan
 from glioseg.data.labels import LabelScheme, get_scheme, labels_to_classes, labels_to_regions
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class SamplerConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SamplerConfig":
-        return config_from_dict(cls, values)
+        return from_dict(cls, values, "sampler")
 
 
 class Volume(NamedTuple):
