@@ -26,11 +26,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from glioseg.config import from_dict
 from glioseg.data.augment import AugmentConfig, AugmentPlan, apply_plan, read_shape, sample_plan
-from glioseg.data.labels import LabelScheme, get_scheme, labels_to_classes, labels_to_regions
+from glioseg.data.labels import LabelScheme, get_scheme
+from glioseg.data.output_space import TARGETS, OutputSpace
 
 log = logging.getLogger(__name__)
-
-TARGETS = ("regions", "classes")
 
 
 @dataclass(frozen=True)
@@ -246,9 +245,7 @@ class PatchDataset(Dataset):
         return item
 
     def _target(self, label: np.ndarray) -> np.ndarray:
-        if self.config.target == "classes":
-            return labels_to_classes(label, self.scheme)
-        return labels_to_regions(label, self.scheme).astype(np.float32)
+        return OutputSpace(self.config.target, self.scheme).encode(label)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

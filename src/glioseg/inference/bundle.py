@@ -31,12 +31,12 @@ from typing import Any, Mapping
 import torch
 
 from glioseg.data.formats import CHANNELS
-from glioseg.data.labels import class_values, get_scheme
+from glioseg.data.labels import get_scheme
+from glioseg.data.output_space import OutputSpace
 
 log = logging.getLogger(__name__)
 
 BUNDLE_VERSION = 1
-TARGETS = ("regions", "classes")
 CONFIG_KIND = "glioseg-bundle"
 # Keys of a released config: the common ones, then those of an ONNX export (its fixed window).
 CONFIG_KEYS = ("kind", "format", "file", "sha256", "bundle", "source_sha256",
@@ -95,10 +95,10 @@ class ModelBundle:
         self._validate()
 
     def _validate(self) -> None:
-        if self.target not in TARGETS:
-            raise ValueError(f"bundle target {self.target!r} is unknown; expected one of {', '.join(TARGETS)}")
-        scheme = get_scheme(self.scheme)
-        expected = 3 if self.target == "regions" else len(class_values(scheme))
+        try:
+            expected = OutputSpace(self.target, get_scheme(self.scheme)).channels
+        except ValueError as exc:
+            raise ValueError(f"bundle: {exc}") from None
         if self.out_channels != expected:
             raise ValueError(f"bundle: target {self.target!r} with scheme {self.scheme!r} needs "
                              f"out_channels={expected}; got {self.out_channels}")
@@ -156,6 +156,11 @@ class ModelBundle:
 
         return PreprocessConfig.from_dict(self.preprocess)
 
+    @property
+    def output(self) -> OutputSpace:
+        """What the network's output channels mean (checked when the bundle was made)."""
+        return OutputSpace(self.target, get_scheme(self.scheme))
+
     def site_id(self, site: str | None) -> int | None:
         """The identifier of ``site`` for DALight-3D's norms; None (default norm) when unknown."""
         return self.site_index.get(site) if site is not None else None
@@ -181,7 +186,7 @@ def bundle_from_model(model: torch.nn.Module, name: str, *, options: Mapping[str
                       site_index: Mapping[str, int] | None = None) -> ModelBundle:
     """A bundle of a live model (what the trainer stores); in/out channels are read from its state."""
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    out_channels = 3 if target == "regions" else len(class_values(get_scheme(scheme)))
+    out_channels = OutputSpace(target, get_scheme(scheme)).channels
     return ModelBundle(model=name, options=options, in_channels=len(channels), out_channels=out_channels,
                        target=target, channels=tuple(channels), scheme=scheme, preprocess=preprocess,
                        site_index=site_index or {}, patch_size=patch_size, weights=weights)
