@@ -25,8 +25,8 @@ from glioseg.config import to_dict
 from glioseg.data.formats import discover
 from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
 from glioseg.evaluation.figures import read_run_metrics
-from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, peak_mib, read_step_times, reset_peak,
-                                         timed_steps)
+from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, load_average, peak_mib, read_step_times,
+                                         reset_peak, timed_steps)
 from glioseg.experiments.plan import Plan, Run, is_trained
 from glioseg.inference import inputs as case_inputs
 from glioseg.inference.bundle import load_bundle
@@ -75,21 +75,24 @@ def _train(job: dict, run_dir: Path, config: TrainConfig) -> None:
         write_text_atomic(run_dir / "split.json", json.dumps(job["split"], indent=2))
     device = pick_device(config.device, DistInfo())
     measure = reset_peak(device)
-    started = time.perf_counter()
+    started, load = time.perf_counter(), load_average()
     try:
         with timed_steps(run_dir, job["minutes"]):
             train(config, Path(job["cache"]), run_dir, resume=resume)
     except BudgetSpent:
         log.info("%s: the budget's %s minutes are spent", run_dir, job["minutes"])
     finally:
-        _add_cost(run_dir, time.perf_counter() - started, peak_mib(device), measure)
+        _add_cost(run_dir, time.perf_counter() - started, peak_mib(device), measure, (load, load_average()))
 
 
-def _add_cost(run_dir: Path, wall: float, peak: float, measure: str) -> None:
+def _add_cost(run_dir: Path, wall: float, peak: float, measure: str, load: tuple) -> None:
+    """Wall time and peak memory summed over attempts; the load average at each attempt's start and
+    end (timings taken beside other work are slower, and the report says so)."""
     path = run_dir / COST_FILE
     cost = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "peak_mib": 0.0, "attempts": 0}
     cost = {"wall_s": round(cost["wall_s"] + wall, 3), "peak_mib": round(max(cost["peak_mib"], peak), 1),
-            "attempts": cost["attempts"] + 1, "peak_measure": measure}
+            "attempts": cost["attempts"] + 1, "peak_measure": measure,
+            "load": cost.get("load", []) + [list(load)]}
     write_text_atomic(path, json.dumps(cost, indent=2))
 
 
@@ -124,7 +127,7 @@ def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) ->
     return {"params": model["params"], "flops": model["flops"], "patch": list(config.patch),
             "steps": len(times), "s_per_step": statistics.median(times) if times else None,
             "train_step_seconds": round(sum(times), 3), "train_wall_s": cost.get("wall_s"),
-            "peak_mib": cost.get("peak_mib"), "peak_measure": cost.get("peak_measure"),
+            "peak_mib": cost.get("peak_mib"), "peak_measure": cost.get("peak_measure"), "load": cost.get("load"),
             "eval_s_per_case": round(eval_s, 3), "device": str(pick_device(config.device, DistInfo())),
             "threads": torch.get_num_threads()}
 

@@ -116,6 +116,14 @@ def peak_mib(device: torch.device) -> float:
     return kib / 1024.0   # ru_maxrss: bytes on macOS, kB on Linux
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def threads_for(jobs: int) -> int:
     """Torch threads per run when ``jobs`` runs share this machine's cores."""
     return max(1, (os.cpu_count() or 1) // max(1, jobs))

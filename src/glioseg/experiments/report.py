@@ -16,6 +16,7 @@ import datetime
 import html
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import glioseg
@@ -91,7 +92,23 @@ def _about(results: Results, command: str | None, machine: dict | None) -> list[
                      f"seeds {', '.join(map(str, spec.seeds))}); {len(plan.strata)} cases, each held out once "
                      "per seed."))
     out += [("p", f"Arm {arm} was not run on this machine: {why}.") for arm, why in plan.not_run.items()]
+    if results.runs:
+        out.append(("p", timing_conditions(list(results.runs.values()))))
     return out
+
+
+def timing_conditions(runs: list[dict]) -> str:
+    """What the finished runs were timed on (device, its torch threads) and the load around them."""
+    devices = Counter((r["precision"] or {}).get("device_description")
+                      or f"{r['cost']['device']}, {r['cost'].get('threads')} threads" for r in runs)
+    loads = [x for r in runs for attempt in (r["cost"].get("load") or []) for x in attempt if x is not None]
+    text = "Runs timed on " + "; ".join(f"{d} ({n} runs)" for d, n in devices.items())
+    if loads:
+        text += f"; load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of training"
+    unrecorded = sum(not r["cost"].get("load") for r in runs)
+    if unrecorded:
+        text += f" (not recorded for {unrecorded} runs)"
+    return text + ". s/step and training time are wall-clock: compare them only between runs timed alike."
 
 
 def _design(plan: Plan) -> list[tuple]:

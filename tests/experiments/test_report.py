@@ -1,0 +1,18 @@
+"""The report says what its timings were measured on: device, threads and load."""
+from __future__ import annotations
+
+from glioseg.experiments.report import timing_conditions
+
+
+def _run(description, threads, load=None):
+    return {"precision": {"device_description": description} if description else None,
+            "cost": {"device": "cpu", "threads": threads, **({"load": load} if load else {})}}
+
+
+def test_timing_conditions_count_runs_per_device_and_give_the_load_range():
+    runs = [_run("cpu: AVX2, 2 threads", 2), _run("cpu: AVX2, 1 threads", 1, [[1.9, 2.4]]),
+            _run("cpu: AVX2, 1 threads", 1, [[2.0, 3.1], [0.5, None]]), _run(None, 4)]
+    text = timing_conditions(runs)
+    assert text.startswith("Runs timed on cpu: AVX2, 2 threads (1 runs); cpu: AVX2, 1 threads (2 runs); "
+                           "cpu, 4 threads (1 runs)")
+    assert "load average 0.5-3.1 at the starts and ends of training (not recorded for 2 runs)" in text
