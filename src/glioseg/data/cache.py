@@ -11,13 +11,12 @@ Layout (``CACHE_VERSION`` 1)::
     CACHE/<case>/label.npy    (X, Y, Z) uint8 label values of the dataset's scheme (absent: no label)
     CACHE/<case>/meta.json    everything needed to map back; written last for the case
 
-Every file goes through :func:`glioseg.data.io.atomic_path`, so a killed writer leaves only
+Every file goes through :func:`glioseg.files.atomic_path`, so a killed writer leaves only
 ``.part-*`` files, which the next run removes. A case is up to date when its ``meta.json``
 records the same input content hashes (SHA-256 of the file bytes), configuration and scheme.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,8 +35,8 @@ from tqdm import tqdm
 from glioseg import __version__
 from glioseg.data.errors import DataError
 from glioseg.data.formats import check_case_id
-from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS, LabelScheme
+from glioseg.files import atomic_path, clean_parts, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +45,13 @@ INDEX, FINGERPRINT = "cache.json", "fingerprint.json"
 IMAGE, LABEL, META = "image.npy", "label.npy", "meta.json"
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_digests(case) -> dict[str, dict[str, str]]:
     """Path and SHA-256 of each of a case's input files, by channel name and ``"label"``."""
     roles = dict(case.images)
     if case.label is not None:
         roles["label"] = case.label
     hashes: dict[Path, str] = {}
-    return {role: {"path": str(path), "sha256": hashes.setdefault(Path(path), sha256_file(path))}
+    return {role: {"path": str(path), "sha256": hashes.setdefault(Path(path), file_sha256(path))}
             for role, path in roles.items()}
 
 
@@ -75,11 +66,6 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(fh, np.ascontiguousarray(array))
 
 
-def save_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1))
-
-
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -87,14 +73,6 @@ def read_json(path: Path) -> dict:
         raise DataError(path, "missing") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(path, f"cannot read JSON: {exc}") from exc
-
-
-def clean_parts(folder: Path) -> int:
-    """Remove ``.part-*`` files a killed writer left in ``folder``; returns how many."""
-    parts = list(folder.glob(".part-*")) if folder.is_dir() else []
-    for part in parts:
-        part.unlink(missing_ok=True)
-    return len(parts)
 
 
 def _npy_shape(path: Path) -> tuple[int, ...] | None:
@@ -137,7 +115,7 @@ def write_case(folder: Path, image: np.ndarray, label: np.ndarray | None, meta: 
         (folder / LABEL).unlink(missing_ok=True)
     else:
         save_npy(folder / LABEL, label)
-    save_json(folder / META, meta)
+    write_json(folder / META, meta)
 
 
 # ---- bringing a cache up to date ----
@@ -274,8 +252,8 @@ def fingerprint(metas: list[dict]) -> dict:
 def finish(out: Path, dataset, config: dict) -> None:
     """Write ``fingerprint.json``, then ``cache.json`` (last: it marks the cache complete)."""
     ids = [c.case_id for c in dataset.cases]
-    save_json(out / FINGERPRINT, fingerprint([read_json(out / i / META) for i in ids]))
-    save_json(out / INDEX, {
+    write_json(out / FINGERPRINT, fingerprint([read_json(out / i / META) for i in ids]))
+    write_json(out / INDEX, {
         "cache_version": CACHE_VERSION, "glioseg_version": __version__, "format": dataset.format,
         "source": str(dataset.root), "scheme": dataset.scheme.to_dict(), "channels": list(dataset.channels),
         "cases": ids, "sites": {c.case_id: c.site for c in dataset.cases}, "config": config})

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from glioseg.data.errors import DataError
 from glioseg.data.labels import LabelScheme, get_scheme
+from glioseg.files import SAFE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,6 @@ CHANNEL_ALIASES = {
 }
 MANIFEST_KEYS = ("case", *CHANNELS, "label", "site")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-# A case id names cache folders and output files: a plain name, never a path ('..', '/').
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # BraTS 2017-2019 names carry the institution; glioseg's phantoms (Phantom_SITEA_001) mimic that.
 _BRATS_SITE = re.compile(r"^(?:Brats1[789]|Phantom)_(?P<site>[A-Za-z0-9]+)_", re.IGNORECASE)
 _NOT_SITES = {"training", "validation", "testing"}
@@ -148,8 +147,9 @@ def nifti_stem(name: str) -> str | None:
 
 
 def check_case_id(case_id: str, source: Path | str, use: str = "name a file or folder") -> None:
-    """A :class:`DataError` unless ``case_id`` is a plain name (:data:`SAFE_ID`) fit to ``use``."""
-    if not SAFE_ID.match(case_id):
+    """A :class:`DataError` unless ``case_id`` is a plain name (:data:`glioseg.files.SAFE_NAME`) fit
+    to ``use``: case ids name cache folders and output files."""
+    if not SAFE_NAME.match(case_id):
         raise DataError(source, f"case id {case_id!r} cannot {use}; expected letters, digits, '.', '_' "
                                 "or '-' (not starting with '.')")
 

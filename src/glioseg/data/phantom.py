@@ -26,7 +26,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from glioseg.data.formats import CHANNELS
-from glioseg.data.io import atomic_path, write_image
+from glioseg.data.io import write_image
+from glioseg.files import atomic_path
 
 log = logging.getLogger(__name__)
 

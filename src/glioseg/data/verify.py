@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -23,8 +22,8 @@ from tqdm import tqdm
 
 from glioseg.data.cases import CaseFiles, case_path, read_case
 from glioseg.data.formats import Case, Dataset, discover
-from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS, LabelScheme
+from glioseg.files import write_json as write_json_file
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +181,7 @@ def write_json(path: Path, dataset: Dataset, reports: list[CaseReport]) -> Path:
         "ignored": [str(p) for p in dataset.ignored],
         "cases": [r.to_dict() for r in reports],
     }
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    return Path(path)
+    return write_json_file(path, payload, indent=2, end="\n")
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ written atomically, then the HTML report.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -20,9 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from glioseg.data.formats import discover
-from glioseg.data.io import DataError, Image, atomic_path, read_image
+from glioseg.data.io import DataError, Image, read_image
 from glioseg.data.labels import REGIONS, LabelScheme, get_scheme
 from glioseg.evaluation.metrics import EMPTY_MASK_CONVENTION, METRIC_COLUMNS, evaluate_case
+from glioseg.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,7 @@ def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in row.items()})
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary, indent=2, end="\n")
 
 
 def evaluate(pred_dir: Path, ref: Path, out: Path, format: str = "auto", workers: int = 1,

@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 import glioseg
 from glioseg.data.formats import discover
-from glioseg.data.io import DataError, Image, atomic_path, read_image
+from glioseg.data.io import DataError, Image, read_image
 from glioseg.data.labels import REGIONS, LabelScheme, region_volumes_ml
 from glioseg.evaluation import figures
 from glioseg.evaluation.evaluate import COLUMNS, check_geometry, prediction_path, read_label
 from glioseg.evaluation.metrics import METRIC_COLUMNS
+from glioseg.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +253,7 @@ def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, su
         body.append(_cases_html(shown, len(cases), max_cases, convention, with_volumes=not metrics))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
-    with atomic_path(out_html) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return Path(out_html)
+    return write_text_atomic(out_html, page)
 
 
 def run_cli(args) -> int:

@@ -28,6 +28,7 @@ from glioseg.evaluation.figures import read_run_metrics
 from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, peak_mib, read_step_times, reset_peak,
                                          timed_steps)
 from glioseg.experiments.plan import Plan, Run, is_trained
+from glioseg.files import write_text_atomic
 from glioseg.inference import inputs as case_inputs
 from glioseg.inference.bundle import load_bundle
 from glioseg.inference.pipeline import make_predictor, predict_all
@@ -35,7 +36,6 @@ from glioseg.inference.predictor import PredictConfig
 from glioseg.models.registry import describe
 from glioseg.training.distributed import DistInfo, pick_device
 from glioseg.training.recipe import TrainConfig
-from glioseg.training.run_folder import write_text_atomic
 from glioseg.training.trainer import train
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from glioseg.experiments.folds import assign_folds, balance, fold_split, read_gr
 from glioseg.experiments.measure import BUDGET_STOP
 from glioseg.experiments.resolve import Resolved, precision_verdicts, resolve, slug
 from glioseg.experiments.spec import ExperimentSpec, SpecError, spec_dict, spec_from_dict
-from glioseg.training.run_folder import write_text_atomic
+from glioseg.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,12 @@ import re
 from pathlib import Path
 
 import glioseg
-from glioseg.data.io import atomic_path
 from glioseg.evaluation.report import CSS, html_table, png_tag
 from glioseg.experiments import figures
 from glioseg.experiments.plan import EXPERIMENT_FILE, Plan
 from glioseg.experiments.results import Results, arm_scores, comparisons, cost
 from glioseg.experiments.stats import format_p, signed
-from glioseg.training.run_folder import write_text_atomic
+from glioseg.files import atomic_path, write_text_atomic
 
 STATISTICS_NOTE = (
     "Scores: mean ± sd (sample) and median over every (case, seed) of held-out cases; 'over seeds' is the "

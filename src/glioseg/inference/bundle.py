@@ -20,7 +20,6 @@ anything else with a message that says what the file is and what to pass instead
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import zipfile
@@ -30,8 +29,10 @@ from typing import Any, Mapping
 
 import torch
 
+from glioseg.checkpoint_io import ZIP_MAGIC, is_torchscript, load_checkpoint
 from glioseg.data.formats import CHANNELS
 from glioseg.data.labels import class_values, get_scheme
+from glioseg.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ CONFIG_KIND = "glioseg-bundle"
 # Keys of a released config: the common ones, then those of an ONNX export (its fixed window).
 CONFIG_KEYS = ("kind", "format", "file", "sha256", "bundle", "source_sha256",
                "window", "size_divisor", "inputs", "opset", "check")
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _whole(name: str, value: Any) -> int:
@@ -189,27 +189,18 @@ def bundle_from_model(model: torch.nn.Module, name: str, *, options: Mapping[str
 
 # ---- reading files ----
 
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sniff(path: Path) -> str:
     """What a model file is: "checkpoint", "damaged" (a zip that does not open), "torchscript",
     "pickle", "safetensors", "json", "onnx" or "unknown" — from its bytes, not only its name."""
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if head.startswith(_ZIP_MAGIC):
+    if head.startswith(ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
         except zipfile.BadZipFile:  # a zip cut short or overwritten: the loader says what is wrong
             return "damaged"
-        scripted = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
-        return "torchscript" if scripted else "checkpoint"
+        return "torchscript" if is_torchscript(names) else "checkpoint"
     if head[:1] == b"\x80":
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{" and path.suffix == ".safetensors":
@@ -318,8 +309,6 @@ def _load_safetensors(path: Path) -> ModelBundle:
 
 
 def _load_checkpoint_bundle(path: Path) -> ModelBundle:
-    from glioseg.training.checkpoint import load_checkpoint
-
     state = load_checkpoint(path)
     if "bundle" not in state:
         raise ValueError(f"{path}: a checkpoint without a \"bundle\" (keys: {', '.join(sorted(state))}); "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -22,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glioseg.data.io import atomic_path
-from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, bundle_from_config, config_path, file_sha256,
-                                      load_bundle, released_config, verified_released)
+from glioseg.files import atomic_path, file_sha256, write_json
+from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, bundle_from_config, config_path, load_bundle,
+                                      released_config, verified_released)
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +90,7 @@ def _compare(name: str, expected: torch.Tensor, got: np.ndarray | torch.Tensor, 
 def _write_config(weights: Path, bundle: ModelBundle, fmt: str, extra: dict) -> Path:
     config = {"kind": CONFIG_KIND, "format": fmt, "file": weights.name, "sha256": file_sha256(weights),
               "bundle": bundle.metadata(), "source_sha256": bundle.sha256, **extra}
-    path = config_path(weights)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(config, indent=1))
-    return path
+    return write_json(config_path(weights), config)
 
 
 def export_onnx(bundle: ModelBundle, out: Path, roi=None, tolerance: float = 1e-4) -> dict:

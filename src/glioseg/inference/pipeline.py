@@ -21,8 +21,8 @@ from glioseg.data import preprocess
 from glioseg.data.cases import load_case
 from glioseg.data.errors import DataError
 from glioseg.data.labels import region_volumes_ml, regions_to_labels
+from glioseg.files import file_sha256
 from glioseg.inference import writer
-from glioseg.inference.bundle import file_sha256
 from glioseg.inference.inputs import CaseInput
 from glioseg.inference.predictor import (PredictConfig, Predictor, normalised_entropy, region_probabilities,
                                          to_regions)

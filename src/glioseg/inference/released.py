@@ -18,10 +18,10 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS
 from glioseg.errors import GliosegError
-from glioseg.inference.bundle import config_path, file_sha256
+from glioseg.files import atomic_path, file_sha256
+from glioseg.inference.bundle import config_path
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from glioseg.config import from_dict
-from glioseg.data.io import atomic_path
+from glioseg.files import atomic_path
 from glioseg.models.dalight3d import DALight3D, DALightConfig
 from glioseg.models.flops import count_flops
 from glioseg.models.segresnet import SegResNet3D, SegResNetConfig

@@ -18,14 +18,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from glioseg.checkpoint_io import load_checkpoint
 from glioseg.data.labels import class_values
 from glioseg.errors import GliosegError
+from glioseg.files import clean_parts
 from glioseg.inference.predictor import PredictConfig
 from glioseg.data.sampling import PatchDataset, SamplerConfig, make_loader
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 from glioseg.models.registry import create
 from glioseg.training import distributed as dist_utils
-from glioseg.training.checkpoint import clean_parts, load_checkpoint, save_checkpoint
+from glioseg.training.checkpoint import save_checkpoint
 from glioseg.training.losses import SegmentationLoss
 from glioseg.training.precision import NonFiniteTrainingError, PrecisionController
 from glioseg.training.recipe import TrainConfig
