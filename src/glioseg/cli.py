@@ -1,12 +1,12 @@
 """Command-line interface: argument parsing only; each subcommand calls one function.
 
-The functions are imported lazily so that ``glioseg --help`` stays fast and a subcommand
-pays only for what it uses.
+That function is ``run`` of the subcommand's module in ``glioseg.commands``, imported once the
+arguments are parsed (:func:`run_command`), so that ``glioseg --help`` stays fast and a
+subcommand pays only for the engines it uses.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -29,7 +29,6 @@ def _add_verify(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="auto")
     p.add_argument("--json", type=Path, help="also write the per-case report as JSON here")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
-    p.set_defaults(func="glioseg.data.verify:run_cli")
 
 
 def _add_preprocess(sub) -> None:
@@ -40,7 +39,6 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="resample to this spacing in mm (default: keep the native spacing)")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
-    p.set_defaults(func="glioseg.data.preprocess:run_cli")
 
 
 def _add_phantom(sub) -> None:
@@ -50,7 +48,6 @@ def _add_phantom(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="volume shape (default: the BraTS grid 240 240 155)")
-    p.set_defaults(func="glioseg.data.phantom:run_cli")
 
 
 def _add_models(sub) -> None:
@@ -61,13 +58,11 @@ def _add_models(sub) -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--released", action="store_true",
                    help="list the trained models shipped with glioseg instead (name, network, Dice, size)")
-    p.set_defaults(func="glioseg.inference.released:run_models_cli")
 
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="copy the bundled real BraTS case (TCIA, CC BY 3.0) into OUT/<case>/")
     p.add_argument("out", type=Path, help="folder to put the case folder in (created; never overwritten)")
-    p.set_defaults(func="glioseg.data.sample:run_cli")
 
 
 def _add_evaluate(sub) -> None:
@@ -81,7 +76,6 @@ def _add_evaluate(sub) -> None:
                    help="reference cases without a prediction: fail (default), score as empty, or leave out")
     p.add_argument("--max-cases", type=int, default=20, help="cases drawn in the report (tables list all)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    p.set_defaults(func="glioseg.evaluation.evaluate:run_cli")
 
 
 def _add_report(sub) -> None:
@@ -95,7 +89,6 @@ def _add_report(sub) -> None:
     p.add_argument("--max-cases", type=int, default=20, help="cases drawn (the tables list all)")
     p.add_argument("--convention", choices=("radiological", "neurological"), default="radiological")
     p.add_argument("--title", default="glioseg report")
-    p.set_defaults(func="glioseg.evaluation.report:run_cli")
 
 
 def _add_train(sub) -> None:
@@ -120,7 +113,6 @@ def _add_train(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="auto")
     p.add_argument("--cache", type=Path, help="where to build the preprocessed cache (default RUN/cache)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.set_defaults(func="glioseg.training.command:run_cli")
 
 
 def _add_predict(sub) -> None:
@@ -158,7 +150,6 @@ def _add_predict(sub) -> None:
                    help="also write WT/TC/ET probabilities (float32, X×Y×Z×3) to DIR/probabilities/")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write a normalised entropy map (float32, 0..1) to DIR/uncertainty/")
-    p.set_defaults(func="glioseg.inference.predictor:run_cli")
 
 
 def _add_export(sub) -> None:
@@ -169,7 +160,6 @@ def _add_export(sub) -> None:
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="window size of the exported graph (default: the training patch)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed difference to PyTorch")
-    p.set_defaults(func="glioseg.inference.export:run_cli")
 
 
 def _add_experiment(sub) -> None:
@@ -184,16 +174,12 @@ def _add_experiment(sub) -> None:
                      help="local processes (default) or Slurm through submitit")
     run.add_argument("--jobs", type=int, default=1, help="runs at once with --executor local")
     run.add_argument("--dry-run", action="store_true", help="check the spec and print the plan; train nothing")
-    run.set_defaults(func="glioseg.experiments.command:run_cli")
     status = actions.add_parser("status", help="how far each arm's runs have got")
     status.add_argument("dir", type=Path)
-    status.set_defaults(func="glioseg.experiments.command:status_cli")
     report = actions.add_parser("report", help="write DIR/report/report.md and report.html from the finished runs")
     report.add_argument("dir", type=Path)
     report.add_argument("--out", type=Path, help="report folder (default DIR/report)")
-    report.set_defaults(func="glioseg.experiments.command:report_cli")
-    shipped = actions.add_parser("list", help="the shipped specs")
-    shipped.set_defaults(func="glioseg.experiments.command:list_cli")
+    actions.add_parser("list", help="the shipped specs")
 
 
 def _add_demo(sub) -> None:
@@ -203,7 +189,6 @@ def _add_demo(sub) -> None:
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 72], metavar=("X", "Y", "Z"))
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func="glioseg.demo:run_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,9 +204,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _call(target: str, args: argparse.Namespace) -> int:
-    module, func = target.split(":")
-    return int(getattr(importlib.import_module(module), func)(args) or 0)
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command line through its module in ``glioseg.commands``; the exit code."""
+    name = args.command
+    if name == "demo":
+        from glioseg.commands import demo
+
+        return demo.run(args, main)  # the demo runs its steps through this same entry point
+    if name == "sample":
+        from glioseg.commands import sample as command
+    elif name == "phantom":
+        from glioseg.commands import phantom as command
+    elif name == "verify":
+        from glioseg.commands import verify as command
+    elif name == "preprocess":
+        from glioseg.commands import preprocess as command
+    elif name == "models":
+        from glioseg.commands import models as command
+    elif name == "train":
+        from glioseg.commands import train as command
+    elif name == "evaluate":
+        from glioseg.commands import evaluate as command
+    elif name == "report":
+        from glioseg.commands import report as command
+    elif name == "predict":
+        from glioseg.commands import predict as command
+    elif name == "export":
+        from glioseg.commands import export as command
+    else:
+        from glioseg.commands import experiment as command
+    return int(command.run(args) or 0)
 
 
 def _message(exc: BaseException) -> str:
@@ -247,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         # Through the environment, so that worker processes read files under the same budget.
         os.environ[MAX_IMAGE_MB_ENV] = repr(args.max_image_mb)
     try:
-        return _call(args.func, args)
+        return run_command(args)
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

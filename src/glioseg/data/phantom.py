@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -29,7 +28,6 @@ from glioseg.data.formats import CHANNELS
 from glioseg.data.io import write_image
 from glioseg.files import atomic_path
 
-log = logging.getLogger(__name__)
 
 BRATS_SHAPE = (240, 240, 155)
 ATLAS = "t1_skullstripped_brats_space.nii.gz"
@@ -343,12 +341,3 @@ def write_dataset(out: Path | str, cases: int, seed: int, shape: tuple[int, int,
         tmp.write_text(json.dumps(meta, indent=1) + "\n")
         _readable(tmp)
     return written
-
-
-def run_cli(args) -> int:
-    """``glioseg phantom OUT --cases N --seed S [--shape X Y Z]``."""
-    shape = tuple(args.shape) if args.shape else BRATS_SHAPE
-    written = write_dataset(args.out, args.cases, args.seed, shape)
-    log.info("wrote %d phantom cases (%s voxels, seed %d) to %s", len(written),
-             "x".join(map(str, shape)), args.seed, args.out)
-    return 0

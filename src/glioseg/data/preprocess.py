@@ -27,7 +27,7 @@ from glioseg import __version__
 from glioseg.config import from_dict
 from glioseg.data import cache
 from glioseg.data.cache import Cache, load_cache  # noqa: F401  (re-exported: the cache's public API)
-from glioseg.data.formats import CHANNELS, Case, Dataset, discover
+from glioseg.data.formats import CHANNELS, Case, Dataset
 from glioseg.data.cases import load_case
 from glioseg.data.io import Image
 from glioseg.data.labels import LabelScheme, region_volumes_ml
@@ -336,15 +336,3 @@ def preprocess_dataset(dataset: Dataset, out: Path | str, config: PreprocessConf
     """
     make = partial(_make_case, dataset=dataset, config=config, verify_stream=verify_stream)
     return cache.build(dataset, out, config.to_dict(), make, workers)
-
-
-def run_cli(args) -> int:
-    """``glioseg preprocess DATA --out CACHE [--format F] [--spacing X Y Z] [--workers N]``."""
-    dataset = discover(args.data, args.format)
-    config = PreprocessConfig(target_spacing=tuple(args.spacing) if args.spacing else None)
-    result = load_cache(preprocess_dataset(dataset, args.out, config, workers=args.workers))
-    shapes = np.array([result.meta(i)["shape"] for i in result.case_ids])
-    size = sum(f.stat().st_size for f in result.path.rglob("*.npy"))
-    print(f"cache {result.path}: {len(result)} cases, {dataset.format} ({dataset.scheme.name} labels), "
-          f"median shape {np.median(shapes, axis=0).astype(int).tolist()}, {size / 2**20:.0f} MiB")
-    return 0

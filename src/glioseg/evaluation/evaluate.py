@@ -215,18 +215,3 @@ def format_table(summary: dict) -> str:
                      f"{_cell(stats['hd95'], 2):<30}{sens:<14}")
     lines.append(f"empty masks: {summary['empty_mask_convention']}")
     return "\n".join(lines)
-
-
-def run_cli(args) -> int:
-    out = Path(args.out)
-    result = evaluate(args.pred, args.ref, out, args.format, args.workers, args.missing)
-    print(format_table(result.summary))
-    print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
-    if not args.no_report:
-        from glioseg.evaluation.report import cases_from_dataset, write_report
-
-        cases = cases_from_dataset(discover(args.ref, args.format), args.pred)
-        path = write_report(out / "report.html", cases=cases, metrics=result.rows, summary=result.summary,
-                            title=f"glioseg evaluation of {Path(args.pred).name}", max_cases=args.max_cases)
-        print(f"wrote {path}")
-    return 0

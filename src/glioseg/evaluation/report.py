@@ -21,7 +21,6 @@ import numpy as np
 from tqdm import tqdm
 
 import glioseg
-from glioseg.data.formats import discover
 from glioseg.data.io import DataError, Image, read_image
 from glioseg.data.labels import REGIONS, LabelScheme, region_volumes_ml
 from glioseg.evaluation import figures
@@ -254,16 +253,3 @@ def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, su
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
     return write_text_atomic(out_html, page)
-
-
-def run_cli(args) -> int:
-    if args.pred and not args.data:
-        raise ValueError("--pred needs --data: the images to draw the predictions on come from the dataset")
-    if not (args.data or args.metrics or args.run):
-        raise ValueError("nothing to report: give --data (with --pred), --metrics or --run")
-    cases = cases_from_dataset(discover(args.data, args.format), args.pred) if args.data else []
-    metrics, summary = load_metrics(args.metrics) if args.metrics else (None, None)
-    path = write_report(args.out, cases=cases, metrics=metrics, summary=summary, run_dir=args.run,
-                        title=args.title, convention=args.convention, max_cases=args.max_cases)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    return 0

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from glioseg.files import atomic_path, file_sha256, write_json
-from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, bundle_from_config, config_path, load_bundle,
-                                      released_config, verified_released)
+from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, bundle_from_config, config_path, released_config,
+                                      verified_released)
 
 log = logging.getLogger(__name__)
 
@@ -189,21 +189,3 @@ class OnnxNetwork:
         if "ids" in self.inputs:
             feeds["ids"] = np.full((x.shape[0],), -1 if site_id is None else site_id, dtype=np.int64)
         return torch.from_numpy(self.session.run(["logits"], feeds)[0]).to(x.device)
-
-
-def run_cli(args) -> int:
-    """``glioseg export CKPT|NAME --format onnx|torchscript|safetensors --out FILE [--roi X Y Z]``."""
-    from glioseg.inference.released import model_source
-
-    bundle = load_bundle(model_source(str(args.checkpoint)))
-    out = Path(args.out)
-    if args.format == "onnx":
-        result = export_onnx(bundle, out, args.roi, args.tolerance)
-    elif args.format == "torchscript":
-        result = export_torchscript(bundle, out, args.roi, args.tolerance)
-    else:
-        result = write_released(bundle, out)
-    detail = f"max |diff| to PyTorch {result['max_abs_diff']:.2e}" if "max_abs_diff" in result else \
-        f"{result['tensors']} tensors, config {config_path(out).name}"
-    print(f"export {args.format}: {out} ({detail})")
-    return 0

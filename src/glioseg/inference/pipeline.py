@@ -1,4 +1,4 @@
-"""``glioseg predict``: files → preprocessing → windows → labels in the scanner's geometry → files.
+"""Prediction of whole cases: files → preprocessing → windows → labels in the scanner's geometry → files.
 
 One case: read the channels the model names, apply the preprocessing recorded with the model
 (``glioseg.data.preprocess``: RAS, brain box, z-score), predict in cache space, turn regions
@@ -24,8 +24,8 @@ from glioseg.data.labels import region_volumes_ml, regions_to_labels
 from glioseg.files import file_sha256
 from glioseg.inference import writer
 from glioseg.inference.inputs import CaseInput
-from glioseg.inference.predictor import (PredictConfig, Predictor, normalised_entropy, region_probabilities,
-                                         to_regions)
+from glioseg.inference.predictor import (PredictConfig, Predictor, normalised_entropy, open_network,
+                                         region_probabilities, to_regions)
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,4 @@ def predict_all(items: Sequence[CaseInput], predictor: Predictor, out: Path | st
 
 def make_predictor(checkpoints: Sequence[Path], config: PredictConfig) -> Predictor:
     """Networks for every model file (.pt / .safetensors / .json → PyTorch, .onnx → onnxruntime)."""
-    from glioseg.inference.predictor import open_network
-
     return Predictor([open_network(Path(p), config.device) for p in checkpoints], config)

@@ -1,8 +1,8 @@
 """Sliding-window prediction: Gaussian windows, flips, ensembles, fp32 re-runs, out-of-memory ladder.
 
 The engine works on a preprocessed case (cache space: RAS, brain-cropped, z-scored, (C, x, y, z))
-and returns averaged probabilities; :mod:`glioseg.inference.pipeline` reads the files, writes the
-results back in the scanner's geometry and runs the CLI.
+and returns averaged probabilities; :mod:`glioseg.inference.pipeline` reads the files and writes
+the results back in the scanner's geometry, and :mod:`glioseg.commands.predict` is the command.
 
 Precision: windows run under autocast in ``fp32`` / ``bf16`` / ``fp16``; every window's logits are
 checked, and a window (batch item) with any non-finite value is run again in fp32; MONAI
@@ -21,11 +21,9 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from glioseg.data.formats import CHANNELS
 from glioseg.data.labels import class_values, classes_to_regions, get_scheme, labels_to_regions
 from glioseg.data.preprocess import crop, uncrop
-from glioseg.devices import checked_device
-from glioseg.inference.bundle import ModelBundle, claims_config, load_bundle, read_config, sniff
+from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
 from glioseg.inference.precision import PrecisionChoice, choose_precision, window_runner
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 from glioseg.precisions import DTYPES, PRECISIONS
@@ -334,74 +332,3 @@ def normalised_entropy(probs: np.ndarray, target: str) -> np.ndarray:
         bits = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
         return bits.mean(axis=0).astype(np.float32)
     return (-(p * np.log(p)).sum(axis=0) / np.log(p.shape[0])).astype(np.float32)
-
-
-# ---- command line ----
-
-_MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".onnx")
-
-
-def _is_model_file(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    if path.suffix in _MODEL_SUFFIXES:
-        return True
-    # A config that says it is one is a model file, so that its own errors reach the user.
-    return sniff(path) == "json" and claims_config(path)
-
-
-def split_models_and_inputs(checkpoints: Sequence[Path], inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    """``--checkpoint a.pt b.pt DATA`` reads DATA into the checkpoint list (argparse is greedy);
-    model files are told apart from inputs by what they are, so both spellings work."""
-    models = [Path(p) for p in checkpoints if _is_model_file(Path(p))]
-    rest = [Path(p) for p in checkpoints if not _is_model_file(Path(p))]
-    missing = [str(p) for p in rest if not p.exists()]
-    if missing:
-        raise ValueError(f"no such model file or input: {', '.join(missing)}")
-    return models, rest + [Path(p) for p in inputs]
-
-
-def _window_arg(values: Sequence[str] | None) -> str | tuple[int, int, int]:
-    if not values:
-        return PredictConfig.window
-    if len(values) == 1 and values[0] in WINDOWS:
-        return values[0]
-    try:
-        return tuple(int(v) for v in values)
-    except ValueError:
-        raise ValueError(f"--roi takes {' or '.join(WINDOWS)} or three sizes; got {' '.join(values)}") from None
-
-
-def _folder_message(folder: Path) -> str:
-    inside = sorted(p.name for p in folder.iterdir() if _is_model_file(p))
-    hint = f"; model files in it: {', '.join(inside)}" if inside else "; it holds no model file"
-    return f"--checkpoint {folder} is a folder, not a model file: give a file such as {folder}/best.pt{hint}"
-
-
-def run_cli(args) -> int:
-    """``glioseg predict [INPUT ...] --model NAME | --checkpoint CKPT [CKPT ...] --out DIR [options]``."""
-    from glioseg.inference import inputs as case_inputs, released
-    from glioseg.inference.pipeline import OutputOptions, make_predictor, predict_all
-
-    folders = [Path(p) for p in [*(args.checkpoint or []), *(args.onnx or [])] if Path(p).is_dir()]
-    models, paths = split_models_and_inputs(args.checkpoint or [], args.input or [])
-    models += [Path(p) for p in args.onnx or []]
-    models += [released.verified_config(name) for name in args.model or []]
-    if not models:
-        if folders:
-            raise ValueError(_folder_message(folders[0]))
-        raise ValueError("no model: give --model NAME (glioseg models --released), --checkpoint CKPT "
-                         "(.pt, .safetensors) or --onnx FILE.onnx")
-    checked_device(args.device)
-    config = PredictConfig(window=_window_arg(args.roi), overlap=args.overlap, tta=args.tta,
-                           precision=args.precision, sw_batch_size=args.sw_batch_size, device=args.device)
-    predictor = make_predictor(models, config)
-    files = {c: getattr(args, c, None) for c in CHANNELS}
-    items = case_inputs.collect(paths, files, args.case_id, predictor.bundle.channels, args.scheme,
-                                predictor.bundle.scheme, allow_duplicates=args.allow_duplicate_channels)
-    log.info("%d case(s), %d model(s), labels written in the %s convention", len(items), len(models),
-             ", ".join(sorted({i.scheme.name for i in items})))
-    options = OutputOptions(probabilities=args.probabilities, uncertainty=args.uncertainty)
-    counts = predict_all(items, predictor, args.out, options)
-    print(f"predict {args.out}: {counts['done']} predicted, {counts['skipped']} already complete")
-    return 0

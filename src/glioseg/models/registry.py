@@ -10,8 +10,6 @@ ablation switch that the chosen name already fixes, is a ValueError listing the 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,14 +18,11 @@ import torch
 from torch import nn
 
 from glioseg.config import from_dict
-from glioseg.files import atomic_path
 from glioseg.models.dalight3d import DALight3D, DALightConfig
 from glioseg.models.flops import count_flops
 from glioseg.models.segresnet import SegResNet3D, SegResNetConfig
 from glioseg.models.unets import AttentionUNet3D, AttentionUNetConfig, ResidualUNetConfig, UNet3D, UNetConfig
 from glioseg.models.vnet import VNet3D, VNetConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,18 +102,3 @@ def describe(name: str, patch=(96, 96, 96), in_channels: int = 4, out_channels: 
     flops = count_flops(model, in_channels, patch)
     return {"name": name, "params": count_parameters(model), "flops": flops,
             "size_divisor": model.size_divisor, "description": spec.description}
-
-
-def run_cli(args) -> int:
-    """``glioseg models [--patch X Y Z] [--json FILE]``: a table of every registered network."""
-    patch, out_channels = tuple(args.patch), getattr(args, "out_channels", 3)
-    rows = [describe(name, patch, out_channels=out_channels) for name in list_models()]
-    print(f"{'name':22s} {'params':>11s} {'GFLOP':>8s}  description "
-          f"(4 -> {out_channels} channels, FLOPs of one {'x'.join(map(str, patch))} patch)")
-    for r in rows:
-        print(f"{r['name']:22s} {r['params']:>11,d} {r['flops'] / 1e9:8.1f}  {r['description']}")
-    if args.json is not None:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps([{k: r[k] for k in ("name", "params", "flops")} for r in rows], indent=2))
-        log.info("wrote %s", args.json)
-    return 0

@@ -1,16 +1,10 @@
-"""``glioseg train``: settings from recipe, config file and options; then the trainer."""
+"""Settings of a ``glioseg train`` run: recipe, config file and options, or those of a resumed run."""
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 from pathlib import Path
 
 from glioseg.config import from_dict, load_yaml
 from glioseg.training.recipe import TrainConfig, build_config, recipe_dict
-from glioseg.training.trainer import train
-
-log = logging.getLogger(__name__)
 
 # Options that may change when a run is resumed; anything else must stay as the run began.
 RESUMABLE = ("epochs", "workers", "device")
@@ -19,16 +13,6 @@ RESUMABLE = ("epochs", "workers", "device")
 def default_recipe(model: str | None) -> str:
     """SegResNet trains with its published recipe; DALight-3D and its baselines with the paper's."""
     return "segresnet-brats" if (model or "segresnet") == "segresnet" else "dalight3d-paper"
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict:
-    return {
-        "model": args.model, "precision": args.precision, "epochs": args.epochs,
-        "steps_per_epoch": args.steps_per_epoch, "patch": tuple(args.patch) if args.patch else None,
-        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "val_every": args.val_every,
-        "val_fraction": args.val_fraction, "workers": args.workers, "device": args.device,
-        "checkpoint_every": args.checkpoint_every,
-    }
 
 
 def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None) -> TrainConfig:
@@ -58,21 +42,18 @@ def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None
     return from_dict(TrainConfig, saved, where)
 
 
-def file_settings(args: argparse.Namespace) -> dict:
+def file_settings(recipe: str | None, config: Path | None) -> dict:
     """Settings from ``--recipe`` and ``--config`` as given (the recipe only when named)."""
-    data = recipe_dict(args.recipe) if args.recipe else {}
-    if args.config is not None:
-        data.update(load_yaml(args.config))
+    data = recipe_dict(recipe) if recipe else {}
+    if config is not None:
+        data.update(load_yaml(config))
     return data
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    overrides = overrides_from_args(args)
-    if args.resume:
-        config = resumed_config(args.out, overrides, file_settings(args))
-    else:
-        config = build_config(args.recipe or default_recipe(args.model), args.config, overrides)
-    summary = train(config, args.data, args.out, resume=args.resume, data_format=args.format,
-                    cache=args.cache)
-    log.info("precision summary: %s", json.dumps(summary))
-    return 0
+def train_config(out: Path, overrides: dict, recipe: str | None = None, config: Path | None = None,
+                 resume: bool = False) -> TrainConfig:
+    """The run's settings: those it was started with when resumed, else the recipe (by default the
+    model's), then the ``config`` file, then the ``overrides`` that are not None."""
+    if resume:
+        return resumed_config(out, overrides, file_settings(recipe, config))
+    return build_config(recipe or default_recipe(overrides.get("model")), config, overrides)
