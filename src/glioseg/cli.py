@@ -17,10 +17,16 @@ from glioseg.errors import GliosegError
 
 log = logging.getLogger("glioseg")
 
-FORMATS = ("auto", "msd", "brats", "brats2023", "manifest")
-# glioseg.precisions' levels with "auto" (spelled here so that --help needs no torch import;
-# tests/test_cli_vocabulary.py pins them to the engines' vocabularies)
-PRECISION_POLICIES = ("auto", "fp32", "bf16", "fp16")
+# The engines' vocabularies, spelled here so that --help imports no engine (torch alone takes
+# seconds); tests/test_cli_vocabulary.py pins each to the one its engine defines.
+FORMATS = ("auto", "msd", "brats", "brats2023", "manifest")     # glioseg.data.formats.FORMATS
+SCHEMES = ("msd", "brats", "brats2023", "brats2013")            # glioseg.data.labels.SCHEMES
+PRECISION_POLICIES = ("auto", "fp32", "bf16", "fp16")           # glioseg.precisions.POLICIES
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")         # glioseg.inference.export.FORMATS
+MISSING_POLICIES = ("error", "empty", "skip")                   # glioseg.evaluation.evaluate.MISSING_POLICIES
+CONVENTIONS = ("radiological", "neurological")                  # glioseg.evaluation.figures.CONVENTIONS
+EXECUTORS = ("local", "slurm")                                  # glioseg.experiments.executors.EXECUTORS
+CHANNELS = ("flair", "t1", "t1ce", "t2")                        # glioseg.data.formats.CHANNELS
 
 
 def _add_verify(sub) -> None:
@@ -72,7 +78,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, summary.json, report.html")
     p.add_argument("--format", choices=FORMATS, default="auto", help="layout of --ref")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (0: one per core)")
-    p.add_argument("--missing", choices=("error", "empty", "skip"), default="error",
+    p.add_argument("--missing", choices=MISSING_POLICIES, default="error",
                    help="reference cases without a prediction: fail (default), score as empty, or leave out")
     p.add_argument("--max-cases", type=int, default=20, help="cases drawn in the report (tables list all)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
@@ -87,7 +93,7 @@ def _add_report(sub) -> None:
     p.add_argument("--run", type=Path, help="training run folder (metrics.csv, precision_events.jsonl)")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.add_argument("--max-cases", type=int, default=20, help="cases drawn (the tables list all)")
-    p.add_argument("--convention", choices=("radiological", "neurological"), default="radiological")
+    p.add_argument("--convention", choices=CONVENTIONS, default="radiological")
     p.add_argument("--title", default="glioseg report")
 
 
@@ -127,12 +133,12 @@ def _add_predict(sub) -> None:
                    help="a released model by name (glioseg models --released); repeat it, or add --checkpoint "
                         "/ --onnx, for an ensemble")
     p.add_argument("--out", type=Path, required=True, help="output folder: <case>.nii.gz + <case>.json")
-    for channel in ("flair", "t1", "t1ce", "t2"):
+    for channel in CHANNELS:
         p.add_argument(f"--{channel}", type=Path, metavar="FILE", help=f"the {channel} image of one case")
     p.add_argument("--case-id", help="name of the case given by modality files")
     p.add_argument("--allow-duplicate-channels", action="store_true",
                    help="let two modality flags name the same file (a warning instead of an error)")
-    p.add_argument("--scheme", choices=("msd", "brats", "brats2023", "brats2013"),
+    p.add_argument("--scheme", choices=SCHEMES,
                    help="label convention to write (default: the input dataset's; for modality files "
                         "the model's)")
     p.add_argument("--roi", nargs="+", metavar="SIZE",
@@ -155,7 +161,7 @@ def _add_predict(sub) -> None:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors + JSON")
     p.add_argument("checkpoint", help="training checkpoint .pt, released .safetensors, or a released model's name")
-    p.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), required=True)
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     p.add_argument("--out", type=Path, required=True, help="output file (.onnx, .ts.pt, .safetensors)")
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="window size of the exported graph (default: the training patch)")
@@ -170,7 +176,7 @@ def _add_experiment(sub) -> None:
     run.add_argument("--out", type=Path, required=True, help="experiment folder")
     run.add_argument("--budget", default="cpu", help="budget of the spec to use (cpu, paper, ...)")
     run.add_argument("--data", help="dataset to use instead of the spec's")
-    run.add_argument("--executor", choices=("local", "slurm"), default="local",
+    run.add_argument("--executor", choices=EXECUTORS, default="local",
                      help="local processes (default) or Slurm through submitit")
     run.add_argument("--jobs", type=int, default=1, help="runs at once with --executor local")
     run.add_argument("--dry-run", action="store_true", help="check the spec and print the plan; train nothing")

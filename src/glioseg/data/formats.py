@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CHANNELS: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 FORMAT_SCHEME = {"msd": "msd", "brats": "brats", "brats2023": "brats2023", "manifest": "brats"}
+FORMATS = ("auto", *FORMAT_SCHEME)   # what --format takes: "auto" detects the layout
 BRATS_SUFFIX = {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"}
 BRATS2023_SUFFIX = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
 MSD_MODALITIES = {"flair": "flair", "t1w": "t1", "t1gd": "t1ce", "t2w": "t2"}
@@ -372,7 +373,7 @@ def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> 
         root = root.parent  # an MSD task named by its dataset.json
     fmt = detect_format(root) if format in (None, "auto") else format
     if fmt not in FORMAT_SCHEME:
-        raise ValueError(f"unknown format {fmt!r}; known: auto, {', '.join(FORMAT_SCHEME)}")
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if (fmt == "manifest") != root.is_file():
         expected = "a .csv or .json manifest file" if fmt == "manifest" else "a folder"
         raise ValueError(f"{root}: the {fmt} format expects {expected}")

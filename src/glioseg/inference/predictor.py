@@ -26,11 +26,10 @@ from glioseg.data.preprocess import crop, uncrop
 from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
 from glioseg.inference.precision import PrecisionChoice, choose_precision, window_runner
 from glioseg.models.cpu_conv import accelerate_cpu_convs
-from glioseg.precisions import DTYPES, PRECISIONS
+from glioseg.precisions import DTYPES, POLICIES
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("auto",) + PRECISIONS   # "auto": the fastest native precision (inference.precision)
 WINDOWS = ("box", "patch", "volume")
 # The 8 combinations of flips over the spatial axes of a (B, C, X, Y, Z) tensor.
 FLIPS: tuple[tuple[int, ...], ...] = tuple(d for n in range(4) for d in itertools.combinations((2, 3, 4), n))

@@ -9,9 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 from glioseg import config as config_utils
-from glioseg.precisions import PRECISIONS
-
-POLICIES = ("auto",) + PRECISIONS
+from glioseg.precisions import POLICIES, PRECISIONS
 
 
 @dataclass(frozen=True)
