@@ -26,18 +26,15 @@ from typing import Any, Iterable
 
 import torch
 
+from glioseg.errors import FileError
+
 log = logging.getLogger(__name__)
 
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FileError):
     """A checkpoint could not be written or trusted. ``str()`` reads ``<path>: <problem>``."""
-
-    def __init__(self, path: Path | str, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 def sidecar_path(path: Path | str) -> Path:

@@ -10,8 +10,10 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
+from glioseg import __version__
 from glioseg.data.budget import DEFAULT_MAX_IMAGE_MB, MAX_IMAGE_MB_ENV
 from glioseg.errors import GliosegError
 
@@ -243,13 +245,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, (ValueError, OSError, GliosegError)):
-        return str(exc)
     if isinstance(exc, MemoryError):
         return (f"out of memory{f': {exc}' if str(exc) else ''}; free memory, use fewer --workers, or "
                 "lower --max-image-mb to refuse large images before reading them")
-    # Not a known failure: still one line, and the way to the traceback.
-    return f"unexpected {type(exc).__name__}: {exc} (glioseg --debug shows the traceback)"
+    return str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,12 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    except Exception as exc:
-        # Users get the message that names the file and the problem; --debug adds the traceback.
+    except (GliosegError, OSError, MemoryError) as exc:
+        # The input or the machine: the message names the file and the problem; --debug adds the traceback.
         if args.debug:
             raise
         log.error("%s", _message(exc))
         return 2
+    except Exception:
+        # Anything else is a bug of glioseg, not of the input: the traceback is what a report needs.
+        if args.debug:
+            raise
+        traceback.print_exc()
+        log.error("internal error of glioseg %s (a bug, not a problem of the input); please report it "
+                  "with the traceback above", __version__)
+        return 1
 
 
 if __name__ == "__main__":

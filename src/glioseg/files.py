@@ -1,4 +1,4 @@
-"""File plumbing every floor shares: atomic writes, a file's SHA-256, unfinished parts, plain names.
+"""File plumbing every floor shares: atomic writes, JSON, a file's SHA-256, unfinished parts, plain names.
 
 A writer never leaves a half-written file at a final path: it writes to a ``.part-`` name beside
 it (:func:`atomic_path`) and renames on success, so a killed process leaves only ``.part-``
@@ -16,6 +16,8 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from glioseg.errors import FileError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,15 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
 def write_json(path: Path | str, data: Any, *, indent: int = 1, end: str = "", **dumps: Any) -> Path:
     """``json.dumps(data, indent=indent, **dumps) + end`` at ``path``, atomically."""
     return write_text_atomic(path, json.dumps(data, indent=indent, **dumps) + end)
+
+
+def read_json(path: Path | str, what: str = "JSON") -> Any:
+    """The JSON value in ``path``; a missing, unreadable or malformed file is a :class:`FileError`
+    that names it and ``what`` it should hold."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FileError(path, f"cannot read {what}: {exc}") from None
 
 
 def file_sha256(path: Path | str) -> str:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from glioseg.errors import InputError
 from glioseg.inference.released import entry, released_names
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def _timed(seconds: dict[str, float], part: str, steps: list[list[str]], label: 
 def run(args: argparse.Namespace, main: Main) -> int:
     out = Path(args.out)
     if (out / "run" / "last.pt").exists() or (out / "released").exists():
-        raise ValueError(f"{out}: a demo was already run here; remove the folder or pass another --out")
+        raise InputError(f"{out}: a demo was already run here; remove the folder or pass another --out")
     model, seconds = demo_model(args.model), {}
     if model is None:
         log.info("no released model in this installation (glioseg models --released): part (a) is skipped")

@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from glioseg.errors import InputError
 from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan
 from glioseg.experiments.report import write_report
 from glioseg.experiments.results import load_results
@@ -21,7 +22,7 @@ def _write_report(plan: Plan, out: Path | None = None) -> None:
 
 def run_experiment(args: argparse.Namespace) -> int:
     if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     plan = make_plan(load_spec(args.spec, args.data), args.budget, Path(args.out))
     if args.dry_run:
         print(describe_plan(plan))

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from glioseg.data.formats import CHANNELS
 from glioseg.devices import checked_device
+from glioseg.errors import InputError
 from glioseg.inference import inputs as case_inputs, released
 from glioseg.inference.bundle import claims_config, sniff
 from glioseg.inference.pipeline import OutputOptions, make_predictor, predict_all
@@ -38,7 +39,7 @@ def split_models_and_inputs(checkpoints: Sequence[Path], inputs: Sequence[Path])
     rest = [Path(p) for p in checkpoints if not _is_model_file(Path(p))]
     missing = [str(p) for p in rest if not p.exists()]
     if missing:
-        raise ValueError(f"no such model file or input: {', '.join(missing)}")
+        raise InputError(f"no such model file or input: {', '.join(missing)}")
     return models, rest + [Path(p) for p in inputs]
 
 
@@ -51,7 +52,7 @@ def _window_arg(values: Sequence[str] | None) -> str | tuple[int, int, int]:
     try:
         return tuple(int(v) for v in values)
     except ValueError:
-        raise ValueError(f"--roi takes {' or '.join(WINDOWS)} or three sizes; got {' '.join(values)}") from None
+        raise InputError(f"--roi takes {' or '.join(WINDOWS)} or three sizes; got {' '.join(values)}") from None
 
 
 def _folder_message(folder: Path) -> str:
@@ -68,8 +69,8 @@ def model_files(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     models += [released.verified_config(name) for name in args.model or []]
     if not models:
         if folders:
-            raise ValueError(_folder_message(folders[0]))
-        raise ValueError("no model: give --model NAME (glioseg models --released), --checkpoint CKPT "
+            raise InputError(_folder_message(folders[0]))
+        raise InputError("no model: give --model NAME (glioseg models --released), --checkpoint CKPT "
                          "(.pt, .safetensors) or --onnx FILE.onnx")
     return models, paths
 

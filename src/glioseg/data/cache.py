@@ -36,6 +36,7 @@ from glioseg import __version__
 from glioseg.data.errors import DataError
 from glioseg.data.formats import check_case_id
 from glioseg.data.labels import REGIONS, LabelScheme
+from glioseg.errors import GliosegError, InputError
 from glioseg.files import atomic_path, clean_parts, file_sha256, write_json
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def _check(case, out: Path, config: dict, scheme: str) -> tuple[object, dict | N
         clean_parts(folder)
         inputs = input_digests(case)
         return case, (None if is_current(folder, inputs, config, scheme) else inputs), ""
-    except (ValueError, OSError) as exc:
+    except (GliosegError, OSError) as exc:
         return case, None, f"{case.case_id}: {exc}"
 
 
@@ -138,7 +139,7 @@ def _make_and_write(make: Callable, case, inputs: dict, out: Path) -> tuple[str,
         image, label, meta = make(case, inputs)
         meta["seconds"] = round(time.perf_counter() - start, 3)
         write_case(case_dir(out, case.case_id), image, label, meta)
-    except (ValueError, OSError) as exc:
+    except (GliosegError, OSError) as exc:
         # Returned, not raised: one bad case must not stop the others.
         return case.case_id, time.perf_counter() - start, f"{case.case_id}: {exc}"
     return case.case_id, time.perf_counter() - start, ""
@@ -185,10 +186,10 @@ def build(dataset, out: Path | str, config: dict, make: Callable, workers: int =
     """
     out = Path(out)
     if dataset.root.is_dir() and out.resolve().is_relative_to(dataset.root.resolve()):
-        raise ValueError(f"{out}: the cache must not be inside the dataset folder {dataset.root}")
+        raise InputError(f"{out}: the cache must not be inside the dataset folder {dataset.root}")
     ids = [c.case_id for c in dataset.cases]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{dataset.root}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
+        raise InputError(f"{dataset.root}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX).unlink(missing_ok=True)  # incomplete until every case is current again
     workers = min(workers or os.cpu_count() or 1, len(ids))
@@ -204,7 +205,7 @@ def build(dataset, out: Path | str, config: dict, make: Callable, workers: int =
     log.info("preprocess %s: %d preprocessed, %d up to date (skipped), %d failed",
              out, len(todo) - len(failed), len(ids) - len(todo) - len(unchecked), len(errors))
     if errors:
-        raise ValueError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix them and "
+        raise InputError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix them and "
                          f"rerun to resume):\n  " + "\n  ".join(sorted(errors)))
     finish(out, dataset, config)
     return out
@@ -323,7 +324,7 @@ def load_cache(path: Path | str) -> Cache:
     """Open the cache at ``path``; a missing or incomplete cache is a clear error."""
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"{path}: no cache folder here (make one with: glioseg preprocess DATA --out {path})")
+        raise InputError(f"{path}: no cache folder here (make one with: glioseg preprocess DATA --out {path})")
     if not (path / INDEX).exists():
         raise DataError(path / INDEX, "missing: the cache is incomplete (preprocessing did not finish); "
                                       "run glioseg preprocess again to resume it")

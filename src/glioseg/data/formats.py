@@ -19,6 +19,7 @@ from pathlib import Path
 
 from glioseg.data.errors import DataError
 from glioseg.data.labels import LabelScheme, get_scheme
+from glioseg.errors import InputError
 from glioseg.files import SAFE_NAME
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def detect_format(root: Path) -> str:
             return "brats"
         if _find(sub, f"{sub.name}-t2f"):
             return "brats2023"
-    raise ValueError(
+    raise InputError(
         f"{root}: no known dataset layout (looked for MSD dataset.json + imagesTr/, BraTS "
         f"<case>/<case>_flair.nii.gz, BraTS 2023 <case>/<case>-t2f.nii.gz, or a .csv/.json manifest); "
         f"use --format to force one"
@@ -368,15 +369,15 @@ def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> 
     """
     root = Path(root)
     if not root.exists():
-        raise ValueError(f"{root}: no such file or folder")
+        raise InputError(f"{root}: no such file or folder")
     if root.is_file() and root.name == "dataset.json":
         root = root.parent  # an MSD task named by its dataset.json
     fmt = detect_format(root) if format in (None, "auto") else format
     if fmt not in FORMAT_SCHEME:
-        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+        raise InputError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if (fmt == "manifest") != root.is_file():
         expected = "a .csv or .json manifest file" if fmt == "manifest" else "a folder"
-        raise ValueError(f"{root}: the {fmt} format expects {expected}")
+        raise InputError(f"{root}: the {fmt} format expects {expected}")
     hidden: list[Path] = []
     scheme = FORMAT_SCHEME[fmt]
     if fmt == "brats":
@@ -390,12 +391,12 @@ def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> 
     if hidden:
         log.warning("%s: ignored %d hidden entries (dotfiles such as ._* AppleDouble files)", root, len(hidden))
     if not cases:
-        raise ValueError(f"{root}: no cases found in {fmt} layout")
+        raise InputError(f"{root}: no cases found in {fmt} layout")
     cases = [_with_id_checked(case, root, strict) for case in cases]
     failing = next((case for case in cases if case.problems), None)
     if strict and failing is not None:
         raise joined(root, failing.problems)
     repeated = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
     if repeated:
-        raise ValueError(f"{root}: case ids repeated: {', '.join(repeated)}; expected each case once")
+        raise InputError(f"{root}: case ids repeated: {', '.join(repeated)}; expected each case once")
     return Dataset(root, fmt, get_scheme(scheme), tuple(cases), CHANNELS, tuple(hidden))

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from glioseg.data.formats import CHANNELS
 from glioseg.data.io import write_image
+from glioseg.errors import InputError
 from glioseg.files import atomic_path
 
 
@@ -325,11 +326,11 @@ def write_dataset(out: Path | str, cases: int, seed: int, shape: tuple[int, int,
     out = Path(out)
     shape = tuple(int(n) for n in shape)
     if cases < 1:
-        raise ValueError(f"--cases must be at least 1; got {cases}")
+        raise InputError(f"--cases must be at least 1; got {cases}")
     if len(shape) != 3 or not all(16 <= n <= 512 for n in shape):
-        raise ValueError(f"--shape must be three sizes between 16 and 512 voxels; got {list(shape)}")
+        raise InputError(f"--shape must be three sizes between 16 and 512 voxels; got {list(shape)}")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
+        raise InputError(f"{out}: exists and is not a folder")
     written, record = [], []
     for index in tqdm(range(cases), desc="phantom", unit="case"):
         case = make_case(index, seed, shape)

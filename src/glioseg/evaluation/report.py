@@ -12,7 +12,6 @@ import base64
 import csv
 import datetime
 import html
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,11 @@ from tqdm import tqdm
 import glioseg
 from glioseg.data.io import DataError, Image, read_image
 from glioseg.data.labels import REGIONS, LabelScheme, region_volumes_ml
+from glioseg.errors import InputError
 from glioseg.evaluation import figures
 from glioseg.evaluation.evaluate import COLUMNS, check_geometry, prediction_path, read_label
 from glioseg.evaluation.metrics import METRIC_COLUMNS
-from glioseg.files import write_text_atomic
+from glioseg.files import read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,15 @@ def load_metrics(metrics_dir: Path) -> tuple[list[dict], dict | None]:
             reader = csv.DictReader(fh)
             rows = list(reader)
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read evaluation metrics: {exc}") from exc
+        raise InputError(f"{path}: cannot read evaluation metrics: {exc}") from exc
     if list(reader.fieldnames or []) != list(COLUMNS):
-        raise ValueError(f"{path}: columns {reader.fieldnames} are not glioseg evaluate's {list(COLUMNS)}")
-    rows = [{**r, **{k: float(r[k]) for k in METRIC_COLUMNS}} for r in rows]
+        raise InputError(f"{path}: columns {reader.fieldnames} are not glioseg evaluate's {list(COLUMNS)}")
+    try:
+        rows = [{**r, **{k: float(r[k]) for k in METRIC_COLUMNS}} for r in rows]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: not glioseg evaluate's metrics: {exc}") from None
     summary_path = Path(metrics_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    summary = read_json(summary_path, "the evaluation summary") if summary_path.is_file() else None
     return rows, summary
 
 
@@ -189,7 +192,7 @@ def _precision_html(run_dir: Path, events: list[dict]) -> str:
     path = Path(run_dir) / "precision_summary.json"
     if not path.is_file():
         return ""
-    summary = json.loads(path.read_text())
+    summary = read_json(path, "the run's precision summary")
     probe = next((e["reason"] for e in events if e.get("signal") == "probe"), None)
     lines = [f"policy {summary['policy']} on {summary.get('device_description', summary['device'])}"]
     if probe:

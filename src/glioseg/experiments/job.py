@@ -23,6 +23,7 @@ import yaml
 
 from glioseg.config import from_dict, to_dict
 from glioseg.data.formats import discover
+from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
 from glioseg.evaluation.figures import read_run_metrics
 from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, peak_mib, read_step_times, reset_peak,
@@ -59,7 +60,7 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     before = from_dict(TrainConfig, saved, str(run_dir / "config.yaml"))
     changed = sorted(k for k, v in to_dict(config).items() if to_dict(before).get(k) != v)
     if changed:
-        raise ValueError(f"{run_dir}: this run was started with other settings ({', '.join(changed)}); "
+        raise InputError(f"{run_dir}: this run was started with other settings ({', '.join(changed)}); "
                          "continue the experiment with its own spec, or use another --out")
 
 

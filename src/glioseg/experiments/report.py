@@ -24,7 +24,7 @@ from glioseg.experiments import figures
 from glioseg.experiments.plan import EXPERIMENT_FILE, Plan
 from glioseg.experiments.results import Results, arm_scores, comparisons, cost
 from glioseg.experiments.stats import format_p, signed
-from glioseg.files import atomic_path, write_text_atomic
+from glioseg.files import atomic_path, read_json, write_text_atomic
 
 STATISTICS_NOTE = (
     "Scores: mean ± sd (sample) and median over every (case, seed) of held-out cases; 'over seeds' is the "
@@ -175,7 +175,7 @@ def write_report(plan: Plan, results: Results, folder: Path | None = None) -> Pa
     """Write ``<name>.md`` (+ PNGs) and ``<name>.html`` into ``folder`` (default ``DIR/report``);
     returns the Markdown file."""
     folder = Path(folder or plan.out / "report")
-    saved = json.loads((plan.out / EXPERIMENT_FILE).read_text())
+    saved = read_json(plan.out / EXPERIMENT_FILE, "an experiment plan")
     parts = sections(results, saved.get("command"), saved.get("machine"))
     for part in parts:
         if part[0] == "img":

@@ -32,6 +32,7 @@ import torch
 from glioseg.checkpoint_io import ZIP_MAGIC, is_torchscript, load_checkpoint
 from glioseg.data.formats import CHANNELS
 from glioseg.data.labels import class_values, get_scheme
+from glioseg.errors import InputError
 from glioseg.files import file_sha256
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class ModelBundle:
     def build_model(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The network in eval mode with the weights loaded (strictly: every key must match)."""
         if not self.weights:
-            raise ValueError(f"bundle of {self.model} has no weights (an ONNX metadata config?); "
+            raise InputError(f"bundle of {self.model} has no weights (an ONNX metadata config?); "
                              "load a checkpoint or a .safetensors file")
         from glioseg.models.registry import create
 
@@ -171,7 +172,7 @@ class ModelBundle:
         try:
             model.load_state_dict(self.weights, strict=True)
         except RuntimeError as exc:
-            raise ValueError(f"weights do not fit {self.model} with options {self.options}: "
+            raise InputError(f"weights do not fit {self.model} with options {self.options}: "
                              f"{str(exc).splitlines()[0]}") from None
         return model.to(device).eval()
 
@@ -235,12 +236,12 @@ def read_config(path: Path) -> dict:
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the model config: {exc}") from None
+        raise InputError(f"{path}: cannot read the model config: {exc}") from None
     if not isinstance(config, dict) or config.get("kind") != CONFIG_KIND:
-        raise ValueError(f"{path}: not a glioseg model config (no \"kind\": \"{CONFIG_KIND}\")")
+        raise InputError(f"{path}: not a glioseg model config (no \"kind\": \"{CONFIG_KIND}\")")
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(CONFIG_KEYS)}")
+        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(CONFIG_KEYS)}")
     return config
 
 
@@ -248,13 +249,13 @@ def bundle_from_config(config_file: Path, config: dict, digest: str, weights: Ma
     """The bundle a released config describes; every problem names the config file and the field."""
     state = config.get("bundle")
     if not isinstance(state, dict):
-        raise ValueError(f"{config_file}: \"bundle\" must be an object, got {state!r}")
+        raise InputError(f"{config_file}: \"bundle\" must be an object, got {state!r}")
     try:
         bundle = ModelBundle.from_state({**state, **({"weights": weights} if weights is not None else {})},
                                         sha256=digest)
         bundle.check_settings()
     except ValueError as exc:
-        raise ValueError(f"{config_file}: {exc}") from None
+        raise InputError(f"{config_file}: {exc}") from None
     return bundle
 
 
@@ -267,7 +268,7 @@ def released_file(config_file: Path, config: dict) -> Path:
     """The weights/ONNX file a config names; it must sit in the config's folder."""
     name = str(config.get("file", ""))
     if not name or Path(name).name != name:
-        raise ValueError(f"{config_file}: \"file\" must be a plain file name beside the config; got {name!r}")
+        raise InputError(f"{config_file}: \"file\" must be a plain file name beside the config; got {name!r}")
     return config_file.parent / name
 
 
@@ -283,17 +284,17 @@ def verified_released(path: Path) -> tuple[Path, dict, str]:
     """
     config_file = released_config(path)
     if not config_file.is_file():
-        raise ValueError(f"{path}: its config {config_file.name} is missing; a released model is "
+        raise InputError(f"{path}: its config {config_file.name} is missing; a released model is "
                          "NAME.safetensors (or NAME.onnx) + NAME.safetensors.json (NAME.onnx.json) side by side")
     config = read_config(config_file)
     target = released_file(config_file, config)
     if path != config_file and target.resolve() != path.resolve():
-        raise ValueError(f"{config_file}: describes {target.name}, not {path.name}")
+        raise InputError(f"{config_file}: describes {target.name}, not {path.name}")
     if not target.is_file():
-        raise ValueError(f"{config_file}: its model file {target.name} is missing")
+        raise InputError(f"{config_file}: its model file {target.name} is missing")
     digest = file_sha256(target)
     if digest != config.get("sha256"):
-        raise ValueError(f"{target}: SHA-256 {digest[:16]}... differs from {config_file.name}'s "
+        raise InputError(f"{target}: SHA-256 {digest[:16]}... differs from {config_file.name}'s "
                          f"{str(config.get('sha256'))[:16]}... (damaged or replaced)")
     return target, config, digest
 
@@ -303,7 +304,7 @@ def _load_safetensors(path: Path) -> ModelBundle:
 
     target, config, digest = verified_released(path)
     if config.get("format") != "safetensors":
-        raise ValueError(f"{path}: config describes a {config.get('format')!r} file; "
+        raise InputError(f"{path}: config describes a {config.get('format')!r} file; "
                          "ONNX models run with glioseg predict --onnx")
     return bundle_from_config(released_config(path), config, digest, load_file(str(target)))
 
@@ -311,13 +312,13 @@ def _load_safetensors(path: Path) -> ModelBundle:
 def _load_checkpoint_bundle(path: Path) -> ModelBundle:
     state = load_checkpoint(path)
     if "bundle" not in state:
-        raise ValueError(f"{path}: a checkpoint without a \"bundle\" (keys: {', '.join(sorted(state))}); "
+        raise InputError(f"{path}: a checkpoint without a \"bundle\" (keys: {', '.join(sorted(state))}); "
                          "it was not written by glioseg train")
     try:
         bundle = ModelBundle.from_state(state["bundle"], sha256=file_sha256(path))
         bundle.check_settings()
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise InputError(f"{path}: {exc}") from None
     return bundle
 
 
@@ -325,12 +326,12 @@ def load_bundle(path: Path | str) -> ModelBundle:
     """Load a bundle from a training checkpoint or released safetensors + JSON; refuse the rest."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such model file")
+        raise InputError(f"{path}: no such model file")
     kind = sniff(path)
     if kind in ("checkpoint", "damaged"):
         return _load_checkpoint_bundle(path)
     if kind in ("safetensors", "json"):
         return _load_safetensors(path)
     if kind == "onnx":
-        raise ValueError(f"{path}: an ONNX model has no PyTorch weights; run it with glioseg predict --onnx")
-    raise ValueError(f"{path}: refused: {_REFUSED[kind]}")
+        raise InputError(f"{path}: an ONNX model has no PyTorch weights; run it with glioseg predict --onnx")
+    raise InputError(f"{path}: refused: {_REFUSED[kind]}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glioseg.errors import InputError
 from glioseg.files import atomic_path, file_sha256, write_json
 from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, bundle_from_config, config_path, released_config,
                                       verified_released)
@@ -72,17 +73,17 @@ def _check_roi(model: torch.nn.Module, roi) -> tuple[int, int, int]:
     div = int(getattr(model, "size_divisor", 1))
     roi = tuple(int(r) for r in roi)
     if len(roi) != 3 or any(r < 1 or r % div for r in roi):
-        raise ValueError(f"export window {list(roi)} must be 3 positive multiples of {div}")
+        raise InputError(f"export window {list(roi)} must be 3 positive multiples of {div}")
     return roi
 
 
 def _compare(name: str, expected: torch.Tensor, got: np.ndarray | torch.Tensor, tolerance: float) -> float:
     got = torch.as_tensor(np.asarray(got))
     if got.shape != expected.shape:
-        raise ValueError(f"{name} export gives shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+        raise InputError(f"{name} export gives shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
     diff = float((got.float() - expected.float()).abs().max())
     if not diff <= tolerance:
-        raise ValueError(f"{name} export differs from PyTorch by {diff:.3g} (> {tolerance:g}) on a random "
+        raise InputError(f"{name} export differs from PyTorch by {diff:.3g} (> {tolerance:g}) on a random "
                          "patch; nothing was written")
     return diff
 
@@ -151,13 +152,13 @@ def write_released(bundle: ModelBundle, out: Path) -> dict:
 
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in bundle.weights.items()}
     if not weights:
-        raise ValueError("bundle has no weights to release")
+        raise InputError("bundle has no weights to release")
     with atomic_path(out) as tmp:
         save_file(weights, str(tmp), metadata={"format": "pt", "glioseg": "weights; config in the .json beside"})
         back = load_file(str(tmp))
         changed = [k for k in weights if k not in back or not torch.equal(back[k], weights[k])]
         if changed or set(back) != set(weights):
-            raise ValueError(f"safetensors read-back differs for {changed[:5]}; nothing was written")
+            raise InputError(f"safetensors read-back differs for {changed[:5]}; nothing was written")
     _write_config(out, bundle, "safetensors", {})
     return {"file": str(out), "tensors": len(weights)}
 
@@ -172,7 +173,7 @@ class OnnxNetwork:
 
         model_file, config, digest = verified_released(Path(path))
         if config.get("format") != "onnx":
-            raise ValueError(f"{path}: config describes a {config.get('format')!r} file, not ONNX")
+            raise InputError(f"{path}: config describes a {config.get('format')!r} file, not ONNX")
         self.source = model_file
         self.bundle = bundle_from_config(released_config(Path(path)), config, digest)
         self.patch_size, self.name = self.bundle.patch_size, self.bundle.model

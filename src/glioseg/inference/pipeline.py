@@ -21,6 +21,7 @@ from glioseg.data import preprocess
 from glioseg.data.cases import load_case
 from glioseg.data.errors import DataError
 from glioseg.data.labels import region_volumes_ml, regions_to_labels
+from glioseg.errors import GliosegError, InputError
 from glioseg.files import file_sha256
 from glioseg.inference import writer
 from glioseg.inference.inputs import CaseInput
@@ -158,14 +159,14 @@ def predict_all(items: Sequence[CaseInput], predictor: Predictor, out: Path | st
     for item in tqdm(items, desc="predict", unit="case"):
         try:
             counts[_one(item, predictor, out, options)] += 1
-        except (ValueError, OSError) as exc:
+        except (GliosegError, OSError) as exc:   # a bad case; a bug still stops the run
             counts["failed"] += 1
             errors.append(f"{item.case.case_id}: {exc}")
             log.error("%s", errors[-1])
     log.info("predict %s: %d predicted, %d already complete (skipped), %d failed", out,
              counts["done"], counts["skipped"], counts["failed"])
     if errors:
-        raise ValueError(f"{len(errors)} of {len(items)} cases failed (the others are written; rerun to "
+        raise InputError(f"{len(errors)} of {len(items)} cases failed (the others are written; rerun to "
                          "resume): " + "; ".join(errors))
     return counts
 

@@ -23,6 +23,7 @@ from monai.inferers import sliding_window_inference
 
 from glioseg.data.labels import class_values, classes_to_regions, get_scheme, labels_to_regions
 from glioseg.data.preprocess import crop, uncrop
+from glioseg.errors import InputError
 from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
 from glioseg.inference.precision import PrecisionChoice, choose_precision, window_runner
 from glioseg.models.cpu_conv import accelerate_cpu_convs
@@ -62,18 +63,18 @@ class PredictConfig:
     def __post_init__(self):
         if isinstance(self.window, str):
             if self.window not in WINDOWS:
-                raise ValueError(f"window {self.window!r} is unknown; use {' or '.join(WINDOWS)} or three sizes")
+                raise InputError(f"window {self.window!r} is unknown; use {' or '.join(WINDOWS)} or three sizes")
         else:
             window = tuple(int(w) for w in self.window)
             if len(window) != 3 or min(window) < 1:
-                raise ValueError(f"window must be 3 positive sizes; got {self.window!r}")
+                raise InputError(f"window must be 3 positive sizes; got {self.window!r}")
             object.__setattr__(self, "window", window)
         if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}")
+            raise InputError(f"overlap must be in [0, 1); got {self.overlap}")
         if self.precision not in POLICIES:
-            raise ValueError(f"precision {self.precision!r} is unknown; known: {', '.join(POLICIES)}")
+            raise InputError(f"precision {self.precision!r} is unknown; known: {', '.join(POLICIES)}")
         if self.sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be >= 1; got {self.sw_batch_size}")
+            raise InputError(f"sw_batch_size must be >= 1; got {self.sw_batch_size}")
 
 
 class ModuleNetwork:
@@ -132,7 +133,7 @@ class RunStats:
     oom_retries: int = 0
 
 
-class NonFiniteOutputError(ValueError):
+class NonFiniteOutputError(InputError):
     """A window's logits are not finite even in fp32: the weights or the input are broken."""
 
 
@@ -168,7 +169,7 @@ def window_size(config: PredictConfig, network, box: Sequence[int]) -> tuple[int
     rounded = [-(-n // div) * div for n in box]
     if network.fixed_window is not None:
         if isinstance(config.window, tuple) and tuple(config.window) != network.fixed_window:
-            raise ValueError(f"this ONNX model takes windows of {list(network.fixed_window)} only; "
+            raise InputError(f"this ONNX model takes windows of {list(network.fixed_window)} only; "
                              f"got --roi {list(config.window)}")
         return network.fixed_window
     if config.window in ("box", "volume"):   # for "volume" the image is the uncropped volume
@@ -176,7 +177,7 @@ def window_size(config: PredictConfig, network, box: Sequence[int]) -> tuple[int
     want = network.patch_size if config.window == "patch" else config.window
     bad = [w for w in want if w % div]
     if bad:
-        raise ValueError(f"window {list(want)} must be a multiple of {div} for {network.name}")
+        raise InputError(f"window {list(want)} must be a multiple of {div} for {network.name}")
     return tuple(min(w, r) for w, r in zip(want, rounded))
 
 
@@ -228,7 +229,7 @@ def window_logits(network, image: torch.Tensor, config: PredictConfig, site_id: 
             continue
         stats.window_size, stats.sw_batch_size, stats.stitching = list(roi), sw_batch, str(stitch)
         return out
-    raise ValueError(_oom_message(config, tried))
+    raise InputError(_oom_message(config, tried))
 
 
 def activation(logits: torch.Tensor, target: str) -> torch.Tensor:
@@ -242,10 +243,10 @@ def _check_ensemble(networks: Sequence) -> None:
         b = net.bundle
         for what in ("target", "channels", "preprocess"):
             if getattr(b, what) != getattr(first, what):
-                raise ValueError(f"ensemble members differ in {what}: {getattr(first, what)!r} vs "
+                raise InputError(f"ensemble members differ in {what}: {getattr(first, what)!r} vs "
                                  f"{getattr(b, what)!r}; only models with the same {what} can be averaged")
         if b.target == "classes" and class_values(get_scheme(b.scheme)) != class_values(get_scheme(first.scheme)):
-            raise ValueError(f"ensemble members predict different classes ({first.scheme} vs {b.scheme})")
+            raise InputError(f"ensemble members predict different classes ({first.scheme} vs {b.scheme})")
 
 
 class Predictor:
@@ -253,11 +254,11 @@ class Predictor:
 
     def __init__(self, networks: Sequence, config: PredictConfig):
         if not networks:
-            raise ValueError("no model given")
+            raise InputError("no model given")
         _check_ensemble(networks)
         onnx = any(n.kind == "onnxruntime" for n in networks)
         if config.precision not in ("fp32", "auto") and onnx:
-            raise ValueError(f"--precision {config.precision} applies to PyTorch models; an ONNX model runs "
+            raise InputError(f"--precision {config.precision} applies to PyTorch models; an ONNX model runs "
                              "in the precision it was exported in (fp32)")
         self.networks, self.bundle = list(networks), networks[0].bundle
         self.requested_precision = config.precision

@@ -29,6 +29,7 @@ from glioseg.checkpoint_io import load_checkpoint
 from glioseg.data import preprocess
 from glioseg.data.cases import load_case
 from glioseg.data.labels import REGIONS
+from glioseg.errors import InputError
 from glioseg.evaluation.metrics import dice
 from glioseg.files import file_sha256, write_json
 from glioseg.inference import inputs, released
@@ -128,11 +129,11 @@ def build_release(checkpoint: Path | str, name: str, results_file: Path | str, c
     """Write ``root/<name>/`` and its index entry from a glioseg training checkpoint; returns the entry."""
     checkpoint, root = Path(checkpoint), Path(root or released.package_root())
     if not NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"release name {name!r}: use lower-case letters, digits, '-' and '.' (e.g. segresnet-brats18)")
+        raise InputError(f"release name {name!r}: use lower-case letters, digits, '-' and '.' (e.g. segresnet-brats18)")
     if (root / name).exists() and not replace_existing:
-        raise ValueError(f"{root / name}: a released model of that name exists; pass --replace to rebuild it")
+        raise InputError(f"{root / name}: a released model of that name exists; pass --replace to rebuild it")
     if not cases:
-        raise ValueError("give at least one case to measure fp16 against fp32 on")
+        raise InputError("give at least one case to measure fp16 against fp32 on")
     results = read_results(results_file)
     state = load_checkpoint(checkpoint)
     bundle = ModelBundle.from_state(state["bundle"], sha256=file_sha256(checkpoint))

@@ -17,7 +17,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from glioseg.errors import GliosegError
+from glioseg.errors import InputError
 from glioseg.files import file_sha256
 from glioseg.inference.bundle import config_path
 
@@ -28,7 +28,7 @@ INDEX_VERSION = 1
 CARD = "MODEL_CARD.md"
 
 
-class ReleasedModelError(GliosegError, ValueError):
+class ReleasedModelError(InputError):
     """A released model is unknown, incomplete or damaged."""
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from glioseg.config import from_dict
+from glioseg.errors import InputError
 from glioseg.models.dalight3d import DALight3D, DALightConfig
 from glioseg.models.flops import count_flops
 from glioseg.models.segresnet import SegResNet3D, SegResNetConfig
@@ -66,7 +67,7 @@ def list_models() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+        raise InputError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
     return MODELS[name]
 
 
@@ -84,7 +85,7 @@ def make_config(name: str, **options: Any):
 def create(name: str, in_channels: int = 4, out_channels: int = 3, **options: Any) -> nn.Module:
     """Build the network ``name``: (B, in_channels, X, Y, Z) → logits (B, out_channels, X, Y, Z)."""
     if in_channels < 1 or out_channels < 1:
-        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        raise InputError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
     return get_spec(name).network(in_channels, out_channels, make_config(name, **options))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from glioseg.config import from_dict, load_yaml
+from glioseg.errors import InputError
 from glioseg.training.recipe import TrainConfig, build_config, recipe_dict
 
 # Options that may change when a run is resumed; anything else must stay as the run began.
@@ -24,7 +25,7 @@ def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None
     """
     path = Path(out) / "config.yaml"
     if not path.is_file():
-        raise ValueError(f"{out}: --resume needs a started run there, but {path.name} is missing")
+        raise InputError(f"{out}: --resume needs a started run there, but {path.name} is missing")
     saved = load_yaml(path)
     saved.pop("versions", None)
     given = {k: v for k, v in (file_settings or {}).items() if k not in RESUMABLE}
@@ -34,10 +35,10 @@ def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None
     base, asked = from_dict(TrainConfig, saved, where), from_dict(TrainConfig, {**saved, **given}, where)
     changed = sorted(k for k in given if k not in RESUMABLE and getattr(asked, k) != getattr(base, k))
     if changed:
-        raise ValueError(f"{out}: --resume continues the run as it was configured; only "
+        raise InputError(f"{out}: --resume continues the run as it was configured; only "
                          f"{', '.join('--' + k for k in RESUMABLE)} may change, not {', '.join(changed)}")
     if overrides.get("epochs") is not None and overrides["epochs"] < saved["epochs"]:
-        raise ValueError(f"{out}: --epochs {overrides['epochs']} is fewer than the run's {saved['epochs']}")
+        raise InputError(f"{out}: --epochs {overrides['epochs']} is fewer than the run's {saved['epochs']}")
     saved.update({k: v for k, v in overrides.items() if k in RESUMABLE and v is not None})
     return from_dict(TrainConfig, saved, where)
 

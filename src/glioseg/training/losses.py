@@ -10,6 +10,8 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
+from glioseg.errors import InputError
+
 LOSSES = ("dice", "dice_ce")
 
 
@@ -25,7 +27,7 @@ class SegmentationLoss(nn.Module):
     def __init__(self, kind: str = "dice", ce_weight: float = 0.5):
         super().__init__()
         if kind not in LOSSES:
-            raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
+            raise InputError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
         self.kind = kind
         if kind == "dice":
             self.fn = DiceLoss(smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True, sigmoid=True)

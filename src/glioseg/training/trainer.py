@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from glioseg.checkpoint_io import load_checkpoint
 from glioseg.data.labels import class_values
-from glioseg.errors import GliosegError
+from glioseg.errors import GliosegError, InputError
 from glioseg.files import clean_parts
 from glioseg.inference.predictor import PredictConfig
 from glioseg.data.sampling import PatchDataset, SamplerConfig, make_loader
@@ -217,9 +217,9 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
         clean_parts(out)  # a run killed before its first checkpoint left a .part-last.pt
     try:
         if resume and not run.last.exists():
-            raise ValueError(f"{out}: --resume needs a checkpoint, but {run.last.name} is not there")
+            raise InputError(f"{out}: --resume needs a checkpoint, but {run.last.name} is not there")
         if not resume and run.last.exists():
-            raise ValueError(f"{out}: a run is already there ({run.last.name}); pass --resume or another --out")
+            raise InputError(f"{out}: a run is already there ({run.last.name}); pass --resume or another --out")
         prepared = prepare_data(data, out, config, data_format, cache, info)
         trainer = Trainer(config, prepared, run, info, device)
         if resume:
