@@ -25,6 +25,7 @@ from glioseg.errors import InputError
 from glioseg.files import atomic_path, file_sha256, write_json
 from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, bundle_from_config, config_path, released_config,
                                       verified_released)
+from glioseg.models.registry import takes_ids
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,15 @@ class _WithIds(torch.nn.Module):
 
 
 def _exportable(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
-    takes_ids = "ids" in inspect.signature(model.forward).parameters
-    return (_WithIds(model).eval() if takes_ids else model), takes_ids
+    with_ids = takes_ids(model)
+    return (_WithIds(model).eval() if with_ids else model), with_ids
 
 
-def _example(bundle: ModelBundle, roi, takes_ids: bool, batch: int = 2, seed: int = 0) -> tuple:
+def _example(bundle: ModelBundle, roi, with_ids: bool, batch: int = 2, seed: int = 0) -> tuple:
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn((batch, bundle.in_channels, *roi), generator=generator)
     ids = torch.full((batch,), -1, dtype=torch.long)
-    return (image, ids) if takes_ids else (image,)
+    return (image, ids) if with_ids else (image,)
 
 
 def _check_roi(model: torch.nn.Module, roi) -> tuple[int, int, int]:
@@ -100,9 +101,9 @@ def export_onnx(bundle: ModelBundle, out: Path, roi=None, tolerance: float = 1e-
 
     model = bundle.build_model("cpu")
     roi = _check_roi(model, roi or bundle.patch_size)
-    module, takes_ids = _exportable(model)
-    example = _example(bundle, roi, takes_ids)
-    names = ["image", "ids"] if takes_ids else ["image"]
+    module, with_ids = _exportable(model)
+    example = _example(bundle, roi, with_ids)
+    names = ["image", "ids"] if with_ids else ["image"]
     batch = torch.export.Dim("batch", min=1, max=1024)
     params = list(inspect.signature(module.forward).parameters)[:len(names)]
     shapes = {p: {0: batch} for p in params}
@@ -130,8 +131,8 @@ def export_torchscript(bundle: ModelBundle, out: Path, roi=None, tolerance: floa
     """
     model = bundle.build_model("cpu")
     roi = _check_roi(model, roi or bundle.patch_size)
-    module, takes_ids = _exportable(model)
-    example = _example(bundle, roi, takes_ids)
+    module, with_ids = _exportable(model)
+    example = _example(bundle, roi, with_ids)
     log.info("TorchScript is deprecated upstream (PyTorch >= 2.10); ONNX is the maintained deployment format")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -141,7 +142,7 @@ def export_torchscript(bundle: ModelBundle, out: Path, roi=None, tolerance: floa
         traced = torch.jit.trace(module, example, check_trace=False)
         with atomic_path(out) as tmp:
             torch.jit.save(traced, str(tmp))
-            got = torch.jit.load(str(tmp), map_location="cpu")(*_example(bundle, roi, takes_ids))
+            got = torch.jit.load(str(tmp), map_location="cpu")(*_example(bundle, roi, with_ids))
             diff = _compare("TorchScript", expected, got, tolerance)
     return {"file": str(out), "max_abs_diff": diff}
 

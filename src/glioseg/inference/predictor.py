@@ -10,7 +10,6 @@ aggregates in the input's dtype, which is float32, so the stitching is always fp
 """
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ from glioseg.errors import InputError
 from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
 from glioseg.inference.precision import PrecisionChoice, choose_precision, window_runner
 from glioseg.models.cpu_conv import accelerate_cpu_convs
+from glioseg.models.registry import takes_ids
 from glioseg.precisions import DTYPES, POLICIES
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class ModuleNetwork:
     def __init__(self, model: torch.nn.Module, patch_size: Sequence[int], name: str):
         self.model, self.patch_size, self.name = model, tuple(int(p) for p in patch_size), name
         self.size_divisor = int(getattr(model, "size_divisor", 1))
-        self.takes_ids = "ids" in inspect.signature(model.forward).parameters
+        self.takes_ids = takes_ids(model)
 
     def __call__(self, x: torch.Tensor, site_id: int | None) -> torch.Tensor:
         if not self.takes_ids:

@@ -2,8 +2,9 @@
 
 Every network takes (B, in_channels, X, Y, Z) float input and returns logits (B, out_channels, X,
 Y, Z) (no softmax/sigmoid inside); X, Y, Z must be multiples of the network's ``size_divisor``
-(a clear ValueError otherwise). Networks whose ``takes_ids`` is True (the DALight-3D variants)
-also take ``ids``: LongTensor (B,) of acquisition-group indices, or None.
+(a clear ValueError otherwise). Every network class declares ``takes_ids``; those where it is True
+(the DALight-3D variants) also take ``ids``: LongTensor (B,) of acquisition-group indices, or None.
+:func:`takes_ids` is where callers read it.
 Options are the fields of each network's frozen config dataclass; an unknown option, or an
 ablation switch that the chosen name already fixes, is a ValueError listing the valid ones.
 """
@@ -87,6 +88,11 @@ def create(name: str, in_channels: int = 4, out_channels: int = 3, **options: An
     if in_channels < 1 or out_channels < 1:
         raise InputError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
     return get_spec(name).network(in_channels, out_channels, make_config(name, **options))
+
+
+def takes_ids(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``ids`` beside the image, as its network class declares."""
+    return bool(model.takes_ids)
 
 
 def count_parameters(model: nn.Module) -> int:

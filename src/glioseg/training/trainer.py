@@ -8,7 +8,6 @@ checkpoint holds every RNG, the optimiser, the controller and the position in th
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from glioseg.files import clean_parts
 from glioseg.inference.predictor import PredictConfig
 from glioseg.data.sampling import PatchDataset, SamplerConfig, make_loader
 from glioseg.models.cpu_conv import accelerate_cpu_convs
-from glioseg.models.registry import create
+from glioseg.models.registry import create, takes_ids
 from glioseg.training import distributed as dist_utils
 from glioseg.training.checkpoint import save_checkpoint
 from glioseg.training.losses import SegmentationLoss
@@ -68,7 +67,7 @@ class Trainer:
         self.model = accelerate_cpu_convs(
             create(config.model, in_channels=len(data.channels), out_channels=self.model_out_channels,
                    **config.model_options).to(device))
-        self.takes_ids = "ids" in inspect.signature(self.model.forward).parameters
+        self.takes_ids = takes_ids(self.model)
         self.net = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if info.enabled else self.model)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay)
