@@ -94,12 +94,3 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
     return data
-
-
-def replace(obj: T, **changes: Any) -> T:
-    """``dataclasses.replace`` that names unknown fields in a ``ValueError``."""
-    valid = {f.name for f in dataclasses.fields(obj)}
-    unknown = sorted(set(changes) - valid)
-    if unknown:
-        raise InputError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    return dataclasses.replace(obj, **changes)

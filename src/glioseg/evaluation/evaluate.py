@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from glioseg.data.formats import discover
 from glioseg.data.io import DataError, Image, read_image
-from glioseg.data.labels import REGIONS, LabelScheme, get_scheme
+from glioseg.data.labels import REGIONS, LabelScheme, check_label_values, get_scheme
 from glioseg.errors import GliosegError, InputError
 from glioseg.evaluation.metrics import EMPTY_MASK_CONVENTION, METRIC_COLUMNS, evaluate_case
 from glioseg.files import atomic_path, write_json
@@ -65,7 +65,7 @@ def read_label(path: Path, scheme: LabelScheme) -> Image:
     if values.dtype.kind == "f" and not np.all(np.isfinite(values) & (values == np.round(values))):
         odd = [float(v) for v in values if not (math.isfinite(v) and v == round(v))][:5]
         raise DataError(path, f"label values must be whole numbers; found {odd}")
-    bad = sorted(int(v) for v in values if int(v) not in scheme.allowed)
+    bad = check_label_values(values, scheme)
     if bad:
         raise DataError(path, f"label values {bad} are not in the {scheme.name} scheme; "
                               f"expected a subset of {sorted(scheme.allowed)}")

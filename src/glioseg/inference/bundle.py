@@ -30,7 +30,6 @@ from typing import Any, Mapping
 import torch
 
 from glioseg.checkpoint_io import ZIP_MAGIC, is_torchscript, load_checkpoint
-from glioseg.data.formats import CHANNELS
 from glioseg.data.labels import class_values, get_scheme
 from glioseg.errors import InputError
 from glioseg.files import file_sha256
@@ -175,17 +174,6 @@ class ModelBundle:
             raise InputError(f"weights do not fit {self.model} with options {self.options}: "
                              f"{str(exc).splitlines()[0]}") from None
         return model.to(device).eval()
-
-
-def bundle_from_model(model: torch.nn.Module, name: str, *, options: Mapping[str, Any], target: str,
-                      scheme: str, preprocess: Mapping[str, Any], patch_size, channels=CHANNELS,
-                      site_index: Mapping[str, int] | None = None) -> ModelBundle:
-    """A bundle of a live model (what the trainer stores); in/out channels are read from its state."""
-    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    out_channels = 3 if target == "regions" else len(class_values(get_scheme(scheme)))
-    return ModelBundle(model=name, options=options, in_channels=len(channels), out_channels=out_channels,
-                       target=target, channels=tuple(channels), scheme=scheme, preprocess=preprocess,
-                       site_index=site_index or {}, patch_size=patch_size, weights=weights)
 
 
 # ---- reading files ----
