@@ -3,8 +3,8 @@
 Shapes: every layer takes and returns 5-D tensors ``(B, C, X, Y, Z)`` unless stated; ``ids`` is a
 ``LongTensor (B,)`` of acquisition-group identifiers or ``None``.
 
-The forms follow ``shared/design/dalight3d.md``; where its wording leaves a choice open the choice
-is written at the layer. All layers keep whatever memory format they are given (a network may run
+The forms follow the design note dalight3d.md (outside this repository); where its wording leaves
+a choice open the choice is written at the layer. All layers keep whatever memory format they are given (a network may run
 in ``torch.channels_last_3d``), and all attention is in forms that never build a voxel-by-voxel
 matrix: CSA attends over the D slices (O(D²)), SSFB over a rank-8 bottleneck (O(N·rank·C)).
 """

@@ -1,7 +1,8 @@
 """DALight-3D: a lightweight 3D U-Net with identifier-conditioned norms, CSA and SSFB skips.
 
-Built from ``shared/design/dalight3d.md``. Reference configuration (4 → 4): 2,219,074 parameters;
-the ablations: no SepConv 9,198,682; no IdNorm 2,194,498; no CSA 1,924,522; no SSFB 2,209,588.
+Built from the design note dalight3d.md (outside this repository). Reference configuration
+(4 → 4): 2,219,074 parameters; the ablations: no SepConv 9,198,682; no IdNorm 2,194,498; no CSA
+1,924,522; no SSFB 2,209,588.
 
 Shapes (reference widths, input (B, 4, X, Y, Z) with X, Y, Z multiples of 8)::
 

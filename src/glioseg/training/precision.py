@@ -1,7 +1,7 @@
 """Automatic multi-precision training: pick fp32 / bf16 / fp16 per phase, fall back on trouble.
 
-Specification: docs ``shared/design/precision.md``. Policies: ``fp32``, ``bf16``, ``fp16``
-(fixed, never switch; fp16 always with dynamic loss scaling) and ``auto``:
+Specification: the design note precision.md (outside this repository). Policies: ``fp32``,
+``bf16``, ``fp16`` (fixed, never switch; fp16 always with dynamic loss scaling) and ``auto``:
 
 1. **probe** (once, at start-up): time a few real training steps at each supported precision;
    the fastest one that is at least ``min_speedup`` faster than fp32 becomes the *target*
