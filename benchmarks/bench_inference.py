@@ -102,25 +102,23 @@ def recipe_model(bundle):
     return bundle.build_model()
 
 
-def _recipe_probabilities(model, array: np.ndarray, meta: dict, target: str) -> np.ndarray:
+def _recipe_probabilities(model, array: np.ndarray, meta: dict, output) -> np.ndarray:
     """The recipe: the z-scored RAS volume uncropped (zeros outside the brain), one big window."""
     from monai.inferers import sliding_window_inference
 
     from glioseg.data import preprocess
-    from glioseg.inference.predictor import activation
 
     full = preprocess.uncrop(array, meta["crop"]["box"], tuple(meta["ras"]["shape"]))
     with torch.no_grad():
         logits = sliding_window_inference(torch.from_numpy(full)[None], RECIPE_ROI, 1, model, overlap=0.5)
-    probs = activation(logits, target)[0].numpy()
+    probs = output.activation(logits)[0].numpy()
     return preprocess.crop(probs, meta["crop"]["box"])  # back to cache space for the shared mapping
 
 
 def worker(args) -> None:
     from glioseg.data import preprocess
-    from glioseg.data.labels import regions_to_labels
     from glioseg.inference.bundle import load_bundle
-    from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork, to_regions
+    from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -135,14 +133,14 @@ def worker(args) -> None:
         print(json.dumps({"total": t_pre - start}))
         return
     if args.worker == "recipe":
-        probs = _recipe_probabilities(counting, array, meta, bundle.target)
+        probs = _recipe_probabilities(counting, array, meta, bundle.output)
     else:
         window, overlap, precision = GLIOSEG[args.worker]
         config = PredictConfig(window=window, overlap=overlap, precision=precision)
         probs, _ = Predictor([network], config).case_probabilities(array, meta)
     t_inf = time.perf_counter()
-    regions = to_regions(probs, bundle.target, bundle.scheme)   # sigmoid > 0.5, or the softmax argmax
-    label = preprocess.to_original(regions_to_labels(regions, item.scheme), meta, order=0)
+    # sigmoid > 0.5, or the softmax argmax, nested as predict writes it
+    label = preprocess.to_original(bundle.output.label_map(probs, item.scheme), meta, order=0)
     t_post = time.perf_counter()
     np.save(args.out, label)
     print(json.dumps({"read_preprocess": t_pre - start, "inference": t_inf - t_pre, "postprocess": t_post - t_inf,

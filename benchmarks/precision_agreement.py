@@ -42,7 +42,6 @@ def case_regions(predictor, item) -> tuple[np.ndarray, np.ndarray | None, float]
     from glioseg.data.cases import load_case
     from glioseg.data.labels import labels_to_regions
     from glioseg.data.preprocess import preprocess_case
-    from glioseg.inference.predictor import to_regions
 
     image, _ = load_case(item.case, item.dataset)
     label = expert_label(item)
@@ -51,7 +50,7 @@ def case_regions(predictor, item) -> tuple[np.ndarray, np.ndarray | None, float]
     start = time.perf_counter()
     probs, _ = predictor.case_probabilities(array, meta, item.case.site)
     seconds = time.perf_counter() - start
-    regions = to_regions(probs, predictor.bundle.target, predictor.bundle.scheme)
+    regions = predictor.bundle.output.to_regions(probs)
     expert = labels_to_regions(lab, item.scheme) if lab is not None else None
     return regions, expert, seconds
 
@@ -85,7 +84,7 @@ def print_table(rows: list[dict], low: str, checkpoint: Path, auto: str) -> None
     print(f"\nfp32 vs {low} prediction, {checkpoint}; {describe_device('cpu')}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"--precision auto here: {auto}")
-    head = " | ".join(["case", *(f"{r} agree" for r in REGIONS), f"fp32 vs expert", f"{low} vs expert",
+    head = " | ".join(["case", *(f"{r} agree" for r in REGIONS), "fp32 vs expert", f"{low} vs expert",
                        "fp32 s", f"{low} s"])
     print(f"| {head} |\n|{'---|' * 8}")
     for r in rows:

@@ -160,7 +160,7 @@ def run_spec(args, data: Path, policy: str, seed: int) -> dict:
     if args.model_option:
         overrides["model_options"] = parse_options(args.model_option)
     if args.precision_option:
-        overrides["precision_options"] = parse_options(args.precision_option)
+        overrides["precision"] = {**parse_options(args.precision_option), "policy": policy}
     return {"recipe": args.recipe or default_recipe(args.model), "overrides": overrides, "data": str(data),
             "out": str(args.out / "runs" / f"{policy}-seed{seed}"), "max_seconds": args.max_seconds}
 

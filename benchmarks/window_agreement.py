@@ -25,7 +25,7 @@ from bench_inference import read_case, reference_masks, region_masks
 from glioseg.data import preprocess
 from glioseg.data.labels import REGIONS, get_scheme, regions_to_labels
 from glioseg.evaluation.metrics import dice
-from glioseg.inference.predictor import PredictConfig, Predictor, open_network, to_regions
+from glioseg.inference.predictor import PredictConfig, Predictor, open_network
 
 
 def case_regions(predictor: Predictor, case_dir: Path) -> tuple[dict, float]:
@@ -35,7 +35,7 @@ def case_regions(predictor: Predictor, case_dir: Path) -> tuple[dict, float]:
     start = time.perf_counter()
     probs, _ = predictor.case_probabilities(array, meta, item.case.site)
     seconds = time.perf_counter() - start
-    regions = to_regions(probs, bundle.target, bundle.scheme)
+    regions = bundle.output.to_regions(probs)
     labels = preprocess.to_original(regions_to_labels(regions, get_scheme("brats")), meta, order=0)
     return region_masks(labels), seconds
 

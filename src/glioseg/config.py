@@ -4,7 +4,9 @@ Every settings object in glioseg is a frozen dataclass. ``from_dict`` builds one
 values (as read from YAML or a checkpoint), recursing into nested dataclasses; an unknown
 key is a ``ValueError`` that lists the valid ones, so a typo never silently falls back to a
 default, and a value of the wrong type (``patch: "abc"`` for a tuple of ints) is one that
-names the field.
+names the field. A dataclass with a ``shorthand`` class attribute also takes a plain value for
+that one field (``precision: bf16`` for ``precision: {policy: bf16}``). This is the one
+"dataclass from a mapping" rule of the package: every settings class is read through it.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         return from_dict(tp, value, where)
+    if dataclasses.is_dataclass(tp) and getattr(tp, "shorthand", None) and not isinstance(value, tp):
+        return from_dict(tp, {tp.shorthand: value}, where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
@@ -51,20 +55,25 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build the frozen dataclass ``cls`` from ``data``; unknown keys are a ``ValueError``."""
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "",
+              fixed: dict[str, Any] | None = None) -> T:
+    """Build the frozen dataclass ``cls`` from ``data``; unknown keys are a ``ValueError``.
+
+    ``fixed``: fields whose values are set by the caller (a registered model name fixes its
+    ablation switch); ``data`` may not set them, and the message lists only the other keys.
+    """
     if not isinstance(data, dict):
         raise InputError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fixed = fixed or {}
+    fields = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise InputError(
-            f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}"
-        )
+        raise InputError(f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; "
+                         f"valid keys: {', '.join(fields) or '(none)'}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
-        return cls(**kwargs)
+        return cls(**fixed, **kwargs)
     except TypeError as exc:
         raise InputError(f"{where or cls.__name__}: {exc}") from exc
 

@@ -116,7 +116,7 @@ def _after_one_plan():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"flip": 0.5}, "unknown keys ['flip']"),
+    ({"flip": 0.5}, "augment: unknown key(s) flip; valid keys: flip_prob"),
     ({"flip_prob": (0.5, 0.5, 1.5)}, "flip_prob must lie in [0, 1]"),
     ({"rotate_deg": (0, 0, 90)}, "rotate_deg must lie in [0, 45]"),
     ({"zoom": 0.7}, "zoom must lie in [0, 0.5)"),

@@ -74,7 +74,7 @@ def test_config_round_trips_through_dict():
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match=r"unknown preprocessing keys \['spacing'\]; valid keys: target_spacing"):
+    with pytest.raises(ValueError, match=r"preprocess: unknown key\(s\) spacing; valid keys: target_spacing"):
         PreprocessConfig.from_dict({"spacing": [1, 1, 1]})
     with pytest.raises(ValueError, match="target_spacing must be 3 positive"):
         PreprocessConfig(target_spacing=(1, 0, 1))

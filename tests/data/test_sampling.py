@@ -239,7 +239,7 @@ def test_shape_mismatch_is_refused(volumes):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"patch": (8, 8, 8)}, "unknown keys ['patch']"),
+    ({"patch": (8, 8, 8)}, "sampler: unknown key(s) patch; valid keys: patch_size"),
     ({"target": "labels"}, "target must be one of"),
     ({"foreground_fraction": 1.5}, "foreground_fraction must lie in [0, 1]"),
     ({"patch_size": (8, 8)}, "patch_size must be three positive integers"),

@@ -64,3 +64,12 @@ def test_runs_are_one_folder_per_arm_fold_and_seed(write_spec, tmp_path):
 def test_jobs_must_be_positive(write_spec, tmp_path, jobs, caplog):
     assert main(["experiment", "run", str(write_spec()), "--out", str(tmp_path / "x"), "--jobs", jobs]) == 2
     assert "--jobs must be at least 1" in caplog.text
+
+
+def test_grades_given_in_the_spec_stratify_the_folds(write_spec, tmp_path):
+    plain = make_plan(load_spec(write_spec()), "cpu", tmp_path / "plain")
+    grades = {case: ("LGG" if i % 2 else "HGG") for i, case in enumerate(sorted(plain.strata))}
+    graded = make_plan(load_spec(write_spec(name="graded.yaml", folds={"k": 2, "seed": 0, "grades": grades})),
+                       "cpu", tmp_path / "graded")
+    assert {c: s.split("/")[1] for c, s in graded.strata.items()} == grades
+    assert {s.split("/")[1] for s in plain.strata.values()} == {"?"}

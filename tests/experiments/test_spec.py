@@ -29,9 +29,11 @@ BAD = {
     "unknown top-level key": ({"colour": "red"}, r"unknown key\(s\) colour"),
     "unknown arm key": ({"arms": _arms(optimiser="sgd")}, r"unknown key\(s\) optimiser"),
     "unknown model": ({"arms": _arms(model="dalight4d")}, "arm 'unet'.*unknown model 'dalight4d'"),
-    "unknown model option": ({"arms": _arms(model_options={"width": 3})}, "unknown option.*width"),
+    "unknown model option": ({"arms": _arms(model_options={"width": 3})}, "options: unknown key.*width"),
     "unknown recipe": ({"arms": _arms(recipe="nnunet")}, "unknown recipe 'nnunet'"),
     "bad override value": ({"arms": _arms(overrides={"patch": [4, 4, 4]})}, "patch must be three sizes"),
+    "patch the network cannot take": ({"arms": _arms(overrides={"patch": [20, 20, 20]})},
+                                      "patch 20x20x20: .* multiples of 8"),
     "unknown override": ({"arms": _arms(overrides={"learning_rate": 1})}, "unknown key.*learning_rate"),
     "override of a shared setting": ({"arms": _arms(overrides={"seed": 3})}, "may not set seed"),
     "zero budget": ({"budgets": _budget(steps=0)}, "steps must be positive"),
@@ -68,7 +70,8 @@ def test_an_unknown_budget_name_is_an_error(write_spec, tmp_path, caplog):
 def test_an_unknown_spec_name_lists_the_shipped_ones(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert main(["experiment", "run", "comparsion", "--out", str(tmp_path / "x")]) == 2
-    assert "not a shipped spec (ablation, comparison, precision)" in caplog.text
+    assert f"not a shipped spec ({', '.join(shipped_names())})" in caplog.text
+    assert {"ablation", "comparison", "precision", "segresnet-recipe"} <= set(shipped_names())
 
 
 @pytest.mark.parametrize("name", shipped_names())
@@ -77,8 +80,10 @@ def test_shipped_specs_resolve_for_every_budget(name):
     assert set(spec.budgets) == {"cpu", "paper"}
     for budget in spec.budgets:
         resolved = resolve(spec, budget)
-        # arms differ only in what they name: the model (comparison, ablation) or the precision
-        assert set(resolved.differences()) <= {"model", "precision"}
+        # arms differ only in what they name: the model (comparison, ablation), the precision,
+        # or the recipe settings under study
+        studied = {"loss", "ce_weight", "lr", "warmup_steps", "batch_size", "patch", "foreground_fraction"}
+        assert set(resolved.differences()) <= ({"model", "precision"} if name != "segresnet-recipe" else studied)
 
 
 def test_shipped_comparison_follows_the_dalight_paper_protocol():

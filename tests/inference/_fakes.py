@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from glioseg.data.formats import CHANNELS
-from glioseg.data.labels import class_values, get_scheme
+from glioseg.data.labels import get_scheme
+from glioseg.data.output_space import OutputSpace
 from glioseg.data.preprocess import PreprocessConfig
 from glioseg.inference.bundle import ModelBundle
 
@@ -68,7 +69,7 @@ def bundle_from_model(model: torch.nn.Module, name: str, *, options: dict, targe
                       preprocess: dict, patch_size, channels=CHANNELS, site_index: dict | None = None) -> ModelBundle:
     """A bundle of a live model, as the trainer stores one; out channels follow the target and scheme."""
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    out_channels = 3 if target == "regions" else len(class_values(get_scheme(scheme)))
+    out_channels = OutputSpace(target, get_scheme(scheme)).channels
     return ModelBundle(model=name, options=options, in_channels=len(channels), out_channels=out_channels,
                        target=target, channels=tuple(channels), scheme=scheme, preprocess=preprocess,
                        site_index=site_index or {}, patch_size=patch_size, weights=weights)

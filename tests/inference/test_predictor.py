@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from glioseg.inference.predictor import (FLIPS, PredictConfig, Predictor, RunStats, normalised_entropy,
-                                         region_probabilities, to_regions, window_logits, window_size)
+from glioseg.inference.predictor import FLIPS, PredictConfig, Predictor, RunStats, window_logits, window_size
 from ._fakes import FakeNetwork, make_bundle, threshold_logits
 
 
@@ -162,30 +161,6 @@ def test_site_ids_come_from_the_bundle():
     Predictor([net], PredictConfig()).probabilities(_image((4, 8, 8, 8)), site="TCIA01")
     Predictor([net], PredictConfig()).probabilities(_image((4, 8, 8, 8)), site="CBICA")
     assert [site for _, site in net.calls] == [3, None]
-
-
-def test_class_models_regions_and_probabilities():
-    # BraTS classes 0, 1 (core), 2 (edema), 4 (ET) → indices 0..3.
-    probs = np.zeros((4, 2, 2, 1), dtype=np.float32)
-    probs[:, 0, 0, 0] = [0.1, 0.2, 0.6, 0.1]   # edema
-    probs[:, 0, 1, 0] = [0.1, 0.5, 0.1, 0.3]   # core
-    probs[:, 1, 0, 0] = [0.1, 0.1, 0.1, 0.7]   # enhancing
-    probs[:, 1, 1, 0] = [0.7, 0.1, 0.1, 0.1]   # background
-    regions = to_regions(probs, "classes", "brats")
-    assert regions[:, 0, 0, 0].tolist() == [True, False, False]
-    assert regions[:, 0, 1, 0].tolist() == [True, True, False]
-    assert regions[:, 1, 0, 0].tolist() == [True, True, True]
-    assert not regions[:, 1, 1, 0].any()
-    region_probs = region_probabilities(probs, "classes", "brats")
-    np.testing.assert_allclose(region_probs[:, 0, 1, 0], [0.9, 0.8, 0.3], atol=1e-6)
-    entropy = normalised_entropy(probs, "classes")
-    assert entropy.shape == (2, 2, 1) and 0 <= entropy.min() and entropy.max() <= 1
-
-
-def test_region_uncertainty_is_zero_when_certain_and_one_at_half():
-    probs = np.stack([np.full((2, 2, 2), v, dtype=np.float32) for v in (0.0, 1.0, 0.5)])
-    entropy = normalised_entropy(probs, "regions")
-    np.testing.assert_allclose(entropy, 1 / 3, atol=1e-4)
 
 
 def test_torch_network_runs_the_cpu_kernels_with_the_plain_models_logits():

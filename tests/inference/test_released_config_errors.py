@@ -33,7 +33,7 @@ def _set(path: str, value):
     (_set("bundle.patch_size", "abc"), "bundle field patch_size: expected 3 whole numbers, got 'abc'"),
     (_set("bundle.patch_size", [16, "x", 16]), "bundle field patch_size: expected a whole number, got 'x'"),
     (_set("bundle.in_channels", "four"), "bundle field in_channels: expected a whole number, got 'four'"),
-    (_set("bundle.options.bogus", 1), "bundle field options: unknown option(s) bogus for model 'segresnet'"),
+    (_set("bundle.options.bogus", 1), "bundle field options: model 'segresnet' options: unknown key(s) bogus"),
     (_set("bundle.options.init_filters", "8"), "bundle field options: model 'segresnet' options.init_filters: "
                                                "expected a whole number, got '8'"),
     (_set("bundle.preprocess.crop_margin", "abc"), "bundle field preprocess: preprocess.crop_margin: expected a "

@@ -65,12 +65,12 @@ def test_unknown_name_lists_valid_names():
 
 
 def test_unknown_option_lists_valid_options():
-    with pytest.raises(ValueError, match="unknown option.*widht.*valid options:.*base_width"):
+    with pytest.raises(ValueError, match=r"model 'dalight3d' options: unknown key\(s\) widht; valid keys:.*base_width"):
         create("dalight3d", widht=3)
 
 
 def test_ablation_switch_fixed_by_name_is_rejected():
-    with pytest.raises(ValueError, match="unknown option.*csa.*for model 'dalight3d-no-csa'"):
+    with pytest.raises(ValueError, match=r"model 'dalight3d-no-csa' options: unknown key\(s\) csa; valid keys: (?!.*\bcsa(,|$))"):
         create("dalight3d-no-csa", csa=True)
     assert not create("dalight3d-no-csa", base_width=8, bottleneck_width=16, head_width=8).config.csa
 

@@ -32,8 +32,8 @@ def logged(text: str, pattern: str) -> str:
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
 def test_two_gloo_ranks_train_one_run_folder_and_agree_on_precision(phantom_cache, tmp_path):
-    config = write_config(tmp_path, precision="auto", epochs=1, steps_per_epoch=2,
-                          precision_options={"probe_steps": 1})
+    config = write_config(tmp_path, epochs=1, steps_per_epoch=2,
+                          precision={"policy": "auto", "probe_steps": 1})
     run, log_dir = tmp_path / "run", tmp_path / "logs"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}",
                "--log-dir", str(log_dir), "--redirects", "3",

@@ -50,3 +50,17 @@ def test_optimizers():
     assert isinstance(make_optimizer("adamw", p, 1e-3, 0.0), torch.optim.AdamW)
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
         make_optimizer("sgd", p, 1e-3, 0.0)
+
+
+def test_dice_bce_is_the_region_dice_plus_weighted_bce():
+    target = torch.zeros(1, 3, 8, 8, 8)
+    target[:, :, 2:6, 2:6, 2:6] = 1
+    target[:, 2, 2:4] = 0                         # ET smaller than TC: nested, not exclusive
+    logits = torch.randn(1, 3, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    both = SegmentationLoss("dice_bce", ce_weight=0.5)
+    assert both.target == "regions"
+    dice = SegmentationLoss("dice")(logits, target)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    torch.testing.assert_close(both(logits, target), dice + 0.5 * bce)
+    perfect = (target * 2 - 1) * 50
+    assert both(perfect, target).item() < 1e-3

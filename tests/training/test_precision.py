@@ -385,14 +385,12 @@ def test_auto_needs_a_probe_before_training():
 
 def test_config_rejects_unknown_and_bad_settings():
     with pytest.raises(ValueError, match="unknown key.*warmup.*valid keys: policy, candidates"):
-        PrecisionController.from_options("auto", "cpu", {"warmup": 3})
+        PrecisionConfig.from_dict({"policy": "auto", "warmup": 3})
     with pytest.raises(ValueError, match="policy must be one of"):
         PrecisionConfig(policy="fp8")
     with pytest.raises(ValueError, match="including fp32"):
         PrecisionConfig(candidates=("bf16",))
-    with pytest.raises(ValueError, match="must not repeat 'policy'"):
-        PrecisionController.from_options("auto", "cpu", {"policy": "fp32"})
-    ctrl = PrecisionController.from_options("fp16", "cpu", {"warmup_steps": 3})
+    ctrl = PrecisionController(PrecisionConfig.from_dict({"policy": "fp16", "warmup_steps": 3}), "cpu")
     assert ctrl.config.warmup_steps == 3 and ctrl.scaler is not None
 
 

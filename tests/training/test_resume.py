@@ -175,8 +175,9 @@ def test_a_low_precision_run_resumes_bitwise(phantom_cache, tmp_path, monkeypatc
     forced_probe("fast")
     options = {"probe_steps": 1, "warmup_steps": 1, "calm_steps": 1, "min_history": 0,
                "grad_z": 1e6, "loss_z": 1e6, "curvature_z": 1e6}
-    config = write_config(tmp_path, precision=policy, epochs=2, steps_per_epoch=2, patch=[32, 32, 32],
-                          checkpoint_every=1, **({"precision_options": options} if policy == "auto" else {}))
+    precision = {"policy": policy, **(options if policy == "auto" else {})}
+    config = write_config(tmp_path, precision=precision, epochs=2, steps_per_epoch=2, patch=[32, 32, 32],
+                          checkpoint_every=1)
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert run_inprocess(train_args(phantom_cache, whole, config)) == 0
     with interrupted(monkeypatch, after_steps=3):

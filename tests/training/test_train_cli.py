@@ -113,7 +113,7 @@ def test_persistent_nonfinite_steps_in_fp32_abort_naming_the_cases_and_keep_the_
     """An absurd learning rate: step 1 is finite and its update makes the weights ~1e20, after which
     every fp32 forward overflows. Three non-finite steps in a row stop the run."""
     config = write_config(tmp_path, lr=1e20, epochs=2, steps_per_epoch=3, checkpoint_every=1,
-                          precision_options={"max_nonfinite": 3})
+                          precision={"policy": "fp32", "max_nonfinite": 3})
     run = tmp_path / "run"
     result = run_subprocess(train_args(phantom_cache, run, config))
     assert result.returncode == 2, result.stderr[-2000:]

@@ -47,8 +47,8 @@ def test_train_auto_writes_the_whole_run_folder(phantom_cache, tmp_path, forced_
     """``auto`` with bf16 probed faster (it moves there after one calm fp32 step) and slower (it
     stays in fp32): the run folder, checkpoint and summary say what happened, on any CPU."""
     forced_probe(probe)
-    config = write_config(tmp_path, precision="auto", epochs=2, steps_per_epoch=2,
-                          precision_options=CALM_AFTER_ONE_STEP)
+    config = write_config(tmp_path, epochs=2, steps_per_epoch=2,
+                          precision={"policy": "auto", **CALM_AFTER_ONE_STEP})
     run = tmp_path / "run"
     with without_onednn():
         assert run_inprocess(train_args(phantom_cache, run, config)) == 0
@@ -79,7 +79,7 @@ def test_train_auto_writes_the_whole_run_folder(phantom_cache, tmp_path, forced_
     state = load_checkpoint(run / "last.pt")
     assert set(STATE) <= set(state)
     assert state["progress"]["step"] == 4 and state["progress"]["epoch"] == 2
-    assert state["config"]["precision"] == "auto" and state["split"]["val"]
+    assert state["config"]["precision"]["policy"] == "auto" and state["split"]["val"]
     assert state["controller"]["probe"]["target"] == target
     bundle = load_bundle(run / "last.pt")
     model = bundle.build_model()
@@ -133,7 +133,7 @@ def test_trainer_runs_glioseg_cpu_kernels_and_saves_plain_weights(phantom_cache,
     trainer = Trainer(config, prepare_data(phantom_cache, run.path, config, "fp32", None, info), run, info, device)
     assert any(type(m) is CpuConv3d for m in trainer.model.modules())
     trainer.fit()
-    plain = create(config.model, in_channels=4, out_channels=trainer.model_out_channels, **config.model_options)
+    plain = create(config.model, in_channels=4, out_channels=trainer.output.channels, **config.model_options)
     plain.load_state_dict(load_checkpoint(run.last)["model"], strict=True)
 
 
@@ -147,13 +147,12 @@ def test_injected_instability_in_bf16_falls_back_to_fp32_and_training_continues(
     already had an infinite gradient, which the controller rightly treated the same way)."""
     options = {"candidates": ["fp32", "bf16"], "prescreen": False, "warmup_steps": 1, "calm_steps": 1, "min_history": 0,
                "grad_z": 1e6, "loss_z": 1e6, "curvature_z": 1e6, "cooldown_steps": 100}
-    config = from_dict(TrainConfig, {**TINY, "precision": "auto", "precision_options": options,
+    config = from_dict(TrainConfig, {**TINY, "precision": {"policy": "auto", **options},
                                      "epochs": 1, "steps_per_epoch": 5, "val_fraction": 0.0})
     run, info, device = RunFolder(tmp_path / "run"), DistInfo(), torch.device("cpu")
     trainer = Trainer(config, prepare_data(phantom_cache, run.path, config, "auto", None, info), run, info, device)
     clock = FakeClock()
-    trainer.controller = PrecisionController.from_options("auto", device, options, on_event=run.log_event,
-                                                          clock=clock)
+    trainer.controller = PrecisionController(config.precision, device, on_event=run.log_event, clock=clock)
     trainer.controller.probe(lambda p: setattr(clock, "now", clock.now + {"fp32": 1.0, "bf16": 0.5}[p]))
     trainer.controller.autocast = lambda precision=None: contextlib.nullcontext()
     trainer.loss_fn = NaNLossAt(trainer.loss_fn, trainer.model, bad_step=3)

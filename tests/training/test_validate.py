@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from glioseg.data.labels import get_scheme, labels_to_regions
+from glioseg.data.output_space import OutputSpace
 from glioseg.inference.predictor import PredictConfig
 from glioseg.training.recipe import build_config
 from glioseg.training.validate import validate
 
 BRATS = get_scheme("brats")
+REGIONS_OUT = OutputSpace("regions", BRATS)
 
 
 def _case(shape=(24, 20, 18)) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +56,7 @@ class SiteGated(Pointwise):
 def test_a_model_that_reproduces_the_regions_scores_one(window, overlap):
     image, label = _case()
     model = Pointwise().train()
-    scores = validate(model, [("c1", image, label, None)], BRATS, "regions", (8, 8, 8),
+    scores = validate(model, [("c1", image, label, None)], REGIONS_OUT, (8, 8, 8),
                       PredictConfig(window=window, overlap=overlap))
     assert scores == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
     assert model.training   # validation puts the model back in the mode it found it in
@@ -65,7 +67,7 @@ def test_scores_are_the_mean_over_cases_with_the_brats_empty_mask_convention():
     silent = Pointwise(scale=-1.0)   # on an image of +4 everywhere: logits -4, nothing predicted
     bright = np.full_like(image, 4.0)
     scores = validate(silent, [("c1", bright, label, None), ("c2", bright, np.zeros_like(label), None)],
-                      BRATS, "regions", (8, 8, 8), PredictConfig())
+                      REGIONS_OUT, (8, 8, 8), PredictConfig())
     # c1 misses its tumour (Dice 0); c2 has none and predicts none (Dice 1)
     assert scores == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
 
@@ -76,7 +78,7 @@ def test_regions_are_nested_as_in_the_label_map_predict_writes():
     stray = np.zeros(label.shape, dtype=bool)
     stray[18:22, 15:19, 14:17] = True            # outside the tumour: 48 voxels
     image[1][stray] = 4.0                        # the TC channel fires there, the WT channel does not
-    scores = validate(Pointwise(), [("c1", image, label, None)], BRATS, "regions", (8, 8, 8), PredictConfig())
+    scores = validate(Pointwise(), [("c1", image, label, None)], REGIONS_OUT, (8, 8, 8), PredictConfig())
     wt, tc = (int(r.sum()) for r in labels_to_regions(label, BRATS)[:2])
     assert scores["WT"] == pytest.approx(2 * wt / (2 * wt + 48))
     assert scores["TC"] == pytest.approx(2 * tc / (2 * tc + 48)) and scores["ET"] == 1.0
@@ -89,7 +91,7 @@ def test_a_diverged_model_is_scored_as_predicting_nothing(caplog):
     broken = Pointwise(scale=float("nan"))
     with caplog.at_level("WARNING"):
         scores = validate(broken, [("c1", image, label, None), ("c2", image, np.zeros_like(label), None)],
-                          BRATS, "regions", (8, 8, 8), PredictConfig())
+                          REGIONS_OUT, (8, 8, 8), PredictConfig())
     assert scores == {"WT": 0.5, "TC": 0.5, "ET": 0.5}
     assert "non-finite network outputs" in caplog.text
 
@@ -97,8 +99,8 @@ def test_a_diverged_model_is_scored_as_predicting_nothing(caplog):
 def test_site_ids_reach_models_that_take_them():
     image, label = _case()
     model = SiteGated()
-    good = validate(model, [("c1", image, label, 3)], BRATS, "regions", (8, 8, 8), PredictConfig())
-    bad = validate(model, [("c1", image, label, None)], BRATS, "regions", (8, 8, 8), PredictConfig())
+    good = validate(model, [("c1", image, label, 3)], REGIONS_OUT, (8, 8, 8), PredictConfig())
+    bad = validate(model, [("c1", image, label, None)], REGIONS_OUT, (8, 8, 8), PredictConfig())
     assert good["WT"] == 1.0 and bad["WT"] == 0.0
     assert model.seen == [[3], None]
 
@@ -112,7 +114,7 @@ def test_class_models_are_scored_through_the_argmax():
         def forward(self, x):
             return x
 
-    scores = validate(Classes(), [("c1", onehot, label, None)], BRATS, "classes", (8, 8, 8), PredictConfig())
+    scores = validate(Classes(), [("c1", onehot, label, None)], OutputSpace("classes", BRATS), (8, 8, 8), PredictConfig())
     assert scores == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
 
 

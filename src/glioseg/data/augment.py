@@ -11,24 +11,14 @@ needs a larger region of the volume (:func:`read_shape`) to fill the patch witho
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from glioseg.config import from_dict
 from glioseg.errors import InputError
-
-
-def config_from_dict(cls, values: dict):
-    """Build the frozen dataclass ``cls`` from a mapping; unknown keys are a ``ValueError``."""
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; valid keys: {valid}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(fields[k].default, tuple) else v for k, v in values.items()})
 
 
 @dataclass(frozen=True)
@@ -62,7 +52,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "AugmentConfig":
-        return config_from_dict(cls, values)
+        return from_dict(cls, values, "augment")
 
     @classmethod
     def none(cls) -> "AugmentConfig":

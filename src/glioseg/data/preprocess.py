@@ -16,7 +16,7 @@ volumes go back trilinearly.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -72,10 +72,6 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessConfig":
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown preprocessing keys {unknown}; valid keys: {', '.join(valid)}")
         return from_dict(cls, data, "preprocess")
 
 

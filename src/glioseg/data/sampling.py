@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from glioseg.data.augment import AugmentConfig, AugmentPlan, apply_plan, config_from_dict, read_shape, sample_plan
-from glioseg.data.labels import LabelScheme, get_scheme, labels_to_classes, labels_to_regions
+from glioseg.config import from_dict
+from glioseg.data.augment import AugmentConfig, AugmentPlan, apply_plan, read_shape, sample_plan
+from glioseg.data.labels import LabelScheme, get_scheme
+from glioseg.data.output_space import TARGETS, OutputSpace
 
 log = logging.getLogger(__name__)
-
-TARGETS = ("regions", "classes")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class SamplerConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SamplerConfig":
-        return config_from_dict(cls, values)
+        return from_dict(cls, values, "sampler")
 
 
 class Volume(NamedTuple):
@@ -234,9 +234,7 @@ class PatchDataset(Dataset):
         return item
 
     def _target(self, label: np.ndarray) -> np.ndarray:
-        if self.config.target == "classes":
-            return labels_to_classes(label, self.scheme)
-        return labels_to_regions(label, self.scheme).astype(np.float32)
+        return OutputSpace(self.config.target, self.scheme).encode(label)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

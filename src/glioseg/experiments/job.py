@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from glioseg.config import from_dict, to_dict
+from glioseg.config import to_dict
 from glioseg.data.formats import discover
 from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
@@ -57,7 +57,7 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     """A run folder started with other settings (an edited spec) must not be continued."""
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     saved.pop("versions", None)
-    before = from_dict(TrainConfig, saved, str(run_dir / "config.yaml"))
+    before = TrainConfig.from_dict(saved, str(run_dir / "config.yaml"))
     changed = sorted(k for k, v in to_dict(config).items() if to_dict(before).get(k) != v)
     if changed:
         raise InputError(f"{run_dir}: this run was started with other settings ({', '.join(changed)}); "
@@ -155,7 +155,7 @@ def run_job(job: dict) -> dict:
         torch.set_num_threads(job["threads"])
     run_dir = Path(job["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = from_dict(TrainConfig, job["config"], "experiment run")
+    config = TrainConfig.from_dict(job["config"], "experiment run")
     _train(job, run_dir, config)
     rows, checkpoint, eval_s = _evaluate(job, run_dir)
     summary = run_dir / "precision_summary.json"

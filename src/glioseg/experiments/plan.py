@@ -100,7 +100,7 @@ def _strata(spec: ExperimentSpec) -> dict[str, str]:
     if not data.exists():
         raise SpecError(spec.source, f"data {data} does not exist (the spec's data, or --data)")
     dataset = discover(data)
-    grades = read_grades(spec.grades_path()) if spec.grades_path() else {}
+    grades = read_grades(spec.grades_path()) if spec.grades_path() else dict(spec.folds.grades or {})
     labelled = [c for c in dataset.cases if c.label is not None]
     if len(labelled) < len(dataset.cases):
         raise SpecError(spec.source, f"{data}: {len(dataset.cases) - len(labelled)} cases have no reference "

@@ -15,10 +15,9 @@ from glioseg.data.labels import REGIONS
 from glioseg.experiments.spec import (CHECKPOINTS, METRICS, SHARED, ArmSpec, BudgetSpec, ExperimentSpec,
                                       SpecError)
 from glioseg.inference.predictor import WINDOWS
-from glioseg.models.registry import make_config
 from glioseg.training.distributed import DistInfo, pick_device
-from glioseg.training.precision_config import PrecisionConfig
 from glioseg.training.precision_probe import conv_prescreen, supported_precisions
+from glioseg.training.preflight import check_model_settings
 from glioseg.training.recipe import TrainConfig, build_config, recipe_dict, recipe_names
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -132,11 +131,12 @@ def arm_config(spec: ExperimentSpec, arm: ArmSpec, budget: BudgetSpec) -> TrainC
         raise SpecError(where, f"overrides may not set {', '.join(owned)}: the model and its options have "
                                "their own keys, and seeds and budget are shared by every arm")
     try:
-        make_config(arm.model, **arm.model_options)
         recipe = recipe_dict(arm.recipe)
         overrides = {**arm.overrides, "model": arm.model, "model_options": dict(arm.model_options),
                      **_budget_settings(budget, recipe), "seed": 0}
-        return build_config(arm.recipe, None, overrides)
+        config = build_config(arm.recipe, None, overrides)
+        check_model_settings(config)
+        return config
     except ValueError as exc:
         raise SpecError(where, str(exc)) from exc
 
@@ -159,14 +159,15 @@ def precision_verdicts(resolved: Resolved) -> dict[str, str]:
     """
     verdicts = {}
     for arm, config in resolved.configs.items():
-        if config.precision not in ("bf16", "fp16"):
+        policy = config.precision.policy
+        if policy not in ("bf16", "fp16"):
             continue
         device = pick_device(config.device, DistInfo())
-        if config.precision not in supported_precisions(device):
-            verdicts[arm] = f"{config.precision} autocast is not supported on {device}"
+        if policy not in supported_precisions(device):
+            verdicts[arm] = f"{policy} autocast is not supported on {device}"
             continue
-        give_up = PrecisionConfig.from_dict({**config.precision_options, "policy": "auto"}).probe_give_up
-        screened = conv_prescreen(device, ("fp32", config.precision), give_up)
-        if config.precision in screened:
-            verdicts[arm] = f"{screened[config.precision]} (probe_give_up {give_up:g}x): not run"
+        give_up = config.precision.probe_give_up
+        screened = conv_prescreen(device, ("fp32", policy), give_up)
+        if policy in screened:
+            verdicts[arm] = f"{screened[policy]} (probe_give_up {give_up:g}x): not run"
     return verdicts

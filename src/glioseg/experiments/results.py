@@ -78,6 +78,12 @@ def time_to_target(curve: list[dict], target: float) -> tuple[float | None, int 
     return None, None
 
 
+def _policy(config: dict) -> str:
+    """The precision policy of a saved run config (a name in runs saved before it was a mapping)."""
+    precision = config["precision"]
+    return precision["policy"] if isinstance(precision, dict) else precision
+
+
 def _median(values: list) -> float | None:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.median(values) if values else None
@@ -96,7 +102,7 @@ def cost(results: Results) -> list[dict]:
                "peak_mib": max((x["peak_mib"] for x in c if x["peak_mib"] is not None), default=None),
                "train_s": _median([x["train_wall_s"] for x in c]),
                "steps": _median([x["steps"] for x in c]),
-               "precision": sorted({(r["precision"] or {}).get("precision") or r["config"]["precision"]
+               "precision": sorted({(r["precision"] or {}).get("precision") or _policy(r["config"])
                                     for r in done}),
                "not_run": results.plan.not_run.get(arm)}
         if target is not None:

@@ -36,14 +36,14 @@ class SpecError(GliosegError):
 class FoldSpec:
     """k-fold cross-validation over cases, stratified by site and grade where they are known.
 
-    ``grades``: a CSV file (columns ``case``, ``grade``; relative to the spec file) for datasets
-    whose layout does not carry the grade. The assignment of training seed ``s`` is drawn from
+    ``grades``: for datasets whose layout does not carry the grade, a mapping case → grade in
+    the spec itself, or a CSV file (columns ``case``, ``grade``; relative to the spec file). The assignment of training seed ``s`` is drawn from
     ``(seed, s)``: a reshuffled k-fold per seed, each case held out exactly once per seed.
     """
 
     k: int = 2
     seed: int = 0
-    grades: str | None = None
+    grades: str | dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,8 @@ class ExperimentSpec:
         return path if path.is_absolute() else Path(self.base) / path
 
     def grades_path(self) -> Path | None:
-        if self.folds.grades is None:
+        """The grades CSV file; None when the grades are inline or not given."""
+        if not isinstance(self.folds.grades, str):
             return None
         path = Path(self.folds.grades).expanduser()
         return path if path.is_absolute() else Path(self.base) / path
@@ -179,7 +180,8 @@ def spec_dict(spec: ExperimentSpec) -> dict[str, Any]:
     data = to_dict(spec)
     data["data"] = str(spec.data_path().resolve())
     grades = spec.grades_path()
-    data["folds"]["grades"] = str(grades.resolve()) if grades else None
+    if grades is not None:
+        data["folds"]["grades"] = str(grades.resolve())
     for key in ("source", "base"):
         data.pop(key)
     return data

@@ -30,14 +30,14 @@ from typing import Any, Mapping
 import torch
 
 from glioseg.checkpoint_io import ZIP_MAGIC, is_torchscript, load_checkpoint
-from glioseg.data.labels import class_values, get_scheme
+from glioseg.data.labels import get_scheme
+from glioseg.data.output_space import OutputSpace
 from glioseg.errors import InputError
 from glioseg.files import file_sha256
 
 log = logging.getLogger(__name__)
 
 BUNDLE_VERSION = 1
-TARGETS = ("regions", "classes")
 CONFIG_KIND = "glioseg-bundle"
 # Keys of a released config: the common ones, then those of an ONNX export (its fixed window).
 CONFIG_KEYS = ("kind", "format", "file", "sha256", "bundle", "source_sha256",
@@ -95,10 +95,10 @@ class ModelBundle:
         self._validate()
 
     def _validate(self) -> None:
-        if self.target not in TARGETS:
-            raise ValueError(f"bundle target {self.target!r} is unknown; expected one of {', '.join(TARGETS)}")
-        scheme = get_scheme(self.scheme)
-        expected = 3 if self.target == "regions" else len(class_values(scheme))
+        try:
+            expected = OutputSpace(self.target, get_scheme(self.scheme)).channels
+        except ValueError as exc:
+            raise ValueError(f"bundle: {exc}") from None
         if self.out_channels != expected:
             raise ValueError(f"bundle: target {self.target!r} with scheme {self.scheme!r} needs "
                              f"out_channels={expected}; got {self.out_channels}")
@@ -155,6 +155,11 @@ class ModelBundle:
         from glioseg.data.preprocess import PreprocessConfig
 
         return PreprocessConfig.from_dict(self.preprocess)
+
+    @property
+    def output(self) -> OutputSpace:
+        """What the network's output channels mean (checked when the bundle was made)."""
+        return OutputSpace(self.target, get_scheme(self.scheme))
 
     def site_id(self, site: str | None) -> int | None:
         """The identifier of ``site`` for DALight-3D's norms; None (default norm) when unknown."""

@@ -133,7 +133,7 @@ def render_card(name: str, bundle, training: dict, results: ReleaseResults, agre
     ``agreement``: dtype chosen, threshold, cases and the per-region minimum fp16-vs-fp32 Dice."""
     lines = [f"# {name}", "",
              f"{bundle.model} ({json.dumps(dict(bundle.options))}), {bundle.target} output "
-             f"({', '.join(REGIONS) if bundle.target == 'regions' else bundle.scheme + ' classes'}), "
+             f"({bundle.output.describe()}), "
              f"inputs {', '.join(bundle.channels)}, trained with glioseg.", "",
              "## Intended use and expected inputs", "", INTENDED_USE, "",
              "## Training data and terms", "", BRATS_TERMS, "",

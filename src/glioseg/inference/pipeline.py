@@ -20,19 +20,14 @@ from glioseg import __version__
 from glioseg.data import preprocess
 from glioseg.data.cases import load_case
 from glioseg.data.errors import DataError
-from glioseg.data.labels import region_volumes_ml, regions_to_labels
+from glioseg.data.labels import region_volumes_ml
 from glioseg.errors import GliosegError, InputError
 from glioseg.files import file_sha256
 from glioseg.inference import writer
 from glioseg.inference.inputs import CaseInput
-from glioseg.inference.predictor import (PredictConfig, Predictor, normalised_entropy, open_network,
-                                         region_probabilities, to_regions)
+from glioseg.inference.predictor import PredictConfig, Predictor, open_network
 
 log = logging.getLogger(__name__)
-
-UNCERTAINTY = {"regions": "mean binary entropy of WT, TC, ET in bits (0 certain .. 1)",
-               "classes": "entropy of the class probabilities divided by log(classes) (0 .. 1)"}
-
 
 @dataclass(frozen=True)
 class OutputOptions:
@@ -65,15 +60,14 @@ def _write_outputs(item: CaseInput, out: Path, probs: np.ndarray, meta: dict, im
                    predictor: Predictor, options: OutputOptions, stage) -> tuple[dict, np.ndarray]:
     """Label map (and optional maps) in the original geometry; returns (outputs record, label)."""
     bundle, case_id = predictor.bundle, item.case.case_id
-    regions = to_regions(probs, bundle.target, bundle.scheme)
-    label = preprocess.to_original(regions_to_labels(regions, item.scheme), meta, order=0)
+    label = preprocess.to_original(bundle.output.label_map(probs, item.scheme), meta, order=0)
     maps = {"label": label}
     if options.probabilities:
-        region_probs = region_probabilities(probs, bundle.target, bundle.scheme)
+        region_probs = bundle.output.region_probabilities(probs)
         original = preprocess.to_original(region_probs.astype(np.float32), meta, order=1)
         maps["probabilities"] = np.ascontiguousarray(np.moveaxis(original, 0, -1), dtype=np.float32)
     if options.uncertainty:
-        entropy = normalised_entropy(probs, bundle.target)
+        entropy = bundle.output.entropy(probs)
         maps["uncertainty"] = preprocess.to_original(entropy, meta, order=1).astype(np.float32)
     record = {}
     for what, array in maps.items():
@@ -106,7 +100,7 @@ def predict_case(item: CaseInput, predictor: Predictor, out: Path, options: Outp
         times["write"] = time.perf_counter()
         record = _record(item, predictor, request, digests, times, stats, outputs, label, image, meta)
         if options.uncertainty:
-            record["uncertainty"] = UNCERTAINTY[bundle.target]
+            record["uncertainty"] = bundle.output.entropy_meaning
         writer.write_sidecar(stage(writer.sidecar_path(out, case.case_id)), record)
     return record
 

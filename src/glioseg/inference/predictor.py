@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from glioseg.data.labels import class_values, classes_to_regions, get_scheme, labels_to_regions
 from glioseg.data.preprocess import crop, uncrop
 from glioseg.errors import InputError
 from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
@@ -232,11 +231,6 @@ def window_logits(network, image: torch.Tensor, config: PredictConfig, site_id: 
     raise InputError(_oom_message(config, tried))
 
 
-def activation(logits: torch.Tensor, target: str) -> torch.Tensor:
-    """Regions: sigmoid per channel; classes: softmax over channels."""
-    return torch.sigmoid(logits) if target == "regions" else torch.softmax(logits, dim=1)
-
-
 def _check_ensemble(networks: Sequence) -> None:
     first = networks[0].bundle
     for net in networks[1:]:
@@ -245,7 +239,7 @@ def _check_ensemble(networks: Sequence) -> None:
             if getattr(b, what) != getattr(first, what):
                 raise InputError(f"ensemble members differ in {what}: {getattr(first, what)!r} vs "
                                  f"{getattr(b, what)!r}; only models with the same {what} can be averaged")
-        if b.target == "classes" and class_values(get_scheme(b.scheme)) != class_values(get_scheme(first.scheme)):
+        if not b.output.same_outputs(first.output):
             raise InputError(f"ensemble members predict different classes ({first.scheme} vs {b.scheme})")
 
 
@@ -287,7 +281,7 @@ class Predictor:
             site_id = network.bundle.site_id(site)
             for dims in flips:
                 logits = window_logits(network, x.flip(dims) if dims else x, self.config, site_id, stats)
-                probs = activation(logits, self.bundle.target)
+                probs = self.bundle.output.activation(logits)
                 probs = probs.flip(dims) if dims else probs
                 total = probs if total is None else total.add_(probs)
         return (total / (len(flips) * len(self.networks)))[0].cpu().numpy(), stats
@@ -304,31 +298,3 @@ class Predictor:
         box, shape = meta["crop"]["box"], tuple(meta["ras"]["shape"])
         probs, stats = self.probabilities(uncrop(np.asarray(image, dtype=np.float32), box, shape), site)
         return np.ascontiguousarray(crop(probs, box)), stats
-
-
-# ---- probabilities → regions, region probabilities, uncertainty (pure NumPy) ----
-
-def to_regions(probs: np.ndarray, target: str, scheme_name: str) -> np.ndarray:
-    """Boolean regions (3, ...) WT, TC, ET: threshold 0.5 for regions, argmax for classes."""
-    if target == "regions":
-        return probs > 0.5
-    return classes_to_regions(np.argmax(probs, axis=0), get_scheme(scheme_name))
-
-
-def region_probabilities(probs: np.ndarray, target: str, scheme_name: str) -> np.ndarray:
-    """(3, ...) probabilities of WT, TC, ET; for class models the sum over each region's classes."""
-    if target == "regions":
-        return probs
-    scheme = get_scheme(scheme_name)
-    member = labels_to_regions(np.asarray(class_values(scheme)), scheme)  # (3, K) booleans
-    return np.tensordot(member.astype(np.float32), probs, axes=(1, 0))
-
-
-def normalised_entropy(probs: np.ndarray, target: str) -> np.ndarray:
-    """Uncertainty in [0, 1]: regions, the mean binary entropy of WT/TC/ET in bits; classes,
-    the categorical entropy divided by log K."""
-    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    if target == "regions":
-        bits = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-        return bits.mean(axis=0).astype(np.float32)
-    return (-(p * np.log(p)).sum(axis=0) / np.log(p.shape[0])).astype(np.float32)

@@ -36,7 +36,7 @@ from glioseg.inference import inputs, released
 from glioseg.inference.bundle import ModelBundle
 from glioseg.inference.export import write_released
 from glioseg.inference.model_card import ReleaseResults, dice_summary, read_results, render_card
-from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork, to_regions
+from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork
 from glioseg.models.registry import count_parameters
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def half_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _regions(predictor: Predictor, array: np.ndarray, meta: dict, site: str | None) -> np.ndarray:
     probs, _ = predictor.case_probabilities(array, meta, site)
-    return to_regions(probs, predictor.bundle.target, predictor.bundle.scheme)
+    return predictor.bundle.output.to_regions(probs)
 
 
 def fp16_agreement(bundle: ModelBundle, cases: Sequence[Path], threshold: float = FP16_AGREEMENT) -> dict:

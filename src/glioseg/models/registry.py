@@ -10,7 +10,6 @@ ablation switch that the chosen name already fixes, is a ValueError listing the 
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,12 +74,7 @@ def get_spec(name: str) -> ModelSpec:
 def make_config(name: str, **options: Any):
     """The frozen config of ``name`` with ``options`` applied; unknown or fixed options are errors."""
     spec = get_spec(name)
-    valid = [f.name for f in dataclasses.fields(spec.config) if f.name not in spec.fixed]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
-                         f"valid options: {', '.join(valid) or '(none)'}")
-    return from_dict(spec.config, {**spec.fixed, **options}, f"model {name!r} options")
+    return from_dict(spec.config, options, f"model {name!r} options", fixed=spec.fixed)
 
 
 def create(name: str, in_channels: int = 4, out_channels: int = 3, **options: Any) -> nn.Module:

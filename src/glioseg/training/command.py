@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from glioseg.config import from_dict, load_yaml
+from glioseg.config import load_yaml
 from glioseg.errors import InputError
-from glioseg.training.recipe import TrainConfig, build_config, recipe_dict
+from glioseg.training.recipe import TrainConfig, build_config, merge_settings, recipe_dict, upgrade_saved
 
 # Options that may change when a run is resumed; anything else must stay as the run began.
 RESUMABLE = ("epochs", "workers", "device")
@@ -26,13 +26,13 @@ def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None
     path = Path(out) / "config.yaml"
     if not path.is_file():
         raise InputError(f"{out}: --resume needs a started run there, but {path.name} is missing")
-    saved = load_yaml(path)
+    saved = upgrade_saved(load_yaml(path))
     saved.pop("versions", None)
     given = {k: v for k, v in (file_settings or {}).items() if k not in RESUMABLE}
-    given.update({k: v for k, v in overrides.items() if v is not None})
+    given = merge_settings(given, {k: v for k, v in overrides.items() if v is not None})
     where = str(path)
     # compare as a fresh run would build them (YAML lists vs tuples, nested settings)
-    base, asked = from_dict(TrainConfig, saved, where), from_dict(TrainConfig, {**saved, **given}, where)
+    base, asked = TrainConfig.from_dict(saved, where), TrainConfig.from_dict(merge_settings(saved, given), where)
     changed = sorted(k for k in given if k not in RESUMABLE and getattr(asked, k) != getattr(base, k))
     if changed:
         raise InputError(f"{out}: --resume continues the run as it was configured; only "
@@ -40,14 +40,14 @@ def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None
     if overrides.get("epochs") is not None and overrides["epochs"] < saved["epochs"]:
         raise InputError(f"{out}: --epochs {overrides['epochs']} is fewer than the run's {saved['epochs']}")
     saved.update({k: v for k, v in overrides.items() if k in RESUMABLE and v is not None})
-    return from_dict(TrainConfig, saved, where)
+    return TrainConfig.from_dict(saved, where)
 
 
 def file_settings(recipe: str | None, config: Path | None) -> dict:
     """Settings from ``--recipe`` and ``--config`` as given (the recipe only when named)."""
     data = recipe_dict(recipe) if recipe else {}
     if config is not None:
-        data.update(load_yaml(config))
+        data = merge_settings(data, load_yaml(config))
     return data
 
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from glioseg.errors import InputError
 
-LOSSES = ("dice", "dice_ce")
+# Each loss and the output space it trains (data.output_space.TARGETS).
+LOSSES: dict[str, str] = {"dice": "regions", "dice_bce": "regions", "dice_ce": "classes"}
 
 
 class SegmentationLoss(nn.Module):
@@ -20,27 +21,38 @@ class SegmentationLoss(nn.Module):
 
     - ``dice`` with region targets ``(B, 3, X, Y, Z)`` in {0, 1}: sigmoid Dice per region
       (the SegResNet BraTS recipe: smooth_nr 0, smooth_dr 1e-5, squared_pred).
+    - ``dice_bce``: the same Dice + ``ce_weight`` × binary cross-entropy per region voxel
+      (nnU-Net's region-based BraTS training); the BCE term keeps a gradient on voxels that
+      the Dice of a small region (ET) barely sees.
     - ``dice_ce`` with class targets ``(B, X, Y, Z)`` int64: softmax Dice + ``ce_weight`` ×
       cross-entropy (DALight-3D: 0.5).
+
+    MONAI's ``DiceCELoss(sigmoid=True)`` is not ``dice_bce``: with more than one channel it
+    takes the softmax cross-entropy, which treats nested regions as exclusive classes.
     """
 
     def __init__(self, kind: str = "dice", ce_weight: float = 0.5):
         super().__init__()
         if kind not in LOSSES:
             raise InputError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
-        self.kind = kind
-        if kind == "dice":
-            self.fn = DiceLoss(smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True, sigmoid=True)
-        else:
+        self.kind, self.ce_weight = kind, ce_weight
+        if kind == "dice_ce":
             self.fn = DiceCELoss(softmax=True, to_onehot_y=True, lambda_dice=1.0, lambda_ce=ce_weight)
+        else:
+            self.fn = DiceLoss(smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True, sigmoid=True)
+        self.bce = nn.BCEWithLogitsLoss() if kind == "dice_bce" else None
 
     @property
     def target(self) -> str:
-        """The target kind the sampler must produce: ``regions`` or ``classes``."""
-        return "regions" if self.kind == "dice" else "classes"
+        """The output space the sampler's targets and the network's channels must be."""
+        return LOSSES[self.kind]
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        if self.kind == "dice":
-            return self.fn(logits, target.float())
-        return self.fn(logits, target.unsqueeze(1))
+        if self.kind == "dice_ce":
+            return self.fn(logits, target.unsqueeze(1))
+        target = target.float()
+        loss = self.fn(logits, target)
+        if self.bce is not None:
+            loss = loss + self.ce_weight * self.bce(logits, target)
+        return loss

@@ -61,7 +61,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -152,15 +152,6 @@ class PrecisionController:
         self._last_end: float | None = None
         self._bookkeeping = 0.0   # seconds of the controller's own work in step()
         self._params: tuple[torch.nn.Module, list[torch.nn.Parameter]] | None = None
-
-    @classmethod
-    def from_options(cls, policy: str, device: torch.device | str,
-                     options: dict[str, Any] | None = None, **kwargs: Any) -> "PrecisionController":
-        """Build from a policy name and a plain dict of :class:`PrecisionConfig` settings."""
-        options = dict(options or {})
-        if "policy" in options:
-            raise ValueError("precision options must not repeat 'policy'; it is given apart")
-        return cls(PrecisionConfig.from_dict({**options, "policy": policy}), device, **kwargs)
 
     # -- state of the current step --------------------------------------------------------
     @property

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from glioseg import config as config_utils
 from glioseg.errors import InputError
@@ -15,7 +15,13 @@ from glioseg.precisions import POLICIES, PRECISIONS
 
 @dataclass(frozen=True)
 class PrecisionConfig:
-    """Settings of the controller; ``PrecisionConfig.from_dict`` rejects unknown keys."""
+    """Settings of the controller; ``PrecisionConfig.from_dict`` rejects unknown keys.
+
+    In a training config it is the ``precision`` setting: a mapping of these fields, or just the
+    policy's name (``precision: bf16``), which keeps every other field at its default.
+    """
+
+    shorthand: ClassVar[str] = "policy"
 
     policy: str = "auto"
     candidates: tuple[str, ...] = PRECISIONS   # levels ``auto`` may consider
@@ -60,6 +66,12 @@ class PrecisionConfig:
             raise InputError("precision settings need 0 < smoothing <= 1, min_speedup < 1 and "
                              f"probe_give_up >= 1, got {self.smoothing}, {self.min_speedup}, "
                              f"{self.probe_give_up}")
+
+    def __str__(self) -> str:
+        """The policy, and the settings that differ from the defaults: ``auto (warmup_steps=8)``."""
+        changed = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                   if f.name != "policy" and getattr(self, f.name) != f.default]
+        return self.policy + (f" ({', '.join(changed)})" if changed else "")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrecisionConfig":

@@ -2,6 +2,9 @@
 
 Variants are config files, not subclasses: ``segresnet-brats`` and ``dalight3d-paper`` live in
 ``glioseg/recipes/``; a user's ``--config FILE`` and command-line options override them.
+``precision`` is the controller's whole configuration (:class:`PrecisionConfig`): a policy name
+given on top of a mapping (``--precision bf16`` over a recipe's ``precision: {policy: auto,
+warmup_steps: 8}``) changes the policy and keeps the other settings.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ from glioseg.config import from_dict, load_yaml, to_dict
 from glioseg.data.sampling import AugmentConfig
 from glioseg.errors import InputError
 from glioseg.inference.predictor import WINDOWS
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from glioseg.training.losses import LOSSES
+from glioseg.training.precision_config import PrecisionConfig
+from glioseg.training.schedule import OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,7 @@ class TrainConfig:
     foreground_fraction: float = 0.33
     id_dropout: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    precision: str = "auto"
-    precision_options: dict[str, Any] = field(default_factory=dict)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     seed: int = 0
     val_every: int = 1
     val_fraction: float = 0.2
@@ -49,8 +52,9 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name, valid in (("loss", LOSSES), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in valid:
+                raise InputError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
         if len(self.patch) != 3 or min(self.patch) < 8:
             raise InputError(f"patch must be three sizes of at least 8 voxels, got {self.patch}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
@@ -68,6 +72,38 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "TrainConfig":
+        """From plain settings, including a run saved before ``precision`` held every option."""
+        return from_dict(cls, upgrade_saved(data), where)
+
+
+def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """Runs and checkpoints written before ``precision_options`` joined ``precision``.
+
+    Such a run saved ``precision: NAME`` beside ``precision_options: {...}``; they are the same
+    settings as ``precision: {policy: NAME, ...}``, so an old run still resumes and reads.
+    """
+    if "precision_options" not in data:
+        return data
+    data = dict(data)
+    options = data.pop("precision_options") or {}
+    return merge_settings(data, {"precision": {**_as_mapping(data.get("precision", {})), **options}})
+
+
+def _as_mapping(precision: Any) -> dict[str, Any]:
+    if isinstance(precision, PrecisionConfig):
+        return to_dict(precision)
+    return dict(precision) if isinstance(precision, dict) else {PrecisionConfig.shorthand: precision}
+
+
+def merge_settings(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``changes``; a ``precision`` change merges into the base's precision."""
+    merged = {**base, **changes}
+    if "precision" in changes and "precision" in base:
+        merged["precision"] = {**_as_mapping(base["precision"]), **_as_mapping(changes["precision"])}
+    return merged
 
 
 def recipe_names() -> list[str]:
@@ -88,6 +124,6 @@ def build_config(recipe: str | None = None, config_file: Path | None = None,
     """Recipe, then the user's file, then command-line overrides (``None`` values ignored)."""
     data: dict[str, Any] = recipe_dict(recipe) if recipe else {}
     if config_file is not None:
-        data.update(load_yaml(config_file))
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        data = merge_settings(data, load_yaml(config_file))
+    data = merge_settings(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     return from_dict(TrainConfig, data, where=str(config_file) if config_file else "config")

@@ -31,8 +31,8 @@ def build_bundle(trainer) -> ModelBundle:
     config, data = trainer.config, trainer.data
     return ModelBundle(
         model=config.model, options=dict(config.model_options),
-        in_channels=len(data.channels), out_channels=trainer.model_out_channels,
-        target=trainer.loss_fn.target, channels=data.channels, scheme=data.scheme.name,
+        in_channels=len(data.channels), out_channels=trainer.output.channels,
+        target=trainer.output.target, channels=data.channels, scheme=trainer.output.scheme.name,
         preprocess=dict(data.cache.config), site_index=dict(data.sites), patch_size=tuple(config.patch),
         weights=trainer.model.state_dict(),
     )

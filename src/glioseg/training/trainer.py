@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from glioseg.checkpoint_io import load_checkpoint
-from glioseg.data.labels import class_values
+from glioseg.data.output_space import OutputSpace
 from glioseg.errors import GliosegError, InputError
 from glioseg.files import clean_parts
 from glioseg.inference.predictor import PredictConfig
@@ -29,6 +29,7 @@ from glioseg.training import distributed as dist_utils
 from glioseg.training.checkpoint import save_checkpoint
 from glioseg.training.losses import SegmentationLoss
 from glioseg.training.precision import NonFiniteTrainingError, PrecisionController
+from glioseg.training.preflight import preflight
 from glioseg.training.recipe import TrainConfig
 from glioseg.training.run_folder import RunFolder
 from glioseg.training.schedule import cosine_factor, make_optimizer, set_lr
@@ -60,26 +61,26 @@ class Trainer:
                  info: dist_utils.DistInfo, device: torch.device):
         self.config, self.data, self.run, self.info, self.device = config, data, run, info, device
         self.loss_fn = SegmentationLoss(config.loss, config.ce_weight)
-        self.model_out_channels = 3 if self.loss_fn.target == "regions" else len(class_values(data.scheme))
+        self.output = OutputSpace(self.loss_fn.target, data.scheme)
         torch.manual_seed(config.seed)
         # on a CPU, dense convs go to oneDNN whatever their size (aten's small-conv path is
         # single-threaded at batch 1); a class swap only, so checkpoints are unchanged
         self.model = accelerate_cpu_convs(
-            create(config.model, in_channels=len(data.channels), out_channels=self.model_out_channels,
+            create(config.model, in_channels=len(data.channels), out_channels=self.output.channels,
                    **config.model_options).to(device))
         self.takes_ids = takes_ids(self.model)
         self.net = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if info.enabled else self.model)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay)
-        self.controller = PrecisionController.from_options(
-            config.precision, device, config.precision_options,
+        self.controller = PrecisionController(
+            config.precision, device,
             reduce_flag=lambda flag: dist_utils.any_rank(flag, info, device),
             on_event=run.log_event)
         self.dataset = PatchDataset(
             data.train_volumes(), data.scheme,
             SamplerConfig(patch_size=tuple(config.patch), foreground_fraction=config.foreground_fraction,
                           samples_per_epoch=config.steps_per_epoch * config.batch_size * info.world_size,
-                          target=self.loss_fn.target, id_dropout=config.id_dropout),
+                          target=self.output.target, id_dropout=config.id_dropout),
             config.augment, seed=config.seed)
         self.step, self.epoch, self.position, self.best = 0, 0, 0, -1.0
         # losses and skipped updates of the current epoch so far: a run resumed in the middle of
@@ -183,8 +184,7 @@ class Trainer:
             return {}
         window = PredictConfig(window=self.config.val_window, overlap=self.config.val_overlap,
                                device=str(self.device))
-        scores = validate(self.model, self.data.val_volumes(), self.data.scheme, self.loss_fn.target,
-                          tuple(self.config.patch), window)
+        scores = validate(self.model, self.data.val_volumes(), self.output, tuple(self.config.patch), window)
         mean = float(np.mean(list(scores.values())))
         if mean > self.best:
             self.best = mean
@@ -211,6 +211,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
     """Train ``config`` on ``data`` into run folder ``out``; returns the precision summary."""
     info = dist_utils.init_distributed(config.device)
     device = dist_utils.pick_device(config.device, info)
+    preflight(config, device)
     run = RunFolder(out, writer=info.is_main)
     if info.is_main:
         clean_parts(out)  # a run killed before its first checkpoint left a .part-last.pt

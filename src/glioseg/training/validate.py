@@ -14,17 +14,17 @@ import logging
 import numpy as np
 import torch
 
-from glioseg.data.labels import REGIONS, LabelScheme, labels_to_regions, regions_to_labels
+from glioseg.data.labels import REGIONS, labels_to_regions
+from glioseg.data.output_space import OutputSpace
 from glioseg.evaluation.metrics import dice
-from glioseg.inference.predictor import (ModuleNetwork, NonFiniteOutputError, PredictConfig, RunStats, activation,
-                                         to_regions, window_logits)
+from glioseg.inference.predictor import ModuleNetwork, NonFiniteOutputError, PredictConfig, RunStats, window_logits
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def predict_regions(network: ModuleNetwork, image: np.ndarray, config: PredictConfig, target: str,
-                    scheme: LabelScheme, site_id: int | None = None) -> np.ndarray:
+def predict_regions(network: ModuleNetwork, image: np.ndarray, config: PredictConfig, output: OutputSpace,
+                    site_id: int | None = None) -> np.ndarray:
     """Boolean regions (3, X, Y, Z) WT, TC, ET of one cache-space (C, X, Y, Z) volume."""
     x = torch.from_numpy(np.array(image, dtype=np.float32))[None]   # a copy: cached volumes are read-only memmaps
     try:
@@ -33,11 +33,11 @@ def predict_regions(network: ModuleNetwork, image: np.ndarray, config: PredictCo
         # a diverging run is the precision controller's to stop; validation scores it as predicting nothing
         log.warning("validation: non-finite network outputs; the case is scored as an empty prediction")
         return np.zeros((len(REGIONS), *image.shape[1:]), dtype=bool)
-    regions = to_regions(activation(logits, target)[0].cpu().numpy(), target, scheme.name)
-    return labels_to_regions(regions_to_labels(regions, scheme), scheme)
+    label = output.label_map(output.activation(logits)[0].cpu().numpy())
+    return labels_to_regions(label, output.scheme)
 
 
-def validate(model: torch.nn.Module, volumes, scheme: LabelScheme, target: str, patch: tuple[int, ...],
+def validate(model: torch.nn.Module, volumes, output: OutputSpace, patch: tuple[int, ...],
              config: PredictConfig) -> dict[str, float]:
     """Mean Dice per region over ``volumes`` (case_id, image, label, site_id or None)."""
     network = ModuleNetwork(model, patch, type(model).__name__)
@@ -46,8 +46,8 @@ def validate(model: torch.nn.Module, volumes, scheme: LabelScheme, target: str, 
     scores = {r: [] for r in REGIONS}
     try:
         for case_id, image, label, site_id in volumes:
-            pred = predict_regions(network, image, config, target, scheme, site_id)
-            ref = labels_to_regions(np.asarray(label), scheme)
+            pred = predict_regions(network, image, config, output, site_id)
+            ref = labels_to_regions(np.asarray(label), output.scheme)
             for r, p, q in zip(REGIONS, pred, ref):
                 scores[r].append(dice(p, q))
             log.debug("validation %s: %s", case_id, {r: round(s[-1], 4) for r, s in scores.items()})

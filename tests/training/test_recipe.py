@@ -1,0 +1,58 @@
+"""TrainConfig: precision is one mapping, a policy name is its shorthand, old runs still read."""
+from __future__ import annotations
+
+import pytest
+
+from glioseg.config import to_dict
+from glioseg.training.precision_config import PrecisionConfig
+from glioseg.training.recipe import TrainConfig, build_config, merge_settings
+
+
+def test_a_policy_name_is_a_precision_config():
+    config = TrainConfig.from_dict({"precision": "bf16"})
+    assert config.precision == PrecisionConfig(policy="bf16")
+    assert TrainConfig.from_dict(to_dict(config)) == config
+
+
+def test_a_policy_on_top_of_a_recipe_keeps_its_other_settings(tmp_path):
+    demo = build_config("demo")
+    assert demo.precision.policy == "auto" and demo.precision.warmup_steps == 8
+    fixed = build_config("demo", None, {"precision": "fp32"})
+    assert fixed.precision == PrecisionConfig(policy="fp32", warmup_steps=8, calm_steps=4)
+    user = tmp_path / "user.yaml"
+    user.write_text("precision: {calm_steps: 2}\n")
+    assert build_config("demo", user).precision == PrecisionConfig(policy="auto", warmup_steps=8, calm_steps=2)
+
+
+def test_merge_settings_replaces_everything_else():
+    assert merge_settings({"lr": 1.0, "patch": [8, 8, 8]}, {"patch": [16, 16, 16]}) == {
+        "lr": 1.0, "patch": [16, 16, 16]}
+
+
+def test_a_run_saved_with_precision_options_still_reads():
+    saved = {"precision": "auto", "precision_options": {"warmup_steps": 3, "calm_steps": 2}}
+    assert TrainConfig.from_dict(saved).precision == PrecisionConfig(policy="auto", warmup_steps=3, calm_steps=2)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"precision": "fp8"}, "policy must be one of"),
+    ({"precision": {"policy": "auto", "warmup": 3}}, r"precision: unknown key\(s\) warmup"),
+    ({"precision_options": {"warmup_steps": 3}}, r"unknown key\(s\) precision_options"),
+])
+def test_bad_precision_settings_name_the_problem(settings, message):
+    with pytest.raises(ValueError, match=message):
+        build_config(None, None, settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"loss": "focal"}, "loss must be one of dice, dice_bce, dice_ce, got 'focal'"),
+    ({"optimizer": "sgd"}, "optimizer must be one of adam, adamw, got 'sgd'"),
+])
+def test_unknown_loss_or_optimizer_is_refused_when_the_config_is_built(settings, message):
+    with pytest.raises(ValueError, match=message):
+        build_config(None, None, settings)
+
+
+def test_a_precision_config_reads_as_its_policy_and_what_differs():
+    assert str(PrecisionConfig(policy="bf16")) == "bf16"
+    assert str(build_config("demo").precision) == "auto (warmup_steps=8, calm_steps=4)"
