@@ -128,8 +128,7 @@ def detect_format(root: Path) -> str:
     raise InputError(
         f"{root}: no known dataset layout (looked for MSD dataset.json + imagesTr/, BraTS "
         f"<case>/<case>_flair.nii.gz, BraTS 2023 <case>/<case>-t2f.nii.gz, or a .csv/.json manifest); "
-        f"use --format to force one"
-    )
+        f"use --format to force one")
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -149,8 +148,7 @@ def nifti_stem(name: str) -> str | None:
 
 
 def check_case_id(case_id: str, source: Path | str, use: str = "name a file or folder") -> None:
-    """A :class:`DataError` unless ``case_id`` is a plain name (:data:`glioseg.files.SAFE_NAME`) fit
-    to ``use``: case ids name cache folders and output files."""
+    """A :class:`DataError` unless ``case_id`` is a plain name (:data:`glioseg.files.SAFE_NAME`)."""
     if not SAFE_NAME.match(case_id):
         raise DataError(source, f"case id {case_id!r} cannot {use}; expected letters, digits, '.', '_' "
                                 "or '-' (not starting with '.')")

@@ -85,8 +85,9 @@ def create(name: str, in_channels: int = 4, out_channels: int = 3, **options: An
 
 
 def takes_ids(model: nn.Module) -> bool:
-    """Whether ``model.forward`` takes ``ids`` beside the image, as its network class declares."""
-    return bool(model.takes_ids)
+    """Whether ``model.forward`` takes ``ids`` beside the image, as its network class declares
+    (a module that declares nothing, such as a test's stand-in, takes none)."""
+    return bool(getattr(model, "takes_ids", False))
 
 
 def count_parameters(model: nn.Module) -> int:
