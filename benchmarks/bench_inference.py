@@ -180,16 +180,18 @@ def conv_peak(threads: int, repeats: int = 5) -> float:
 
 def make_weights(model: str, folder: Path, seed: int, patch) -> Path:
     """Random-init weights (seeded) of ``model`` released as safetensors + JSON for the workers."""
+    from glioseg.data.formats import CHANNELS
     from glioseg.data.preprocess import PreprocessConfig
-    from glioseg.inference.bundle import bundle_from_model
+    from glioseg.inference.bundle import ModelBundle
     from glioseg.inference.export import write_released
     from glioseg.models.registry import create
 
     with torch.random.fork_rng():  # weights from the seed, without touching the caller's RNG
         torch.manual_seed(seed)
         net = create(model, in_channels=4, out_channels=3)
-    bundle = bundle_from_model(net, model, options={}, target="regions", scheme="brats",
-                               preprocess=PreprocessConfig().to_dict(), patch_size=patch)
+    bundle = ModelBundle(model=model, options={}, in_channels=4, out_channels=3, target="regions",
+                         channels=CHANNELS, scheme="brats", preprocess=PreprocessConfig().to_dict(),
+                         site_index={}, patch_size=tuple(patch), weights=net.state_dict())
     path = folder / f"{model}.safetensors"
     write_released(bundle, path)
     return path

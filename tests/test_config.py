@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from glioseg.config import from_dict, load_yaml, replace, to_dict
+from glioseg.config import from_dict, load_yaml, to_dict
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,6 @@ def test_unknown_key_lists_valid_ones():
         from_dict(Outer, {"sise": [1]})
     with pytest.raises(ValueError, match=r"inner: unknown key\(s\) scal"):
         from_dict(Outer, {"inner": {"scal": 1}})
-
-
-def test_replace_rejects_unknown():
-    with pytest.raises(ValueError, match="unknown setting"):
-        replace(Outer(), nme="b")
-    assert replace(Outer(), name="b").name == "b"
 
 
 def test_load_yaml_errors_name_the_file(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from glioseg import demo
+from glioseg.commands import demo
 from glioseg.cli import main
 from glioseg.inference import released
 
@@ -25,7 +25,7 @@ def demo_out(tiny_release, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(released, "package_root", lambda: tiny_release.root)
-        assert demo.run_steps(demo.released_steps(out, tiny_release.name), "(a)") == 0
+        assert demo.run_steps(demo.released_steps(out, tiny_release.name), "(a)", main) == 0
     config = write_config(out / "config", precision="auto")
     assert run_inprocess(train_args(tiny_release.data, out / "run", config)) == 0
     return out
@@ -80,7 +80,7 @@ def test_a_used_demo_folder_is_refused(tmp_path, caplog):
 def test_part_a_runs_first_and_only_with_a_release(with_release, tiny_release, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(released, "package_root", lambda: tiny_release.root if with_release else tmp_path)
     commands = []
-    monkeypatch.setattr(demo, "run_steps", lambda steps, label: commands.extend(s[0] for s in steps) or 0)
+    monkeypatch.setattr(demo, "run_steps", lambda steps, label, main: commands.extend(s[0] for s in steps) or 0)
     monkeypatch.setattr(demo, "_closing", lambda out, model, seconds: [f"model {model}, parts {sorted(seconds)}"])
     assert main(["demo", "--out", str(tmp_path / "out")]) == 0
     part_b = ["phantom", "verify", "preprocess", "train", "predict", "evaluate"]

@@ -1,26 +1,34 @@
 """Command-line interface: argument parsing only; each subcommand calls one function.
 
-The functions are imported lazily so that ``glioseg --help`` stays fast and a subcommand
-pays only for what it uses.
+That function is ``run`` of the subcommand's module in ``glioseg.commands``, imported once the
+arguments are parsed (:func:`run_command`), so that ``glioseg --help`` stays fast and a
+subcommand pays only for the engines it uses.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
+from glioseg import __version__
 from glioseg.data.budget import DEFAULT_MAX_IMAGE_MB, MAX_IMAGE_MB_ENV
 from glioseg.errors import GliosegError
 
 log = logging.getLogger("glioseg")
 
-FORMATS = ("auto", "msd", "brats", "brats2023", "manifest")
-# glioseg.precisions' levels with "auto" (spelled here so that --help needs no torch import;
-# tests/test_cli_vocabulary.py pins them to the engines' vocabularies)
-PRECISION_POLICIES = ("auto", "fp32", "bf16", "fp16")
+# The engines' vocabularies, spelled here so that --help imports no engine (torch alone takes
+# seconds); tests/test_cli_vocabulary.py pins each to the one its engine defines.
+FORMATS = ("auto", "msd", "brats", "brats2023", "manifest")     # glioseg.data.formats.FORMATS
+SCHEMES = ("msd", "brats", "brats2023", "brats2013")            # glioseg.data.labels.SCHEMES
+PRECISION_POLICIES = ("auto", "fp32", "bf16", "fp16")           # glioseg.precisions.POLICIES
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")         # glioseg.inference.export.FORMATS
+MISSING_POLICIES = ("error", "empty", "skip")                   # glioseg.evaluation.evaluate.MISSING_POLICIES
+CONVENTIONS = ("radiological", "neurological")                  # glioseg.evaluation.figures.CONVENTIONS
+EXECUTORS = ("local", "slurm")                                  # glioseg.experiments.executors.EXECUTORS
+CHANNELS = ("flair", "t1", "t1ce", "t2")                        # glioseg.data.formats.CHANNELS
 
 
 def _add_verify(sub) -> None:
@@ -29,7 +37,6 @@ def _add_verify(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="auto")
     p.add_argument("--json", type=Path, help="also write the per-case report as JSON here")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
-    p.set_defaults(func="glioseg.data.verify:run_cli")
 
 
 def _add_preprocess(sub) -> None:
@@ -40,7 +47,6 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="resample to this spacing in mm (default: keep the native spacing)")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
-    p.set_defaults(func="glioseg.data.preprocess:run_cli")
 
 
 def _add_phantom(sub) -> None:
@@ -50,7 +56,6 @@ def _add_phantom(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="volume shape (default: the BraTS grid 240 240 155)")
-    p.set_defaults(func="glioseg.data.phantom:run_cli")
 
 
 def _add_models(sub) -> None:
@@ -61,13 +66,11 @@ def _add_models(sub) -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--released", action="store_true",
                    help="list the trained models shipped with glioseg instead (name, network, Dice, size)")
-    p.set_defaults(func="glioseg.inference.released:run_models_cli")
 
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="copy the bundled real BraTS case (TCIA, CC BY 3.0) into OUT/<case>/")
     p.add_argument("out", type=Path, help="folder to put the case folder in (created; never overwritten)")
-    p.set_defaults(func="glioseg.data.sample:run_cli")
 
 
 def _add_evaluate(sub) -> None:
@@ -77,11 +80,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, summary.json, report.html")
     p.add_argument("--format", choices=FORMATS, default="auto", help="layout of --ref")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (0: one per core)")
-    p.add_argument("--missing", choices=("error", "empty", "skip"), default="error",
+    p.add_argument("--missing", choices=MISSING_POLICIES, default="error",
                    help="reference cases without a prediction: fail (default), score as empty, or leave out")
     p.add_argument("--max-cases", type=int, default=20, help="cases drawn in the report (tables list all)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    p.set_defaults(func="glioseg.evaluation.evaluate:run_cli")
 
 
 def _add_report(sub) -> None:
@@ -93,9 +95,8 @@ def _add_report(sub) -> None:
     p.add_argument("--run", type=Path, help="training run folder (metrics.csv, precision_events.jsonl)")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.add_argument("--max-cases", type=int, default=20, help="cases drawn (the tables list all)")
-    p.add_argument("--convention", choices=("radiological", "neurological"), default="radiological")
+    p.add_argument("--convention", choices=CONVENTIONS, default="radiological")
     p.add_argument("--title", default="glioseg report")
-    p.set_defaults(func="glioseg.evaluation.report:run_cli")
 
 
 def _add_train(sub) -> None:
@@ -120,7 +121,6 @@ def _add_train(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="auto")
     p.add_argument("--cache", type=Path, help="where to build the preprocessed cache (default RUN/cache)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.set_defaults(func="glioseg.training.command:run_cli")
 
 
 def _add_predict(sub) -> None:
@@ -135,12 +135,12 @@ def _add_predict(sub) -> None:
                    help="a released model by name (glioseg models --released); repeat it, or add --checkpoint "
                         "/ --onnx, for an ensemble")
     p.add_argument("--out", type=Path, required=True, help="output folder: <case>.nii.gz + <case>.json")
-    for channel in ("flair", "t1", "t1ce", "t2"):
+    for channel in CHANNELS:
         p.add_argument(f"--{channel}", type=Path, metavar="FILE", help=f"the {channel} image of one case")
     p.add_argument("--case-id", help="name of the case given by modality files")
     p.add_argument("--allow-duplicate-channels", action="store_true",
                    help="let two modality flags name the same file (a warning instead of an error)")
-    p.add_argument("--scheme", choices=("msd", "brats", "brats2023", "brats2013"),
+    p.add_argument("--scheme", choices=SCHEMES,
                    help="label convention to write (default: the input dataset's; for modality files "
                         "the model's)")
     p.add_argument("--roi", nargs="+", metavar="SIZE",
@@ -158,18 +158,16 @@ def _add_predict(sub) -> None:
                    help="also write WT/TC/ET probabilities (float32, X×Y×Z×3) to DIR/probabilities/")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write a normalised entropy map (float32, 0..1) to DIR/uncertainty/")
-    p.set_defaults(func="glioseg.inference.predictor:run_cli")
 
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors + JSON")
     p.add_argument("checkpoint", help="training checkpoint .pt, released .safetensors, or a released model's name")
-    p.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), required=True)
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     p.add_argument("--out", type=Path, required=True, help="output file (.onnx, .ts.pt, .safetensors)")
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="window size of the exported graph (default: the training patch)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed difference to PyTorch")
-    p.set_defaults(func="glioseg.inference.export:run_cli")
 
 
 def _add_experiment(sub) -> None:
@@ -180,20 +178,16 @@ def _add_experiment(sub) -> None:
     run.add_argument("--out", type=Path, required=True, help="experiment folder")
     run.add_argument("--budget", default="cpu", help="budget of the spec to use (cpu, paper, ...)")
     run.add_argument("--data", help="dataset to use instead of the spec's")
-    run.add_argument("--executor", choices=("local", "slurm"), default="local",
+    run.add_argument("--executor", choices=EXECUTORS, default="local",
                      help="local processes (default) or Slurm through submitit")
     run.add_argument("--jobs", type=int, default=1, help="runs at once with --executor local")
     run.add_argument("--dry-run", action="store_true", help="check the spec and print the plan; train nothing")
-    run.set_defaults(func="glioseg.experiments.command:run_cli")
     status = actions.add_parser("status", help="how far each arm's runs have got")
     status.add_argument("dir", type=Path)
-    status.set_defaults(func="glioseg.experiments.command:status_cli")
     report = actions.add_parser("report", help="write DIR/report/report.md and report.html from the finished runs")
     report.add_argument("dir", type=Path)
     report.add_argument("--out", type=Path, help="report folder (default DIR/report)")
-    report.set_defaults(func="glioseg.experiments.command:report_cli")
-    shipped = actions.add_parser("list", help="the shipped specs")
-    shipped.set_defaults(func="glioseg.experiments.command:list_cli")
+    actions.add_parser("list", help="the shipped specs")
 
 
 def _add_demo(sub) -> None:
@@ -203,7 +197,6 @@ def _add_demo(sub) -> None:
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 72], metavar=("X", "Y", "Z"))
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func="glioseg.demo:run_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,19 +212,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _call(target: str, args: argparse.Namespace) -> int:
-    module, func = target.split(":")
-    return int(getattr(importlib.import_module(module), func)(args) or 0)
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command line through its module in ``glioseg.commands``; the exit code."""
+    name = args.command
+    if name == "demo":
+        from glioseg.commands import demo
+
+        return demo.run(args, main)  # the demo runs its steps through this same entry point
+    if name == "sample":
+        from glioseg.commands import sample as command
+    elif name == "phantom":
+        from glioseg.commands import phantom as command
+    elif name == "verify":
+        from glioseg.commands import verify as command
+    elif name == "preprocess":
+        from glioseg.commands import preprocess as command
+    elif name == "models":
+        from glioseg.commands import models as command
+    elif name == "train":
+        from glioseg.commands import train as command
+    elif name == "evaluate":
+        from glioseg.commands import evaluate as command
+    elif name == "report":
+        from glioseg.commands import report as command
+    elif name == "predict":
+        from glioseg.commands import predict as command
+    elif name == "export":
+        from glioseg.commands import export as command
+    else:
+        from glioseg.commands import experiment as command
+    return int(command.run(args) or 0)
 
 
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, (ValueError, OSError, GliosegError)):
-        return str(exc)
     if isinstance(exc, MemoryError):
         return (f"out of memory{f': {exc}' if str(exc) else ''}; free memory, use fewer --workers, or "
                 "lower --max-image-mb to refuse large images before reading them")
-    # Not a known failure: still one line, and the way to the traceback.
-    return f"unexpected {type(exc).__name__}: {exc} (glioseg --debug shows the traceback)"
+    return str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,16 +264,24 @@ def main(argv: list[str] | None = None) -> int:
         # Through the environment, so that worker processes read files under the same budget.
         os.environ[MAX_IMAGE_MB_ENV] = repr(args.max_image_mb)
     try:
-        return _call(args.func, args)
+        return run_command(args)
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    except Exception as exc:
-        # Users get the message that names the file and the problem; --debug adds the traceback.
+    except (GliosegError, OSError, MemoryError) as exc:
+        # The input or the machine: the message names the file and the problem; --debug adds the traceback.
         if args.debug:
             raise
         log.error("%s", _message(exc))
         return 2
+    except Exception:
+        # Anything else is a bug of glioseg, not of the input: the traceback is what a report needs.
+        if args.debug:
+            raise
+        traceback.print_exc()
+        log.error("internal error of glioseg %s (a bug, not a problem of the input); please report it "
+                  "with the traceback above", __version__)
+        return 1
 
 
 if __name__ == "__main__":

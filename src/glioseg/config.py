@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from glioseg.errors import InputError
+
 T = TypeVar("T")
 _SCALAR_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 
@@ -27,7 +29,7 @@ def _scalar(tp: type, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
-        raise ValueError(f"{where}: expected {_SCALAR_NAMES[tp]}, got {value!r}")
+        raise InputError(f"{where}: expected {_SCALAR_NAMES[tp]}, got {value!r}")
     return value
 
 
@@ -44,7 +46,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return _convert(args[0], value, where) if len(args) == 1 else value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise InputError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_convert(inner, v, where) for v in value)
@@ -61,19 +63,19 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "",
     ablation switch); ``data`` may not set them, and the message lists only the other keys.
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        raise InputError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     fixed = fixed or {}
     fields = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; "
+        raise InputError(f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; "
                          f"valid keys: {', '.join(fields) or '(none)'}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**fixed, **kwargs)
     except TypeError as exc:
-        raise ValueError(f"{where or cls.__name__}: {exc}") from exc
+        raise InputError(f"{where or cls.__name__}: {exc}") from exc
 
 
 def to_dict(obj: Any) -> Any:
@@ -94,19 +96,10 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read YAML config: {exc}") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot read YAML config: {exc}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+        raise InputError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
     return data
-
-
-def replace(obj: T, **changes: Any) -> T:
-    """``dataclasses.replace`` that names unknown fields in a ``ValueError``."""
-    valid = {f.name for f in dataclasses.fields(obj)}
-    unknown = sorted(set(changes) - valid)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    return dataclasses.replace(obj, **changes)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from glioseg.errors import InputError
+
 _KNOWN = ("cpu", "cuda")
 
 
@@ -16,15 +18,15 @@ def checked_device(text: str) -> torch.device:
     try:
         device = torch.device(text)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"--device {text!r} is not a device ({exc}); expected cpu, cuda or cuda:N") from None
+        raise InputError(f"--device {text!r} is not a device ({exc}); expected cpu, cuda or cuda:N") from None
     if device.type not in _KNOWN:
-        raise ValueError(f"--device {text!r}: glioseg runs on {' or '.join(_KNOWN)}; expected cpu, cuda or cuda:N")
+        raise InputError(f"--device {text!r}: glioseg runs on {' or '.join(_KNOWN)}; expected cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise ValueError(f"--device {text}: torch {torch.__version__} ({build}) sees no CUDA device; "
+            raise InputError(f"--device {text}: torch {torch.__version__} ({build}) sees no CUDA device; "
                              "use --device cpu")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise ValueError(f"--device {text}: torch sees {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+            raise InputError(f"--device {text}: torch sees {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     return device

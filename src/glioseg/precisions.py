@@ -1,8 +1,9 @@
 """The precision vocabulary, and what the machine offers for it.
 
 ``PRECISIONS`` names the compute precisions glioseg trains and predicts in, safest first (fallback
-walks towards fp32); ``DTYPES`` maps them to torch dtypes. Training (``training.precision``) and
-prediction (``inference.precision``) both import them from here.
+walks towards fp32); ``POLICIES`` adds ``auto`` (the training controller, or prediction's window
+probe, picks); ``DTYPES`` maps the precisions to torch dtypes. Training (``training.precision``)
+and prediction (``inference.precision``) both import them from here.
 
 Whether a low precision is *native* decides whether it can pay off: a CPU without AVX512-BF16 or
 AMX emulates bf16 convolutions 2.5-90x slower than fp32, one with them runs a SegResNet training
@@ -17,6 +18,7 @@ from typing import Callable
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+POLICIES = ("auto",) + PRECISIONS
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from glioseg.data.io import DataError, Image, ReadLimits, atomic_path, read_image, write_image
+from glioseg.data.io import DataError, Image, ReadLimits, read_image, write_image
 
 
 def _header(shape=(4, 4, 4), dtype=np.int16, affine=None, **fields) -> nib.Nifti1Header:
@@ -289,18 +289,6 @@ def test_write_image_with_a_shear_keeps_only_the_sform(tmp_path, volume):
     out = write_image(tmp_path / "shear.nii", volume[1], affine)
     assert np.allclose(read_image(out).affine, affine)
     assert int(nib.load(out).header["qform_code"]) == 0
-
-
-def test_atomic_path_leaves_nothing_on_failure(tmp_path):
-    final = tmp_path / "x.json"
-    with pytest.raises(RuntimeError):
-        with atomic_path(final) as tmp:
-            tmp.write_text("partial")
-            raise RuntimeError("killed")
-    assert list(tmp_path.iterdir()) == []
-    with atomic_path(final) as tmp:
-        tmp.write_text("done")
-    assert final.read_text() == "done" and list(tmp_path.iterdir()) == [final]
 
 
 def test_image_properties():

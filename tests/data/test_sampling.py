@@ -3,7 +3,6 @@ targets, DataLoader workers."""
 from __future__ import annotations
 
 import pickle
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -225,18 +224,6 @@ def test_pickling_sends_memmaps_by_reference(tmp_path, volumes):
     copy = pickle.loads(blob)
     assert isinstance(copy.volumes[0].image, np.memmap)
     assert torch.equal(copy[2]["image"], ds[2]["image"]) and copy[2]["site_id"] == 3
-
-
-def test_from_cache_maps_sites_and_reads_the_caches_arrays(volumes):
-    cache = SimpleNamespace(case_ids=["case_a", "case_b"], scheme=SCHEME.to_dict(),
-                            image=lambda c: volumes[c == "case_b"].image,
-                            label=lambda c: volumes[c == "case_b"].label,
-                            site=lambda c: {"case_a": "TCIA01", "case_b": "CBICA"}[c])
-    ds = PatchDataset.from_cache(cache, SamplerConfig(patch_size=PATCH, samples_per_epoch=8),
-                                 AugmentConfig.none(), site_index={"CBICA": 0})
-    assert [v.site_id for v in ds.volumes] == [-1, 0] and ds.scheme == SCHEME
-    only_b = PatchDataset.from_cache(cache, case_ids=["case_b"], site_index={"CBICA": 0})
-    assert [v.case_id for v in only_b.volumes] == ["case_b"]
 
 
 def test_unlabelled_volumes_give_images_only_and_mixing_is_refused(volumes):

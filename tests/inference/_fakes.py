@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from glioseg.data.formats import CHANNELS
+from glioseg.data.labels import get_scheme
+from glioseg.data.output_space import OutputSpace
 from glioseg.data.preprocess import PreprocessConfig
 from glioseg.inference.bundle import ModelBundle
 
@@ -63,6 +65,16 @@ def write_case(root: Path, affine: np.ndarray, case_id: str = "Brats18_TEST_001_
     return folder, label
 
 
+def bundle_from_model(model: torch.nn.Module, name: str, *, options: dict, target: str, scheme: str,
+                      preprocess: dict, patch_size, channels=CHANNELS, site_index: dict | None = None) -> ModelBundle:
+    """A bundle of a live model, as the trainer stores one; out channels follow the target and scheme."""
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    out_channels = OutputSpace(target, get_scheme(scheme)).channels
+    return ModelBundle(model=name, options=options, in_channels=len(channels), out_channels=out_channels,
+                       target=target, channels=tuple(channels), scheme=scheme, preprocess=preprocess,
+                       site_index=site_index or {}, patch_size=patch_size, weights=weights)
+
+
 def make_bundle(model: str = "fake-pointwise", patch=(16, 16, 16), sha: str = "0" * 64, **kw) -> ModelBundle:
     fields = dict(model=model, options={}, in_channels=4, out_channels=3, target="regions", channels=CHANNELS,
                   scheme="brats", preprocess=PreprocessConfig().to_dict(), site_index={}, patch_size=patch,
@@ -95,7 +107,6 @@ def threshold_logits(x: torch.Tensor) -> torch.Tensor:
 
 def tiny_bundle(seed: int = 0) -> ModelBundle:
     """A real registered network, as small as it goes: SegResNet with 8 initial filters."""
-    from glioseg.inference.bundle import bundle_from_model
     from glioseg.models.registry import create
 
     with torch.random.fork_rng():
@@ -111,7 +122,6 @@ DALIGHT_TINY = {"base_width": 8, "bottleneck_width": 16, "head_width": 8, "num_i
 
 def tiny_dalight_bundle(seed: int = 0) -> ModelBundle:
     """A small DALight-3D whose site TCIA01 (identifier 1) has its own, non-default norm affine."""
-    from glioseg.inference.bundle import bundle_from_model
     from glioseg.models.registry import create
 
     with torch.random.fork_rng():

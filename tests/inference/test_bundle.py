@@ -9,9 +9,11 @@ import zipfile
 import pytest
 import torch
 
-from glioseg.inference.bundle import ModelBundle, file_sha256, load_bundle
+from glioseg.files import file_sha256
+from glioseg.inference.bundle import ModelBundle, load_bundle
 from glioseg.inference.export import write_released
-from glioseg.training.checkpoint import save_checkpoint, sidecar_path
+from glioseg.checkpoint_io import sidecar_path
+from glioseg.training.checkpoint import save_checkpoint
 from ._fakes import make_bundle, tiny_bundle
 
 

@@ -16,7 +16,7 @@ import torch
 
 from glioseg.cli import main
 from glioseg.data.formats import CHANNELS
-from glioseg.inference.bundle import file_sha256
+from glioseg.files import file_sha256
 from glioseg.training.checkpoint import save_checkpoint
 from ._fakes import LPS, PERMUTED, REPO, tiny_bundle, write_case
 

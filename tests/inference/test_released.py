@@ -12,7 +12,7 @@ from glioseg.cli import main
 from glioseg.inference import released
 from glioseg.inference.bundle import load_bundle, sniff
 from glioseg.inference.release_build import build_release, half_weights
-from glioseg.training.checkpoint import load_checkpoint
+from glioseg.checkpoint_io import load_checkpoint
 
 from ._fakes import LPS, write_case
 from ._release import RESULTS, make_release

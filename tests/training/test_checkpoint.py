@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from glioseg.checkpoint_io import CheckpointError, load_checkpoint, previous_path, sidecar_path
+from glioseg.files import file_sha256
 from glioseg.training import checkpoint as ck
-from glioseg.training.checkpoint import (CheckpointError, load_checkpoint, previous_path,
-                                         save_checkpoint, sidecar_path, validate_state)
+from glioseg.training.checkpoint import save_checkpoint, validate_state
 
 
 def _state(value: float = 1.0) -> dict:
@@ -27,7 +28,7 @@ def _state(value: float = 1.0) -> dict:
 
 def _sign(path: Path) -> None:
     """Give a hand-made file a correct sidecar: an attacker can compute a SHA-256 too."""
-    sidecar_path(path).write_text(f"{ck.file_sha256(path)}  {path.name}\n")
+    sidecar_path(path).write_text(f"{file_sha256(path)}  {path.name}\n")
 
 
 def test_round_trip_and_plain_weights_only_load(tmp_path):
@@ -40,7 +41,7 @@ def test_round_trip_and_plain_weights_only_load(tmp_path):
     direct = torch.load(path, weights_only=True)
     assert direct["epoch"] == 3
     digest, name = sidecar_path(path).read_text().split()
-    assert name == "last.pt" and digest == ck.file_sha256(path)
+    assert name == "last.pt" and digest == file_sha256(path)
 
 
 def test_previous_checkpoint_is_kept_and_valid(tmp_path):

@@ -12,7 +12,9 @@ import torch
 
 from glioseg.cli import main
 from glioseg.training import checkpoint as ck
-from glioseg.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sidecar_path
+from glioseg.checkpoint_io import CheckpointError, load_checkpoint, sidecar_path
+from glioseg.files import file_sha256
+from glioseg.training.checkpoint import save_checkpoint
 
 from ._runs import run_inprocess, train_args, write_config
 
@@ -26,7 +28,7 @@ def _state(width: int = 64) -> dict:
 
 def _resign(path) -> None:
     """Recompute the sidecar, as someone who changed the file would."""
-    sidecar_path(path).write_text(f"{ck.file_sha256(path)}  {path.name}\n")
+    sidecar_path(path).write_text(f"{file_sha256(path)}  {path.name}\n")
 
 
 def _flip_a_weight_byte(path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from glioseg.inference.bundle import load_bundle
-from glioseg.training.checkpoint import load_checkpoint
+from glioseg.checkpoint_io import load_checkpoint
 
 from ._runs import read_csv, read_events, subprocess_env, train_args, write_config
 

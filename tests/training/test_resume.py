@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from glioseg.training.checkpoint import load_checkpoint, sidecar_path
+from glioseg.checkpoint_io import load_checkpoint, sidecar_path
 
 from ._runs import (glioseg_command, read_csv, read_events, run_inprocess, subprocess_env, train_args,
                     without, write_config)

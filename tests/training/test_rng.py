@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from glioseg.training.checkpoint import load_checkpoint, save_checkpoint
+from glioseg.checkpoint_io import load_checkpoint
+from glioseg.training.checkpoint import save_checkpoint
 from glioseg.training.rng import capture_rng_state, restore_rng_state
 
 

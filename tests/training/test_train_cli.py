@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from glioseg.training.checkpoint import file_sha256, load_checkpoint, previous_path, sidecar_path
+from glioseg.checkpoint_io import load_checkpoint, previous_path, sidecar_path
+from glioseg.files import file_sha256
 
 from ._runs import read_csv, run_inprocess, run_subprocess, train_args, write_config
 

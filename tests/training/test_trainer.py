@@ -10,7 +10,7 @@ import torch
 
 from glioseg.config import from_dict
 from glioseg.inference.bundle import load_bundle
-from glioseg.training.checkpoint import load_checkpoint
+from glioseg.checkpoint_io import load_checkpoint
 from glioseg.training.datasource import prepare_data
 from glioseg.training.distributed import DistInfo
 from glioseg.training.precision import PrecisionController

@@ -42,6 +42,8 @@ class Pointwise(torch.nn.Module):
 class SiteGated(Pointwise):
     """Right only for site 3: any other id, or none, predicts nothing."""
 
+    takes_ids = True   # declared, as every network of the registry declares it
+
     def __init__(self):
         super().__init__()
         self.seen = []

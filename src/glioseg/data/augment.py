@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from glioseg.config import from_dict
+from glioseg.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,15 @@ class AugmentConfig:
                  "rotate_prob": (self.rotate_prob,), "zoom_prob": (self.zoom_prob,)}
         for name, values in probs.items():
             if not all(0.0 <= float(p) <= 1.0 for p in values):
-                raise ValueError(f"AugmentConfig.{name} must lie in [0, 1]; got {values}")
+                raise InputError(f"AugmentConfig.{name} must lie in [0, 1]; got {values}")
         if len(self.flip_prob) != 3 or len(self.rotate_deg) != 3:
-            raise ValueError("AugmentConfig.flip_prob and rotate_deg need one value per axis (3)")
+            raise InputError("AugmentConfig.flip_prob and rotate_deg need one value per axis (3)")
         if not 0.0 <= self.zoom < 0.5:
-            raise ValueError(f"AugmentConfig.zoom must lie in [0, 0.5); got {self.zoom}")
+            raise InputError(f"AugmentConfig.zoom must lie in [0, 0.5); got {self.zoom}")
         if not all(0.0 <= a <= 45.0 for a in self.rotate_deg):
-            raise ValueError(f"AugmentConfig.rotate_deg must lie in [0, 45] degrees; got {self.rotate_deg}")
+            raise InputError(f"AugmentConfig.rotate_deg must lie in [0, 45] degrees; got {self.rotate_deg}")
         if self.intensity_scale < 0 or self.intensity_shift < 0:
-            raise ValueError("AugmentConfig.intensity_scale and intensity_shift must be >= 0")
+            raise InputError("AugmentConfig.intensity_scale and intensity_shift must be >= 0")
 
     @classmethod
     def from_dict(cls, values: dict) -> "AugmentConfig":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from glioseg.errors import InputError
+
 MAX_IMAGE_MB_ENV = "GLIOSEG_MAX_IMAGE_MB"
 # 7x a 4-channel float32 BraTS volume (143 MiB), 5x a 0.5 mm whole-head int16 scan.
 DEFAULT_MAX_IMAGE_MB = 1024
@@ -23,5 +25,5 @@ def max_image_bytes() -> int:
     except ValueError:
         mb = float("nan")
     if not mb > 0:
-        raise ValueError(f"${MAX_IMAGE_MB_ENV} is {text!r}; expected a positive number of MiB")
+        raise InputError(f"${MAX_IMAGE_MB_ENV} is {text!r}; expected a positive number of MiB")
     return int(mb * (1 << 20))

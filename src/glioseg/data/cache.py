@@ -11,13 +11,12 @@ Layout (``CACHE_VERSION`` 1)::
     CACHE/<case>/label.npy    (X, Y, Z) uint8 label values of the dataset's scheme (absent: no label)
     CACHE/<case>/meta.json    everything needed to map back; written last for the case
 
-Every file goes through :func:`glioseg.data.io.atomic_path`, so a killed writer leaves only
+Every file goes through :func:`glioseg.files.atomic_path`, so a killed writer leaves only
 ``.part-*`` files, which the next run removes. A case is up to date when its ``meta.json``
 records the same input content hashes (SHA-256 of the file bytes), configuration and scheme.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,8 +35,9 @@ from tqdm import tqdm
 from glioseg import __version__
 from glioseg.data.errors import DataError
 from glioseg.data.formats import check_case_id
-from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS, LabelScheme
+from glioseg.errors import GliosegError, InputError
+from glioseg.files import atomic_path, clean_parts, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +46,13 @@ INDEX, FINGERPRINT = "cache.json", "fingerprint.json"
 IMAGE, LABEL, META = "image.npy", "label.npy", "meta.json"
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_digests(case) -> dict[str, dict[str, str]]:
     """Path and SHA-256 of each of a case's input files, by channel name and ``"label"``."""
     roles = dict(case.images)
     if case.label is not None:
         roles["label"] = case.label
     hashes: dict[Path, str] = {}
-    return {role: {"path": str(path), "sha256": hashes.setdefault(Path(path), sha256_file(path))}
+    return {role: {"path": str(path), "sha256": hashes.setdefault(Path(path), file_sha256(path))}
             for role, path in roles.items()}
 
 
@@ -75,11 +67,6 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(fh, np.ascontiguousarray(array))
 
 
-def save_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1))
-
-
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -87,14 +74,6 @@ def read_json(path: Path) -> dict:
         raise DataError(path, "missing") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(path, f"cannot read JSON: {exc}") from exc
-
-
-def clean_parts(folder: Path) -> int:
-    """Remove ``.part-*`` files a killed writer left in ``folder``; returns how many."""
-    parts = list(folder.glob(".part-*")) if folder.is_dir() else []
-    for part in parts:
-        part.unlink(missing_ok=True)
-    return len(parts)
 
 
 def _npy_shape(path: Path) -> tuple[int, ...] | None:
@@ -137,7 +116,7 @@ def write_case(folder: Path, image: np.ndarray, label: np.ndarray | None, meta: 
         (folder / LABEL).unlink(missing_ok=True)
     else:
         save_npy(folder / LABEL, label)
-    save_json(folder / META, meta)
+    write_json(folder / META, meta)
 
 
 # ---- bringing a cache up to date ----
@@ -149,7 +128,7 @@ def _check(case, out: Path, config: dict, scheme: str) -> tuple[object, dict | N
         clean_parts(folder)
         inputs = input_digests(case)
         return case, (None if is_current(folder, inputs, config, scheme) else inputs), ""
-    except (ValueError, OSError) as exc:
+    except (GliosegError, OSError) as exc:
         return case, None, f"{case.case_id}: {exc}"
 
 
@@ -160,7 +139,7 @@ def _make_and_write(make: Callable, case, inputs: dict, out: Path) -> tuple[str,
         image, label, meta = make(case, inputs)
         meta["seconds"] = round(time.perf_counter() - start, 3)
         write_case(case_dir(out, case.case_id), image, label, meta)
-    except (ValueError, OSError) as exc:
+    except (GliosegError, OSError) as exc:
         # Returned, not raised: one bad case must not stop the others.
         return case.case_id, time.perf_counter() - start, f"{case.case_id}: {exc}"
     return case.case_id, time.perf_counter() - start, ""
@@ -207,10 +186,10 @@ def build(dataset, out: Path | str, config: dict, make: Callable, workers: int =
     """
     out = Path(out)
     if dataset.root.is_dir() and out.resolve().is_relative_to(dataset.root.resolve()):
-        raise ValueError(f"{out}: the cache must not be inside the dataset folder {dataset.root}")
+        raise InputError(f"{out}: the cache must not be inside the dataset folder {dataset.root}")
     ids = [c.case_id for c in dataset.cases]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{dataset.root}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
+        raise InputError(f"{dataset.root}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX).unlink(missing_ok=True)  # incomplete until every case is current again
     workers = min(workers or os.cpu_count() or 1, len(ids))
@@ -226,7 +205,7 @@ def build(dataset, out: Path | str, config: dict, make: Callable, workers: int =
     log.info("preprocess %s: %d preprocessed, %d up to date (skipped), %d failed",
              out, len(todo) - len(failed), len(ids) - len(todo) - len(unchecked), len(errors))
     if errors:
-        raise ValueError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix them and "
+        raise InputError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix them and "
                          f"rerun to resume):\n  " + "\n  ".join(sorted(errors)))
     finish(out, dataset, config)
     return out
@@ -274,8 +253,8 @@ def fingerprint(metas: list[dict]) -> dict:
 def finish(out: Path, dataset, config: dict) -> None:
     """Write ``fingerprint.json``, then ``cache.json`` (last: it marks the cache complete)."""
     ids = [c.case_id for c in dataset.cases]
-    save_json(out / FINGERPRINT, fingerprint([read_json(out / i / META) for i in ids]))
-    save_json(out / INDEX, {
+    write_json(out / FINGERPRINT, fingerprint([read_json(out / i / META) for i in ids]))
+    write_json(out / INDEX, {
         "cache_version": CACHE_VERSION, "glioseg_version": __version__, "format": dataset.format,
         "source": str(dataset.root), "scheme": dataset.scheme.to_dict(), "channels": list(dataset.channels),
         "cases": ids, "sites": {c.case_id: c.site for c in dataset.cases}, "config": config})
@@ -345,7 +324,7 @@ def load_cache(path: Path | str) -> Cache:
     """Open the cache at ``path``; a missing or incomplete cache is a clear error."""
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"{path}: no cache folder here (make one with: glioseg preprocess DATA --out {path})")
+        raise InputError(f"{path}: no cache folder here (make one with: glioseg preprocess DATA --out {path})")
     if not (path / INDEX).exists():
         raise DataError(path / INDEX, "missing: the cache is incomplete (preprocessing did not finish); "
                                       "run glioseg preprocess again to resume it")

@@ -19,11 +19,14 @@ from pathlib import Path
 
 from glioseg.data.errors import DataError
 from glioseg.data.labels import LabelScheme, get_scheme
+from glioseg.errors import InputError
+from glioseg.files import SAFE_NAME
 
 log = logging.getLogger(__name__)
 
 CHANNELS: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 FORMAT_SCHEME = {"msd": "msd", "brats": "brats", "brats2023": "brats2023", "manifest": "brats"}
+FORMATS = ("auto", *FORMAT_SCHEME)   # what --format takes: "auto" detects the layout
 BRATS_SUFFIX = {"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2"}
 BRATS2023_SUFFIX = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
 MSD_MODALITIES = {"flair": "flair", "t1w": "t1", "t1gd": "t1ce", "t2w": "t2"}
@@ -35,8 +38,6 @@ CHANNEL_ALIASES = {
 }
 MANIFEST_KEYS = ("case", *CHANNELS, "label", "site")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-# A case id names cache folders and output files: a plain name, never a path ('..', '/').
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # BraTS 2017-2019 names carry the institution; glioseg's phantoms (Phantom_SITEA_001) mimic that.
 _BRATS_SITE = re.compile(r"^(?:Brats1[789]|Phantom)_(?P<site>[A-Za-z0-9]+)_", re.IGNORECASE)
 _NOT_SITES = {"training", "validation", "testing"}
@@ -124,11 +125,10 @@ def detect_format(root: Path) -> str:
             return "brats"
         if _find(sub, f"{sub.name}-t2f"):
             return "brats2023"
-    raise ValueError(
+    raise InputError(
         f"{root}: no known dataset layout (looked for MSD dataset.json + imagesTr/, BraTS "
         f"<case>/<case>_flair.nii.gz, BraTS 2023 <case>/<case>-t2f.nii.gz, or a .csv/.json manifest); "
-        f"use --format to force one"
-    )
+        f"use --format to force one")
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -148,8 +148,8 @@ def nifti_stem(name: str) -> str | None:
 
 
 def check_case_id(case_id: str, source: Path | str, use: str = "name a file or folder") -> None:
-    """A :class:`DataError` unless ``case_id`` is a plain name (:data:`SAFE_ID`) fit to ``use``."""
-    if not SAFE_ID.match(case_id):
+    """A :class:`DataError` unless ``case_id`` is a plain name (:data:`glioseg.files.SAFE_NAME`)."""
+    if not SAFE_NAME.match(case_id):
         raise DataError(source, f"case id {case_id!r} cannot {use}; expected letters, digits, '.', '_' "
                                 "or '-' (not starting with '.')")
 
@@ -367,15 +367,15 @@ def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> 
     """
     root = Path(root)
     if not root.exists():
-        raise ValueError(f"{root}: no such file or folder")
+        raise InputError(f"{root}: no such file or folder")
     if root.is_file() and root.name == "dataset.json":
         root = root.parent  # an MSD task named by its dataset.json
     fmt = detect_format(root) if format in (None, "auto") else format
     if fmt not in FORMAT_SCHEME:
-        raise ValueError(f"unknown format {fmt!r}; known: auto, {', '.join(FORMAT_SCHEME)}")
+        raise InputError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if (fmt == "manifest") != root.is_file():
         expected = "a .csv or .json manifest file" if fmt == "manifest" else "a folder"
-        raise ValueError(f"{root}: the {fmt} format expects {expected}")
+        raise InputError(f"{root}: the {fmt} format expects {expected}")
     hidden: list[Path] = []
     scheme = FORMAT_SCHEME[fmt]
     if fmt == "brats":
@@ -389,12 +389,12 @@ def discover(root: Path | str, format: str = "auto", *, strict: bool = True) -> 
     if hidden:
         log.warning("%s: ignored %d hidden entries (dotfiles such as ._* AppleDouble files)", root, len(hidden))
     if not cases:
-        raise ValueError(f"{root}: no cases found in {fmt} layout")
+        raise InputError(f"{root}: no cases found in {fmt} layout")
     cases = [_with_id_checked(case, root, strict) for case in cases]
     failing = next((case for case in cases if case.problems), None)
     if strict and failing is not None:
         raise joined(root, failing.problems)
     repeated = sorted(i for i, n in Counter(c.case_id for c in cases).items() if n > 1)
     if repeated:
-        raise ValueError(f"{root}: case ids repeated: {', '.join(repeated)}; expected each case once")
+        raise InputError(f"{root}: case ids repeated: {', '.join(repeated)}; expected each case once")
     return Dataset(root, fmt, get_scheme(scheme), tuple(cases), CHANNELS, tuple(hidden))

@@ -5,15 +5,13 @@ the check that failed, so the CLI can print it without a traceback.
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import stat
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -25,8 +23,9 @@ from glioseg.data.header import (
     Layout, ReadLimits, affines_agree, check_layout, check_size, header_affine, header_size, orientation, parse_header,
     squeeze_trailing,
 )
+from glioseg.files import atomic_path
 
-__all__ = ["DataError", "Image", "ReadLimits", "read_image", "atomic_path", "write_image"]
+__all__ = ["DataError", "Image", "ReadLimits", "read_image", "write_image"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 22
@@ -213,31 +212,6 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
     first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), array.shape))
     raise DataError(path, f"non-finite voxels: {int(bad.sum())} of {array.size} (NaN {nan}, +inf {pos}, "
                           f"-inf {int(bad.sum()) - nan - pos}), first at index {first}; expected all finite")
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success.
-
-    The temporary name starts with ``.part-`` so that stale parts are recognisable and a
-    killed writer never leaves a file at the final path.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".part-{final.name}.", dir=final.parent)
-    # mkstemp creates 0600; results are shared files, so give them the usual umask mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, final)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def _suffix(path: Path) -> str:

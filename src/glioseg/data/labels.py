@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from glioseg.errors import InputError
+
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 
 
@@ -78,7 +80,7 @@ def get_scheme(name: str) -> LabelScheme:
     try:
         return SCHEMES[name]
     except KeyError:
-        raise ValueError(f"unknown label scheme {name!r}; known: {', '.join(sorted(SCHEMES))}") from None
+        raise InputError(f"unknown label scheme {name!r}; known: {', '.join(sorted(SCHEMES))}") from None
 
 
 def labels_to_regions(label: np.ndarray, scheme: LabelScheme) -> np.ndarray:

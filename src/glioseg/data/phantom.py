@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -26,9 +25,10 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from glioseg.data.formats import CHANNELS
-from glioseg.data.io import atomic_path, write_image
+from glioseg.data.io import write_image
+from glioseg.errors import InputError
+from glioseg.files import atomic_path
 
-log = logging.getLogger(__name__)
 
 BRATS_SHAPE = (240, 240, 155)
 ATLAS = "t1_skullstripped_brats_space.nii.gz"
@@ -326,11 +326,11 @@ def write_dataset(out: Path | str, cases: int, seed: int, shape: tuple[int, int,
     out = Path(out)
     shape = tuple(int(n) for n in shape)
     if cases < 1:
-        raise ValueError(f"--cases must be at least 1; got {cases}")
+        raise InputError(f"--cases must be at least 1; got {cases}")
     if len(shape) != 3 or not all(16 <= n <= 512 for n in shape):
-        raise ValueError(f"--shape must be three sizes between 16 and 512 voxels; got {list(shape)}")
+        raise InputError(f"--shape must be three sizes between 16 and 512 voxels; got {list(shape)}")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
+        raise InputError(f"{out}: exists and is not a folder")
     written, record = [], []
     for index in tqdm(range(cases), desc="phantom", unit="case"):
         case = make_case(index, seed, shape)
@@ -342,12 +342,3 @@ def write_dataset(out: Path | str, cases: int, seed: int, shape: tuple[int, int,
         tmp.write_text(json.dumps(meta, indent=1) + "\n")
         _readable(tmp)
     return written
-
-
-def run_cli(args) -> int:
-    """``glioseg phantom OUT --cases N --seed S [--shape X Y Z]``."""
-    shape = tuple(args.shape) if args.shape else BRATS_SHAPE
-    written = write_dataset(args.out, args.cases, args.seed, shape)
-    log.info("wrote %d phantom cases (%s voxels, seed %d) to %s", len(written),
-             "x".join(map(str, shape)), args.seed, args.out)
-    return 0

@@ -27,10 +27,11 @@ from glioseg import __version__
 from glioseg.config import from_dict
 from glioseg.data import cache
 from glioseg.data.cache import Cache, load_cache  # noqa: F401  (re-exported: the cache's public API)
-from glioseg.data.formats import CHANNELS, Case, Dataset, discover
+from glioseg.data.formats import CHANNELS, Case, Dataset
 from glioseg.data.cases import load_case
 from glioseg.data.io import Image
 from glioseg.data.labels import LabelScheme, region_volumes_ml
+from glioseg.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,15 @@ class PreprocessConfig:
         if self.target_spacing is not None:
             spacing = tuple(float(s) for s in self.target_spacing)
             if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-                raise ValueError(f"target_spacing must be 3 positive numbers in mm; got {self.target_spacing!r}")
+                raise InputError(f"target_spacing must be 3 positive numbers in mm; got {self.target_spacing!r}")
             object.__setattr__(self, "target_spacing", spacing)
         if isinstance(self.crop_margin, bool) or int(self.crop_margin) != self.crop_margin or self.crop_margin < 0:
-            raise ValueError(f"crop_margin must be a whole number of voxels >= 0; got {self.crop_margin!r}")
+            raise InputError(f"crop_margin must be a whole number of voxels >= 0; got {self.crop_margin!r}")
         object.__setattr__(self, "crop_margin", int(self.crop_margin))
         if self.normalisation not in NORMALISATIONS:
-            raise ValueError(f"normalisation {self.normalisation!r} is unknown; known: {', '.join(NORMALISATIONS)}")
+            raise InputError(f"normalisation {self.normalisation!r} is unknown; known: {', '.join(NORMALISATIONS)}")
         if not float(self.max_abs_z) > 0:
-            raise ValueError(f"max_abs_z must be > 0; got {self.max_abs_z!r}")
+            raise InputError(f"max_abs_z must be > 0; got {self.max_abs_z!r}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -112,7 +113,7 @@ def brain_box(image: np.ndarray, margin: int = 0, label: np.ndarray | None = Non
     if label is not None:
         mask |= label != 0
     if not mask.any():
-        raise ValueError("every channel is zero everywhere: no brain to crop to")
+        raise InputError("every channel is zero everywhere: no brain to crop to")
     box = []
     for axis in range(3):
         hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
@@ -185,11 +186,11 @@ def check_normalised(image: np.ndarray, limit: float, channels=CHANNELS) -> None
     """Every value finite and |z| <= ``limit``; a ValueError names the channel otherwise."""
     for name, channel in zip(channels, image):
         if not np.isfinite(channel).all():
-            raise ValueError(f"channel {name}: {int((~np.isfinite(channel)).sum())} non-finite values "
+            raise InputError(f"channel {name}: {int((~np.isfinite(channel)).sum())} non-finite values "
                              f"after normalisation")
         peak = float(np.abs(channel).max())
         if peak > limit:
-            raise ValueError(f"channel {name}: |z| reaches {peak:.4g} after normalisation; expected <= {limit:g}")
+            raise InputError(f"channel {name}: |z| reaches {peak:.4g} after normalisation; expected <= {limit:g}")
 
 
 def normalise(image: np.ndarray, channels=CHANNELS, limit: float = 1000.0) -> tuple[np.ndarray, list[dict]]:
@@ -205,7 +206,7 @@ def normalise(image: np.ndarray, channels=CHANNELS, limit: float = 1000.0) -> tu
         values = channel[mask].astype(np.float64)
         s = value_statistics(values)
         if not (np.isfinite(s["std"]) and s["std"] > 0):
-            raise ValueError(f"channel {name} is constant ({s['mean']:g}) over the brain; cannot z-score it")
+            raise InputError(f"channel {name} is constant ({s['mean']:g}) over the brain; cannot z-score it")
         dest[mask] = (values - s["mean"]) / s["std"]
         stats.append(s)
     check_normalised(out, limit, channels)
@@ -225,11 +226,11 @@ def _checked_inputs(image: Image, label: Image | None, channels, scheme) -> np.n
         raise ValueError(f"label shape {label.array.shape} differs from the image's {image.array.shape[1:]}")
     lab = np.asarray(label.array).astype(np.uint8)
     if not np.array_equal(lab, label.array):  # negative, fractional or > 255: astype would wrap or cut
-        raise ValueError(f"label values must be whole numbers 0..255; found {np.unique(label.array)[:10]}")
+        raise InputError(f"label values must be whole numbers 0..255; found {np.unique(label.array)[:10]}")
     present = np.flatnonzero(np.bincount(lab.ravel(), minlength=256))
     unexpected = sorted(set(present.tolist()) - (scheme.allowed if scheme else set(range(256))))
     if unexpected:
-        raise ValueError(f"label values {unexpected} are not in the {scheme.name} scheme's {sorted(scheme.allowed)}")
+        raise InputError(f"label values {unexpected} are not in the {scheme.name} scheme's {sorted(scheme.allowed)}")
     return lab
 
 
@@ -332,15 +333,3 @@ def preprocess_dataset(dataset: Dataset, out: Path | str, config: PreprocessConf
     """
     make = partial(_make_case, dataset=dataset, config=config, verify_stream=verify_stream)
     return cache.build(dataset, out, config.to_dict(), make, workers)
-
-
-def run_cli(args) -> int:
-    """``glioseg preprocess DATA --out CACHE [--format F] [--spacing X Y Z] [--workers N]``."""
-    dataset = discover(args.data, args.format)
-    config = PreprocessConfig(target_spacing=tuple(args.spacing) if args.spacing else None)
-    result = load_cache(preprocess_dataset(dataset, args.out, config, workers=args.workers))
-    shapes = np.array([result.meta(i)["shape"] for i in result.case_ids])
-    size = sum(f.stat().st_size for f in result.path.rglob("*.npy"))
-    print(f"cache {result.path}: {len(result)} cases, {dataset.format} ({dataset.scheme.name} labels), "
-          f"median shape {np.median(shapes, axis=0).astype(int).tolist()}, {size / 2**20:.0f} MiB")
-    return 0

@@ -9,7 +9,6 @@ only once complete (written under a ``.part-`` name, then renamed) and is never 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import tempfile
@@ -18,7 +17,6 @@ from pathlib import Path
 
 from glioseg.data.errors import DataError
 
-log = logging.getLogger(__name__)
 
 SAMPLE_CASE = "Brats18_TCIA03_265_1"
 NOTICE = "NOTICE.md"
@@ -76,10 +74,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def run_cli(args) -> int:
-    folder = write_sample(args.out)
-    print(f"sample case {SAMPLE_CASE} (TCGA on TCIA, CC BY 3.0; see {folder / NOTICE}): {folder}")
-    print(f"segment it: glioseg predict {folder} --model MODEL --out PREDICTIONS  (models: glioseg models --released)")
-    return 0

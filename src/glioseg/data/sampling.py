@@ -183,17 +183,6 @@ class PatchDataset(Dataset):
         self.epoch = 0
         self._foreground: dict[int, dict[int, np.ndarray]] = {}
 
-    @classmethod
-    def from_cache(cls, cache, config: SamplerConfig = SamplerConfig(), augment: AugmentConfig = AugmentConfig(),
-                   seed: int = 0, case_ids: Sequence[str] | None = None,
-                   site_index: dict[str, int] | None = None) -> "PatchDataset":
-        """Volumes of a preprocessing cache (``load_cache``): memmaps, sites mapped by ``site_index``
-        (a site missing from it, or no index, gives -1)."""
-        ids = list(cache.case_ids if case_ids is None else case_ids)
-        index = site_index or {}
-        volumes = [Volume(c, cache.image(c), cache.label(c), index.get(cache.site(c), -1)) for c in ids]
-        return cls(volumes, cache.scheme, config, augment, seed)
-
     def __len__(self) -> int:
         return self.config.samples_per_epoch
 

@@ -8,10 +8,7 @@ and the command exits non-zero if any case is invalid.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import logging
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,11 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from glioseg.data.cases import CaseFiles, case_path, read_case
-from glioseg.data.formats import Case, Dataset, discover
-from glioseg.data.io import atomic_path
+from glioseg.data.formats import Case, Dataset
 from glioseg.data.labels import REGIONS, LabelScheme
-
-log = logging.getLogger(__name__)
+from glioseg.files import write_json as write_json_file
 
 
 @dataclass(frozen=True)
@@ -182,17 +177,4 @@ def write_json(path: Path, dataset: Dataset, reports: list[CaseReport]) -> Path:
         "ignored": [str(p) for p in dataset.ignored],
         "cases": [r.to_dict() for r in reports],
     }
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    return Path(path)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``glioseg verify DATA [--format F] [--json FILE] [--workers N]``; 1 when a case is invalid."""
-    dataset = discover(args.data, args.format, strict=False)
-    reports = verify_dataset(dataset, workers=args.workers)
-    print(format_table(reports))
-    print(summary(reports, dataset))
-    if args.json is not None:
-        log.info("wrote %s", write_json(args.json, dataset, reports))
-    return 0 if all(r.valid for r in reports) else 1
+    return write_json_file(path, payload, indent=2, end="\n")

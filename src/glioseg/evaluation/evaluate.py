@@ -8,7 +8,6 @@ written atomically, then the HTML report.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -20,9 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from glioseg.data.formats import discover
-from glioseg.data.io import DataError, Image, atomic_path, read_image
-from glioseg.data.labels import REGIONS, LabelScheme, get_scheme
+from glioseg.data.io import DataError, Image, read_image
+from glioseg.data.labels import REGIONS, LabelScheme, check_label_values, get_scheme
+from glioseg.errors import GliosegError, InputError
 from glioseg.evaluation.metrics import EMPTY_MASK_CONVENTION, METRIC_COLUMNS, evaluate_case
+from glioseg.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def read_label(path: Path, scheme: LabelScheme) -> Image:
     if values.dtype.kind == "f" and not np.all(np.isfinite(values) & (values == np.round(values))):
         odd = [float(v) for v in values if not (math.isfinite(v) and v == round(v))][:5]
         raise DataError(path, f"label values must be whole numbers; found {odd}")
-    bad = sorted(int(v) for v in values if int(v) not in scheme.allowed)
+    bad = check_label_values(values, scheme)
     if bad:
         raise DataError(path, f"label values {bad} are not in the {scheme.name} scheme; "
                               f"expected a subset of {sorted(scheme.allowed)}")
@@ -96,27 +97,27 @@ def score_case(case_id: str, pred_path: Path | None, ref_path: Path, scheme_name
 
 
 def _score_or_message(job: tuple) -> list[dict] | str:
-    # Errors travel back as text: DataError's two-argument constructor does not survive pickling.
+    # A bad case travels back as text, so that every case is scored and all failures are reported.
     try:
         return score_case(*job)
-    except (ValueError, OSError) as exc:
+    except (GliosegError, OSError) as exc:
         return str(exc)
 
 
 def _jobs(dataset, pred_dir: Path, missing_policy: str) -> tuple[list[tuple], list[str]]:
     """Score jobs (case, prediction or None, reference, scheme) and the cases without a prediction."""
     if missing_policy not in MISSING_POLICIES:
-        raise ValueError(f"missing-prediction policy must be one of {MISSING_POLICIES}; got {missing_policy!r}")
+        raise InputError(f"missing-prediction policy must be one of {MISSING_POLICIES}; got {missing_policy!r}")
     labelled = [c for c in dataset.cases if c.label is not None]
     if not labelled:
-        raise ValueError(f"{dataset.root}: no case has a reference label; nothing to evaluate against")
+        raise InputError(f"{dataset.root}: no case has a reference label; nothing to evaluate against")
     if len(labelled) < len(dataset.cases):
         log.warning("%d cases have no reference label and are not evaluated", len(dataset.cases) - len(labelled))
     jobs = [(c.case_id, prediction_path(pred_dir, c.case_id), c.label, dataset.scheme.name) for c in labelled]
     missing = [job[0] for job in jobs if job[1] is None]
     if missing and missing_policy == "error":
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise ValueError(f"{pred_dir}: no prediction <case>.nii.gz for {len(missing)} of {len(jobs)} "
+        raise InputError(f"{pred_dir}: no prediction <case>.nii.gz for {len(missing)} of {len(jobs)} "
                          f"cases: {shown} (--missing empty scores them as empty predictions, "
                          f"--missing skip leaves them out)")
     if missing:
@@ -125,7 +126,7 @@ def _jobs(dataset, pred_dir: Path, missing_policy: str) -> tuple[list[tuple], li
     if missing_policy == "skip":
         jobs = [job for job in jobs if job[1] is not None]
         if not jobs:
-            raise ValueError(f"{pred_dir}: no prediction matches a case of {dataset.root}")
+            raise InputError(f"{pred_dir}: no prediction matches a case of {dataset.root}")
     known = {c.case_id for c in dataset.cases}
     extra = [p.name for p in pred_dir.glob("*.nii*") if p.name.split(".")[0] not in known]
     if extra:
@@ -144,7 +145,7 @@ def score_all(jobs: list[tuple], workers: int = 1) -> list[dict]:
             results = list(tqdm(pool.map(_score_or_message, jobs), **bar))
     errors = [r for r in results if isinstance(r, str)]
     if errors:
-        raise ValueError(f"{len(errors)} of {len(jobs)} cases failed:\n  " + "\n  ".join(errors))
+        raise InputError(f"{len(errors)} of {len(jobs)} cases failed:\n  " + "\n  ".join(errors))
     return [row for rows in results for row in rows]
 
 
@@ -182,8 +183,7 @@ def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in row.items()})
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary, indent=2, end="\n")
 
 
 def evaluate(pred_dir: Path, ref: Path, out: Path, format: str = "auto", workers: int = 1,
@@ -191,7 +191,7 @@ def evaluate(pred_dir: Path, ref: Path, out: Path, format: str = "auto", workers
     """Score ``pred_dir`` against the dataset at ``ref``; write metrics.csv and summary.json in ``out``."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
-        raise ValueError(f"{pred_dir}: prediction folder does not exist")
+        raise InputError(f"{pred_dir}: prediction folder does not exist")
     dataset = discover(ref, format)
     jobs, without = _jobs(dataset, pred_dir, missing)
     rows = score_all(jobs, workers)
@@ -216,18 +216,3 @@ def format_table(summary: dict) -> str:
                      f"{_cell(stats['hd95'], 2):<30}{sens:<14}")
     lines.append(f"empty masks: {summary['empty_mask_convention']}")
     return "\n".join(lines)
-
-
-def run_cli(args) -> int:
-    out = Path(args.out)
-    result = evaluate(args.pred, args.ref, out, args.format, args.workers, args.missing)
-    print(format_table(result.summary))
-    print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
-    if not args.no_report:
-        from glioseg.evaluation.report import cases_from_dataset, write_report
-
-        cases = cases_from_dataset(discover(args.ref, args.format), args.pred)
-        path = write_report(out / "report.html", cases=cases, metrics=result.rows, summary=result.summary,
-                            title=f"glioseg evaluation of {Path(args.pred).name}", max_cases=args.max_cases)
-        print(f"wrote {path}")
-    return 0

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from glioseg.data.labels import LabelScheme
+from glioseg.errors import InputError
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 CONVENTIONS: tuple[str, ...] = ("radiological", "neurological")
@@ -67,7 +68,7 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def display_slice(volume_ras: np.ndarray, plane: str, index: int, convention: str = "radiological") -> np.ndarray:
     """A 2-D view of a RAS volume as it appears on screen: row 0 at the top, column 0 on the left."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}; got {convention!r}")
+        raise InputError(f"convention must be one of {CONVENTIONS}; got {convention!r}")
     if plane == "axial":
         view = volume_ras[:, :, index].T[::-1]  # rows: anterior → posterior; columns: left → right
     elif plane == "coronal":
@@ -237,10 +238,10 @@ def read_run_metrics(run_dir: Path) -> list[dict]:
             rows = list(reader)
             columns = reader.fieldnames or []
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read the run's metrics: {exc}") from exc
+        raise InputError(f"{path}: cannot read the run's metrics: {exc}") from exc
     missing = [c for c in ("epoch", "train_loss") if c not in columns]
     if missing:
-        raise ValueError(f"{path}: not a training run's metrics.csv: lacks {missing}; found columns "
+        raise InputError(f"{path}: not a training run's metrics.csv: lacks {missing}; found columns "
                          f"{columns}, expected {list(RUN_COLUMNS)}")
     return [{k: (row.get(k) or "") if k == "precision" else _number(row.get(k)) for k in RUN_COLUMNS}
             for row in rows]
@@ -257,7 +258,7 @@ def read_precision_events(run_dir: Path) -> list[dict]:
             try:
                 events.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {n} is not JSON: {exc}") from exc
+                raise InputError(f"{path}: line {n} is not JSON: {exc}") from exc
     return events
 
 

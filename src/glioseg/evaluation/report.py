@@ -12,7 +12,6 @@ import base64
 import csv
 import datetime
 import html
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,13 @@ import numpy as np
 from tqdm import tqdm
 
 import glioseg
-from glioseg.data.formats import discover
-from glioseg.data.io import DataError, Image, atomic_path, read_image
+from glioseg.data.io import DataError, Image, read_image
 from glioseg.data.labels import REGIONS, LabelScheme, region_volumes_ml
+from glioseg.errors import InputError
 from glioseg.evaluation import figures
 from glioseg.evaluation.evaluate import COLUMNS, check_geometry, prediction_path, read_label
 from glioseg.evaluation.metrics import METRIC_COLUMNS
+from glioseg.files import read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,15 @@ def load_metrics(metrics_dir: Path) -> tuple[list[dict], dict | None]:
             reader = csv.DictReader(fh)
             rows = list(reader)
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read evaluation metrics: {exc}") from exc
+        raise InputError(f"{path}: cannot read evaluation metrics: {exc}") from exc
     if list(reader.fieldnames or []) != list(COLUMNS):
-        raise ValueError(f"{path}: columns {reader.fieldnames} are not glioseg evaluate's {list(COLUMNS)}")
-    rows = [{**r, **{k: float(r[k]) for k in METRIC_COLUMNS}} for r in rows]
+        raise InputError(f"{path}: columns {reader.fieldnames} are not glioseg evaluate's {list(COLUMNS)}")
+    try:
+        rows = [{**r, **{k: float(r[k]) for k in METRIC_COLUMNS}} for r in rows]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: not glioseg evaluate's metrics: {exc}") from None
     summary_path = Path(metrics_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    summary = read_json(summary_path, "the evaluation summary") if summary_path.is_file() else None
     return rows, summary
 
 
@@ -189,7 +192,7 @@ def _precision_html(run_dir: Path, events: list[dict]) -> str:
     path = Path(run_dir) / "precision_summary.json"
     if not path.is_file():
         return ""
-    summary = json.loads(path.read_text())
+    summary = read_json(path, "the run's precision summary")
     probe = next((e["reason"] for e in events if e.get("signal") == "probe"), None)
     lines = [f"policy {summary['policy']} on {summary.get('device_description', summary['device'])}"]
     if probe:
@@ -252,19 +255,4 @@ def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, su
         body.append(_cases_html(shown, len(cases), max_cases, convention, with_volumes=not metrics))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
-    with atomic_path(out_html) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return Path(out_html)
-
-
-def run_cli(args) -> int:
-    if args.pred and not args.data:
-        raise ValueError("--pred needs --data: the images to draw the predictions on come from the dataset")
-    if not (args.data or args.metrics or args.run):
-        raise ValueError("nothing to report: give --data (with --pred), --metrics or --run")
-    cases = cases_from_dataset(discover(args.data, args.format), args.pred) if args.data else []
-    metrics, summary = load_metrics(args.metrics) if args.metrics else (None, None)
-    path = write_report(args.out, cases=cases, metrics=metrics, summary=summary, run_dir=args.run,
-                        title=args.title, convention=args.convention, max_cases=args.max_cases)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    return write_text_atomic(out_html, page)

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from glioseg.errors import InputError
 from glioseg.training.datasource import make_split
 
 UNKNOWN = "?"
@@ -29,9 +30,9 @@ def read_grades(path: Path) -> dict[str, str]:
             reader = csv.DictReader(fh)
             rows = list(reader)
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read the grades file: {exc}") from exc
+        raise InputError(f"{path}: cannot read the grades file: {exc}") from exc
     if not {"case", "grade"} <= set(reader.fieldnames or []):
-        raise ValueError(f"{path}: a grades file needs the columns case and grade; found {reader.fieldnames}")
+        raise InputError(f"{path}: a grades file needs the columns case and grade; found {reader.fieldnames}")
     return {r["case"]: r["grade"] for r in rows if r["grade"]}
 
 
@@ -42,7 +43,7 @@ def stratum_of(site: str | None, grade: str | None) -> str:
 def assign_folds(strata: dict[str, str], k: int, seed: Sequence[int]) -> dict[str, int]:
     """Case → fold (0 .. k-1), stratified by ``strata`` (case → stratum), drawn from ``seed``."""
     if not 2 <= k <= len(strata):
-        raise ValueError(f"{k} folds need at least {k} cases and k >= 2; there are {len(strata)} cases")
+        raise InputError(f"{k} folds need at least {k} cases and k >= 2; there are {len(strata)} cases")
     rng = np.random.default_rng(list(seed))
     by_stratum: dict[str, list[str]] = {}
     for case in sorted(strata):

@@ -23,11 +23,13 @@ import yaml
 
 from glioseg.config import to_dict
 from glioseg.data.formats import discover
+from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
 from glioseg.evaluation.figures import read_run_metrics
 from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, load_average, peak_mib, read_step_times,
                                          reset_peak, timed_steps)
 from glioseg.experiments.plan import Plan, Run, is_trained
+from glioseg.files import write_text_atomic
 from glioseg.inference import inputs as case_inputs
 from glioseg.inference.bundle import load_bundle
 from glioseg.inference.pipeline import make_predictor, predict_all
@@ -35,7 +37,6 @@ from glioseg.inference.predictor import PredictConfig
 from glioseg.models.registry import describe
 from glioseg.training.distributed import DistInfo, pick_device
 from glioseg.training.recipe import TrainConfig
-from glioseg.training.run_folder import write_text_atomic
 from glioseg.training.trainer import train
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     before = TrainConfig.from_dict(saved, str(run_dir / "config.yaml"))
     changed = sorted(k for k, v in to_dict(config).items() if to_dict(before).get(k) != v)
     if changed:
-        raise ValueError(f"{run_dir}: this run was started with other settings ({', '.join(changed)}); "
+        raise InputError(f"{run_dir}: this run was started with other settings ({', '.join(changed)}); "
                          "continue the experiment with its own spec, or use another --out")
 
 

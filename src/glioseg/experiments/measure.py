@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from glioseg.training.run_folder import write_text_atomic
+from glioseg.files import write_text_atomic
 
 STEP_TIMES = "step_times.csv"
 BUDGET_STOP = "budget_stop.json"

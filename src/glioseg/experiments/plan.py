@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glioseg.data.formats import discover
+from glioseg.errors import InputError
 from glioseg.experiments.folds import assign_folds, balance, fold_split, read_grades, stratum_of
 from glioseg.experiments.measure import BUDGET_STOP
 from glioseg.experiments.resolve import Resolved, precision_verdicts, resolve, slug
 from glioseg.experiments.spec import ExperimentSpec, SpecError, spec_dict, spec_from_dict
-from glioseg.training.run_folder import write_text_atomic
+from glioseg.files import read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,9 @@ def load_plan(out: Path) -> Plan:
     """The plan recorded in ``DIR/experiment.json`` (no data access: status and report use it)."""
     path = Path(out) / EXPERIMENT_FILE
     if not path.is_file():
-        raise ValueError(f"{out}: not an experiment folder ({EXPERIMENT_FILE} is missing); "
+        raise InputError(f"{out}: not an experiment folder ({EXPERIMENT_FILE} is missing); "
                          "start one with glioseg experiment run SPEC --out DIR")
-    saved = json.loads(path.read_text())
+    saved = read_json(path, "an experiment plan")
     spec = spec_from_dict(saved["spec"], str(path), ".")
     resolved = resolve(spec, saved["budget"])
     folds = {int(s): a for s, a in saved["folds"].items()}

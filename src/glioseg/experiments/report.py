@@ -20,13 +20,12 @@ from collections import Counter
 from pathlib import Path
 
 import glioseg
-from glioseg.data.io import atomic_path
 from glioseg.evaluation.report import CSS, html_table, png_tag
 from glioseg.experiments import figures
 from glioseg.experiments.plan import EXPERIMENT_FILE, Plan
 from glioseg.experiments.results import Results, arm_scores, comparisons, cost
 from glioseg.experiments.stats import format_p, signed
-from glioseg.training.run_folder import write_text_atomic
+from glioseg.files import atomic_path, read_json, write_text_atomic
 
 STATISTICS_NOTE = (
     "Scores: mean ± sd (sample) and median over every (case, seed) of held-out cases; 'over seeds' is the "
@@ -193,7 +192,7 @@ def write_report(plan: Plan, results: Results, folder: Path | None = None) -> Pa
     """Write ``<name>.md`` (+ PNGs) and ``<name>.html`` into ``folder`` (default ``DIR/report``);
     returns the Markdown file."""
     folder = Path(folder or plan.out / "report")
-    saved = json.loads((plan.out / EXPERIMENT_FILE).read_text())
+    saved = read_json(plan.out / EXPERIMENT_FILE, "an experiment plan")
     parts = sections(results, saved.get("command"), saved.get("machine"))
     for part in parts:
         if part[0] == "img":

@@ -5,7 +5,6 @@ arm are in, so a report of an experiment still under way is honest about it.
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import numpy as np
 
 from glioseg.experiments.plan import Plan, Run
 from glioseg.experiments.stats import Comparison, Key, compare, describe, seed_means
+from glioseg.files import read_json
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def load_results(plan: Plan) -> Results:
     for run in plan.runs:
         path = plan.result_path(run)
         if path.is_file():
-            runs[run] = json.loads(path.read_text())
+            runs[run] = read_json(path, "a run's result")
     return Results(plan, runs)
 
 

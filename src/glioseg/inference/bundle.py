@@ -20,7 +20,6 @@ anything else with a message that says what the file is and what to pass instead
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import zipfile
@@ -30,9 +29,11 @@ from typing import Any, Mapping
 
 import torch
 
-from glioseg.data.formats import CHANNELS
+from glioseg.checkpoint_io import ZIP_MAGIC, is_torchscript, load_checkpoint
 from glioseg.data.labels import get_scheme
 from glioseg.data.output_space import OutputSpace
+from glioseg.errors import InputError
+from glioseg.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ CONFIG_KIND = "glioseg-bundle"
 # Keys of a released config: the common ones, then those of an ONNX export (its fixed window).
 CONFIG_KEYS = ("kind", "format", "file", "sha256", "bundle", "source_sha256",
                "window", "size_divisor", "inputs", "opset", "check")
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _whole(name: str, value: Any) -> int:
@@ -168,7 +168,7 @@ class ModelBundle:
     def build_model(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The network in eval mode with the weights loaded (strictly: every key must match)."""
         if not self.weights:
-            raise ValueError(f"bundle of {self.model} has no weights (an ONNX metadata config?); "
+            raise InputError(f"bundle of {self.model} has no weights (an ONNX metadata config?); "
                              "load a checkpoint or a .safetensors file")
         from glioseg.models.registry import create
 
@@ -176,45 +176,25 @@ class ModelBundle:
         try:
             model.load_state_dict(self.weights, strict=True)
         except RuntimeError as exc:
-            raise ValueError(f"weights do not fit {self.model} with options {self.options}: "
+            raise InputError(f"weights do not fit {self.model} with options {self.options}: "
                              f"{str(exc).splitlines()[0]}") from None
         return model.to(device).eval()
 
 
-def bundle_from_model(model: torch.nn.Module, name: str, *, options: Mapping[str, Any], target: str,
-                      scheme: str, preprocess: Mapping[str, Any], patch_size, channels=CHANNELS,
-                      site_index: Mapping[str, int] | None = None) -> ModelBundle:
-    """A bundle of a live model (what the trainer stores); in/out channels are read from its state."""
-    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    out_channels = OutputSpace(target, get_scheme(scheme)).channels
-    return ModelBundle(model=name, options=options, in_channels=len(channels), out_channels=out_channels,
-                       target=target, channels=tuple(channels), scheme=scheme, preprocess=preprocess,
-                       site_index=site_index or {}, patch_size=patch_size, weights=weights)
-
-
 # ---- reading files ----
-
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def sniff(path: Path) -> str:
     """What a model file is: "checkpoint", "damaged" (a zip that does not open), "torchscript",
     "pickle", "safetensors", "json", "onnx" or "unknown" — from its bytes, not only its name."""
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if head.startswith(_ZIP_MAGIC):
+    if head.startswith(ZIP_MAGIC):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
         except zipfile.BadZipFile:  # a zip cut short or overwritten: the loader says what is wrong
             return "damaged"
-        scripted = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
-        return "torchscript" if scripted else "checkpoint"
+        return "torchscript" if is_torchscript(names) else "checkpoint"
     if head[:1] == b"\x80":
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{" and path.suffix == ".safetensors":
@@ -249,12 +229,12 @@ def read_config(path: Path) -> dict:
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the model config: {exc}") from None
+        raise InputError(f"{path}: cannot read the model config: {exc}") from None
     if not isinstance(config, dict) or config.get("kind") != CONFIG_KIND:
-        raise ValueError(f"{path}: not a glioseg model config (no \"kind\": \"{CONFIG_KIND}\")")
+        raise InputError(f"{path}: not a glioseg model config (no \"kind\": \"{CONFIG_KIND}\")")
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(CONFIG_KEYS)}")
+        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(CONFIG_KEYS)}")
     return config
 
 
@@ -262,13 +242,13 @@ def bundle_from_config(config_file: Path, config: dict, digest: str, weights: Ma
     """The bundle a released config describes; every problem names the config file and the field."""
     state = config.get("bundle")
     if not isinstance(state, dict):
-        raise ValueError(f"{config_file}: \"bundle\" must be an object, got {state!r}")
+        raise InputError(f"{config_file}: \"bundle\" must be an object, got {state!r}")
     try:
         bundle = ModelBundle.from_state({**state, **({"weights": weights} if weights is not None else {})},
                                         sha256=digest)
         bundle.check_settings()
     except ValueError as exc:
-        raise ValueError(f"{config_file}: {exc}") from None
+        raise InputError(f"{config_file}: {exc}") from None
     return bundle
 
 
@@ -281,7 +261,7 @@ def released_file(config_file: Path, config: dict) -> Path:
     """The weights/ONNX file a config names; it must sit in the config's folder."""
     name = str(config.get("file", ""))
     if not name or Path(name).name != name:
-        raise ValueError(f"{config_file}: \"file\" must be a plain file name beside the config; got {name!r}")
+        raise InputError(f"{config_file}: \"file\" must be a plain file name beside the config; got {name!r}")
     return config_file.parent / name
 
 
@@ -297,17 +277,17 @@ def verified_released(path: Path) -> tuple[Path, dict, str]:
     """
     config_file = released_config(path)
     if not config_file.is_file():
-        raise ValueError(f"{path}: its config {config_file.name} is missing; a released model is "
+        raise InputError(f"{path}: its config {config_file.name} is missing; a released model is "
                          "NAME.safetensors (or NAME.onnx) + NAME.safetensors.json (NAME.onnx.json) side by side")
     config = read_config(config_file)
     target = released_file(config_file, config)
     if path != config_file and target.resolve() != path.resolve():
-        raise ValueError(f"{config_file}: describes {target.name}, not {path.name}")
+        raise InputError(f"{config_file}: describes {target.name}, not {path.name}")
     if not target.is_file():
-        raise ValueError(f"{config_file}: its model file {target.name} is missing")
+        raise InputError(f"{config_file}: its model file {target.name} is missing")
     digest = file_sha256(target)
     if digest != config.get("sha256"):
-        raise ValueError(f"{target}: SHA-256 {digest[:16]}... differs from {config_file.name}'s "
+        raise InputError(f"{target}: SHA-256 {digest[:16]}... differs from {config_file.name}'s "
                          f"{str(config.get('sha256'))[:16]}... (damaged or replaced)")
     return target, config, digest
 
@@ -317,23 +297,21 @@ def _load_safetensors(path: Path) -> ModelBundle:
 
     target, config, digest = verified_released(path)
     if config.get("format") != "safetensors":
-        raise ValueError(f"{path}: config describes a {config.get('format')!r} file; "
+        raise InputError(f"{path}: config describes a {config.get('format')!r} file; "
                          "ONNX models run with glioseg predict --onnx")
     return bundle_from_config(released_config(path), config, digest, load_file(str(target)))
 
 
 def _load_checkpoint_bundle(path: Path) -> ModelBundle:
-    from glioseg.training.checkpoint import load_checkpoint
-
     state = load_checkpoint(path)
     if "bundle" not in state:
-        raise ValueError(f"{path}: a checkpoint without a \"bundle\" (keys: {', '.join(sorted(state))}); "
+        raise InputError(f"{path}: a checkpoint without a \"bundle\" (keys: {', '.join(sorted(state))}); "
                          "it was not written by glioseg train")
     try:
         bundle = ModelBundle.from_state(state["bundle"], sha256=file_sha256(path))
         bundle.check_settings()
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise InputError(f"{path}: {exc}") from None
     return bundle
 
 
@@ -341,12 +319,12 @@ def load_bundle(path: Path | str) -> ModelBundle:
     """Load a bundle from a training checkpoint or released safetensors + JSON; refuse the rest."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such model file")
+        raise InputError(f"{path}: no such model file")
     kind = sniff(path)
     if kind in ("checkpoint", "damaged"):
         return _load_checkpoint_bundle(path)
     if kind in ("safetensors", "json"):
         return _load_safetensors(path)
     if kind == "onnx":
-        raise ValueError(f"{path}: an ONNX model has no PyTorch weights; run it with glioseg predict --onnx")
-    raise ValueError(f"{path}: refused: {_REFUSED[kind]}")
+        raise InputError(f"{path}: an ONNX model has no PyTorch weights; run it with glioseg predict --onnx")
+    raise InputError(f"{path}: refused: {_REFUSED[kind]}")

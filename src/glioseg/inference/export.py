@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -22,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glioseg.data.io import atomic_path
-from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, bundle_from_config, config_path, file_sha256,
-                                      load_bundle, released_config, verified_released)
+from glioseg.errors import InputError
+from glioseg.files import atomic_path, file_sha256, write_json
+from glioseg.inference.bundle import (CONFIG_KIND, ModelBundle, bundle_from_config, config_path, released_config,
+                                      verified_released)
+from glioseg.models.registry import takes_ids
 
 log = logging.getLogger(__name__)
 
@@ -58,32 +59,32 @@ class _WithIds(torch.nn.Module):
 
 
 def _exportable(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
-    takes_ids = "ids" in inspect.signature(model.forward).parameters
-    return (_WithIds(model).eval() if takes_ids else model), takes_ids
+    with_ids = takes_ids(model)
+    return (_WithIds(model).eval() if with_ids else model), with_ids
 
 
-def _example(bundle: ModelBundle, roi, takes_ids: bool, batch: int = 2, seed: int = 0) -> tuple:
+def _example(bundle: ModelBundle, roi, with_ids: bool, batch: int = 2, seed: int = 0) -> tuple:
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn((batch, bundle.in_channels, *roi), generator=generator)
     ids = torch.full((batch,), -1, dtype=torch.long)
-    return (image, ids) if takes_ids else (image,)
+    return (image, ids) if with_ids else (image,)
 
 
 def _check_roi(model: torch.nn.Module, roi) -> tuple[int, int, int]:
     div = int(getattr(model, "size_divisor", 1))
     roi = tuple(int(r) for r in roi)
     if len(roi) != 3 or any(r < 1 or r % div for r in roi):
-        raise ValueError(f"export window {list(roi)} must be 3 positive multiples of {div}")
+        raise InputError(f"export window {list(roi)} must be 3 positive multiples of {div}")
     return roi
 
 
 def _compare(name: str, expected: torch.Tensor, got: np.ndarray | torch.Tensor, tolerance: float) -> float:
     got = torch.as_tensor(np.asarray(got))
     if got.shape != expected.shape:
-        raise ValueError(f"{name} export gives shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+        raise InputError(f"{name} export gives shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
     diff = float((got.float() - expected.float()).abs().max())
     if not diff <= tolerance:
-        raise ValueError(f"{name} export differs from PyTorch by {diff:.3g} (> {tolerance:g}) on a random "
+        raise InputError(f"{name} export differs from PyTorch by {diff:.3g} (> {tolerance:g}) on a random "
                          "patch; nothing was written")
     return diff
 
@@ -91,10 +92,7 @@ def _compare(name: str, expected: torch.Tensor, got: np.ndarray | torch.Tensor, 
 def _write_config(weights: Path, bundle: ModelBundle, fmt: str, extra: dict) -> Path:
     config = {"kind": CONFIG_KIND, "format": fmt, "file": weights.name, "sha256": file_sha256(weights),
               "bundle": bundle.metadata(), "source_sha256": bundle.sha256, **extra}
-    path = config_path(weights)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(config, indent=1))
-    return path
+    return write_json(config_path(weights), config)
 
 
 def export_onnx(bundle: ModelBundle, out: Path, roi=None, tolerance: float = 1e-4) -> dict:
@@ -103,9 +101,9 @@ def export_onnx(bundle: ModelBundle, out: Path, roi=None, tolerance: float = 1e-
 
     model = bundle.build_model("cpu")
     roi = _check_roi(model, roi or bundle.patch_size)
-    module, takes_ids = _exportable(model)
-    example = _example(bundle, roi, takes_ids)
-    names = ["image", "ids"] if takes_ids else ["image"]
+    module, with_ids = _exportable(model)
+    example = _example(bundle, roi, with_ids)
+    names = ["image", "ids"] if with_ids else ["image"]
     batch = torch.export.Dim("batch", min=1, max=1024)
     params = list(inspect.signature(module.forward).parameters)[:len(names)]
     shapes = {p: {0: batch} for p in params}
@@ -133,8 +131,8 @@ def export_torchscript(bundle: ModelBundle, out: Path, roi=None, tolerance: floa
     """
     model = bundle.build_model("cpu")
     roi = _check_roi(model, roi or bundle.patch_size)
-    module, takes_ids = _exportable(model)
-    example = _example(bundle, roi, takes_ids)
+    module, with_ids = _exportable(model)
+    example = _example(bundle, roi, with_ids)
     log.info("TorchScript is deprecated upstream (PyTorch >= 2.10); ONNX is the maintained deployment format")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -144,7 +142,7 @@ def export_torchscript(bundle: ModelBundle, out: Path, roi=None, tolerance: floa
         traced = torch.jit.trace(module, example, check_trace=False)
         with atomic_path(out) as tmp:
             torch.jit.save(traced, str(tmp))
-            got = torch.jit.load(str(tmp), map_location="cpu")(*_example(bundle, roi, takes_ids))
+            got = torch.jit.load(str(tmp), map_location="cpu")(*_example(bundle, roi, with_ids))
             diff = _compare("TorchScript", expected, got, tolerance)
     return {"file": str(out), "max_abs_diff": diff}
 
@@ -155,13 +153,13 @@ def write_released(bundle: ModelBundle, out: Path) -> dict:
 
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in bundle.weights.items()}
     if not weights:
-        raise ValueError("bundle has no weights to release")
+        raise InputError("bundle has no weights to release")
     with atomic_path(out) as tmp:
         save_file(weights, str(tmp), metadata={"format": "pt", "glioseg": "weights; config in the .json beside"})
         back = load_file(str(tmp))
         changed = [k for k in weights if k not in back or not torch.equal(back[k], weights[k])]
         if changed or set(back) != set(weights):
-            raise ValueError(f"safetensors read-back differs for {changed[:5]}; nothing was written")
+            raise InputError(f"safetensors read-back differs for {changed[:5]}; nothing was written")
     _write_config(out, bundle, "safetensors", {})
     return {"file": str(out), "tensors": len(weights)}
 
@@ -176,7 +174,7 @@ class OnnxNetwork:
 
         model_file, config, digest = verified_released(Path(path))
         if config.get("format") != "onnx":
-            raise ValueError(f"{path}: config describes a {config.get('format')!r} file, not ONNX")
+            raise InputError(f"{path}: config describes a {config.get('format')!r} file, not ONNX")
         self.source = model_file
         self.bundle = bundle_from_config(released_config(Path(path)), config, digest)
         self.patch_size, self.name = self.bundle.patch_size, self.bundle.model
@@ -193,21 +191,3 @@ class OnnxNetwork:
         if "ids" in self.inputs:
             feeds["ids"] = np.full((x.shape[0],), -1 if site_id is None else site_id, dtype=np.int64)
         return torch.from_numpy(self.session.run(["logits"], feeds)[0]).to(x.device)
-
-
-def run_cli(args) -> int:
-    """``glioseg export CKPT|NAME --format onnx|torchscript|safetensors --out FILE [--roi X Y Z]``."""
-    from glioseg.inference.released import model_source
-
-    bundle = load_bundle(model_source(str(args.checkpoint)))
-    out = Path(args.out)
-    if args.format == "onnx":
-        result = export_onnx(bundle, out, args.roi, args.tolerance)
-    elif args.format == "torchscript":
-        result = export_torchscript(bundle, out, args.roi, args.tolerance)
-    else:
-        result = write_released(bundle, out)
-    detail = f"max |diff| to PyTorch {result['max_abs_diff']:.2e}" if "max_abs_diff" in result else \
-        f"{result['tensors']} tensors, config {config_path(out).name}"
-    print(f"export {args.format}: {out} ({detail})")
-    return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from glioseg.data.formats import (BRATS2023_SUFFIX, BRATS_SUFFIX, CHANNELS, Case, Dataset, case_folder,
                                   check_case_id, discover, joined, nifti_stem, site_from_case_id)
 from glioseg.data.labels import LabelScheme, get_scheme
+from glioseg.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def _case_folder(folder: Path) -> tuple[Case, str]:
             if case.problems:
                 raise joined(folder, case.problems)
             return case, fmt
-    raise ValueError(f"{folder}: no case images found (looked for *_flair.nii.gz ... (BraTS) and "
+    raise InputError(f"{folder}: no case images found (looked for *_flair.nii.gz ... (BraTS) and "
                      f"*-t2f.nii.gz ... (BraTS 2023)); found {[p.name for p in _niftis(folder)]}")
 
 
@@ -49,10 +50,10 @@ def check_channels(case: Case, channels: tuple[str, ...], source: Path, named: b
     extra = [c for c in case.images if c not in channels]
     if missing:
         found = ", ".join(f"{c}={Path(p).name}" for c, p in case.images.items()) or "nothing"
-        raise ValueError(f"{source}: case {case.case_id} lacks the modality {', '.join(missing)} that the "
+        raise InputError(f"{source}: case {case.case_id} lacks the modality {', '.join(missing)} that the "
                          f"model needs (model channels: {', '.join(channels)}; found {found})")
     if named and extra:
-        raise ValueError(f"case {case.case_id}: --{' --'.join(extra)} given, but the model takes only "
+        raise InputError(f"case {case.case_id}: --{' --'.join(extra)} given, but the model takes only "
                          f"{', '.join(channels)}; remove the extra modality")
 
 
@@ -69,7 +70,7 @@ def from_path(path: Path, channels: tuple[str, ...], scheme_name: str | None) ->
     """A dataset folder (any layout ``discover`` knows, or a manifest) or one case folder."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: no such file or folder")
+        raise InputError(f"{path}: no such file or folder")
     if path.is_dir() and _niftis(path):
         case, fmt = _case_folder(path)
         scheme = get_scheme(scheme_name or fmt)
@@ -88,7 +89,7 @@ def _check_distinct(given: dict[str, Path], allow: bool) -> None:
             if os.path.samefile(given[a], given[b]):
                 message = f"--{a} and --{b} name the same file {given[b]}"
                 if not allow:
-                    raise ValueError(f"{message}; give each modality its own image (or "
+                    raise InputError(f"{message}; give each modality its own image (or "
                                      "--allow-duplicate-channels if that is meant)")
                 log.warning("%s (allowed by --allow-duplicate-channels)", message)
 
@@ -98,10 +99,10 @@ def from_named_files(files: dict[str, Path | None], case_id: str | None, channel
     """``--flair a.nii.gz --t1 b.nii.gz ... --case-id ID``."""
     given = {c: Path(p) for c, p in files.items() if p is not None}
     if not case_id:
-        raise ValueError("--case-id is required with named modality files (it names the output)")
+        raise InputError("--case-id is required with named modality files (it names the output)")
     for channel, path in given.items():
         if not path.is_file():
-            raise ValueError(f"{path}: --{channel} file not found")
+            raise InputError(f"{path}: --{channel} file not found")
     _check_distinct(given, allow_duplicates)
     case = Case(case_id, given, None, site_from_case_id(case_id))
     scheme = get_scheme(scheme_name)
@@ -116,9 +117,9 @@ def collect(paths: list[Path], files: dict[str, Path | None], case_id: str | Non
     """Every case of the command line; case ids must be unique (they name the outputs)."""
     named = any(p is not None for p in files.values())
     if named and paths:
-        raise ValueError("give either INPUT folders or named modality files (--flair ...), not both")
+        raise InputError("give either INPUT folders or named modality files (--flair ...), not both")
     if not named and not paths:
-        raise ValueError(f"nothing to predict: give INPUT folders or --{' --'.join(CHANNELS)} files")
+        raise InputError(f"nothing to predict: give INPUT folders or --{' --'.join(CHANNELS)} files")
     if named:
         inputs = [from_named_files(files, case_id, channels, scheme_name or model_scheme, allow_duplicates)]
     else:
@@ -126,5 +127,5 @@ def collect(paths: list[Path], files: dict[str, Path | None], case_id: str | Non
     ids = [item.case.case_id for item in inputs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise ValueError(f"case ids {duplicates} occur more than once; their outputs would collide")
+        raise InputError(f"case ids {duplicates} occur more than once; their outputs would collide")
     return inputs

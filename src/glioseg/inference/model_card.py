@@ -18,6 +18,7 @@ from pathlib import Path
 
 from glioseg.config import from_dict, to_dict
 from glioseg.data.labels import REGIONS
+from glioseg.errors import InputError
 
 BRATS_TERMS = """\
 The training images are BraTS data (BraTS 2018 training set, identical to BraTS 2017 training):
@@ -83,7 +84,7 @@ def read_results(path: Path | str) -> ReleaseResults:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the results file: {exc}") from None
+        raise InputError(f"{path}: cannot read the results file: {exc}") from None
     return from_dict(ReleaseResults, data, where=str(path))
 
 

@@ -1,4 +1,4 @@
-"""``glioseg predict``: files → preprocessing → windows → labels in the scanner's geometry → files.
+"""Prediction of whole cases: files → preprocessing → windows → labels in the scanner's geometry → files.
 
 One case: read the channels the model names, apply the preprocessing recorded with the model
 (``glioseg.data.preprocess``: RAS, brain box, z-score), predict in cache space, turn regions
@@ -21,10 +21,11 @@ from glioseg.data import preprocess
 from glioseg.data.cases import load_case
 from glioseg.data.errors import DataError
 from glioseg.data.labels import region_volumes_ml
+from glioseg.errors import GliosegError, InputError
+from glioseg.files import file_sha256
 from glioseg.inference import writer
-from glioseg.inference.bundle import file_sha256
 from glioseg.inference.inputs import CaseInput
-from glioseg.inference.predictor import PredictConfig, Predictor
+from glioseg.inference.predictor import PredictConfig, Predictor, open_network
 
 log = logging.getLogger(__name__)
 
@@ -152,20 +153,18 @@ def predict_all(items: Sequence[CaseInput], predictor: Predictor, out: Path | st
     for item in tqdm(items, desc="predict", unit="case"):
         try:
             counts[_one(item, predictor, out, options)] += 1
-        except (ValueError, OSError) as exc:
+        except (GliosegError, OSError) as exc:   # a bad case; a bug still stops the run
             counts["failed"] += 1
             errors.append(f"{item.case.case_id}: {exc}")
             log.error("%s", errors[-1])
     log.info("predict %s: %d predicted, %d already complete (skipped), %d failed", out,
              counts["done"], counts["skipped"], counts["failed"])
     if errors:
-        raise ValueError(f"{len(errors)} of {len(items)} cases failed (the others are written; rerun to "
+        raise InputError(f"{len(errors)} of {len(items)} cases failed (the others are written; rerun to "
                          "resume): " + "; ".join(errors))
     return counts
 
 
 def make_predictor(checkpoints: Sequence[Path], config: PredictConfig) -> Predictor:
     """Networks for every model file (.pt / .safetensors / .json → PyTorch, .onnx → onnxruntime)."""
-    from glioseg.inference.predictor import open_network
-
     return Predictor([open_network(Path(p), config.device) for p in checkpoints], config)

@@ -1,8 +1,8 @@
 """Sliding-window prediction: Gaussian windows, flips, ensembles, fp32 re-runs, out-of-memory ladder.
 
 The engine works on a preprocessed case (cache space: RAS, brain-cropped, z-scored, (C, x, y, z))
-and returns averaged probabilities; :mod:`glioseg.inference.pipeline` reads the files, writes the
-results back in the scanner's geometry and runs the CLI.
+and returns averaged probabilities; :mod:`glioseg.inference.pipeline` reads the files and writes
+the results back in the scanner's geometry, and :mod:`glioseg.commands.predict` is the command.
 
 Precision: windows run under autocast in ``fp32`` / ``bf16`` / ``fp16``; every window's logits are
 checked, and a window (batch item) with any non-finite value is run again in fp32; MONAI
@@ -10,7 +10,6 @@ aggregates in the input's dtype, which is float32, so the stitching is always fp
 """
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 from dataclasses import dataclass, field, replace
@@ -21,17 +20,16 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from glioseg.data.formats import CHANNELS
 from glioseg.data.preprocess import crop, uncrop
-from glioseg.devices import checked_device
-from glioseg.inference.bundle import ModelBundle, claims_config, load_bundle, read_config, sniff
+from glioseg.errors import InputError
+from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
 from glioseg.inference.precision import PrecisionChoice, choose_precision, window_runner
 from glioseg.models.cpu_conv import accelerate_cpu_convs
-from glioseg.precisions import DTYPES, PRECISIONS
+from glioseg.models.registry import takes_ids
+from glioseg.precisions import DTYPES, POLICIES
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("auto",) + PRECISIONS   # "auto": the fastest native precision (inference.precision)
 WINDOWS = ("box", "patch", "volume")
 # The 8 combinations of flips over the spatial axes of a (B, C, X, Y, Z) tensor.
 FLIPS: tuple[tuple[int, ...], ...] = tuple(d for n in range(4) for d in itertools.combinations((2, 3, 4), n))
@@ -64,18 +62,18 @@ class PredictConfig:
     def __post_init__(self):
         if isinstance(self.window, str):
             if self.window not in WINDOWS:
-                raise ValueError(f"window {self.window!r} is unknown; use {' or '.join(WINDOWS)} or three sizes")
+                raise InputError(f"window {self.window!r} is unknown; use {' or '.join(WINDOWS)} or three sizes")
         else:
             window = tuple(int(w) for w in self.window)
             if len(window) != 3 or min(window) < 1:
-                raise ValueError(f"window must be 3 positive sizes; got {self.window!r}")
+                raise InputError(f"window must be 3 positive sizes; got {self.window!r}")
             object.__setattr__(self, "window", window)
         if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}")
+            raise InputError(f"overlap must be in [0, 1); got {self.overlap}")
         if self.precision not in POLICIES:
-            raise ValueError(f"precision {self.precision!r} is unknown; known: {', '.join(POLICIES)}")
+            raise InputError(f"precision {self.precision!r} is unknown; known: {', '.join(POLICIES)}")
         if self.sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be >= 1; got {self.sw_batch_size}")
+            raise InputError(f"sw_batch_size must be >= 1; got {self.sw_batch_size}")
 
 
 class ModuleNetwork:
@@ -91,7 +89,7 @@ class ModuleNetwork:
     def __init__(self, model: torch.nn.Module, patch_size: Sequence[int], name: str):
         self.model, self.patch_size, self.name = model, tuple(int(p) for p in patch_size), name
         self.size_divisor = int(getattr(model, "size_divisor", 1))
-        self.takes_ids = "ids" in inspect.signature(model.forward).parameters
+        self.takes_ids = takes_ids(model)
 
     def __call__(self, x: torch.Tensor, site_id: int | None) -> torch.Tensor:
         if not self.takes_ids:
@@ -134,7 +132,7 @@ class RunStats:
     oom_retries: int = 0
 
 
-class NonFiniteOutputError(ValueError):
+class NonFiniteOutputError(InputError):
     """A window's logits are not finite even in fp32: the weights or the input are broken."""
 
 
@@ -170,7 +168,7 @@ def window_size(config: PredictConfig, network, box: Sequence[int]) -> tuple[int
     rounded = [-(-n // div) * div for n in box]
     if network.fixed_window is not None:
         if isinstance(config.window, tuple) and tuple(config.window) != network.fixed_window:
-            raise ValueError(f"this ONNX model takes windows of {list(network.fixed_window)} only; "
+            raise InputError(f"this ONNX model takes windows of {list(network.fixed_window)} only; "
                              f"got --roi {list(config.window)}")
         return network.fixed_window
     if config.window in ("box", "volume"):   # for "volume" the image is the uncropped volume
@@ -178,7 +176,7 @@ def window_size(config: PredictConfig, network, box: Sequence[int]) -> tuple[int
     want = network.patch_size if config.window == "patch" else config.window
     bad = [w for w in want if w % div]
     if bad:
-        raise ValueError(f"window {list(want)} must be a multiple of {div} for {network.name}")
+        raise InputError(f"window {list(want)} must be a multiple of {div} for {network.name}")
     return tuple(min(w, r) for w, r in zip(want, rounded))
 
 
@@ -230,7 +228,7 @@ def window_logits(network, image: torch.Tensor, config: PredictConfig, site_id: 
             continue
         stats.window_size, stats.sw_batch_size, stats.stitching = list(roi), sw_batch, str(stitch)
         return out
-    raise ValueError(_oom_message(config, tried))
+    raise InputError(_oom_message(config, tried))
 
 
 def _check_ensemble(networks: Sequence) -> None:
@@ -239,10 +237,10 @@ def _check_ensemble(networks: Sequence) -> None:
         b = net.bundle
         for what in ("target", "channels", "preprocess"):
             if getattr(b, what) != getattr(first, what):
-                raise ValueError(f"ensemble members differ in {what}: {getattr(first, what)!r} vs "
+                raise InputError(f"ensemble members differ in {what}: {getattr(first, what)!r} vs "
                                  f"{getattr(b, what)!r}; only models with the same {what} can be averaged")
         if not b.output.same_outputs(first.output):
-            raise ValueError(f"ensemble members predict different classes ({first.scheme} vs {b.scheme})")
+            raise InputError(f"ensemble members predict different classes ({first.scheme} vs {b.scheme})")
 
 
 class Predictor:
@@ -250,11 +248,11 @@ class Predictor:
 
     def __init__(self, networks: Sequence, config: PredictConfig):
         if not networks:
-            raise ValueError("no model given")
+            raise InputError("no model given")
         _check_ensemble(networks)
         onnx = any(n.kind == "onnxruntime" for n in networks)
         if config.precision not in ("fp32", "auto") and onnx:
-            raise ValueError(f"--precision {config.precision} applies to PyTorch models; an ONNX model runs "
+            raise InputError(f"--precision {config.precision} applies to PyTorch models; an ONNX model runs "
                              "in the precision it was exported in (fp32)")
         self.networks, self.bundle = list(networks), networks[0].bundle
         self.requested_precision = config.precision
@@ -300,74 +298,3 @@ class Predictor:
         box, shape = meta["crop"]["box"], tuple(meta["ras"]["shape"])
         probs, stats = self.probabilities(uncrop(np.asarray(image, dtype=np.float32), box, shape), site)
         return np.ascontiguousarray(crop(probs, box)), stats
-
-
-# ---- command line ----
-
-_MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".onnx")
-
-
-def _is_model_file(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    if path.suffix in _MODEL_SUFFIXES:
-        return True
-    # A config that says it is one is a model file, so that its own errors reach the user.
-    return sniff(path) == "json" and claims_config(path)
-
-
-def split_models_and_inputs(checkpoints: Sequence[Path], inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    """``--checkpoint a.pt b.pt DATA`` reads DATA into the checkpoint list (argparse is greedy);
-    model files are told apart from inputs by what they are, so both spellings work."""
-    models = [Path(p) for p in checkpoints if _is_model_file(Path(p))]
-    rest = [Path(p) for p in checkpoints if not _is_model_file(Path(p))]
-    missing = [str(p) for p in rest if not p.exists()]
-    if missing:
-        raise ValueError(f"no such model file or input: {', '.join(missing)}")
-    return models, rest + [Path(p) for p in inputs]
-
-
-def _window_arg(values: Sequence[str] | None) -> str | tuple[int, int, int]:
-    if not values:
-        return PredictConfig.window
-    if len(values) == 1 and values[0] in WINDOWS:
-        return values[0]
-    try:
-        return tuple(int(v) for v in values)
-    except ValueError:
-        raise ValueError(f"--roi takes {' or '.join(WINDOWS)} or three sizes; got {' '.join(values)}") from None
-
-
-def _folder_message(folder: Path) -> str:
-    inside = sorted(p.name for p in folder.iterdir() if _is_model_file(p))
-    hint = f"; model files in it: {', '.join(inside)}" if inside else "; it holds no model file"
-    return f"--checkpoint {folder} is a folder, not a model file: give a file such as {folder}/best.pt{hint}"
-
-
-def run_cli(args) -> int:
-    """``glioseg predict [INPUT ...] --model NAME | --checkpoint CKPT [CKPT ...] --out DIR [options]``."""
-    from glioseg.inference import inputs as case_inputs, released
-    from glioseg.inference.pipeline import OutputOptions, make_predictor, predict_all
-
-    folders = [Path(p) for p in [*(args.checkpoint or []), *(args.onnx or [])] if Path(p).is_dir()]
-    models, paths = split_models_and_inputs(args.checkpoint or [], args.input or [])
-    models += [Path(p) for p in args.onnx or []]
-    models += [released.verified_config(name) for name in args.model or []]
-    if not models:
-        if folders:
-            raise ValueError(_folder_message(folders[0]))
-        raise ValueError("no model: give --model NAME (glioseg models --released), --checkpoint CKPT "
-                         "(.pt, .safetensors) or --onnx FILE.onnx")
-    checked_device(args.device)
-    config = PredictConfig(window=_window_arg(args.roi), overlap=args.overlap, tta=args.tta,
-                           precision=args.precision, sw_batch_size=args.sw_batch_size, device=args.device)
-    predictor = make_predictor(models, config)
-    files = {c: getattr(args, c, None) for c in CHANNELS}
-    items = case_inputs.collect(paths, files, args.case_id, predictor.bundle.channels, args.scheme,
-                                predictor.bundle.scheme, allow_duplicates=args.allow_duplicate_channels)
-    log.info("%d case(s), %d model(s), labels written in the %s convention", len(items), len(models),
-             ", ".join(sorted({i.scheme.name for i in items})))
-    options = OutputOptions(probabilities=args.probabilities, uncertainty=args.uncertainty)
-    counts = predict_all(items, predictor, args.out, options)
-    print(f"predict {args.out}: {counts['done']} predicted, {counts['skipped']} already complete")
-    return 0

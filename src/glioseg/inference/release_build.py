@@ -25,13 +25,15 @@ import numpy as np
 import torch
 
 from glioseg import __version__
+from glioseg.checkpoint_io import load_checkpoint
 from glioseg.data import preprocess
 from glioseg.data.cases import load_case
-from glioseg.data.io import atomic_path
 from glioseg.data.labels import REGIONS
+from glioseg.errors import InputError
 from glioseg.evaluation.metrics import dice
+from glioseg.files import file_sha256, write_json
 from glioseg.inference import inputs, released
-from glioseg.inference.bundle import ModelBundle, file_sha256
+from glioseg.inference.bundle import ModelBundle
 from glioseg.inference.export import write_released
 from glioseg.inference.model_card import ReleaseResults, dice_summary, read_results, render_card
 from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork
@@ -118,23 +120,20 @@ def _move_into_place(part: Path, final: Path) -> None:
 def _update_index(root: Path, name: str, item: dict) -> None:
     index = released.read_index(root)
     index["models"] = {**index["models"], name: item}
-    with atomic_path(root / released.INDEX) as tmp:
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    write_json(root / released.INDEX, index, sort_keys=True, end="\n")
 
 
 def build_release(checkpoint: Path | str, name: str, results_file: Path | str, cases: Sequence[Path],
                   root: Path | None = None, replace_existing: bool = False,
                   fp16_threshold: float = FP16_AGREEMENT) -> dict:
     """Write ``root/<name>/`` and its index entry from a glioseg training checkpoint; returns the entry."""
-    from glioseg.training.checkpoint import load_checkpoint
-
     checkpoint, root = Path(checkpoint), Path(root or released.package_root())
     if not NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"release name {name!r}: use lower-case letters, digits, '-' and '.' (e.g. segresnet-brats18)")
+        raise InputError(f"release name {name!r}: use lower-case letters, digits, '-' and '.' (e.g. segresnet-brats18)")
     if (root / name).exists() and not replace_existing:
-        raise ValueError(f"{root / name}: a released model of that name exists; pass --replace to rebuild it")
+        raise InputError(f"{root / name}: a released model of that name exists; pass --replace to rebuild it")
     if not cases:
-        raise ValueError("give at least one case to measure fp16 against fp32 on")
+        raise InputError("give at least one case to measure fp16 against fp32 on")
     results = read_results(results_file)
     state = load_checkpoint(checkpoint)
     bundle = ModelBundle.from_state(state["bundle"], sha256=file_sha256(checkpoint))

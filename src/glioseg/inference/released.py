@@ -14,16 +14,13 @@ or a changed byte is an error naming the file) and returns the config path, whic
 from __future__ import annotations
 
 import json
-import logging
 from importlib import resources
 from pathlib import Path
 
-from glioseg.data.io import atomic_path
-from glioseg.data.labels import REGIONS
-from glioseg.errors import GliosegError
-from glioseg.inference.bundle import config_path, file_sha256
+from glioseg.errors import InputError
+from glioseg.files import file_sha256
+from glioseg.inference.bundle import config_path
 
-log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 INDEX_KIND = "glioseg-released-index"
@@ -31,7 +28,7 @@ INDEX_VERSION = 1
 CARD = "MODEL_CARD.md"
 
 
-class ReleasedModelError(GliosegError, ValueError):
+class ReleasedModelError(InputError):
     """A released model is unknown, incomplete or damaged."""
 
 
@@ -101,13 +98,6 @@ def model_source(spec: str, root: Path | None = None) -> Path:
     return verified_config(spec, root)
 
 
-def _dice_cell(dice: dict, region: str) -> str:
-    score = dice.get(region) or {}
-    if score.get("mean") is None:
-        return "n/a"
-    return f"{score['mean']:.3f}±{score['sd']:.3f}" if score.get("sd") is not None else f"{score['mean']:.3f}"
-
-
 def _status(name: str, root: Path | None) -> str:
     try:
         verify(name, root)
@@ -126,28 +116,3 @@ def list_released(root: Path | None = None) -> list[dict]:
         rows.append({"name": name, "model": item["model"], "params": item["params"], "dice": item["dice"],
                      "bytes": size, "dtype": item["dtype"], "status": _status(name, root)})
     return rows
-
-
-def run_models_cli(args) -> int:
-    """``glioseg models [--released]``: registered networks, or the released models."""
-    if not args.released:
-        from glioseg.models.registry import run_cli
-
-        return run_cli(args)
-    rows = list_released()
-    if args.json is not None:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(rows, indent=2))
-        log.info("wrote %s", args.json)
-    if not rows:
-        print(f"no released models in this installation ({package_root()})")
-        return 0
-    print(f"{'name':24s} {'network':12s} {'params':>10s} {'weights':>8s} {'size MB':>8s}  "
-          + "  ".join(f"{'Dice ' + r:14s}" for r in REGIONS) + "  status")
-    for r in rows:
-        dice = "  ".join(f"{_dice_cell(r['dice'], region):14s}" for region in REGIONS)
-        print(f"{r['name']:24s} {r['model']:12s} {r['params']:>10,d} {r['dtype']:>8s} {r['bytes'] / 1e6:8.1f}  "
-              f"{dice}  {r['status']}")
-    print("Dice: mean ± sd as measured for the model card (see MODEL_CARD.md in each model's folder: "
-          f"{package_root()})")
-    return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,10 +22,8 @@ from typing import Callable, Iterator
 import nibabel as nib
 import numpy as np
 
-from glioseg.data.io import DataError, Image, atomic_path, write_image
-from glioseg.inference.bundle import file_sha256
-
-log = logging.getLogger(__name__)
+from glioseg import files
+from glioseg.data.io import DataError, Image, write_image
 
 AFFINE_TOL = 1e-5   # float32 sform rows round-trip exactly; this only absorbs float64 noise
 QFORM_TOL = 1e-4    # the quaternion representation of the qform is float32
@@ -44,12 +41,7 @@ def sidecar_path(out: Path, case_id: str) -> Path:
 def clean_parts(out: Path) -> int:
     """Remove ``.part-*`` files a killed run left in ``out`` and its map folders; returns how many."""
     folders = [Path(out)] + [Path(out) / Path(pattern).parent for pattern in OUTPUTS.values() if "/" in pattern]
-    stale = [p for folder in folders for p in folder.glob(".part-*") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        log.warning("%s: removed %d unfinished .part- file(s) of an interrupted run", out, len(stale))
-    return len(stale)
+    return files.clean_parts(*folders)
 
 
 def _form_problems(hdr, ref, affine: np.ndarray, key: str, tol: float) -> list[str]:
@@ -99,14 +91,12 @@ def write_verified(path: Path, array: np.ndarray, reference: Image) -> str:
         path.unlink(missing_ok=True)
         raise DataError(path, "written file does not match the input's geometry and was removed: "
                               + "; ".join(problems))
-    return file_sha256(path)
+    return files.file_sha256(path)
 
 
 def write_sidecar(path: Path, record: dict) -> Path:
     """The case's JSON record, written atomically to ``path`` (a staged name in a case unit)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
-    return path
+    return files.write_json(path, record)
 
 
 @contextlib.contextmanager
@@ -155,7 +145,7 @@ def is_complete(out: Path, case_id: str, request: dict) -> bool:
         if not path.is_file():
             return False
         try:
-            if file_sha256(path) != entry.get("sha256") or list(nib.load(str(path)).shape) != entry.get("shape"):
+            if files.file_sha256(path) != entry.get("sha256") or list(nib.load(str(path)).shape) != entry.get("shape"):
                 return False
         except (OSError, ValueError):
             return False

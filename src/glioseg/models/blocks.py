@@ -3,8 +3,8 @@
 Shapes: every layer takes and returns 5-D tensors ``(B, C, X, Y, Z)`` unless stated; ``ids`` is a
 ``LongTensor (B,)`` of acquisition-group identifiers or ``None``.
 
-The forms follow ``shared/design/dalight3d.md``; where its wording leaves a choice open the choice
-is written at the layer. All layers keep whatever memory format they are given (a network may run
+The forms follow the design note dalight3d.md (outside this repository); where its wording leaves
+a choice open the choice is written at the layer. All layers keep whatever memory format they are given (a network may run
 in ``torch.channels_last_3d``), and all attention is in forms that never build a voxel-by-voxel
 matrix: CSA attends over the D slices (O(D²)), SSFB over a rank-8 bottleneck (O(N·rank·C)).
 """
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glioseg.errors import InputError
 from glioseg.models.fast_conv import DepthwiseConv3d, PointwiseConv3d
 
 GROUPS = 8
@@ -36,12 +37,12 @@ def conv3(c_in: int, c_out: int, stride: int = 1, bias: bool = False) -> nn.Conv
 
 
 def check_divisible(x: torch.Tensor, divisor: int, model: str) -> None:
-    """Raise ValueError unless ``x`` is (B, C, X, Y, Z) with every spatial size a multiple of ``divisor``."""
+    """An InputError unless ``x`` is (B, C, X, Y, Z) with every spatial size a multiple of ``divisor``."""
     if x.dim() != 5:
-        raise ValueError(f"{model}: input must be 5-D (B, C, X, Y, Z), got shape {tuple(x.shape)}")
+        raise InputError(f"{model}: input must be 5-D (B, C, X, Y, Z), got shape {tuple(x.shape)}")
     for size in x.shape[2:]:
         if size % divisor != 0 or size == 0:
-            raise ValueError(
+            raise InputError(
                 f"{model}: spatial size {tuple(x.shape[2:])} is not divisible by {divisor}; "
                 f"use patch sizes that are multiples of {divisor} (e.g. pad the volume)")
 
@@ -160,7 +161,7 @@ class CrossSliceAttention(nn.Module):
     def __init__(self, channels: int, axis: int = 2):
         super().__init__()
         if axis not in (0, 1, 2):
-            raise ValueError(f"CSA axis must be a spatial axis 0, 1 or 2 (X, Y, Z), got {axis}")
+            raise InputError(f"CSA axis must be a spatial axis 0, 1 or 2 (X, Y, Z), got {axis}")
         self.dim = 2 + axis
         self.pool_dims = tuple(d for d in (2, 3, 4) if d != self.dim)
         inner = max(channels // 4, 8)

@@ -1,7 +1,8 @@
 """DALight-3D: a lightweight 3D U-Net with identifier-conditioned norms, CSA and SSFB skips.
 
-Built from ``shared/design/dalight3d.md``. Reference configuration (4 → 4): 2,219,074 parameters;
-the ablations: no SepConv 9,198,682; no IdNorm 2,194,498; no CSA 1,924,522; no SSFB 2,209,588.
+Built from the design note dalight3d.md (outside this repository). Reference configuration
+(4 → 4): 2,219,074 parameters; the ablations: no SepConv 9,198,682; no IdNorm 2,194,498; no CSA
+1,924,522; no SSFB 2,209,588.
 
 Shapes (reference widths, input (B, 4, X, Y, Z) with X, Y, Z multiples of 8)::
 
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from glioseg.errors import InputError
 from glioseg.models.blocks import (SSFB, ConvNormAct, LightweightBlock, SimpleSkip,
                                    conv3, keep_channels_last, prepare_input)
 from glioseg.models.fast_conv import PointwiseConv3d
@@ -68,11 +70,11 @@ class DALightConfig:
     def __post_init__(self):
         widths = (*self.widths(), self.head_width)
         if any(w <= 0 or w % 8 for w in widths):
-            raise ValueError(f"dalight3d: widths {widths} must be positive multiples of 8 (GroupNorm(8) everywhere)")
+            raise InputError(f"dalight3d: widths {widths} must be positive multiples of 8 (GroupNorm(8) everywhere)")
         if self.csa_axis not in (0, 1, 2):
-            raise ValueError(f"dalight3d: csa_axis must be 0, 1 or 2 (X, Y, Z), got {self.csa_axis}")
+            raise InputError(f"dalight3d: csa_axis must be 0, 1 or 2 (X, Y, Z), got {self.csa_axis}")
         if self.num_ids < 1 or self.ssfb_rank < 1 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dalight3d: need num_ids >= 1, ssfb_rank >= 1, 0 <= dropout < 1; got "
+            raise InputError(f"dalight3d: need num_ids >= 1, ssfb_rank >= 1, 0 <= dropout < 1; got "
                              f"{self.num_ids}, {self.ssfb_rank}, {self.dropout}")
 
     def widths(self) -> tuple[int, int, int, int]:

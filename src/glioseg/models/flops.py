@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from glioseg.errors import InputError
+
 
 def count_flops(model: nn.Module, in_channels: int, patch: Sequence[int], batch: int = 1) -> int:
     """FLOPs of one forward pass of ``model`` (in eval mode) on a (batch, in_channels, *patch) input.
@@ -21,7 +23,7 @@ def count_flops(model: nn.Module, in_channels: int, patch: Sequence[int], batch:
     count without computing (``registry.describe`` does).
     """
     if len(patch) != 3 or any(int(s) <= 0 for s in patch):
-        raise ValueError(f"patch must be three positive sizes (X, Y, Z), got {tuple(patch)}")
+        raise InputError(f"patch must be three positive sizes (X, Y, Z), got {tuple(patch)}")
     device = next(model.parameters()).device
     x = torch.empty(batch, in_channels, *(int(s) for s in patch), device=device)
     was_training = model.training

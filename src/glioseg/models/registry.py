@@ -2,15 +2,14 @@
 
 Every network takes (B, in_channels, X, Y, Z) float input and returns logits (B, out_channels, X,
 Y, Z) (no softmax/sigmoid inside); X, Y, Z must be multiples of the network's ``size_divisor``
-(a clear ValueError otherwise). Networks whose ``takes_ids`` is True (the DALight-3D variants)
-also take ``ids``: LongTensor (B,) of acquisition-group indices, or None.
+(a clear ValueError otherwise). Every network class declares ``takes_ids``; those where it is True
+(the DALight-3D variants) also take ``ids``: LongTensor (B,) of acquisition-group indices, or None.
+:func:`takes_ids` is where callers read it.
 Options are the fields of each network's frozen config dataclass; an unknown option, or an
 ablation switch that the chosen name already fixes, is a ValueError listing the valid ones.
 """
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,14 +18,12 @@ import torch
 from torch import nn
 
 from glioseg.config import from_dict
-from glioseg.data.io import atomic_path
+from glioseg.errors import InputError
 from glioseg.models.dalight3d import DALight3D, DALightConfig
 from glioseg.models.flops import count_flops
 from glioseg.models.segresnet import SegResNet3D, SegResNetConfig
 from glioseg.models.unets import AttentionUNet3D, AttentionUNetConfig, ResidualUNetConfig, UNet3D, UNetConfig
 from glioseg.models.vnet import VNet3D, VNetConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,7 @@ def list_models() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+        raise InputError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
     return MODELS[name]
 
 
@@ -83,8 +80,14 @@ def make_config(name: str, **options: Any):
 def create(name: str, in_channels: int = 4, out_channels: int = 3, **options: Any) -> nn.Module:
     """Build the network ``name``: (B, in_channels, X, Y, Z) → logits (B, out_channels, X, Y, Z)."""
     if in_channels < 1 or out_channels < 1:
-        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        raise InputError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
     return get_spec(name).network(in_channels, out_channels, make_config(name, **options))
+
+
+def takes_ids(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``ids`` beside the image, as its network class declares
+    (a module that declares nothing, such as a test's stand-in, takes none)."""
+    return bool(getattr(model, "takes_ids", False))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -101,18 +104,3 @@ def describe(name: str, patch=(96, 96, 96), in_channels: int = 4, out_channels: 
     flops = count_flops(model, in_channels, patch)
     return {"name": name, "params": count_parameters(model), "flops": flops,
             "size_divisor": model.size_divisor, "description": spec.description}
-
-
-def run_cli(args) -> int:
-    """``glioseg models [--patch X Y Z] [--json FILE]``: a table of every registered network."""
-    patch, out_channels = tuple(args.patch), getattr(args, "out_channels", 3)
-    rows = [describe(name, patch, out_channels=out_channels) for name in list_models()]
-    print(f"{'name':22s} {'params':>11s} {'GFLOP':>8s}  description "
-          f"(4 -> {out_channels} channels, FLOPs of one {'x'.join(map(str, patch))} patch)")
-    for r in rows:
-        print(f"{r['name']:22s} {r['params']:>11,d} {r['flops'] / 1e9:8.1f}  {r['description']}")
-    if args.json is not None:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps([{k: r[k] for k in ("name", "params", "flops")} for r in rows], indent=2))
-        log.info("wrote %s", args.json)
-    return 0

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from glioseg.errors import InputError
 from glioseg.models.blocks import keep_channels_last, prepare_input
 
 
@@ -97,7 +98,7 @@ class VNet3D(nn.Module):
         super().__init__()
         c = config.base_width
         if c % in_channels != 0:
-            raise ValueError(f"vnet: base_width {c} must be a multiple of in_channels {in_channels} "
+            raise InputError(f"vnet: base_width {c} must be a multiple of in_channels {in_channels} "
                              "(the input is repeated to the first width for the residual)")
         self.config = config
         self.stem = nn.Sequential(nn.Conv3d(in_channels, c, 3, padding=1, bias=False), _norm(c))

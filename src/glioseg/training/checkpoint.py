@@ -1,12 +1,5 @@
-"""Checkpoints that survive crashes, full disks and tampering.
-
-Files for a checkpoint ``run/last.pt``:
-
-- ``last.pt``            the state, a zip-format ``torch.save`` archive, loadable on its own
-                         with ``torch.load(weights_only=True)``;
-- ``last.pt.sha256``     its SHA-256 in ``sha256sum`` format (``<hex>  last.pt``), so
-                         ``sha256sum -c last.pt.sha256`` works too;
-- ``last.pt.prev`` and ``last.pt.prev.sha256``  the previous good checkpoint.
+"""Writing checkpoints that survive crashes and full disks (the file layout and the reading side:
+:mod:`glioseg.checkpoint_io`).
 
 :func:`save_checkpoint` checks that the state holds only tensors and plain Python values,
 serialises it in memory, writes a ``.part-`` temp file in the same folder, fsyncs it, reads it
@@ -16,17 +9,13 @@ the checkpoint being written; ``load_checkpoint(path, allow_previous=True)`` fal
 previous one. A full disk raises ``OSError(ENOSPC, "disk full at <dir> ...")`` and removes
 the temp files; the existing checkpoints are untouched.
 
-:func:`load_checkpoint` checks the SHA-256 before unpickling anything, refuses legacy
-(non-zip) pickles and TorchScript archives, and loads with ``torch.load(weights_only=True)``.
-Every refusal is a :class:`CheckpointError` (a ``ValueError``) naming the file.
-
 Usage (trainer)::
 
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "precision": ctrl.state_dict(), "rng": capture_rng_state(gens), "epoch": epoch}
     save_checkpoint(run / "last.pt", state)
     ...
-    state = load_checkpoint(run / "last.pt", allow_previous=True)
+    state = load_checkpoint(run / "last.pt", allow_previous=True)   # glioseg.checkpoint_io
 """
 from __future__ import annotations
 
@@ -38,11 +27,13 @@ import logging
 import os
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+
+from glioseg.checkpoint_io import CheckpointError, previous_path, read_sidecar, sidecar_path
+from glioseg.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +44,7 @@ _SCALARS = (type(None), bool, int, float, complex, str, bytes, bytearray,
 _TENSORS = (torch.Tensor, torch.nn.Parameter)
 _MAPPINGS = (dict, collections.OrderedDict)
 _SEQUENCES = (list, tuple, set)
-_ZIP_MAGIC = b"PK\x03\x04"
 _MARGIN = 1 << 16  # the sidecars and file-system slack beside the checkpoint's own bytes
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be written or trusted. ``str()`` reads ``<path>: <problem>``."""
-
-    def __init__(self, path: Path | str, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
-
-
-def sidecar_path(path: Path | str) -> Path:
-    """``<name>.sha256`` beside the checkpoint."""
-    path = Path(path)
-    return path.with_name(path.name + ".sha256")
-
-
-def previous_path(path: Path | str) -> Path:
-    """``<name>.prev``: the checkpoint before the latest one."""
-    path = Path(path)
-    return path.with_name(path.name + ".prev")
 
 
 def validate_state(state: Any, where: str = "state") -> None:
@@ -102,14 +71,6 @@ def validate_state(state: Any, where: str = "state") -> None:
                      "float(x), str(path), .tolist()")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     """Write and fsync; the single place that touches the disk (tests inject ENOSPC here)."""
     with open(path, "wb") as fh:
@@ -130,21 +91,9 @@ def _sidecar_text(digest: str, name: str) -> bytes:
     return f"{digest}  {name}\n".encode()
 
 
-def _read_sidecar(path: Path) -> str:
-    side = sidecar_path(path)
-    try:
-        text = side.read_text().split()
-    except FileNotFoundError:
-        raise CheckpointError(path, f"no SHA-256 file {side.name} beside it; refusing an "
-                                    "unverified checkpoint") from None
-    if not text or len(text[0]) != 64:
-        raise CheckpointError(path, f"{side.name} does not hold a SHA-256 (found {text[:1]})")
-    return text[0].lower()
-
-
 def _is_valid(path: Path) -> bool:
     try:
-        return path.exists() and file_sha256(path) == _read_sidecar(path)
+        return path.exists() and file_sha256(path) == read_sidecar(path)
     except (OSError, CheckpointError):
         return False
 
@@ -159,16 +108,6 @@ def _remove_stale_parts(final: Path) -> None:
     """A run killed mid-write leaves ``.part-`` files; they are never valid, drop them."""
     for stale in final.parent.glob(f".part-{final.name}.*"):
         stale.unlink(missing_ok=True)
-
-
-def clean_parts(folder: Path | str) -> int:
-    """Remove every ``.part-`` file in ``folder`` (a run starting up: no writer is active yet)."""
-    stale = [p for p in Path(folder).glob(".part-*") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        log.warning("%s: removed %d unfinished .part- file(s) of an interrupted run", folder, len(stale))
-    return len(stale)
 
 
 def _check_free_space(final: Path, size: int, disk_usage: Callable) -> None:
@@ -231,7 +170,7 @@ def _keep_previous(final: Path) -> None:
     tmp_side = _temp_path(sidecar_path(prev))
     tmp_link = _temp_path(prev)
     try:
-        _write_bytes(tmp_side, _sidecar_text(_read_sidecar(final), prev.name))
+        _write_bytes(tmp_side, _sidecar_text(read_sidecar(final), prev.name))
         tmp_link.unlink()
         try:
             os.link(final, tmp_link)
@@ -278,71 +217,3 @@ def save_checkpoint(path: Path | str, state: Mapping[str, Any], *,
         raise
     log.debug("checkpoint %s written (%d bytes, sha256 %s)", final, len(data), digest[:12])
     return final
-
-
-def _check_format(path: Path, data: bytes) -> None:
-    if not data.startswith(_ZIP_MAGIC):
-        kind = "a legacy (non-zip) pickle" if data[:1] == b"\x80" else "not a torch archive"
-        raise CheckpointError(path, f"{kind}; only zip-format torch.save checkpoints are "
-                                    "loaded (re-save it with a current torch)")
-    # torch.load does not check the CRC-32 of the members: a changed tensor byte would load.
-    prev = previous_path(path)
-    advice = "restore it from a good copy" + (f", or use {prev.name} beside it (train --resume falls back to it)"
-                                              if prev.exists() else "")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            names = archive.namelist()
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise CheckpointError(path, f"damaged zip archive, truncated or overwritten ({exc}; {len(data)} bytes); "
-                                    f"{advice}") from None
-    if bad is not None:
-        raise CheckpointError(path, f"damaged zip archive: member {bad} fails its CRC-32 check (changed "
-                                    f"after it was written, whatever the .sha256 says); {advice}")
-    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-        raise CheckpointError(path, "a TorchScript archive, not a checkpoint; refusing to load "
-                                    "code from it")
-
-
-def _load_verified(path: Path, map_location: Any) -> dict:
-    if not path.is_file():
-        raise CheckpointError(path, "checkpoint not found")
-    expected = _read_sidecar(path)
-    data = path.read_bytes()
-    found = hashlib.sha256(data).hexdigest()
-    if found != expected:
-        raise CheckpointError(path, f"SHA-256 mismatch: file is {found[:16]}..., "
-                                    f"{sidecar_path(path).name} says {expected[:16]}... "
-                                    "(corrupted or modified)")
-    _check_format(path, data)
-    try:
-        state = torch.load(io.BytesIO(data), weights_only=True, map_location=map_location)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(path, f"refused by torch.load(weights_only=True): {first}") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(path, f"holds a {type(state).__name__}, expected a dict")
-    return state
-
-
-def load_checkpoint(path: Path | str, *, map_location: Any = "cpu",
-                    allow_previous: bool = False) -> dict:
-    """Verify the SHA-256 of ``path`` and load it with ``torch.load(weights_only=True)``.
-
-    With ``allow_previous=True`` a missing or failing checkpoint falls back to
-    ``<name>.prev`` (logged as a warning); the error of the newest one is raised when
-    neither loads.
-    """
-    path = Path(path)
-    try:
-        return _load_verified(path, map_location)
-    except CheckpointError as newest:
-        prev = previous_path(path)
-        if not allow_previous or not prev.exists():
-            raise
-        try:
-            state = _load_verified(prev, map_location)
-        except CheckpointError:
-            raise newest from None
-        log.warning("%s; resumed from the previous checkpoint %s instead", newest, prev.name)
-        return state

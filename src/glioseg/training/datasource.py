@@ -5,7 +5,6 @@ folder that already is a glioseg cache is used as it is.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ import numpy as np
 
 from glioseg.data.formats import discover
 from glioseg.data.preprocess import PreprocessConfig, load_cache, preprocess_dataset
+from glioseg.errors import InputError
+from glioseg.files import read_json
 from glioseg.training import distributed as dist_utils
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,11 @@ def prepare_data(data: Path, out: Path, config, data_format: str, cache_dir: Pat
                  info: dist_utils.DistInfo) -> TrainingData:
     cache = ensure_cache(data, out, data_format, cache_dir, info)
     saved = Path(out) / "split.json"
-    split = json.loads(saved.read_text()) if saved.is_file() else \
+    split = read_json(saved, "the run's split") if saved.is_file() else \
         make_split(list(cache.case_ids), config.seed, config.val_fraction)
     missing = sorted(set(split["train"] + split["val"]) - set(cache.case_ids))
     if missing:
-        raise ValueError(f"{saved}: the split names cases the data does not have: {', '.join(missing)}")
+        raise InputError(f"{saved}: the split names cases the data does not have: {', '.join(missing)}")
     sites = site_index([cache.site(c) for c in split["train"]])
     log.info("%d training and %d validation cases; sites %s", len(split["train"]), len(split["val"]), sites)
     return TrainingData(cache, split, sites)

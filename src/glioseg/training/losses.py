@@ -10,6 +10,8 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
+from glioseg.errors import InputError
+
 # Each loss and the output space it trains (data.output_space.TARGETS).
 LOSSES: dict[str, str] = {"dice": "regions", "dice_bce": "regions", "dice_ce": "classes"}
 
@@ -32,7 +34,7 @@ class SegmentationLoss(nn.Module):
     def __init__(self, kind: str = "dice", ce_weight: float = 0.5):
         super().__init__()
         if kind not in LOSSES:
-            raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
+            raise InputError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
         self.kind, self.ce_weight = kind, ce_weight
         if kind == "dice_ce":
             self.fn = DiceCELoss(softmax=True, to_onehot_y=True, lambda_dice=1.0, lambda_ce=ce_weight)

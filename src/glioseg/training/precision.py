@@ -1,7 +1,7 @@
 """Automatic multi-precision training: pick fp32 / bf16 / fp16 per phase, fall back on trouble.
 
-Specification: docs ``shared/design/precision.md``. Policies: ``fp32``, ``bf16``, ``fp16``
-(fixed, never switch; fp16 always with dynamic loss scaling) and ``auto``:
+Specification: the design note precision.md (outside this repository). Policies: ``fp32``,
+``bf16``, ``fp16`` (fixed, never switch; fp16 always with dynamic loss scaling) and ``auto``:
 
 1. **probe** (once, at start-up): time a few real training steps at each supported precision;
    the fastest one that is at least ``min_speedup`` faster than fp32 becomes the *target*
@@ -65,6 +65,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from glioseg.errors import InputError
 from glioseg.precisions import DTYPES, PRECISIONS, describe_device, device_sync
 from glioseg.training.precision_config import (POLICIES, NonFiniteTrainingError,
                                                PrecisionConfig, StepResult, json_value)
@@ -129,7 +130,7 @@ class PrecisionController:
         self._clock = clock
         fixed = config.policy != "auto"
         if fixed and config.policy not in self.supported:
-            raise ValueError(f"precision {config.policy} is not supported on {self.device} "
+            raise InputError(f"precision {config.policy} is not supported on {self.device} "
                              f"(supported here: {', '.join(self.supported)})")
         self._candidates = ((config.policy,) if fixed else
                             tuple(p for p in PRECISIONS
@@ -460,15 +461,15 @@ class PrecisionController:
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict`; the probe is not run again."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"precision controller state version {state.get('version')!r}, "
+            raise InputError(f"precision controller state version {state.get('version')!r}, "
                              f"this glioseg reads version {STATE_VERSION}")
         if state["policy"] != self.config.policy:
-            raise ValueError(f"the checkpoint was trained with precision policy "
+            raise InputError(f"the checkpoint was trained with precision policy "
                              f"{state['policy']!r}, the run asks for {self.config.policy!r}")
         ladder = Ladder.from_state(state["ladder"]) if state["ladder"] is not None else None
         missing = [p for p in (ladder.levels if ladder else []) if p not in self._candidates]
         if missing:
-            raise ValueError(f"the checkpoint's precision ladder uses {', '.join(missing)}, "
+            raise InputError(f"the checkpoint's precision ladder uses {', '.join(missing)}, "
                              f"not available on {self.device} (here: {', '.join(self._candidates)})")
         self.ladder, self.probe_result, self.steps = ladder, state["probe"], int(state["steps"])
         self._calm_run, self._nonfinite_run = int(state["calm_run"]), int(state["nonfinite_run"])

@@ -9,9 +9,8 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Sequence
 
 from glioseg import config as config_utils
-from glioseg.precisions import PRECISIONS
-
-POLICIES = ("auto",) + PRECISIONS
+from glioseg.errors import InputError
+from glioseg.precisions import POLICIES, PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -49,22 +48,22 @@ class PrecisionConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ValueError(f"precision policy must be one of {', '.join(POLICIES)}, "
+            raise InputError(f"precision policy must be one of {', '.join(POLICIES)}, "
                              f"got {self.policy!r}")
         unknown = [c for c in self.candidates if c not in PRECISIONS]
         if unknown or "fp32" not in self.candidates:
-            raise ValueError(f"candidates must be a subset of {PRECISIONS} including fp32, "
+            raise InputError(f"candidates must be a subset of {PRECISIONS} including fp32, "
                              f"got {tuple(self.candidates)}")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"precision setting {f.name} must be >= 0, got {value}")
+                raise InputError(f"precision setting {f.name} must be >= 0, got {value}")
         ones = ("calm_steps", "stats_window", "probe_steps", "max_nonfinite", "max_failures")
         if min(getattr(self, name) for name in ones) < 1:
-            raise ValueError(f"precision settings {', '.join(ones)} must be >= 1")
+            raise InputError(f"precision settings {', '.join(ones)} must be >= 1")
         if not (0.0 < self.smoothing <= 1.0 and self.min_speedup < 1.0
                 and self.probe_give_up >= 1.0):
-            raise ValueError("precision settings need 0 < smoothing <= 1, min_speedup < 1 and "
+            raise InputError("precision settings need 0 < smoothing <= 1, min_speedup < 1 and "
                              f"probe_give_up >= 1, got {self.smoothing}, {self.min_speedup}, "
                              f"{self.probe_give_up}")
 

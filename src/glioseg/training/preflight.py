@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from glioseg.errors import InputError
 from glioseg.models.registry import get_spec, make_config
 from glioseg.training.precision import PrecisionController
 from glioseg.training.recipe import TrainConfig
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError):
     """A training setting that cannot work with the chosen network or device."""
 
 

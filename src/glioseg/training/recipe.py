@@ -15,6 +15,7 @@ from typing import Any
 
 from glioseg.config import from_dict, load_yaml, to_dict
 from glioseg.data.sampling import AugmentConfig
+from glioseg.errors import InputError
 from glioseg.inference.predictor import WINDOWS
 from glioseg.training.losses import LOSSES
 from glioseg.training.precision_config import PrecisionConfig
@@ -53,21 +54,21 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, valid in (("loss", LOSSES), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in valid:
-                raise ValueError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
         if len(self.patch) != 3 or min(self.patch) < 8:
-            raise ValueError(f"patch must be three sizes of at least 8 voxels, got {self.patch}")
+            raise InputError(f"patch must be three sizes of at least 8 voxels, got {self.patch}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         windows = [w for w in WINDOWS if w != "volume"]   # validation volumes are cached brain boxes
         if self.val_window not in windows:
-            raise ValueError(f"val_window must be one of {', '.join(windows)}, got {self.val_window!r}")
+            raise InputError(f"val_window must be one of {', '.join(windows)}, got {self.val_window!r}")
         if not 0.0 <= self.val_overlap < 1.0:
-            raise ValueError(f"val_overlap must be in [0, 1), got {self.val_overlap}")
+            raise InputError(f"val_overlap must be in [0, 1), got {self.val_overlap}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
-            raise ValueError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+            raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -113,7 +114,7 @@ def recipe_names() -> list[str]:
 def recipe_dict(name: str) -> dict[str, Any]:
     """The settings of a shipped recipe; an unknown name lists the known ones."""
     if name not in recipe_names():
-        raise ValueError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
+        raise InputError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
     with resources.as_file(resources.files("glioseg.recipes") / f"{name}.yaml") as path:
         return load_yaml(path)
 

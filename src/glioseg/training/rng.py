@@ -26,6 +26,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from glioseg.errors import InputError
+
 log = logging.getLogger(__name__)
 
 Generator = np.random.Generator | torch.Generator
@@ -64,7 +66,7 @@ def _generator_state(gen: Generator) -> dict:
 def _set_generator_state(name: str, gen: Generator, saved: dict) -> None:
     kind = "numpy" if isinstance(gen, np.random.Generator) else "torch"
     if saved["kind"] != kind:
-        raise ValueError(f"generator {name!r}: checkpoint holds a {saved['kind']} state, "
+        raise InputError(f"generator {name!r}: checkpoint holds a {saved['kind']} state, "
                          f"the run passed a {kind} generator")
     if kind == "numpy":
         gen.bit_generator.state = _plain_to_numpy(saved["state"])
@@ -100,7 +102,7 @@ def restore_rng_state(state: Mapping[str, Any],
     generators = dict(generators or {})
     saved = dict(state.get("generators", {}))
     if set(saved) != set(generators):
-        raise ValueError(f"RNG state names generators {sorted(saved)}, the run passed "
+        raise InputError(f"RNG state names generators {sorted(saved)}, the run passed "
                          f"{sorted(generators)}; they must match to resume exactly")
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

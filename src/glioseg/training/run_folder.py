@@ -16,19 +16,14 @@ from typing import Any
 
 import yaml
 
-from glioseg.data.io import atomic_path
 from glioseg.evaluation.figures import training_curves
 from glioseg.evaluation.report import write_report
+from glioseg.files import atomic_path, write_text_atomic
 from glioseg.training.tensorboard import TensorBoardLog
 
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et",
                   "val_dice_mean", "precision", "lr", "skipped", "seconds")
 STEP_COLUMNS = ("step", "epoch", "loss", "precision", "grad_norm", "skipped", "lr")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 class RunFolder:

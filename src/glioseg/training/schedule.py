@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from glioseg.errors import InputError
+
 OPTIMIZERS = ("adam", "adamw")
 
 
@@ -17,7 +19,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    raise InputError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0, floor: float = 0.0) -> float:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import glioseg
+from glioseg.errors import InputError
 from glioseg.inference.bundle import ModelBundle
 from glioseg.training.rng import capture_rng_state, restore_rng_state
 
@@ -63,11 +64,11 @@ def run_state(trainer) -> dict:
 def restore_state(trainer, state: dict) -> None:
     """Put a checkpoint back into ``trainer``; refuses one of another model or label scheme."""
     if state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint format {state.get('format')!r} is not {FORMAT!r}")
+        raise InputError(f"checkpoint format {state.get('format')!r} is not {FORMAT!r}")
     if state["config"]["model"] != trainer.config.model:
-        raise ValueError(f"checkpoint is of model {state['config']['model']!r}, the run is {trainer.config.model!r}")
+        raise InputError(f"checkpoint is of model {state['config']['model']!r}, the run is {trainer.config.model!r}")
     if state["scheme"]["name"] != trainer.data.scheme.name:
-        raise ValueError(f"checkpoint label scheme {state['scheme']['name']!r} differs from the data's "
+        raise InputError(f"checkpoint label scheme {state['scheme']['name']!r} differs from the data's "
                          f"{trainer.data.scheme.name!r}")
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])

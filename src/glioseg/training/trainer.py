@@ -8,7 +8,6 @@ checkpoint holds every RNG, the optimiser, the controller and the position in th
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -18,14 +17,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from glioseg.checkpoint_io import load_checkpoint
 from glioseg.data.output_space import OutputSpace
-from glioseg.errors import GliosegError
+from glioseg.errors import GliosegError, InputError
+from glioseg.files import clean_parts
 from glioseg.inference.predictor import PredictConfig
 from glioseg.data.sampling import PatchDataset, SamplerConfig, make_loader
 from glioseg.models.cpu_conv import accelerate_cpu_convs
-from glioseg.models.registry import create
+from glioseg.models.registry import create, takes_ids
 from glioseg.training import distributed as dist_utils
-from glioseg.training.checkpoint import clean_parts, load_checkpoint, save_checkpoint
+from glioseg.training.checkpoint import save_checkpoint
 from glioseg.training.losses import SegmentationLoss
 from glioseg.training.precision import NonFiniteTrainingError, PrecisionController
 from glioseg.training.preflight import preflight
@@ -67,7 +68,7 @@ class Trainer:
         self.model = accelerate_cpu_convs(
             create(config.model, in_channels=len(data.channels), out_channels=self.output.channels,
                    **config.model_options).to(device))
-        self.takes_ids = "ids" in inspect.signature(self.model.forward).parameters
+        self.takes_ids = takes_ids(self.model)
         self.net = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if info.enabled else self.model)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay)
@@ -216,9 +217,9 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
         clean_parts(out)  # a run killed before its first checkpoint left a .part-last.pt
     try:
         if resume and not run.last.exists():
-            raise ValueError(f"{out}: --resume needs a checkpoint, but {run.last.name} is not there")
+            raise InputError(f"{out}: --resume needs a checkpoint, but {run.last.name} is not there")
         if not resume and run.last.exists():
-            raise ValueError(f"{out}: a run is already there ({run.last.name}); pass --resume or another --out")
+            raise InputError(f"{out}: a run is already there ({run.last.name}); pass --resume or another --out")
         prepared = prepare_data(data, out, config, data_format, cache, info)
         trainer = Trainer(config, prepared, run, info, device)
         if resume:

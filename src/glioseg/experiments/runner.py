@@ -1,12 +1,7 @@
-"""``glioseg experiment run | status | report | list``: the spec, the plan, the executor, the report."""
+"""Running an experiment's plan: the dry run's description, the shared cache, the runs left, the executor."""
 from __future__ import annotations
 
-import argparse
 import logging
-import shlex
-import sys
-from collections import Counter
-from pathlib import Path
 
 import torch
 
@@ -15,10 +10,8 @@ from glioseg.data.preprocess import PreprocessConfig, preprocess_dataset
 from glioseg.experiments.executors import run_local, run_slurm
 from glioseg.experiments.job import make_job
 from glioseg.experiments.measure import machine, threads_for
-from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan, save_plan
-from glioseg.experiments.report import write_report
-from glioseg.experiments.results import load_results
-from glioseg.experiments.spec import SpecError, load_spec, shipped_names
+from glioseg.experiments.plan import Plan, save_plan
+from glioseg.experiments.spec import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -72,60 +65,24 @@ def check_devices(plan: Plan) -> None:
                                               "sees no CUDA device here (--dry-run shows its plan anyway)")
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
-    spec = load_spec(args.spec, args.data)
-    plan = make_plan(spec, args.budget, Path(args.out))
-    if args.dry_run:
-        print(describe_plan(plan))
-        return 0
+def prepare(plan: Plan, jobs: int = 1, command: str | None = None) -> list[dict]:
+    """Save the plan, build the one preprocessing cache of every run and return the jobs of the
+    runs left to do (``jobs`` processes at once share the CPU's threads)."""
     check_devices(plan)
-    command = "glioseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     save_plan(plan, command=command, machine=machine())
     for arm, why in plan.not_run.items():
         log.warning("arm %s is not run on this machine: %s", arm, why)
     # one cache for every run: the same preprocessing for all arms, built once (resumable)
-    preprocess_dataset(discover(spec.data_path()), plan.cache, PreprocessConfig(), workers=max(1, args.jobs))
+    preprocess_dataset(discover(plan.spec.data_path()), plan.cache, PreprocessConfig(), workers=max(1, jobs))
     todo = [r for r in plan.runs if plan.status(r) not in ("done", "not run")]
     log.info("%d of %d runs to do", len(todo), len(plan.runs))
-    threads = threads_for(args.jobs) if args.jobs > 1 else None
-    jobs = [make_job(plan, run, threads) for run in todo]
-    try:
-        if args.executor == "slurm":
-            run_slurm(jobs, plan.out / "slurm", spec.slurm)
-        else:
-            run_local(jobs, args.jobs)
-    finally:
-        report = write_report(plan, load_results(plan))
-        print(f"wrote {report} and {report.with_suffix('.html')}")
-    return 0
+    threads = threads_for(jobs) if jobs > 1 else None
+    return [make_job(plan, run, threads) for run in todo]
 
 
-def status_cli(args: argparse.Namespace) -> int:
-    plan = load_plan(args.dir)
-    print(f"experiment {plan.spec.name}, budget {plan.resolved.budget_name}, {len(plan.runs)} runs in {args.dir}")
-    print(f"{'arm':<28}" + "".join(f"{s:>10}" for s in STATES))
-    for arm in plan.resolved.arm_names:
-        counts = Counter(plan.status(r) for r in plan.runs if r.arm == arm)
-        print(f"{arm:<28}" + "".join(f"{counts[s]:>10}" for s in STATES))
-    for arm, why in plan.not_run.items():
-        print(f"not run: {arm}: {why}")
-    return 0
-
-
-def report_cli(args: argparse.Namespace) -> int:
-    plan = load_plan(args.dir)
-    report = write_report(plan, load_results(plan), args.out)
-    print(f"wrote {report} and {report.with_suffix('.html')}")
-    return 0
-
-
-def list_cli(args: argparse.Namespace) -> int:
-    for name in shipped_names():
-        spec = load_spec(name)
-        print(f"{name}: {spec.description}")
-        print(f"    arms: {', '.join(a.name for a in spec.arms)} (reference {spec.reference})")
-        for budget, b in spec.budgets.items():
-            print(f"    budget {budget}: {b.description}")
-    return 0
+def execute(plan: Plan, run_jobs: list[dict], executor: str = "local", jobs: int = 1) -> None:
+    """Run ``run_jobs``: ``jobs`` local processes at once, or a Slurm job array through submitit."""
+    if executor == "slurm":
+        run_slurm(run_jobs, plan.out / "slurm", plan.spec.slurm)
+    else:
+        run_local(run_jobs, jobs)

@@ -1,7 +1,7 @@
 """``glioseg demo``: a released model on a real scan, then the pipeline on synthetic data, step by step.
 
-Each step is the command a user would type, run through the same CLI entry point, so the
-demo shows (and tests) exactly what a user gets:
+Each step is the command a user would type, run through the same CLI entry point (``main``, given
+by :mod:`glioseg.cli`), so the demo shows (and tests) exactly what a user gets:
 
 (a) where a released model is installed (``glioseg models --released``): the bundled real case
     → ``predict --model`` → ``evaluate`` against its expert label (HTML report with overlays);
@@ -18,6 +18,10 @@ import logging
 import shlex
 import time
 from pathlib import Path
+from typing import Callable
+
+from glioseg.errors import InputError
+from glioseg.inference.released import entry, released_names
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +51,6 @@ def demo_steps(out: Path, cases: int, shape: tuple[int, int, int], seed: int) ->
 
 def demo_model(requested: str | None) -> str | None:
     """The released model part (a) uses: the one asked for, else segresnet-brats18, else the first."""
-    from glioseg.inference.released import entry, released_names
-
     if requested:
         entry(requested)  # an unknown name fails here, listing the released ones
         return requested
@@ -56,9 +58,11 @@ def demo_model(requested: str | None) -> str | None:
     return DEFAULT_MODEL if DEFAULT_MODEL in names else (names[0] if names else None)
 
 
-def run_steps(steps: list[list[str]], label: str) -> int:
-    from glioseg.cli import main
+Main = Callable[[list[str]], int]
 
+
+def run_steps(steps: list[list[str]], label: str, main: Main) -> int:
+    """Run each step as ``glioseg ARGV`` through ``main``; the first failing step's exit code ends the part."""
     for n, argv in enumerate(steps, 1):
         log.info("demo %s, step %d/%d: glioseg %s", label, n, len(steps), shlex.join(argv))
         code = main(argv)
@@ -98,23 +102,23 @@ def _closing(out: Path, model: str | None, seconds: dict[str, float] | None = No
     return lines
 
 
-def _timed(seconds: dict[str, float], part: str, steps: list[list[str]], label: str) -> int:
+def _timed(seconds: dict[str, float], part: str, steps: list[list[str]], label: str, main: Main) -> int:
     started = time.perf_counter()
-    code = run_steps(steps, label)
+    code = run_steps(steps, label, main)
     seconds[part] = time.perf_counter() - started
     return code
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, main: Main) -> int:
     out = Path(args.out)
     if (out / "run" / "last.pt").exists() or (out / "released").exists():
-        raise ValueError(f"{out}: a demo was already run here; remove the folder or pass another --out")
+        raise InputError(f"{out}: a demo was already run here; remove the folder or pass another --out")
     model, seconds = demo_model(args.model), {}
     if model is None:
         log.info("no released model in this installation (glioseg models --released): part (a) is skipped")
-    elif code := _timed(seconds, "a", released_steps(out, model), "(a) released model"):
+    elif code := _timed(seconds, "a", released_steps(out, model), "(a) released model", main):
         return code
-    if code := _timed(seconds, "b", demo_steps(out, args.cases, tuple(args.shape), args.seed), "(b) training"):
+    if code := _timed(seconds, "b", demo_steps(out, args.cases, tuple(args.shape), args.seed), "(b) training", main):
         return code
     print(f"demo finished in {sum(seconds.values()):.0f} s")
     print("\n".join(_closing(out, model, seconds)))

@@ -1,0 +1,70 @@
+"""``glioseg experiment run | status | report | list``: the spec, the plan, the executor, the report."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections import Counter
+from pathlib import Path
+
+from glioseg.errors import InputError
+from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan
+from glioseg.experiments.report import write_report
+from glioseg.experiments.results import load_results
+from glioseg.experiments.runner import describe_plan, execute, prepare
+from glioseg.experiments.spec import load_spec, shipped_names
+
+
+def _write_report(plan: Plan, out: Path | None = None) -> None:
+    report = write_report(plan, load_results(plan), out)
+    print(f"wrote {report} and {report.with_suffix('.html')}")
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+    plan = make_plan(load_spec(args.spec, args.data), args.budget, Path(args.out))
+    if args.dry_run:
+        print(describe_plan(plan))
+        return 0
+    command = "glioseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    jobs = prepare(plan, args.jobs, command)
+    try:
+        execute(plan, jobs, args.executor, args.jobs)
+    finally:
+        _write_report(plan)   # also when runs failed: the report shows what finished
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    plan = load_plan(args.dir)
+    print(f"experiment {plan.spec.name}, budget {plan.resolved.budget_name}, {len(plan.runs)} runs in {args.dir}")
+    print(f"{'arm':<28}" + "".join(f"{s:>10}" for s in STATES))
+    for arm in plan.resolved.arm_names:
+        counts = Counter(plan.status(r) for r in plan.runs if r.arm == arm)
+        print(f"{arm:<28}" + "".join(f"{counts[s]:>10}" for s in STATES))
+    for arm, why in plan.not_run.items():
+        print(f"not run: {arm}: {why}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    _write_report(load_plan(args.dir), args.out)
+    return 0
+
+
+def list_specs(args: argparse.Namespace) -> int:
+    for name in shipped_names():
+        spec = load_spec(name)
+        print(f"{name}: {spec.description}")
+        print(f"    arms: {', '.join(a.name for a in spec.arms)} (reference {spec.reference})")
+        for budget, b in spec.budgets.items():
+            print(f"    budget {budget}: {b.description}")
+    return 0
+
+
+ACTIONS = {"run": run_experiment, "status": status, "report": report, "list": list_specs}
+
+
+def run(args: argparse.Namespace) -> int:
+    return ACTIONS[args.action](args)

@@ -1,0 +1,96 @@
+"""File plumbing every floor shares: atomic writes, JSON, a file's SHA-256, unfinished parts, plain names.
+
+A writer never leaves a half-written file at a final path: it writes to a ``.part-`` name beside
+it (:func:`atomic_path`) and renames on success, so a killed process leaves only ``.part-``
+files, which :func:`clean_parts` removes when the next run starts. Nothing here knows what the
+files hold; the modules that read them name the file in their own errors.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from glioseg.errors import FileError
+
+log = logging.getLogger(__name__)
+
+# A name that becomes one file or folder name (a case id, an output file): never a path
+# ('..', '/'), never hidden.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PART_PREFIX = ".part-"
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success.
+
+    The temporary name starts with ``.part-`` so that stale parts are recognisable and a
+    killed writer never leaves a file at the final path.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{PART_PREFIX}{final.name}.", dir=final.parent)
+    # mkstemp creates 0600; results are shared files, so give them the usual umask mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path | str, text: str) -> Path:
+    """``text`` at ``path`` (UTF-8) through :func:`atomic_path`; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: Path | str, data: Any, *, indent: int = 1, end: str = "", **dumps: Any) -> Path:
+    """``json.dumps(data, indent=indent, **dumps) + end`` at ``path``, atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, **dumps) + end)
+
+
+def read_json(path: Path | str, what: str = "JSON") -> Any:
+    """The JSON value in ``path``; a missing, unreadable or malformed file is a :class:`FileError`
+    that names it and ``what`` it should hold."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FileError(path, f"cannot read {what}: {exc}") from None
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def clean_parts(*folders: Path | str) -> int:
+    """Remove the ``.part-`` files a killed writer left in ``folders``; returns how many.
+
+    Only for a folder no writer is using at the moment (a run or a case starting up).
+    """
+    stale = [p for folder in map(Path, folders) if folder.is_dir()
+             for p in folder.glob(f"{PART_PREFIX}*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("%s: removed %d unfinished .part- file(s) of an interrupted run", folders[0], len(stale))
+    return len(stale)
