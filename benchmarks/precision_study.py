@@ -152,7 +152,7 @@ def parse_options(pairs: list[str]) -> dict:
 
 
 def run_spec(args, data: Path, policy: str, seed: int) -> dict:
-    from glioseg.training.command import default_recipe
+    from glioseg.training.settings import default_recipe
     overrides = {"model": args.model, "precision": policy, "epochs": args.epochs,
                  "steps_per_epoch": args.steps, "patch": tuple(args.patch), "batch_size": args.batch_size,
                  "seed": seed, "val_every": args.epochs, "val_fraction": args.val_fraction,

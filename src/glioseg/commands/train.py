@@ -5,7 +5,7 @@ import argparse
 import json
 import logging
 
-from glioseg.training.command import train_config
+from glioseg.training.settings import train_config
 from glioseg.training.trainer import train
 
 log = logging.getLogger(__name__)
