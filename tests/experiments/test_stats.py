@@ -97,3 +97,12 @@ def test_signed_uses_a_true_minus_sign():
     assert stats.signed(-0.0104, 3) == "\u22120.010"
     assert stats.signed(0.012, 3) == "+0.012"
     assert stats.format_p(0.0004) == "p < 0.001" and stats.format_p(0.4) == "p = 0.4"
+
+
+def test_a_consistent_but_negligible_difference_gets_no_verdict_of_better():
+    cases = [f"c{i}" for i in range(12)]
+    ref = {(c, 0): 0.5 + 0.01 * i for i, c in enumerate(cases)}
+    tiny = {k: v + 0.0002 + 1e-5 * i for i, (k, v) in enumerate(ref.items())}   # always above, by < 0.001
+    row = stats.compare({"ref": ref, "tiny": tiny}, "ref", "WT", "dice", 500, 0, 0.05)[0]
+    assert row.p < 0.01 and 0 < row.delta < stats.NEGLIGIBLE["dice"]
+    assert row.verdict == "no difference that matters at this budget (|Δ| < 0.001, though consistent)"

@@ -48,8 +48,16 @@ class Resolved:
         """Settings whose value is not the same in every arm: setting → {arm: value}."""
         dicts = {name: to_dict(c) for name, c in self.configs.items()}
         keys = list(next(iter(dicts.values())))
-        return {k: {a: d[k] for a, d in dicts.items()} for k in keys
+        return {k: _differing({a: d[k] for a, d in dicts.items()}) for k in keys
                 if len({repr(d[k]) for d in dicts.values()}) > 1}
+
+
+def _differing(values: dict[str, Any]) -> dict[str, Any]:
+    """arm → value; of settings that are mappings (precision) only the fields that differ."""
+    if not all(isinstance(v, dict) for v in values.values()):
+        return values
+    fields = [f for f in next(iter(values.values())) if len({repr(v.get(f)) for v in values.values()}) > 1]
+    return {arm: {f: v.get(f) for f in fields} for arm, v in values.items()}
 
 
 def _check_arms(spec: ExperimentSpec) -> None:

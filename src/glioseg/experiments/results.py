@@ -78,6 +78,16 @@ def time_to_target(curve: list[dict], target: float) -> tuple[float | None, int 
     return None, None
 
 
+def _precision_steps(done: list[dict]) -> list[str]:
+    """Steps per precision, the mean over the arm's runs (``fp32 50``, ``bf16 250``), in ladder order."""
+    totals: dict[str, float] = {}
+    for r in done:
+        steps = (r["precision"] or {}).get("steps_per_precision") or {_policy(r["config"]): r["cost"]["steps"]}
+        for level, n in steps.items():
+            totals[level] = totals.get(level, 0) + n
+    return [f"{level} {n / len(done):.0f}" for level, n in totals.items() if n]
+
+
 def _policy(config: dict) -> str:
     """The precision policy of a saved run config (a name in runs saved before it was a mapping)."""
     precision = config["precision"]
@@ -102,8 +112,7 @@ def cost(results: Results) -> list[dict]:
                "peak_mib": max((x["peak_mib"] for x in c if x["peak_mib"] is not None), default=None),
                "train_s": _median([x["train_wall_s"] for x in c]),
                "steps": _median([x["steps"] for x in c]),
-               "precision": sorted({(r["precision"] or {}).get("precision") or _policy(r["config"])
-                                    for r in done}),
+               "precision": _precision_steps(done),
                "not_run": results.plan.not_run.get(arm)}
         if target is not None:
             reached = [time_to_target(r["curve"], target) for r in done]

@@ -120,7 +120,13 @@ class Comparison:
                 f"{self.verdict}")
 
 
-def verdict(arm: str, delta: float, p_holm: float, alpha: float, higher_is_better: bool, n: int) -> str:
+# Below these a mean paired difference is no difference worth a verdict, however consistent (bf16
+# vs fp32 Dice differ in the 4th decimal on every case, which the signed-rank test calls p < 0.001).
+NEGLIGIBLE = {"dice": 0.001, "hd95": 0.1}
+
+
+def verdict(arm: str, delta: float, p_holm: float, alpha: float, higher_is_better: bool, n: int,
+            negligible: float = 0.0) -> str:
     if n == 0:
         return "no paired cases yet"
     if 2.0 / 2 ** n >= alpha:
@@ -128,6 +134,8 @@ def verdict(arm: str, delta: float, p_holm: float, alpha: float, higher_is_bette
         return f"too few cases (n = {n}) for the signed-rank test at alpha {alpha:g}"
     if math.isnan(p_holm) or p_holm >= alpha or delta == 0:
         return "no difference at this budget"
+    if abs(delta) < negligible:
+        return f"no difference that matters at this budget (|Δ| < {negligible:g}, though consistent)"
     better = (delta > 0) == higher_is_better
     return f"{arm} {'better' if better else 'worse'} at this budget"
 
@@ -144,5 +152,6 @@ def compare(values: Mapping[str, Mapping[Key, float]], reference: str, region: s
         rows.append((arm, len(diffs), units.size, delta, bootstrap_ci(units, resamples, seed), wilcoxon_p(units)))
     adjusted = holm([r[5] for r in rows])
     higher = metric == "dice"
-    return [Comparison(arm, reference, region, metric, n, m, d, ci, p, q, verdict(arm, d, q, alpha, higher, m))
+    return [Comparison(arm, reference, region, metric, n, m, d, ci, p, q, verdict(arm, d, q, alpha, higher, m,
+                                                                           NEGLIGIBLE.get(metric, 0.0)))
             for (arm, n, m, d, ci, p), q in zip(rows, adjusted)]
