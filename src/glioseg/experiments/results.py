@@ -14,6 +14,7 @@ import numpy as np
 from glioseg.experiments.plan import Plan, Run
 from glioseg.experiments.stats import Comparison, Key, compare, describe, seed_means
 from glioseg.files import read_json
+from glioseg.training.recipe import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,8 @@ def _precision_steps(done: list[dict]) -> list[str]:
 
 
 def _policy(config: dict) -> str:
-    """The precision policy of a saved run config (a name in runs saved before it was a mapping)."""
-    precision = config["precision"]
-    return precision["policy"] if isinstance(precision, dict) else precision
+    """The precision policy of a saved run config, in either of the forms runs were saved in."""
+    return TrainConfig.from_dict(config, "a run's result").precision.policy
 
 
 def _median(values: list) -> float | None:

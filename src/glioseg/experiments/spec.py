@@ -37,8 +37,9 @@ class FoldSpec:
     """k-fold cross-validation over cases, stratified by site and grade where they are known.
 
     ``grades``: for datasets whose layout does not carry the grade, a mapping case → grade in
-    the spec itself, or a CSV file (columns ``case``, ``grade``; relative to the spec file). The assignment of training seed ``s`` is drawn from
-    ``(seed, s)``: a reshuffled k-fold per seed, each case held out exactly once per seed.
+    the spec itself, or a CSV file (columns ``case``, ``grade``; relative to the spec file). The
+    assignment of training seed ``s`` is drawn from ``(seed, s)``: a reshuffled k-fold per seed,
+    each case held out exactly once per seed.
     """
 
     k: int = 2
