@@ -16,3 +16,13 @@ def test_timing_conditions_count_runs_per_device_and_give_the_load_range():
     assert text.startswith("Runs timed on cpu: AVX2, 2 threads (1 runs); cpu: AVX2, 1 threads (2 runs); "
                            "cpu, 4 threads (1 runs)")
     assert "load average 0.5-3.1 at the starts and ends of training (not recorded for 2 runs)" in text
+
+
+def test_runs_without_a_precision_summary_are_counted_by_the_device_they_recorded():
+    zen4 = {"precision": None, "cost": {"device": "cpu", "threads": 1,
+                                        "device_description": "cpu: AVX512, native bf16 yes, 1 threads"}}
+    avx2 = {"precision": None, "cost": {"device": "cpu", "threads": 1,
+                                        "device_description": "cpu: AVX2, native bf16 no, 1 threads"}}
+    text = timing_conditions([zen4, avx2, avx2])
+    assert text.startswith("Runs timed on cpu: AVX512, native bf16 yes, 1 threads (1 runs); "
+                           "cpu: AVX2, native bf16 no, 1 threads (2 runs)")

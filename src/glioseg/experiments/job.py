@@ -35,6 +35,7 @@ from glioseg.inference.bundle import load_bundle
 from glioseg.inference.pipeline import make_predictor, predict_all
 from glioseg.inference.predictor import PredictConfig
 from glioseg.models.registry import describe
+from glioseg.precisions import describe_device
 from glioseg.training.distributed import DistInfo, pick_device
 from glioseg.training.recipe import TrainConfig
 from glioseg.training.trainer import train
@@ -122,6 +123,7 @@ def _evaluate(job: dict, run_dir: Path) -> tuple[list[dict], str, float]:
 
 def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) -> dict:
     bundle = load_bundle(run_dir / f"{checkpoint}.pt")
+    device = pick_device(config.device, DistInfo())
     model = describe(bundle.model, tuple(config.patch), bundle.in_channels, bundle.out_channels, **bundle.options)
     times = [t for _, t in read_step_times(run_dir)]
     cost = json.loads((run_dir / COST_FILE).read_text()) if (run_dir / COST_FILE).is_file() else {}
@@ -129,7 +131,7 @@ def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) ->
             "steps": len(times), "s_per_step": statistics.median(times) if times else None,
             "train_step_seconds": round(sum(times), 3), "train_wall_s": cost.get("wall_s"),
             "peak_mib": cost.get("peak_mib"), "peak_measure": cost.get("peak_measure"), "load": cost.get("load"),
-            "eval_s_per_case": round(eval_s, 3), "device": str(pick_device(config.device, DistInfo())),
+            "eval_s_per_case": round(eval_s, 3), "device": str(device), "device_description": describe_device(device),
             "threads": torch.get_num_threads()}
 
 

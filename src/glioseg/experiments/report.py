@@ -97,8 +97,9 @@ def _about(results: Results, command: str | None, machine: dict | None) -> list[
 
 
 def timing_conditions(runs: list[dict]) -> str:
-    """What the finished runs were timed on (device, its torch threads) and the load around them."""
-    devices = Counter((r["precision"] or {}).get("device_description")
+    """What the finished runs were timed on (device, its torch threads) and the load around them; an
+    experiment continued on another machine has runs timed on each."""
+    devices = Counter((r["precision"] or {}).get("device_description") or r["cost"].get("device_description")
                       or f"{r['cost']['device']}, {r['cost'].get('threads')} threads" for r in runs)
     loads = [x for r in runs for attempt in (r["cost"].get("load") or []) for x in attempt if x is not None]
     text = "Runs timed on " + "; ".join(f"{d} ({n} runs)" for d, n in devices.items())
