@@ -4,10 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 
 import pytest
 
-from glioseg.files import SAFE_NAME, atomic_path, clean_parts, file_sha256, write_json, write_text_atomic
+from glioseg.errors import FileError
+from glioseg.files import (SAFE_NAME, atomic_path, clean_parts, exclusive_lock, file_sha256, write_json,
+                           write_text_atomic)
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -51,3 +54,21 @@ def test_clean_parts_removes_only_part_files_of_existing_folders(tmp_path, caplo
                                         ("a/b", False), (".hidden", False), ("", False)])
 def test_safe_names_are_plain_file_names(name, safe):
     assert bool(SAFE_NAME.match(name)) == safe
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
+    lock = tmp_path / "new" / ".lock"
+    with exclusive_lock(lock, "the folder"):
+        with pytest.raises(FileError, match=rf"the folder is in use by another process \(pid {os.getpid()}\)"):
+            with exclusive_lock(lock, "the folder"):
+                pass
+    with exclusive_lock(lock, "the folder"):   # released: the next holder gets it
+        pass
+
+
+def test_exclusive_lock_is_released_when_the_block_fails(tmp_path):
+    with pytest.raises(RuntimeError):
+        with exclusive_lock(tmp_path / ".lock", "x"):
+            raise RuntimeError("boom")
+    with exclusive_lock(tmp_path / ".lock", "x"):
+        pass

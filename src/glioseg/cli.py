@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -244,6 +246,15 @@ def run_command(args: argparse.Namespace) -> int:
     return int(command.run(args) or 0)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``), raised where the command is, so that it stops as Ctrl-C stops it:
+    its ``finally`` blocks and its workers' shutdown run, and a background run stops cleanly."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def _message(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return (f"out of memory{f': {exc}' if str(exc) else ''}; free memory, use fewer --workers, or "
@@ -263,8 +274,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # Through the environment, so that worker processes read files under the same budget.
         os.environ[MAX_IMAGE_MB_ENV] = repr(args.max_image_mb)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        return _guarded(args)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    """The command, its failures turned into a message and an exit code."""
     try:
         return run_command(args)
+    except Terminated:
+        log.error("terminated")
+        return 143
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

@@ -1,4 +1,5 @@
-"""File plumbing every floor shares: atomic writes, JSON, a file's SHA-256, unfinished parts, plain names.
+"""File plumbing every floor shares: atomic writes, JSON, a file's SHA-256, unfinished parts, plain
+names, a folder's exclusive lock.
 
 A writer never leaves a half-written file at a final path: it writes to a ``.part-`` name beside
 it (:func:`atomic_path`) and renames on success, so a killed process leaves only ``.part-``
@@ -94,3 +95,39 @@ def clean_parts(*folders: Path | str) -> int:
     if stale:
         log.warning("%s: removed %d unfinished .part- file(s) of an interrupted run", folders[0], len(stale))
     return len(stale)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path | str, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs, so that two
+    processes never write ``what`` at once; a second holder is refused at once with the first's pid.
+
+    The lock is the operating system's (``flock``): it ends with the holding process, however that
+    ends, so a killed run never leaves a stale lock. Where there is no ``fcntl`` (Windows) the
+    block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise FileError(path, f"{what} is in use by another process (pid {holder}); wait for it to end "
+                                  "or stop it, then run the command again") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)

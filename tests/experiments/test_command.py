@@ -1,6 +1,8 @@
-"""``glioseg experiment`` end to end on phantoms: run, status, report; kill and continue; Slurm via submitit."""
+"""``glioseg experiment`` end to end on phantoms: run, status, report; kill and continue (also from the
+result files alone, and with parallel workers); a folder in use; Slurm via submitit."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +18,8 @@ import yaml
 
 import glioseg
 from glioseg.cli import main
+from glioseg.experiments.runner import LOCK_FILE
+from glioseg.files import exclusive_lock
 
 from .conftest import TINY_SPEC
 
@@ -160,3 +164,83 @@ def test_a_report_before_any_run_finished_says_so(finished, tmp_path):
     assert main(["experiment", "report", str(empty)]) == 0
     text = (empty / "report" / "tiny.md").read_text()
     assert "0 of 4 runs finished" in text and "## Figures" not in text
+
+
+def test_an_experiment_continues_from_its_committed_result_files(finished, tmp_path, one_thread):
+    """On another machine the run folders are gone; the result files say which runs are done."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    shutil.copy(finished / "experiment.json", kept)
+    shutil.copytree(finished / "results", kept / "results")
+    (kept / "results" / "unet" / "fold1-seed0.json").unlink()
+    spec = finished.parent / "spec.yaml"
+    assert main(["experiment", "run", str(spec), "--out", str(kept)]) == 0
+    assert sorted(p.relative_to(kept / "runs").as_posix() for p in (kept / "runs").glob("*/*")) == \
+        ["unet/fold1-seed0"]
+    assert _scores(kept) == _scores(finished)
+
+
+def test_a_folder_in_use_is_refused_before_any_work(finished, tmp_path, caplog):
+    spec = finished.parent / "spec.yaml"
+    with exclusive_lock(finished / LOCK_FILE, "a test"):
+        assert main(["experiment", "run", str(spec), "--out", str(finished)]) == 2
+    assert f"experiment folder {finished} is in use by another process" in caplog.text
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    """Processes of the group that still run (zombies no longer do: a container's init may not reap)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def _start_parallel(spec: Path, out: Path) -> subprocess.Popen:
+    """``experiment run --jobs 2`` in its own process group, returned once a worker is training."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "glioseg", "experiment", "run", str(spec), "--out", str(out),
+                             "--jobs", "2"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not list(out.glob("runs/*/*/step_times.csv")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the experiment ended before any worker trained"
+    return proc
+
+
+def _wait_until_gone(pgid: int, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while _alive_in_group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _alive_in_group(pgid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from Linux's /proc")
+def test_stopping_a_parallel_experiment_stops_its_workers(phantom_data, tmp_path):
+    """``kill PID`` terminates the workers with the parent, and the runs not started stay undone;
+    ``kill -9 PID`` leaves workers that stop by themselves. Each run here trains for minutes, so a
+    worker that outlived its parent would still be found."""
+    budgets = {"cpu": {"steps": 4000, "steps_per_epoch": 2000, "val_every": 1, "device": "cpu", "workers": 0}}
+    spec, out = _spec(tmp_path, phantom_data, budgets=budgets), tmp_path / "out"
+    groups = []
+    try:
+        proc = _start_parallel(spec, out)
+        groups.append(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+        assert _wait_until_gone(proc.pid, 10) == []
+        assert not list(out.glob("results/*/*.json"))
+        proc = _start_parallel(spec, out)
+        groups.append(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _wait_until_gone(proc.pid, 10) == []
+    finally:   # a failure must not leave training processes behind
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)

@@ -11,7 +11,8 @@ from glioseg.errors import InputError
 from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan
 from glioseg.experiments.report import write_report
 from glioseg.experiments.results import load_results
-from glioseg.experiments.runner import describe_plan, execute, prepare
+from glioseg.experiments.executors import RunsFailed
+from glioseg.experiments.runner import describe_plan, execute, prepare, running
 from glioseg.experiments.spec import load_spec, shipped_names
 
 
@@ -28,11 +29,14 @@ def run_experiment(args: argparse.Namespace) -> int:
         print(describe_plan(plan))
         return 0
     command = "glioseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    jobs = prepare(plan, args.jobs, command)
-    try:
-        execute(plan, jobs, args.executor, args.jobs)
-    finally:
-        _write_report(plan)   # also when runs failed: the report shows what finished
+    with running(plan):
+        jobs = prepare(plan, args.jobs, command)
+        try:
+            execute(plan, jobs, args.executor, args.jobs)
+        except RunsFailed:
+            _write_report(plan)   # the report shows what finished
+            raise
+        _write_report(plan)
     return 0
 
 

@@ -6,14 +6,20 @@ are raised together at the end (a re-run of the same command retries them and sk
 
 ``local`` with one job runs the jobs one after another in this process; with N jobs, in N
 worker processes (each with its share of the cores as torch threads, one fresh process per
-run). ``slurm`` submits a job array through submitit (``pip install glioseg[experiment]``),
+run). Stopping the command stops its runs: an interrupted or terminated parent terminates its
+workers, and a worker whose parent was killed outright stops by itself, so no run trains on
+unseen beside the next attempt; every run continues from its last checkpoint when the same
+command runs again. ``slurm`` submits a job array through submitit (``pip install glioseg[experiment]``),
 which also runs on submitit's local executor (``slurm.cluster: local`` in the spec).
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
@@ -41,6 +47,24 @@ def _raise_failures(failures: list[str], total: int) -> None:
                          "command again to retry):\n  " + "\n  ".join(failures))
 
 
+def _stop_with(parent: int) -> None:
+    """Worker initializer: exit as soon as the parent process is gone (killed outright, so it could
+    not terminate its workers)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="glioseg-parent-watch", daemon=True).start()
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers and drop the runs not started (their runs resume next time)."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def run_local(jobs: list[dict], workers: int = 1, job_fn: Callable[[dict], dict] = run_job) -> None:
     failures = []
     if workers <= 1:
@@ -57,7 +81,9 @@ def run_local(jobs: list[dict], workers: int = 1, job_fn: Callable[[dict], dict]
     # so that each run's peak memory is its own
     context = multiprocessing.get_context("spawn")
     fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with ProcessPoolExecutor(workers, mp_context=context, **fresh) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_stop_with, initargs=(os.getpid(),),
+                               **fresh)
+    try:
         futures = {pool.submit(job_fn, job): job for job in jobs}
         for future in as_completed(futures):
             try:
@@ -66,6 +92,10 @@ def run_local(jobs: list[dict], workers: int = 1, job_fn: Callable[[dict], dict]
             except Exception as exc:   # a worker's error of any kind is that run's failure
                 failures.append(f"{_name(futures[future])}: {exc}")
                 log.error("%s", failures[-1])
+    except BaseException:   # interrupted or terminated: the workers stop with this process
+        _stop_workers(pool)
+        raise
+    pool.shutdown()
     _raise_failures(failures, len(jobs))
 
 

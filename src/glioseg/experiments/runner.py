@@ -12,8 +12,11 @@ from glioseg.experiments.job import make_job
 from glioseg.experiments.measure import machine, threads_for
 from glioseg.experiments.plan import Plan, save_plan
 from glioseg.experiments.spec import SpecError
+from glioseg.files import exclusive_lock
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"
 
 
 def estimate_seconds(plan: Plan, run) -> float | None:
@@ -56,6 +59,14 @@ def describe_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def running(plan: Plan):
+    """The experiment folder's lock, held while its runs execute: a second ``experiment run`` on
+    the same folder is refused instead of training the same runs beside the first. A budget this
+    machine cannot run is refused first, before the folder exists."""
+    check_devices(plan)
+    return exclusive_lock(plan.out / LOCK_FILE, f"experiment folder {plan.out}")
+
+
 def check_devices(plan: Plan) -> None:
     """A GPU budget on a machine without one fails now, not when the first run starts."""
     budget = plan.resolved.budget
@@ -67,8 +78,7 @@ def check_devices(plan: Plan) -> None:
 
 def prepare(plan: Plan, jobs: int = 1, command: str | None = None) -> list[dict]:
     """Save the plan, build the one preprocessing cache of every run and return the jobs of the
-    runs left to do (``jobs`` processes at once share the CPU's threads)."""
-    check_devices(plan)
+    runs left to do (``jobs`` processes at once share the CPU's threads); under :func:`running`."""
     save_plan(plan, command=command, machine=machine())
     for arm, why in plan.not_run.items():
         log.warning("arm %s is not run on this machine: %s", arm, why)
