@@ -244,3 +244,11 @@ def test_stopping_a_parallel_experiment_stops_its_workers(phantom_data, tmp_path
         for group in groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
+
+
+def test_a_damaged_experiment_file_is_named_not_a_crash(finished, tmp_path, caplog):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "experiment.json").write_text('{"spec": ')
+    assert main(["experiment", "run", str(finished.parent / "spec.yaml"), "--out", str(damaged)]) == 2
+    assert f"{damaged / 'experiment.json'}: cannot read an experiment plan" in caplog.text

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from glioseg.config import to_dict
+from glioseg.config import load_yaml, to_dict
 from glioseg.data.formats import discover
 from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
@@ -29,7 +28,7 @@ from glioseg.evaluation.figures import read_run_metrics
 from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, load_average, peak_mib, read_step_times,
                                          reset_peak, timed_steps)
 from glioseg.experiments.plan import Plan, Run, is_trained
-from glioseg.files import write_text_atomic
+from glioseg.files import read_json, write_text_atomic
 from glioseg.inference import inputs as case_inputs
 from glioseg.inference.bundle import load_bundle
 from glioseg.inference.pipeline import make_predictor, predict_all
@@ -56,7 +55,7 @@ def make_job(plan: Plan, run: Run, threads: int | None = None) -> dict:
 
 def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     """A run folder started with other settings (an edited spec) must not be continued."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved = load_yaml(run_dir / "config.yaml")
     saved.pop("versions", None)
     before = TrainConfig.from_dict(saved, str(run_dir / "config.yaml"))
     changed = sorted(k for k, v in to_dict(config).items() if to_dict(before).get(k) != v)
@@ -91,7 +90,7 @@ def _add_cost(run_dir: Path, wall: float, peak: float, measure: str, load: tuple
     """Wall time and peak memory summed over attempts; the load average at each attempt's start and
     end (timings taken beside other work are slower, and the report says so)."""
     path = run_dir / COST_FILE
-    cost = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "peak_mib": 0.0, "attempts": 0}
+    cost = read_json(path, "a run's cost") if path.is_file() else {"wall_s": 0.0, "peak_mib": 0.0, "attempts": 0}
     cost = {"wall_s": round(cost["wall_s"] + wall, 3), "peak_mib": round(max(cost["peak_mib"], peak), 1),
             "attempts": cost["attempts"] + 1, "peak_measure": measure,
             "load": cost.get("load", []) + [list(load)]}
@@ -126,7 +125,7 @@ def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) ->
     device = pick_device(config.device, DistInfo())
     model = describe(bundle.model, tuple(config.patch), bundle.in_channels, bundle.out_channels, **bundle.options)
     times = [t for _, t in read_step_times(run_dir)]
-    cost = json.loads((run_dir / COST_FILE).read_text()) if (run_dir / COST_FILE).is_file() else {}
+    cost = read_json(run_dir / COST_FILE, "a run's cost") if (run_dir / COST_FILE).is_file() else {}
     return {"params": model["params"], "flops": model["flops"], "patch": list(config.patch),
             "steps": len(times), "s_per_step": statistics.median(times) if times else None,
             "train_step_seconds": round(sum(times), 3), "train_wall_s": cost.get("wall_s"),
@@ -155,7 +154,7 @@ def run_job(job: dict) -> dict:
     """Whatever the run still needs; returns its result (the content of the result file)."""
     result_path = Path(job["result"])
     if result_path.is_file():
-        return json.loads(result_path.read_text())
+        return read_json(result_path, "a run's result")
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     run_dir = Path(job["run_dir"])
@@ -168,8 +167,8 @@ def run_job(job: dict) -> dict:
     result = {"arm": job["arm"], "fold": job["fold"], "seed": job["seed"], "model": config.model,
               "checkpoint": checkpoint, "test_cases": job["split"]["test"], "rows": rows,
               "cost": _cost(run_dir, config, checkpoint, eval_s), "curve": _curve(run_dir),
-              "precision": json.loads(summary.read_text()) if summary.is_file() else None,
-              "budget_stop": json.loads(stop.read_text()) if stop.is_file() else None,
+              "precision": read_json(summary, "a precision summary") if summary.is_file() else None,
+              "budget_stop": read_json(stop, "a budget stop") if stop.is_file() else None,
               "config": job["config"]}
     _write_result(result_path, result)
     log.info("%s: done (%d held-out cases)", result_path, len(job["split"]["test"]))

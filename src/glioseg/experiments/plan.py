@@ -125,7 +125,7 @@ def save_plan(plan: Plan, **about) -> None:
     path = plan.out / EXPERIMENT_FILE
     new = {**plan.to_dict(), **about}
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path, "an experiment plan")
         # the slurm settings say how the runs execute, not what they are: they may change
         what = lambda d: {**d, "spec": {k: v for k, v in d["spec"].items() if k != "slurm"}}  # noqa: E731
         changed = [k for k in ("spec", "budget", "folds") if what(old).get(k) != what(new)[k]]
