@@ -252,3 +252,23 @@ def test_a_damaged_experiment_file_is_named_not_a_crash(finished, tmp_path, capl
     (damaged / "experiment.json").write_text('{"spec": ')
     assert main(["experiment", "run", str(finished.parent / "spec.yaml"), "--out", str(damaged)]) == 2
     assert f"{damaged / 'experiment.json'}: cannot read an experiment plan" in caplog.text
+
+
+def test_a_report_over_two_machines_gives_times_per_machine(finished, tmp_path):
+    """An experiment continued elsewhere: times are cited per device, never averaged across them."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    shutil.copy(finished / "experiment.json", kept)
+    shutil.copytree(finished / "results", kept / "results")
+    moved = kept / "results" / "unet" / "fold1-seed0.json"
+    result = json.loads(moved.read_text())
+    result["precision"] = None
+    result["cost"].update(device_description="cpu: OTHER", s_per_step=99.0, train_wall_s=9999.0)
+    moved.write_text(json.dumps(result))
+    assert main(["experiment", "report", str(kept), "--out", str(tmp_path / "docs")]) == 0
+    text = (tmp_path / "docs" / "tiny.md").read_text()
+    assert "; [2] cpu: OTHER (1 runs)" in text and "Runs timed on [1] " in text
+    unet = next(line for line in text.splitlines() if line.startswith("| unet | unet3d |"))
+    assert "99.00 [2]" in unet and "9999 [2]" in unet and "[1]" in unet
+    small = next(line for line in text.splitlines() if line.startswith("| small | segresnet |"))
+    assert "[2]" not in small

@@ -1,4 +1,5 @@
-"""The report says what its timings were measured on: device, threads and load."""
+"""The report says what its timings were measured on: device, threads and load; several devices are
+numbered, the one with most runs first."""
 from __future__ import annotations
 
 from glioseg.experiments.report import timing_conditions
@@ -13,8 +14,8 @@ def test_timing_conditions_count_runs_per_device_and_give_the_load_range():
     runs = [_run("cpu: AVX2, 2 threads", 2), _run("cpu: AVX2, 1 threads", 1, [[1.9, 2.4]]),
             _run("cpu: AVX2, 1 threads", 1, [[2.0, 3.1], [0.5, None]]), _run(None, 4)]
     text = timing_conditions(runs)
-    assert text.startswith("Runs timed on cpu: AVX2, 2 threads (1 runs); cpu: AVX2, 1 threads (2 runs); "
-                           "cpu, 4 threads (1 runs)")
+    assert text.startswith("Runs timed on [1] cpu: AVX2, 1 threads (2 runs); [2] cpu: AVX2, 2 threads (1 runs); "
+                           "[3] cpu, 4 threads (1 runs)")
     assert "load average 0.5-3.1 at the starts and ends of training (not recorded for 2 runs)" in text
 
 
@@ -24,5 +25,5 @@ def test_runs_without_a_precision_summary_are_counted_by_the_device_they_recorde
     avx2 = {"precision": None, "cost": {"device": "cpu", "threads": 1,
                                         "device_description": "cpu: AVX2, native bf16 no, 1 threads"}}
     text = timing_conditions([zen4, avx2, avx2])
-    assert text.startswith("Runs timed on cpu: AVX512, native bf16 yes, 1 threads (1 runs); "
-                           "cpu: AVX2, native bf16 no, 1 threads (2 runs)")
+    assert text.startswith("Runs timed on [1] cpu: AVX2, native bf16 no, 1 threads (2 runs); "
+                           "[2] cpu: AVX512, native bf16 yes, 1 threads (1 runs)")

@@ -11,7 +11,7 @@ import math
 from matplotlib.figure import Figure
 
 from glioseg.evaluation.figures import to_png
-from glioseg.experiments.results import Results
+from glioseg.experiments.results import Results, devices
 from glioseg.experiments.stats import Comparison
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
@@ -93,7 +93,8 @@ def dice_vs_cost(results: Results, cost_rows: list[dict], dpi: int = 100) -> byt
                 ax.annotate(arm, (x, mean), fontsize=8, xytext=(4, 4), textcoords="offset points")
     by_params.set_xscale("log")
     by_params.set_xlabel("parameters")
-    by_time.set_xlabel("training time per run (s, median)")
+    several = len(devices(results)) > 1   # times of the main device only (the report's [1])
+    by_time.set_xlabel("training time per run (s, median" + (", runs timed on [1])" if several else ")"))
     for ax in (by_params, by_time):
         ax.set_ylabel(f"mean Dice ({', '.join(regions)})")
         ax.margins(0.2)   # room for the arm names beside the points

@@ -23,7 +23,7 @@ import glioseg
 from glioseg.evaluation.report import CSS, html_table, png_tag
 from glioseg.experiments import figures
 from glioseg.experiments.plan import EXPERIMENT_FILE, Plan
-from glioseg.experiments.results import Results, arm_scores, comparisons, cost
+from glioseg.experiments.results import Results, arm_scores, comparisons, cost, device_of, devices
 from glioseg.experiments.stats import format_p, signed
 from glioseg.files import atomic_path, read_json, write_text_atomic
 
@@ -56,7 +56,16 @@ def _score_table(rows: list[dict], metric: str) -> tuple[list[str], list[list[st
     return header, body
 
 
-def _cost_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def _per_device(row: dict, key: str, order: list[str], digits: int) -> str:
+    """``key`` of the arm's runs on each device, cited by the device's number (one device: the value)."""
+    if len(order) <= 1:
+        return _num(row[key], digits)
+    return "; ".join(f"{_num(v[key], digits)} [{order.index(d) + 1}]" for d, v in row["timed_on"].items()) or "n/a"
+
+
+def _cost_table(rows: list[dict], order: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The cost per arm; where runs were timed on several devices (``order``: main first), s/step and
+    training time per device."""
     target = rows[0].get("target_dice") if rows else None
     header = ["arm", "model", "runs", "parameters", "GFLOP / patch", "s/step", "peak MiB", "train s / run",
               "steps", "precision"]
@@ -65,8 +74,8 @@ def _cost_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     body = []
     for r in rows:
         line = [r["arm"], r["model"], str(r["runs"]), f"{r['params']:,}" if r["params"] else "n/a",
-                _num(r["flops"] / 1e9 if r["flops"] else None, 2), _num(r["s_per_step"], 2),
-                _num(r["peak_mib"], 0), _num(r["train_s"], 0), _num(r["steps"], 0),
+                _num(r["flops"] / 1e9 if r["flops"] else None, 2), _per_device(r, "s_per_step", order, 2),
+                _num(r["peak_mib"], 0), _per_device(r, "train_s", order, 0), _num(r["steps"], 0),
                 ", ".join(r["precision"]) or (f"not run: {r['not_run']}" if r["not_run"] else "")]
         if target is not None:
             line += [f"{r['reached']} of {r['runs']}", _num(r["time_to_target_s"], 0), _num(r["steps_to_target"], 0)]
@@ -98,11 +107,14 @@ def _about(results: Results, command: str | None, machine: dict | None) -> list[
 
 def timing_conditions(runs: list[dict]) -> str:
     """What the finished runs were timed on (device, its torch threads) and the load around them; an
-    experiment continued on another machine has runs timed on each."""
-    devices = Counter((r["precision"] or {}).get("device_description") or r["cost"].get("device_description")
-                      or f"{r['cost']['device']}, {r['cost'].get('threads')} threads" for r in runs)
+    experiment continued on another machine has runs timed on each, numbered as the cost table
+    cites them, the main device (most runs) first."""
+    timed = Counter(device_of(r) for r in runs).most_common()
     loads = [x for r in runs for attempt in (r["cost"].get("load") or []) for x in attempt if x is not None]
-    text = "Runs timed on " + "; ".join(f"{d} ({n} runs)" for d, n in devices.items())
+    if len(timed) > 1:
+        text = "Runs timed on " + "; ".join(f"[{i}] {d} ({n} runs)" for i, (d, n) in enumerate(timed, 1))
+    else:
+        text = "Runs timed on " + "; ".join(f"{d} ({n} runs)" for d, n in timed)
     if loads:
         text += f"; load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of training"
     unrecorded = sum(not r["cost"].get("load") for r in runs)
@@ -141,7 +153,7 @@ def sections(results: Results, command: str | None, machine: dict | None) -> lis
     comps = comparisons(results)
     out += [("h2", f"Against the reference arm {spec.reference}")] + _comparisons(comps)
     cost_rows = cost(results)
-    out += [("h2", "Cost per arm"), ("table", *_cost_table(cost_rows))]
+    out += [("h2", "Cost per arm"), ("table", *_cost_table(cost_rows, devices(results)))]
     if results.runs:
         drawn = {"dice boxplots": figures.box_plots(results), "paired differences": figures.difference_plot(comps),
                  "dice vs cost": figures.dice_vs_cost(results, cost_rows),

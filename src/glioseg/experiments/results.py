@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,18 +100,47 @@ def _median(values: list) -> float | None:
     return statistics.median(values) if values else None
 
 
+def device_of(run: dict) -> str:
+    """What a finished run was timed on: the device line of its precision summary or its cost
+    (older results: the device and its torch threads)."""
+    return ((run["precision"] or {}).get("device_description") or run["cost"].get("device_description")
+            or f"{run['cost']['device']}, {run['cost'].get('threads')} threads")
+
+
+def devices(results: Results) -> list[str]:
+    """The devices the finished runs were timed on, most runs first (the first is the main one)."""
+    return [d for d, _ in Counter(device_of(r) for r in results.runs.values()).most_common()]
+
+
+def _timed_on(done: list[dict]) -> dict[str, dict]:
+    """Per device: the runs timed on it, their median s/step and training time."""
+    out = {}
+    for device in dict.fromkeys(device_of(r) for r in done):
+        c = [r["cost"] for r in done if device_of(r) == device]
+        out[device] = {"runs": len(c), "s_per_step": _median([x["s_per_step"] for x in c]),
+                       "train_s": _median([x["train_wall_s"] for x in c])}
+    return out
+
+
 def cost(results: Results) -> list[dict]:
-    """Per arm: parameters, FLOPs, s/step, peak MiB, training time, time to the target Dice."""
+    """Per arm: parameters, FLOPs, s/step, peak MiB, training time, time to the target Dice.
+
+    Times compare only between runs on one device: ``timed_on`` gives them per device, and
+    ``s_per_step`` and ``train_s`` are those of the experiment's main device (None for an arm
+    with no run there), so that an experiment continued on another machine does not average the two.
+    """
     target = results.plan.spec.evaluation.target_dice
+    main = next(iter(devices(results)), None)
     rows = []
     for arm in results.plan.resolved.arm_names:
         done = results.of_arm(arm)
         c = [r["cost"] for r in done]
+        timed_on = _timed_on(done)
         row = {"arm": arm, "model": results.plan.resolved.configs[arm].model, "runs": len(done),
                "params": c[0]["params"] if c else None, "flops": c[0]["flops"] if c else None,
-               "s_per_step": _median([x["s_per_step"] for x in c]),
+               "s_per_step": timed_on.get(main, {}).get("s_per_step"), "timed_on": timed_on,
                "peak_mib": max((x["peak_mib"] for x in c if x["peak_mib"] is not None), default=None),
-               "train_s": _median([x["train_wall_s"] for x in c]),
+               "train_s": timed_on.get(main, {}).get("train_s"),
                "steps": _median([x["steps"] for x in c]),
                "precision": _precision_steps(done),
                "not_run": results.plan.not_run.get(arm)}
@@ -118,7 +148,7 @@ def cost(results: Results) -> list[dict]:
             reached = [time_to_target(r["curve"], target) for r in done]
             row["target_dice"] = target
             row["reached"] = sum(s is not None for s, _ in reached)
-            row["time_to_target_s"] = _median([s for s, _ in reached])
+            row["time_to_target_s"] = _median([s for (s, _), r in zip(reached, done) if device_of(r) == main])
             row["steps_to_target"] = _median([n for _, n in reached if n is not None])
         rows.append(row)
     return rows
