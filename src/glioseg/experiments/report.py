@@ -111,10 +111,8 @@ def timing_conditions(runs: list[dict]) -> str:
     cites them, the main device (most runs) first."""
     timed = Counter(device_of(r) for r in runs).most_common()
     loads = [x for r in runs for attempt in (r["cost"].get("load") or []) for x in attempt if x is not None]
-    if len(timed) > 1:
-        text = "Runs timed on " + "; ".join(f"[{i}] {d} ({n} runs)" for i, (d, n) in enumerate(timed, 1))
-    else:
-        text = "Runs timed on " + "; ".join(f"{d} ({n} runs)" for d, n in timed)
+    number = (lambda i: f"[{i}] ") if len(timed) > 1 else (lambda i: "")
+    text = "Runs timed on " + "; ".join(f"{number(i)}{d} ({n} runs)" for i, (d, n) in enumerate(timed, 1))
     if loads:
         text += f"; load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of training"
     unrecorded = sum(not r["cost"].get("load") for r in runs)
