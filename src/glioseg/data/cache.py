@@ -17,15 +17,13 @@ records the same input content hashes (SHA-256 of the file bytes), configuration
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
-import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -38,6 +36,7 @@ from glioseg.data.formats import check_case_id
 from glioseg.data.labels import REGIONS, LabelScheme
 from glioseg.errors import GliosegError, InputError
 from glioseg.files import atomic_path, clean_parts, file_sha256, write_json
+from glioseg.parallel import as_finished, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +131,12 @@ def _check(case, out: Path, config: dict, scheme: str) -> tuple[object, dict | N
         return case, None, f"{case.case_id}: {exc}"
 
 
-def _make_and_write(make: Callable, case, inputs: dict, out: Path) -> tuple[str, float, str]:
-    """Run ``make(case, inputs) -> (image, label, meta)`` and write it; (case id, seconds, error)."""
+def _make_and_write(make: Callable, out: Path, job: tuple) -> tuple[str, float, str]:
+    """Run ``make(case, inputs) -> (image, label, meta)`` for ``job = (case, inputs)`` and write it.
+
+    Returns (case id, seconds, error).
+    """
+    case, inputs = job
     start = time.perf_counter()
     try:
         image, label, meta = make(case, inputs)
@@ -145,34 +148,24 @@ def _make_and_write(make: Callable, case, inputs: dict, out: Path) -> tuple[str,
     return case.case_id, time.perf_counter() - start, ""
 
 
-def _one_thread_per_worker() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-
-
 def _run(make: Callable, todo: list, out: Path, workers: int) -> Iterator[tuple[str, float, str]]:
     if not todo:
         return
     bar = tqdm(total=len(todo), unit="case", desc="preprocess")
     try:
         if workers <= 1:
-            for case, inputs in todo:
-                yield _make_and_write(make, case, inputs, out)
+            for job in todo:
+                yield _make_and_write(make, out, job)
                 bar.update()
             return
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                   initializer=_one_thread_per_worker)
+        job = functools.partial(_make_and_write, make, out)
         try:
-            for future in as_completed([pool.submit(_make_and_write, make, c, i, out) for c, i in todo]):
-                yield future.result()
+            for _, result in as_finished(job, todo, workers, spawn=True, one_thread=True):
+                yield result
                 bar.update()
         except BrokenProcessPool as exc:
             raise OSError(f"a preprocessing worker died ({exc}), often for lack of memory: rerun with "
                           f"fewer workers; finished cases are kept") from exc
-        finally:
-            # On Ctrl-C or an error, queued cases are dropped instead of being run to the end.
-            pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 
@@ -192,7 +185,7 @@ def build(dataset, out: Path | str, config: dict, make: Callable, workers: int =
         raise InputError(f"{dataset.root}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX).unlink(missing_ok=True)  # incomplete until every case is current again
-    workers = min(workers or os.cpu_count() or 1, len(ids))
+    workers = worker_count(workers, len(ids))
     with ThreadPoolExecutor(workers) as threads:  # hashlib releases the GIL on large blocks
         checks = list(threads.map(lambda c: _check(c, out, config, dataset.scheme.name), dataset.cases))
     unchecked = [error for _, _, error in checks if error]

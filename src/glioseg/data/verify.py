@@ -9,9 +9,8 @@ and the command exits non-zero if any case is invalid.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from glioseg.data.cases import CaseFiles, case_path, read_case
 from glioseg.data.formats import Case, Dataset
 from glioseg.data.labels import REGIONS, LabelScheme
 from glioseg.files import write_json as write_json_file
+from glioseg.parallel import as_finished, worker_count
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def verify_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> Cas
 def verify_dataset(dataset: Dataset, workers: int = 0, verify_stream: bool = True) -> list[CaseReport]:
     """A report per case, in the dataset's case order; ``workers`` processes (0: one per core)."""
     cases = dataset.cases
-    workers = max(1, min(workers or os.cpu_count() or 1, len(cases)))
+    workers = worker_count(workers, len(cases))
     # Each task carries its own case only, not the whole case list.
     light = dataclasses.replace(dataset, cases=())
     bar = tqdm(total=len(cases), desc="verify", unit="case")
@@ -117,11 +117,10 @@ def verify_dataset(dataset: Dataset, workers: int = 0, verify_stream: bool = Tru
                 reports[case.case_id] = verify_case(case, light, verify_stream)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(verify_case, case, light, verify_stream): case for case in cases}
-                for future in as_completed(futures):
-                    reports[futures[future].case_id] = future.result()
-                    bar.update()
+            check = functools.partial(verify_case, dataset=light, verify_stream=verify_stream)
+            for index, report in as_finished(check, cases, workers):
+                reports[cases[index].case_id] = report
+                bar.update()
     finally:
         bar.close()
     return [reports[case.case_id] for case in cases]

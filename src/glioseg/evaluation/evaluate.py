@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from glioseg.data.labels import REGIONS, LabelScheme, check_label_values, get_sc
 from glioseg.errors import GliosegError, InputError
 from glioseg.evaluation.metrics import EMPTY_MASK_CONVENTION, METRIC_COLUMNS, evaluate_case
 from glioseg.files import atomic_path, write_json
+from glioseg.parallel import as_finished, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +135,16 @@ def _jobs(dataset, pred_dir: Path, missing_policy: str) -> tuple[list[tuple], li
 
 def score_all(jobs: list[tuple], workers: int = 1) -> list[dict]:
     """Score every job (in parallel when ``workers`` > 1); all failures are reported together."""
-    workers = min(workers if workers > 0 else (os.cpu_count() or 1), len(jobs))
+    workers = worker_count(workers, len(jobs))
     bar = dict(total=len(jobs), desc="evaluate", unit="case")
     if workers <= 1:
         results = [_score_or_message(job) for job in tqdm(jobs, **bar)]
     else:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(_score_or_message, jobs), **bar))
+        results = [None] * len(jobs)
+        with tqdm(**bar) as progress:
+            for index, result in as_finished(_score_or_message, jobs, workers):
+                results[index] = result
+                progress.update()
     errors = [r for r in results if isinstance(r, str)]
     if errors:
         raise InputError(f"{len(errors)} of {len(jobs)} cases failed:\n  " + "\n  ".join(errors))
