@@ -183,6 +183,9 @@ def _add_experiment(sub) -> None:
     run.add_argument("--executor", choices=EXECUTORS, default="local",
                      help="local processes (default) or Slurm through submitit")
     run.add_argument("--jobs", type=int, default=1, help="runs at once with --executor local")
+    run.add_argument("--max-runs", type=int, metavar="N",
+                     help="start at most N of the runs left, those already begun first, then stop (on a "
+                          "machine lent for a limited time: the same command continues later)")
     run.add_argument("--dry-run", action="store_true", help="check the spec and print the plan; train nothing")
     status = actions.add_parser("status", help="how far each arm's runs have got")
     status.add_argument("dir", type=Path)

@@ -180,6 +180,24 @@ def test_an_experiment_continues_from_its_committed_result_files(finished, tmp_p
     assert _scores(kept) == _scores(finished)
 
 
+def test_max_runs_starts_that_many_runs_begun_ones_first(finished, tmp_path, one_thread, capsys):
+    """``--max-runs`` for a machine lent for a while: the run already trained is finished first."""
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    shutil.copy(finished / "experiment.json", kept)
+    shutil.copytree(finished / "results", kept / "results")
+    for key in ("small/fold0-seed0", "unet/fold1-seed0"):
+        (kept / "results" / f"{key}.json").unlink()
+    shutil.copytree(finished / "runs" / "unet" / "fold1-seed0", kept / "runs" / "unet" / "fold1-seed0")
+    spec = finished.parent / "spec.yaml"
+    assert main(["experiment", "run", str(spec), "--out", str(kept), "--max-runs", "1"]) == 0
+    assert (kept / "results" / "unet" / "fold1-seed0.json").is_file()
+    assert not (kept / "results" / "small" / "fold0-seed0.json").exists()
+    assert not (kept / "runs" / "small").exists()
+    assert "1 of 4 runs left: run the same command again" in capsys.readouterr().out
+    assert main(["experiment", "run", str(spec), "--out", str(kept), "--max-runs", "0"]) == 2
+
+
 def test_a_folder_in_use_is_refused_before_any_work(finished, tmp_path, caplog):
     spec = finished.parent / "spec.yaml"
     with exclusive_lock(finished / LOCK_FILE, "a test"):

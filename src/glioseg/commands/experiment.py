@@ -12,7 +12,7 @@ from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan
 from glioseg.experiments.report import write_report
 from glioseg.experiments.results import load_results
 from glioseg.experiments.executors import RunsFailed
-from glioseg.experiments.runner import describe_plan, execute, prepare, running
+from glioseg.experiments.runner import describe_plan, execute, prepare, running, runs_left
 from glioseg.experiments.spec import load_spec, shipped_names
 
 
@@ -24,19 +24,24 @@ def _write_report(plan: Plan, out: Path | None = None) -> None:
 def run_experiment(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.max_runs is not None and args.max_runs < 1:
+        raise InputError(f"--max-runs must be at least 1, got {args.max_runs}")
     plan = make_plan(load_spec(args.spec, args.data), args.budget, Path(args.out))
     if args.dry_run:
         print(describe_plan(plan))
         return 0
     command = "glioseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     with running(plan):
-        jobs = prepare(plan, args.jobs, command)
+        jobs = prepare(plan, args.jobs, command, args.max_runs)
         try:
             execute(plan, jobs, args.executor, args.jobs)
         except RunsFailed:
             _write_report(plan)   # the report shows what finished
             raise
         _write_report(plan)
+    left = len(runs_left(plan))
+    if left:
+        print(f"{left} of {len(plan.runs)} runs left: run the same command again to continue")
     return 0
 
 

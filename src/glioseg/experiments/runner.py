@@ -76,16 +76,26 @@ def check_devices(plan: Plan) -> None:
                                               "sees no CUDA device here (--dry-run shows its plan anyway)")
 
 
-def prepare(plan: Plan, jobs: int = 1, command: str | None = None) -> list[dict]:
+def runs_left(plan: Plan, max_runs: int | None = None) -> list:
+    """The runs to do, those with work already done first (``trained``: only evaluation is left;
+    ``partial``: it resumes from its checkpoint); at most ``max_runs`` of them."""
+    progress = {"trained": 0, "partial": 1, "pending": 2}
+    todo = sorted((r for r in plan.runs if plan.status(r) in progress), key=lambda r: progress[plan.status(r)])
+    return todo if max_runs is None else todo[:max_runs]
+
+
+def prepare(plan: Plan, jobs: int = 1, command: str | None = None, max_runs: int | None = None) -> list[dict]:
     """Save the plan, build the one preprocessing cache of every run and return the jobs of the
-    runs left to do (``jobs`` processes at once share the CPU's threads); under :func:`running`."""
+    runs to do now, at most ``max_runs`` (``jobs`` processes at once share the CPU's threads);
+    under :func:`running`."""
     save_plan(plan, command=command, machine=machine())
     for arm, why in plan.not_run.items():
         log.warning("arm %s is not run on this machine: %s", arm, why)
     # one cache for every run: the same preprocessing for all arms, built once (resumable)
     preprocess_dataset(discover(plan.spec.data_path()), plan.cache, PreprocessConfig(), workers=max(1, jobs))
-    todo = [r for r in plan.runs if plan.status(r) not in ("done", "not run")]
-    log.info("%d of %d runs to do", len(todo), len(plan.runs))
+    left, todo = len(runs_left(plan)), runs_left(plan, max_runs)
+    log.info("%d of %d runs to do%s", left, len(plan.runs),
+             f"; {len(todo)} this time (--max-runs {max_runs})" if len(todo) < left else "")
     threads = threads_for(jobs) if jobs > 1 else None
     return [make_job(plan, run, threads) for run in todo]
 
