@@ -76,12 +76,12 @@ def check_devices(plan: Plan) -> None:
                                               "sees no CUDA device here (--dry-run shows its plan anyway)")
 
 
-def runs_left(plan: Plan, max_runs: int | None = None) -> list:
+def runs_left(plan: Plan) -> list:
     """The runs to do, those with work already done first (``trained``: only evaluation is left;
-    ``partial``: it resumes from its checkpoint); at most ``max_runs`` of them."""
+    ``partial``: it resumes from its checkpoint)."""
     progress = {"trained": 0, "partial": 1, "pending": 2}
-    todo = sorted((r for r in plan.runs if plan.status(r) in progress), key=lambda r: progress[plan.status(r)])
-    return todo if max_runs is None else todo[:max_runs]
+    status = {run: plan.status(run) for run in plan.runs}
+    return sorted((r for r in plan.runs if status[r] in progress), key=lambda r: progress[status[r]])
 
 
 def prepare(plan: Plan, jobs: int = 1, command: str | None = None, max_runs: int | None = None) -> list[dict]:
@@ -93,9 +93,10 @@ def prepare(plan: Plan, jobs: int = 1, command: str | None = None, max_runs: int
         log.warning("arm %s is not run on this machine: %s", arm, why)
     # one cache for every run: the same preprocessing for all arms, built once (resumable)
     preprocess_dataset(discover(plan.spec.data_path()), plan.cache, PreprocessConfig(), workers=max(1, jobs))
-    left, todo = len(runs_left(plan)), runs_left(plan, max_runs)
-    log.info("%d of %d runs to do%s", left, len(plan.runs),
-             f"; {len(todo)} this time (--max-runs {max_runs})" if len(todo) < left else "")
+    left = runs_left(plan)
+    todo = left[:max_runs]
+    log.info("%d of %d runs to do%s", len(left), len(plan.runs),
+             f"; {len(todo)} this time (--max-runs {max_runs})" if len(todo) < len(left) else "")
     threads = threads_for(jobs) if jobs > 1 else None
     return [make_job(plan, run, threads) for run in todo]
 
