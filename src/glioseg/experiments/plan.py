@@ -136,6 +136,12 @@ def save_plan(plan: Plan, **about) -> None:
     write_text_atomic(path, json.dumps(new, indent=2))
 
 
+def saved_command(out: Path) -> str | None:
+    """The command line recorded in ``DIR/experiment.json`` by the latest ``glioseg experiment run``."""
+    path = Path(out) / EXPERIMENT_FILE
+    return read_json(path, "an experiment plan").get("command") if path.is_file() else None
+
+
 def load_plan(out: Path) -> Plan:
     """The plan recorded in ``DIR/experiment.json`` (no data access: status and report use it)."""
     path = Path(out) / EXPERIMENT_FILE

@@ -1,0 +1,92 @@
+"""One arm of a finished cross-validation experiment as the measured results of a released model.
+
+A released model's card reports how well its recipe did on cases it did not train on
+(:mod:`glioseg.inference.model_card`, ``ReleaseResults``). When the recipe was chosen by an
+experiment, those figures are that arm's held-out scores: every case predicted once, by the fold
+model that did not train on it. :func:`release_results` turns the arm's result files into that
+JSON (per case: the mean over seeds), with the method spelled out, the experiment's command, and
+the study table of every arm in the notes, so the card says what the recipe was chosen against.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+
+from glioseg.errors import InputError
+from glioseg.experiments.results import Results
+from glioseg.experiments.stats import describe
+
+
+def per_case(results: Results, arm: str, region: str) -> dict[str, float]:
+    """case → Dice of ``arm`` in ``region``, averaged over the seeds that scored it (finite values only)."""
+    by_case: dict[str, list[float]] = {}
+    for (case, _seed), value in results.values(region, "dice")[arm].items():
+        if value is not None and math.isfinite(value):
+            by_case.setdefault(case, []).append(value)
+    return {case: statistics.fmean(v) for case, v in sorted(by_case.items())}
+
+
+def _check_complete(results: Results, arm: str) -> None:
+    plan = results.plan
+    if arm not in plan.resolved.arm_names:
+        raise InputError(f"{plan.out}: experiment {plan.spec.name} has no arm {arm!r}; "
+                         f"its arms: {', '.join(plan.resolved.arm_names)}")
+    missing = [r.key for r in plan.runs if r.arm == arm and r not in results.runs]
+    if missing:
+        raise InputError(f"{plan.out}: arm {arm!r} is not finished ({len(missing)} runs without results: "
+                         f"{', '.join(missing)}); cross-validated figures need every fold")
+
+
+def method(results: Results, arm: str) -> str:
+    plan = results.plan
+    spec = plan.spec
+    config = plan.resolved.config(arm, spec.seeds[0])
+    steps = config.epochs * config.steps_per_epoch
+    cases = len(plan.strata)
+    seeds = f"{len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''}"
+    return (f"{spec.folds.k}-fold cross-validation on the {cases} cases of {os.path.relpath(spec.data)}, folds stratified "
+            f"(seed {spec.folds.seed}), {seeds}: arm '{arm}' of the glioseg experiment '{spec.name}' at its "
+            f"'{plan.resolved.budget_name}' budget ({steps} optimiser steps per fold model). Every case is "
+            f"scored by the fold model that did not train on it, through glioseg predict "
+            f"({spec.evaluation.window} window, {spec.evaluation.checkpoint} checkpoint) and glioseg evaluate")
+
+
+def study_table(results: Results, chosen: str) -> str:
+    """Markdown: every arm's held-out Dice (mean ± sd per region), the finished runs, the chosen arm marked."""
+    regions = results.plan.spec.evaluation.regions
+    lines = [f"| arm | runs | {' | '.join(regions)} | mean |", "|---" * (len(regions) + 3) + "|"]
+    for arm in results.arms():
+        cells, means = [], []
+        for region in regions:
+            d = describe(list(per_case(results, arm, region).values()))
+            means.append(d["mean"])
+            cells.append("" if d["mean"] is None else
+                         f"{d['mean']:.3f}" + ("" if d["sd"] is None else f" ± {d['sd']:.3f}"))
+        overall = "" if None in means else f"{statistics.fmean(means):.3f}"
+        name = f"**{arm}** (released)" if arm == chosen else arm
+        total = sum(r.arm == arm for r in results.plan.runs)
+        lines.append(f"| {name} | {len(results.of_arm(arm))} of {total} | {' | '.join(cells)} | {overall} |")
+    return "\n".join(lines)
+
+
+def release_results(results: Results, arm: str, hardware: str, commands: tuple[str, ...] = (),
+                    hours: float | None = None, notes: str = "") -> dict:
+    """The ``ReleaseResults`` JSON of ``arm`` (every fold finished; else :class:`InputError`).
+
+    ``hardware`` and ``hours`` describe the release training (the card's recipe section);
+    ``commands``: how the figures and the release weights were made, in order.
+    """
+    _check_complete(results, arm)
+    dice = {}
+    for region in results.plan.spec.evaluation.regions:
+        scores = per_case(results, arm, region)
+        d = describe(list(scores.values()))
+        dice[region] = {"mean": d["mean"], "sd": d["sd"], "n": d["n"], "per_case": scores}
+    table = (f"Recipe study ({results.plan.spec.name}, held-out Dice over the cases, mean ± sd; "
+             f"the released recipe in bold):\n\n{study_table(results, arm)}")
+    out = {"method": method(results, arm), "hardware": hardware, "dice": dice, "commands": list(commands),
+           "notes": table + (f"\n\n{notes}" if notes else "")}
+    if hours is not None:
+        out["hours"] = hours
+    return out
