@@ -22,14 +22,16 @@ from glioseg.inference.model_card import read_results
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "release_results.py"
 
 
-def _finish(plan, run, dice: dict[str, float]) -> None:
-    """A result file for ``run``: ``dice`` per held-out case in WT, TC = WT - 0.1, ET = WT - 0.2."""
+def _finish(plan, run, dice: dict[str, float], steps: int | None = None) -> None:
+    """A result file for ``run``: ``dice`` per held-out case in WT, TC = WT - 0.1, ET = WT - 0.2;
+    ``steps`` trained, where given."""
     held_out = [c for c, fold in plan.folds[run.seed].items() if fold == run.fold]
     rows = [{"case": c, "region": region, "dice": dice[c] - shift}
             for c in held_out for region, shift in (("WT", 0.0), ("TC", 0.1), ("ET", 0.2))]
     path = plan.result_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"arm": run.arm, "fold": run.fold, "seed": run.seed, "rows": rows})
+    write_json(path, {"arm": run.arm, "fold": run.fold, "seed": run.seed, "rows": rows,
+                      **({"cost": {"steps": steps}} if steps else {})})
 
 
 @pytest.fixture
@@ -83,6 +85,14 @@ def test_undefined_values_are_left_out_of_the_case_means(plan):
         _finish(plan, run, dice)
     wt = release_results(load_results(plan), "small", "cpu")["dice"]["WT"]
     assert first not in wt["per_case"] and wt["n"] == 5
+
+
+def test_the_method_gives_the_steps_the_fold_models_trained(plan):
+    """A time budget stops runs at different steps: the recorded steps, not the schedule's length."""
+    first, second = [r for r in plan.runs if r.arm == "small"]
+    _finish(plan, first, _dice(plan), steps=3)
+    _finish(plan, second, _dice(plan), steps=2)
+    assert "(2-3 optimiser steps per fold model)" in release_results(load_results(plan), "small", "cpu")["method"]
 
 
 def test_an_arm_with_a_fold_missing_or_no_such_arm_is_refused(plan):

@@ -38,16 +38,24 @@ def _check_complete(results: Results, arm: str) -> None:
                          f"{', '.join(missing)}); cross-validated figures need every fold")
 
 
+def _steps(results: Results, arm: str) -> str:
+    """The steps the arm's fold models trained (their result files; the schedule's length if unrecorded)."""
+    done = sorted({r["cost"]["steps"] for r in results.of_arm(arm) if r.get("cost", {}).get("steps")})
+    if not done:
+        config = results.plan.resolved.config(arm, results.plan.spec.seeds[0])
+        return str(config.epochs * config.steps_per_epoch)
+    return str(done[0]) if len(done) == 1 else f"{done[0]}-{done[-1]}"
+
+
 def method(results: Results, arm: str) -> str:
     plan = results.plan
     spec = plan.spec
-    config = plan.resolved.config(arm, spec.seeds[0])
-    steps = config.epochs * config.steps_per_epoch
     cases = len(plan.strata)
     seeds = f"{len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''}"
-    return (f"{spec.folds.k}-fold cross-validation on the {cases} cases of {os.path.relpath(spec.data)}, folds stratified "
-            f"(seed {spec.folds.seed}), {seeds}: arm '{arm}' of the glioseg experiment '{spec.name}' at its "
-            f"'{plan.resolved.budget_name}' budget ({steps} optimiser steps per fold model). Every case is "
+    return (f"{spec.folds.k}-fold cross-validation on the {cases} cases of {os.path.relpath(spec.data)}, folds "
+            f"stratified by site and grade (seed {spec.folds.seed}), {seeds}: arm '{arm}' of the glioseg experiment "
+            f"'{spec.name}' at its '{plan.resolved.budget_name}' budget ({_steps(results, arm)} optimiser steps "
+            f"per fold model). Every case is "
             f"scored by the fold model that did not train on it, through glioseg predict "
             f"({spec.evaluation.window} window, {spec.evaluation.checkpoint} checkpoint) and glioseg evaluate")
 
