@@ -23,10 +23,10 @@ TOOL = Path(__file__).resolve().parents[2] / "tools" / "release_results.py"
 
 
 def _finish(plan, run, dice: dict[str, float], steps: int | None = None) -> None:
-    """A result file for ``run``: ``dice`` per held-out case in WT, TC = WT - 0.1, ET = WT - 0.2;
-    ``steps`` trained, where given."""
+    """A result file for ``run``: ``dice`` per held-out case in WT, TC = WT - 0.1, ET = WT - 0.2
+    (HD95 5 mm); ``steps`` trained, where given."""
     held_out = [c for c, fold in plan.folds[run.seed].items() if fold == run.fold]
-    rows = [{"case": c, "region": region, "dice": dice[c] - shift}
+    rows = [{"case": c, "region": region, "dice": dice[c] - shift, "hd95": 5.0}
             for c in held_out for region, shift in (("WT", 0.0), ("TC", 0.1), ("ET", 0.2))]
     path = plan.result_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)

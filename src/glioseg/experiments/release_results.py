@@ -9,22 +9,12 @@ the study table of every arm in the notes, so the card says what the recipe was 
 """
 from __future__ import annotations
 
-import math
 import os
 import statistics
 
 from glioseg.errors import InputError
-from glioseg.experiments.results import Results
-from glioseg.experiments.stats import describe
-
-
-def per_case(results: Results, arm: str, region: str) -> dict[str, float]:
-    """case → Dice of ``arm`` in ``region``, averaged over the seeds that scored it (finite values only)."""
-    by_case: dict[str, list[float]] = {}
-    for (case, _seed), value in results.values(region, "dice")[arm].items():
-        if value is not None and math.isfinite(value):
-            by_case.setdefault(case, []).append(value)
-    return {case: statistics.fmean(v) for case, v in sorted(by_case.items())}
+from glioseg.experiments.results import Results, arm_scores
+from glioseg.experiments.stats import by_case, describe
 
 
 def _check_complete(results: Results, arm: str) -> None:
@@ -61,20 +51,20 @@ def method(results: Results, arm: str) -> str:
 
 
 def study_table(results: Results, chosen: str) -> str:
-    """Markdown: every arm's held-out Dice (mean ± sd per region), the finished runs, the chosen arm marked."""
+    """Markdown: every arm's held-out Dice (mean ± sd per region, the report's :func:`arm_scores`),
+    the finished runs, the chosen arm marked."""
     regions = results.plan.spec.evaluation.regions
+    cell = {(r["arm"], r["region"]): r for r in arm_scores(results) if r["metric"] == "dice"}
     lines = [f"| arm | runs | {' | '.join(regions)} | mean |", "|---" * (len(regions) + 3) + "|"]
     for arm in results.arms():
-        cells, means = [], []
-        for region in regions:
-            d = describe(list(per_case(results, arm, region).values()))
-            means.append(d["mean"])
-            cells.append("" if d["mean"] is None else
-                         f"{d['mean']:.3f}" + ("" if d["sd"] is None else f" ± {d['sd']:.3f}"))
+        rows = [cell[(arm, region)] for region in regions]
+        cells = ["" if d["mean"] is None else f"{d['mean']:.3f}" + ("" if d["sd"] is None else f" ± {d['sd']:.3f}")
+                 for d in rows]
+        means = [d["mean"] for d in rows]
         overall = "" if None in means else f"{statistics.fmean(means):.3f}"
         name = f"**{arm}** (released)" if arm == chosen else arm
         total = sum(r.arm == arm for r in results.plan.runs)
-        lines.append(f"| {name} | {len(results.of_arm(arm))} of {total} | {' | '.join(cells)} | {overall} |")
+        lines.append(f"| {name} | {rows[0]['runs']} of {total} | {' | '.join(cells)} | {overall} |")
     return "\n".join(lines)
 
 
@@ -88,7 +78,7 @@ def release_results(results: Results, arm: str, hardware: str, commands: tuple[s
     _check_complete(results, arm)
     dice = {}
     for region in results.plan.spec.evaluation.regions:
-        scores = per_case(results, arm, region)
+        scores = by_case(results.values(region, "dice")[arm])
         d = describe(list(scores.values()))
         dice[region] = {"mean": d["mean"], "sd": d["sd"], "n": d["n"], "per_case": scores}
     table = (f"Recipe study ({results.plan.spec.name}, held-out Dice over the cases, mean ± sd; "

@@ -44,12 +44,18 @@ def paired_differences(arm: Mapping[Key, float], reference: Mapping[Key, float])
     return {k: arm[k] - reference[k] for k in sorted(set(arm) & set(reference)) if ok(arm[k]) and ok(reference[k])}
 
 
+def by_case(values: Mapping[Key, float]) -> dict[str, float]:
+    """case → its finite values averaged over its seeds, in case order (cases with none left out)."""
+    groups: dict[str, list[float]] = {}
+    for (case, _), v in values.items():
+        if v is not None and math.isfinite(v):
+            groups.setdefault(case, []).append(v)
+    return {c: float(np.mean(groups[c])) for c in sorted(groups)}
+
+
 def case_means(differences: Mapping[Key, float]) -> np.ndarray:
     """Each case's differences averaged over its seeds, in case order."""
-    by_case: dict[str, list[float]] = {}
-    for (case, _), d in differences.items():
-        by_case.setdefault(case, []).append(d)
-    return np.asarray([np.mean(by_case[c]) for c in sorted(by_case)], dtype=float)
+    return np.asarray(list(by_case(differences).values()), dtype=float)
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
