@@ -90,7 +90,9 @@ def _about(results: Results, command: str | None, machine: dict | None) -> list[
     out: list[tuple] = [("h1", f"glioseg experiment: {spec.name}"), ("p", spec.description),
                         ("p", f"Command: `{command or 'glioseg experiment run ...'}`")]
     if machine:
-        out.append(("p", f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores"
+        # An experiment continued elsewhere records its latest command and machine; the runs' own
+        # devices follow in timing_conditions.
+        out.append(("p", f"Machine of that command: {machine.get('cpu')}, {machine.get('cores')} cores"
                          f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}; torch {machine.get('torch')}."))
     out.append(("p", f"Budget `{plan.resolved.budget_name}`: " + ", ".join(
         f"{k} {getattr(budget, k)}" for k in ("steps", "epochs", "minutes", "steps_per_epoch", "device")
