@@ -7,6 +7,7 @@ import json
 import pytest
 
 from glioseg.commands import demo
+from glioseg.data.sample import SAMPLE_CASE
 from glioseg.cli import main
 from glioseg.inference import released
 
@@ -54,15 +55,24 @@ def test_part_a_writes_the_real_case_its_prediction_and_report(demo_out):
     assert list(dice) == ["WT", "TC", "ET"] and all(0 <= v <= 1 for v in dice.values())
 
 
-def test_closing_lines_give_reports_dice_and_the_precision_decision(demo_out, tiny_release):
-    lines = "\n".join(demo._closing(demo_out, tiny_release.name))
+def test_closing_lines_give_reports_dice_and_the_precision_decision(demo_out, installed):
+    lines = "\n".join(demo._closing(demo_out, installed.name))
     dice = demo.region_dice(demo_out / "released" / "evaluation")
     summary = json.loads((demo_out / "run" / "precision_summary.json").read_text())
     probe = next(e for e in read_events(demo_out / "run" / "precision_events.jsonl") if e["signal"] == "probe")
     for text in (f"WT Dice {dice['WT']:.3f}", f"ET Dice {dice['ET']:.3f}", f"target {summary['target']}",
-                 probe["reason"], str(demo_out / "released" / "evaluation" / "report.html"),
+                 probe["reason"], "held out from this model's training",
+                 str(demo_out / "released" / "evaluation" / "report.html"),
                  str(demo_out / "run" / "report.html")):
         assert text in lines, text
+
+
+@pytest.mark.parametrize("cases, says", [(None, "training cases not recorded"),
+                                         (["Brats18_CBICA_ABM_1"], "held out from this model's training"),
+                                         ([SAMPLE_CASE, "Brats18_CBICA_ABM_1"], "a training case of this model")])
+def test_the_dice_line_says_whether_the_sample_was_a_training_case(monkeypatch, cases, says):
+    monkeypatch.setattr(demo, "entry", lambda name: {} if cases is None else {"training_cases": cases})
+    assert demo.sample_provenance("any").startswith(says)
 
 
 def test_without_a_release_the_closing_lines_have_only_part_b(demo_out):

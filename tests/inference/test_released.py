@@ -38,6 +38,14 @@ def test_the_release_holds_no_pickle_and_indexes_every_file(tiny_release):
     assert entry["dice"]["WT"] == {"mean": 0.5, "sd": 0.1, "n": 2}
 
 
+def test_the_training_cases_of_the_run_are_recorded_in_index_and_card(tiny_release):
+    trained = json.loads((tiny_release.checkpoint.parent / "split.json").read_text())["train"]
+    entry = released.entry(tiny_release.name, tiny_release.root)
+    assert entry["training_cases"] == sorted(trained) and trained
+    card = (tiny_release.root / tiny_release.name / "MODEL_CARD.md").read_text()
+    assert f"trained on {len(trained)} cases: {', '.join(sorted(trained))}" in card
+
+
 def test_loads_by_name_with_the_checkpoints_weights_in_the_stored_dtype(tiny_release):
     bundle = load_bundle(released.verified_config(tiny_release.name, tiny_release.root))
     trained = load_checkpoint(tiny_release.checkpoint)["bundle"]["weights"]

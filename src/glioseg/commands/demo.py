@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from glioseg.data.sample import SAMPLE_CASE
 from glioseg.errors import InputError
 from glioseg.inference.released import entry, released_names
 
@@ -88,13 +89,24 @@ def precision_decision(run: Path) -> str:
             f"{summary['switches']} switch(es); {probe}")
 
 
+def sample_provenance(model: str) -> str:
+    """Whether the sample case was among the model's training cases (its index entry's), which
+    decides whether its Dice says anything about unseen scans."""
+    cases = entry(model).get("training_cases")
+    if cases is None:
+        return "training cases not recorded"
+    if SAMPLE_CASE in cases:
+        return "a training case of this model, so not a held-out score: its card gives the cross-validated Dice"
+    return "held out from this model's training"
+
+
 def _closing(out: Path, model: str | None, seconds: dict[str, float] | None = None) -> list[str]:
     took = {part: f" ({t:.0f} s)" for part, t in (seconds or {}).items()}
     lines = []
     if model is not None:
         dice = region_dice(out / "released" / "evaluation")
         lines += [f"(a) released model {model} on the real case{took.get('a', '')}: "
-                  + ", ".join(f"{r} Dice {v:.3f}" for r, v in dice.items()),
+                  + ", ".join(f"{r} Dice {v:.3f}" for r, v in dice.items()) + f" ({sample_provenance(model)})",
                   f"    report: {out / 'released' / 'evaluation' / 'report.html'}"]
     lines += [f"(b) training on phantoms{took.get('b', '')}, precision decision: {precision_decision(out / 'run')}",
               f"    reports: {out / 'evaluation' / 'report.html'} (evaluation), {out / 'run' / 'report.html'} "

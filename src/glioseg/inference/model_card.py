@@ -123,13 +123,16 @@ def _recipe_lines(training: dict) -> list[str]:
                  + _duration(training["hours"]))
     if training.get("precision_steps"):
         lines.append(f"- steps per precision over the run: {json.dumps(training['precision_steps'])}")
+    if training.get("cases") is not None:
+        lines.append(f"- trained on {len(training['cases'])} cases: {', '.join(training['cases'])}")
     lines.append(f"- hardware: {training['hardware']}")
     lines.append(f"- software: {json.dumps(training.get('versions', {}))}")
     return lines
 
 
 def render_card(name: str, bundle, training: dict, results: ReleaseResults, agreement: dict) -> str:
-    """The MODEL_CARD.md text. ``training``: config, steps, hours, hardware, precision_steps, versions;
+    """The MODEL_CARD.md text. ``training``: config, steps, hours, hardware, precision_steps, versions,
+    cases (trained on; None if unrecorded);
     ``agreement``: dtype chosen, threshold, cases and the per-region minimum fp16-vs-fp32 Dice."""
     lines = [f"# {name}", "",
              f"{bundle.model} ({json.dumps(dict(bundle.options))}), {bundle.target} output "

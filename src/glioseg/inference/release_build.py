@@ -86,13 +86,23 @@ def _run_hours(run: Path) -> float | None:
         return sum(float(row["seconds"]) for row in csv.DictReader(fh) if row.get("seconds")) / 3600
 
 
+def training_cases(run: Path) -> list[str] | None:
+    """The case ids the run trained on (its ``split.json``), so that users can tell a training case's
+    Dice from a held-out one; None for a run folder without a split."""
+    split = run / "split.json"
+    if not split.is_file():
+        return None
+    return sorted(json.loads(split.read_text())["train"])
+
+
 def training_facts(checkpoint: Path, state: dict, results: ReleaseResults) -> dict:
-    """Recipe, steps, hours, hardware and precisions of the run that wrote ``checkpoint``."""
+    """Recipe, steps, hours, hardware, precisions and training cases of the run that wrote ``checkpoint``."""
     summary = checkpoint.parent / "precision_summary.json"
     steps_in = json.loads(summary.read_text()).get("steps_per_precision") if summary.is_file() else None
     hours = results.hours if results.hours is not None else _run_hours(checkpoint.parent)
     return {"config": state["config"], "steps": int(state["progress"]["step"]), "hours": hours,
-            "hardware": results.hardware, "precision_steps": steps_in, "versions": state.get("versions", {})}
+            "hardware": results.hardware, "precision_steps": steps_in, "versions": state.get("versions", {}),
+            "cases": training_cases(checkpoint.parent)}
 
 
 def _write_folder(part: Path, name: str, bundle: ModelBundle, card: str, dtype: str) -> dict[str, str]:
@@ -138,7 +148,8 @@ def build_release(checkpoint: Path | str, name: str, results_file: Path | str, c
     state = load_checkpoint(checkpoint)
     bundle = ModelBundle.from_state(state["bundle"], sha256=file_sha256(checkpoint))
     agreement = fp16_agreement(bundle, cases, fp16_threshold)
-    card = render_card(name, bundle, training_facts(checkpoint, state, results), results, agreement)
+    training = training_facts(checkpoint, state, results)
+    card = render_card(name, bundle, training, results, agreement)
     root.mkdir(parents=True, exist_ok=True)
     part = Path(tempfile.mkdtemp(prefix=f".part-{name}.", dir=root))
     part.chmod(0o755)  # mkdtemp's 0700 would travel into the package
@@ -150,7 +161,8 @@ def build_release(checkpoint: Path | str, name: str, results_file: Path | str, c
     item = {"weights": f"{name}.safetensors", "files": files, "model": bundle.model,
             "options": dict(bundle.options), "params": count_parameters(bundle.build_model()),
             "dtype": agreement["dtype"], "fp16_agreement": agreement["min_dice"], "dice": dice_summary(results),
-            "dice_method": results.method, "source_sha256": bundle.sha256, "glioseg_version": __version__}
+            "dice_method": results.method,
+            "training_cases": training["cases"], "source_sha256": bundle.sha256, "glioseg_version": __version__}
     _update_index(root, name, item)
     log.info("released %s in %s (%s weights)", name, root / name, agreement["dtype"])
     return item
