@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python tools/release_results.py runs/experiments/segresnet-recipe --arm "dice 96" \
         --hardware "AMD EPYC (Zen 3), 2 cores, AVX2, fp32; torch 2.13.0 CPU, 2 threads" \
-        --command "glioseg train --data ... --out runs/release" --out results.json
+        --command "glioseg train --data ... --out runs/release" [--notes notes.md] --out results.json
 
 The JSON (``glioseg.inference.model_card``'s ``ReleaseResults``) holds the arm's cross-validated
 Dice per region (mean, sd, n, per case), the method, the commands (the experiment's own, its report,
@@ -31,7 +31,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--hardware", required=True, help="what the release weights were trained on")
     p.add_argument("--command", action="append", default=[], help="how the release weights were made (repeatable)")
     p.add_argument("--hours", type=float, help="training hours of the release run (default: from its metrics.csv)")
-    p.add_argument("--notes", default="", help="markdown appended after the study table")
+    p.add_argument("--notes", type=Path, help="markdown file appended after the study table")
     p.add_argument("--out", type=Path, required=True, help="results JSON to write")
     return p.parse_args(argv)
 
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
         results = load_results(load_plan(args.experiment))
         commands = [c for c in (saved_command(args.experiment),
                                 f"glioseg experiment report {args.experiment}") if c] + args.command
-        data = release_results(results, args.arm, args.hardware, tuple(commands), args.hours, args.notes)
+        notes = args.notes.read_text() if args.notes else ""
+        data = release_results(results, args.arm, args.hardware, tuple(commands), args.hours, notes)
         write_text_atomic(args.out, json.dumps(data, indent=1) + "\n")
     except (OSError, GliosegError) as exc:
         logging.error("%s", exc)

@@ -126,3 +126,9 @@ def test_the_tool_writes_the_arms_results_with_the_experiments_commands(plan, tm
     assert data["commands"] == ["glioseg experiment run spec.yaml --out exp",
                                 f"glioseg experiment report {plan.out}", "glioseg train X"]
     assert data["hardware"] == "test CPU" and data["dice"]["WT"]["n"] == 6
+    notes = tmp_path / "notes.md"
+    notes.write_text("**Trained 10x longer.**\n")
+    assert _tool().main(args + ["--notes", str(notes)]) == 0
+    assert json.loads(out.read_text())["notes"].endswith("\n\n**Trained 10x longer.**\n")
+    assert _tool().main(args + ["--notes", str(tmp_path / "missing.md")]) == 2
+    assert "missing.md" in caplog.text
