@@ -10,10 +10,11 @@ from glioseg.evaluation.evaluate import evaluate
 from glioseg.inference import released
 
 SHIPPED = "segresnet-brats18"
-# WT Dice of the shipped model on the sample case must stay above this: measured 0.873 (fp32 and
-# bf16 alike; the sample is one of the interim model's 4 held-out cases, MODEL_CARD.md), less a
-# margin for CPU-to-CPU differences. It guards the shipped file and the pipeline.
-SAMPLE_WT_FLOOR = 0.80
+# WT Dice of the shipped model on the sample case must stay above this: measured 0.928 (TC 0.804,
+# ET 0.763) on a Sapphire Rapids Xeon, --precision auto (bf16), less a margin for CPU-to-CPU
+# differences. The sample is one of the model's 20 training cases (MODEL_CARD.md), so this guards
+# the shipped file and the pipeline, not generalisation.
+SAMPLE_WT_FLOOR = 0.85
 
 
 def test_the_index_is_readable():
