@@ -86,13 +86,11 @@ def _run_hours(run: Path) -> float | None:
         return sum(float(row["seconds"]) for row in csv.DictReader(fh) if row.get("seconds")) / 3600
 
 
-def training_cases(run: Path) -> list[str] | None:
-    """The case ids the run trained on (its ``split.json``), so that users can tell a training case's
-    Dice from a held-out one; None for a run folder without a split."""
-    split = run / "split.json"
-    if not split.is_file():
-        return None
-    return sorted(json.loads(split.read_text())["train"])
+def training_cases(state: dict) -> list[str] | None:
+    """The case ids the checkpoint's run trained on (its saved split), so that users can tell a
+    training case's Dice from a held-out one; None for a checkpoint without a split."""
+    split = state.get("split")
+    return sorted(split["train"]) if split else None
 
 
 def training_facts(checkpoint: Path, state: dict, results: ReleaseResults) -> dict:
@@ -102,7 +100,7 @@ def training_facts(checkpoint: Path, state: dict, results: ReleaseResults) -> di
     hours = results.hours if results.hours is not None else _run_hours(checkpoint.parent)
     return {"config": state["config"], "steps": int(state["progress"]["step"]), "hours": hours,
             "hardware": results.hardware, "precision_steps": steps_in, "versions": state.get("versions", {}),
-            "cases": training_cases(checkpoint.parent)}
+            "cases": training_cases(state)}
 
 
 def _write_folder(part: Path, name: str, bundle: ModelBundle, card: str, dtype: str) -> dict[str, str]:
