@@ -3,7 +3,7 @@
 For each case, the same preprocessed image goes through ``glioseg predict``'s window engine once per
 precision (interleaved case by case, so machine load hits both alike); the labels (WT / TC / ET, as
 predict writes them) are compared with Dice, and each is scored against the case's expert label.
-Also what ``--precision auto`` would choose here, with its probe's reason. On a CPU without native
+Also what ``--precision auto`` would choose here, with its reason. On a CPU without native
 bf16 the bf16 column is emulated and slow: the figures then say what bf16 costs there, not what it
 gains.
 

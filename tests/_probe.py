@@ -1,10 +1,11 @@
 """Forced precision probes: every branch of ``auto`` runs on every CPU, whatever it offers.
 
-``fast``: bf16 is timed at half fp32's time and fp16 at twice, so ``auto`` targets bf16 (training)
-or picks it (prediction); ``slow``: bf16 at 3x and fp16 at 5x, so fp32 stays. The real step or
-window still runs once in every precision (its code path is exercised); only the clock is fake.
-The conv pre-screen and the native-precision check are bypassed, since they read the hardware;
-a probe that a test drives with its own clock (injected times) is left alone.
+``fast``: bf16 is timed at half fp32's time and fp16 at twice, so training's ``auto`` targets bf16,
+and prediction sees a CPU with native bf16 (it decides by capability alone), so it picks bf16;
+``slow``: bf16 at 3x and fp16 at 5x, so fp32 stays, and prediction sees no native low precision.
+The real step still runs once in every precision (its code path is exercised); only the clock is
+fake. The conv pre-screen and the native-precision check are bypassed, since they read the
+hardware; a probe that a test drives with its own clock (injected times) is left alone.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def force_probe(monkeypatch, mode: str) -> None:
     from glioseg.training import precision as training_precision
 
     factors = FACTORS[mode]
-    real_measure, real_time = training_precision.measure_step_times, inference_precision.time_precisions
+    real_measure = training_precision.measure_step_times
 
     def measure_step_times(step_fn, candidates, *, clock, **options):
         if clock is not time.perf_counter:
@@ -39,14 +40,7 @@ def force_probe(monkeypatch, mode: str) -> None:
             step_fn(level)
         return {level: factors[level] for level in candidates}, {}
 
-    def time_precisions(run_window, levels, *, clock=time.perf_counter, **options):
-        if clock is not time.perf_counter:
-            return real_time(run_window, levels, clock=clock, **options)
-        for level in levels:
-            run_window(level)
-        return {level: factors[level] for level in levels}
-
     monkeypatch.setattr(training_precision, "measure_step_times", measure_step_times)
     monkeypatch.setattr(training_precision, "conv_prescreen", lambda *args, **kwargs: {})
-    monkeypatch.setattr(inference_precision, "time_precisions", time_precisions)
-    monkeypatch.setattr(inference_precision, "native_precisions", lambda device: ("fp32", "bf16"))
+    native = ("fp32", "bf16") if mode == "fast" else ("fp32",)
+    monkeypatch.setattr(inference_precision, "native_precisions", lambda device: native)

@@ -152,8 +152,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap when several windows are needed")
     p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations")
     p.add_argument("--precision", choices=PRECISION_POLICIES, default="auto",
-                   help="auto (default): bf16 where the device runs it natively and a probe window is "
-                        "faster, else fp32; non-finite windows are re-run in fp32, stitching is fp32")
+                   help="auto (default): bf16 where the device runs it natively (AVX512-BF16/AMX CPU, "
+                        "GPU), else fp32: the capability decides, so every run gives the same labels; "
+                        "non-finite windows are re-run in fp32, stitching is fp32")
     p.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--probabilities", action="store_true",

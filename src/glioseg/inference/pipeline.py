@@ -51,7 +51,10 @@ def request_of(item: CaseInput, digests: dict, predictor: Predictor, options: Ou
         "models": [net.bundle.sha256 for net in predictor.networks],
         "scheme": item.scheme.name,
         "settings": {"window": config.window if isinstance(config.window, str) else list(config.window),
-                     "overlap": config.overlap, "tta": config.tta, "precision": predictor.requested_precision},
+                     "overlap": config.overlap, "tta": config.tta,
+                     # the precision used, not the policy: a case done in bf16 is not skipped by a
+                     # run that computes fp32, so a resumed folder never mixes the two
+                     "precision": config.precision, "precision_policy": predictor.requested_precision},
         "outputs": options.names(),
     }
 

@@ -23,7 +23,7 @@ from monai.inferers import sliding_window_inference
 from glioseg.data.preprocess import crop, uncrop
 from glioseg.errors import InputError
 from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
-from glioseg.inference.precision import PrecisionChoice, choose_precision, window_runner
+from glioseg.inference.precision import PrecisionChoice, choose_precision
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 from glioseg.models.registry import takes_ids
 from glioseg.precisions import DTYPES, POLICIES
@@ -260,14 +260,12 @@ class Predictor:
         self.config = replace(config, precision=self.precision_choice.precision)
 
     def _choose(self, config: PredictConfig, onnx: bool) -> PrecisionChoice:
-        """``auto``: probe one training-patch window of the first network; else as asked."""
+        """``auto``: the device's native low precision (:func:`choose_precision`); else as asked."""
         if config.precision != "auto":
             return PrecisionChoice(config.precision, f"{config.precision}: as asked")
         if onnx:
             return PrecisionChoice("fp32", "fp32: an ONNX model runs in the precision it was exported in")
-        network = self.networks[0]
-        run_window = window_runner(network, network.patch_size, len(self.bundle.channels), config.device)
-        choice = choose_precision(run_window, config.device)
+        choice = choose_precision(config.device)
         log.info("precision %s", choice.reason)
         return choice
 
