@@ -169,7 +169,8 @@ def _add_export(sub) -> None:
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     p.add_argument("--out", type=Path, required=True, help="output file (.onnx, .ts.pt, .safetensors)")
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                   help="window size of the exported graph (default: the training patch)")
+                   help="fix the exported graph's window (default: any window, multiples of the "
+                        "network's size divisor, so predict runs the checkpoint's windows)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed difference to PyTorch")
 
 

@@ -30,7 +30,7 @@ def test_onnx_export_matches_pytorch(onnx_export):
     bundle, path, result = onnx_export
     assert result["max_abs_diff"] <= 1e-4
     config = json.loads((path.parent / "model.onnx.json").read_text())
-    assert config["format"] == "onnx" and config["window"] == [16, 16, 16] and config["inputs"] == ["image"]
+    assert config["format"] == "onnx" and config["window"] is None and config["inputs"] == ["image"]
     assert config["bundle"] == bundle.metadata()
 
 
@@ -45,12 +45,39 @@ def test_onnx_predicts_like_pytorch_with_dynamic_batch(onnx_export):
     np.testing.assert_allclose(via_onnx, via_torch, atol=1e-4)
 
 
-@pytest.mark.slow
-def test_onnx_window_is_fixed(onnx_export):
+def _as_fixed_window_export(onnx_export, folder):
+    """The shared export as an older glioseg wrote it: a config that fixes the window at the patch
+    (the graph takes any window, so only the config's word changes)."""
     _, path, _ = onnx_export
-    image = np.zeros((4, 20, 20, 20), dtype=np.float32)
+    folder.mkdir()
+    fixed = folder / "fixed.onnx"
+    fixed.write_bytes(path.read_bytes())
+    config = json.loads((path.parent / "model.onnx.json").read_text())
+    (folder / "fixed.onnx.json").write_text(json.dumps({**config, "file": fixed.name, "window": [16, 16, 16]}))
+    return fixed
+
+
+@pytest.mark.slow
+def test_onnx_window_is_dynamic_unless_fixed(onnx_export, tmp_path):
+    bundle, path, _ = onnx_export
+    image = np.random.default_rng(1).normal(size=(4, 20, 24, 18)).astype(np.float32)
+    via_onnx, stats = Predictor([OnnxNetwork(path)], PredictConfig()).probabilities(image)
+    via_torch, torch_stats = Predictor([TorchNetwork(bundle)], PredictConfig()).probabilities(image)
+    assert stats.windows == torch_stats.windows == 1 and stats.window_size == torch_stats.window_size == [24, 24, 24]
+    np.testing.assert_allclose(via_onnx, via_torch, atol=1e-4)
+    fixed = _as_fixed_window_export(onnx_export, tmp_path / "old")
     with pytest.raises(ValueError, match=r"takes windows of \[16, 16, 16\] only"):
-        Predictor([OnnxNetwork(path)], PredictConfig(window=(8, 8, 8))).probabilities(image)
+        Predictor([OnnxNetwork(fixed)], PredictConfig(window=(8, 8, 8))).probabilities(image)
+
+
+@pytest.mark.slow
+def test_a_fixed_window_onnx_model_says_why_its_window_differs(onnx_export, tmp_path, caplog):
+    fixed = _as_fixed_window_export(onnx_export, tmp_path / "old")
+    predictor = Predictor([OnnxNetwork(fixed)], PredictConfig())         # default: the brain box
+    assert len(predictor.window_notes) == 1
+    assert "fixed.onnx was exported with a fixed window of [16, 16, 16]" in predictor.window_notes[0]
+    assert "one window over the brain box" in predictor.window_notes[0] and "export it again" in caplog.text
+    assert Predictor([OnnxNetwork(fixed)], PredictConfig(window="patch")).window_notes == []
 
 
 @pytest.mark.slow
@@ -88,18 +115,23 @@ def test_export_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_predict_cli_runs_onnx_like_the_checkpoint(onnx_export, tmp_path):
+    """The same command with the .pt and the .onnx of one model: the same windows (one over the
+    brain box, #23: eight 16³ windows before), the same labels."""
     bundle, path, _ = onnx_export
     folder, _ = write_case(tmp_path / "data", LPS)
     ckpt = save_checkpoint(tmp_path / "last.pt", {"bundle": bundle.to_state()})
     assert main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "pt"),
-                 "--roi", "patch", "--precision", "fp32"]) == 0   # the ONNX model computes in fp32
-    assert main(["predict", str(folder), "--onnx", str(path), "--out", str(tmp_path / "onnx")]) == 0
+                 "--precision", "fp32"]) == 0   # the ONNX model computes in fp32
+    assert main(["predict", str(folder), "--checkpoint", str(path), "--out", str(tmp_path / "onnx")]) == 0
     assert main(["predict", str(folder), "--onnx", str(path), "--out", str(tmp_path / "x"),
                  "--precision", "bf16"]) == 2
     a, b = (np.asanyarray(nib.load(str(tmp_path / d / f"{folder.name}.nii.gz")).dataobj) for d in ("pt", "onnx"))
     assert (a == b).mean() > 0.9999
-    record = json.loads((tmp_path / "onnx" / f"{folder.name}.json").read_text())
-    assert record["models"][0]["runtime"] == "onnxruntime"
+    pt_run, onnx_record = (json.loads((tmp_path / d / f"{folder.name}.json").read_text()) for d in ("pt", "onnx"))
+    assert onnx_record["models"][0]["runtime"] == "onnxruntime"
+    for key in ("window", "windows_run"):
+        assert onnx_record["run"][key] == pt_run["run"][key]
+    assert onnx_record["run"]["windows_run"] == 1 and onnx_record["run"]["window_notes"] == []
 
 
 def _site_probabilities(network, image, site):

@@ -84,6 +84,7 @@ class OraclePredictor:
         self.bundle, self.cached = bundle, cached_label
         self.config = PredictConfig()
         self.requested_precision, self.precision_choice = "fp32", PrecisionChoice("fp32", "fp32: as asked")
+        self.window_notes = []
         self.networks = [FakeNetwork(threshold_logits, bundle)]
 
     def case_probabilities(self, array, meta, site=None):

@@ -6,8 +6,10 @@ beside them (``NAME.onnx.json`` / ``NAME.safetensors.json``: the bundle's metada
 SHA-256, the window size), which
 is what ``glioseg predict`` reads with them; no pickle is involved in either.
 
-ONNX graphs have a dynamic batch axis and a fixed window (the training patch unless ``--roi``):
-the sliding window feeds windows of exactly that size. DALight-3D's site identifier is a second
+ONNX graphs have a dynamic batch axis and, unless ``--roi`` fixes one, a dynamic window (any
+multiple of the network's size divisor), so predict runs an ONNX model over the same windows as
+its checkpoint; a fixed-window graph (``--roi``, or one exported before windows were dynamic) is
+fed windows of exactly its size, and predict says so when that differs from the window asked. DALight-3D's site identifier is a second
 input ``ids`` (int64, (B,)); -1 selects the default norm.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 OPSET = 18
+MAX_WINDOW = 1024   # voxels per axis a dynamic-window graph accepts (BraTS volumes are 240x240x155)
 
 
 @contextlib.contextmanager
@@ -95,31 +98,49 @@ def _write_config(weights: Path, bundle: ModelBundle, fmt: str, extra: dict) -> 
     return write_json(config_path(weights), config)
 
 
+def _dynamic_shapes(module: torch.nn.Module, names: list[str], divisor: int, fixed: bool) -> dict:
+    """Batch always dynamic; the window too unless ``fixed``: any multiple of the size divisor."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    image = {0: batch}
+    if not fixed:
+        image.update({axis + 2: divisor * torch.export.Dim(f"{a}_blocks", min=1, max=MAX_WINDOW // divisor)
+                      for axis, a in enumerate("xyz")})
+    params = list(inspect.signature(module.forward).parameters)[:len(names)]
+    return {p: (image if i == 0 else {0: batch}) for i, p in enumerate(params)}
+
+
 def export_onnx(bundle: ModelBundle, out: Path, roi=None, tolerance: float = 1e-4) -> dict:
-    """``out`` (.onnx) + ``out.onnx.json``; the graph is checked with onnxruntime against PyTorch."""
+    """``out`` (.onnx) + ``out.onnx.json``; the graph is checked with onnxruntime against PyTorch.
+
+    Without ``roi`` the graph takes any window whose sizes are multiples of the network's size
+    divisor (checked at the training patch and at a second, non-cubic window), so ``glioseg
+    predict`` runs it over the same windows as the checkpoint (one over the brain box by
+    default); ``roi`` fixes the window for runtimes that need static shapes.
+    """
     import onnxruntime
 
     model = bundle.build_model("cpu")
+    fixed = roi is not None
     roi = _check_roi(model, roi or bundle.patch_size)
+    divisor = int(getattr(model, "size_divisor", 1))
     module, with_ids = _exportable(model)
     example = _example(bundle, roi, with_ids)
     names = ["image", "ids"] if with_ids else ["image"]
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    params = list(inspect.signature(module.forward).parameters)[:len(names)]
-    shapes = {p: {0: batch} for p in params}
+    checks = [example] if fixed else [example, _example(bundle, (roi[0] + divisor, *roi[1:]), with_ids, batch=1)]
     with torch.no_grad():
-        expected = module(*example)
+        expected = [module(*inputs) for inputs in checks]
     with atomic_path(out) as tmp:
         with _quiet_exporter():
-            onnx_program = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=shapes, verbose=False,
+            onnx_program = torch.onnx.export(module, example, dynamo=True, verbose=False,
+                                             dynamic_shapes=_dynamic_shapes(module, names, divisor, fixed),
                                              input_names=names, output_names=["logits"], opset_version=OPSET)
         onnx_program.save(str(tmp))
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        feeds = {n: t.numpy() for n, t in zip(names, example)}
-        diff = _compare("ONNX", expected, session.run(["logits"], feeds)[0], tolerance)
-    extra = {"window": list(roi), "size_divisor": int(getattr(model, "size_divisor", 1)),
-             "inputs": names, "opset": OPSET, "check": {"max_abs_diff": diff, "tolerance": tolerance,
-                                                        "patch": [example[0].shape[0], *roi]}}
+        diff = max(_compare("ONNX", want, session.run(["logits"], {n: t.numpy() for n, t in zip(names, inputs)})[0],
+                            tolerance) for want, inputs in zip(expected, checks))
+    extra = {"window": list(roi) if fixed else None, "size_divisor": divisor, "inputs": names, "opset": OPSET,
+             "check": {"max_abs_diff": diff, "tolerance": tolerance,
+                       "patch": [example[0].shape[0], *roi]}}
     _write_config(out, bundle, "onnx", extra)
     return {"file": str(out), "max_abs_diff": diff}
 
@@ -178,7 +199,8 @@ class OnnxNetwork:
         self.source = model_file
         self.bundle = bundle_from_config(released_config(Path(path)), config, digest)
         self.patch_size, self.name = self.bundle.patch_size, self.bundle.model
-        self.fixed_window = tuple(int(w) for w in config["window"])
+        window = config.get("window")   # None: a dynamic window (any multiple of size_divisor)
+        self.fixed_window = None if window is None else tuple(int(w) for w in window)
         self.size_divisor = int(config.get("size_divisor", 1))
         self.inputs = list(config.get("inputs", ["image"]))
         providers = ["CPUExecutionProvider"]

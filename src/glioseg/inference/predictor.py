@@ -231,6 +231,28 @@ def window_logits(network, image: torch.Tensor, config: PredictConfig, site_id: 
     raise InputError(_oom_message(config, tried))
 
 
+def fixed_window_notes(networks: Sequence, config: PredictConfig) -> list[str]:
+    """Why a fixed-window ONNX model cannot run the window ``config`` asks for (one line each).
+
+    A checkpoint runs one window over the brain box by default; a graph exported with a fixed
+    window can only be fed windows of that size, and networks that normalise over their window
+    then give other labels. Said, never silent (#23).
+    """
+    notes = []
+    for net in networks:
+        fixed = net.fixed_window
+        if fixed is None or isinstance(config.window, tuple) or (config.window == "patch" and
+                                                                 tuple(net.patch_size) == tuple(fixed)):
+            continue
+        asked = {"box": "one window over the brain box", "volume": "one window over the whole volume",
+                 "patch": f"training-patch windows of {list(net.patch_size)}"}[config.window]
+        notes.append(f"{Path(net.source).name} was exported with a fixed window of {list(fixed)}: it runs "
+                     f"sliding {list(fixed)} windows where --roi {config.window} asks for {asked} (a "
+                     f"checkpoint runs that), so its labels can differ from the checkpoint's; export it "
+                     f"again without --roi for a graph that takes any window")
+    return notes
+
+
 def _check_ensemble(networks: Sequence) -> None:
     first = networks[0].bundle
     for net in networks[1:]:
@@ -258,6 +280,9 @@ class Predictor:
         self.requested_precision = config.precision
         self.precision_choice = self._choose(config, onnx)
         self.config = replace(config, precision=self.precision_choice.precision)
+        self.window_notes = fixed_window_notes(self.networks, config)
+        for note in self.window_notes:
+            log.warning("%s", note)
 
     def _choose(self, config: PredictConfig, onnx: bool) -> PrecisionChoice:
         """``auto``: the device's native low precision (:func:`choose_precision`); else as asked."""
