@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import nibabel as nib
 import pytest
 import torch
 
 from glioseg.cli import main
-from glioseg.inference import writer
+from glioseg import files
+from glioseg.inference import pipeline, writer
 from glioseg.training.checkpoint import save_checkpoint
 from ._fakes import LPS, tiny_bundle, write_case
 
@@ -70,10 +72,11 @@ def test_probabilities_that_do_not_fit_leave_no_output_of_the_case(tmp_path, che
     assert main(argv) == 2
     final = out / "probabilities" / f"{folder.name}.nii.gz"
     assert f"{final}: cannot write probabilities" in caplog.text and "No space left on device" in caplog.text
-    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == []  # no label map without its sidecar
+    outputs = lambda: {p.name for p in out.rglob("*") if p.is_file() and p.name != pipeline.LOCK_FILE}  # noqa: E731
+    assert outputs() == set()                              # no label map without its sidecar
     monkeypatch.setattr(writer, "write_verified", real)
     assert main(argv) == 0
-    assert {p.name for p in out.rglob("*") if p.is_file()} == {f"{folder.name}.nii.gz", f"{folder.name}.json"}
+    assert outputs() == {f"{folder.name}.nii.gz", f"{folder.name}.json"}
 
 
 def test_an_invalid_qform_reaches_the_user_with_file_and_check(tmp_path, checkpoint, caplog):
@@ -85,3 +88,19 @@ def test_an_invalid_qform_reaches_the_user_with_file_and_check(tmp_path, checkpo
     assert main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
     assert f"{t1}: qform is invalid: w2 should be positive" in caplog.text
     assert "expected a unit quaternion" in caplog.text
+
+
+def test_a_second_prediction_into_a_busy_folder_fails_and_leaves_the_first_ones_parts(tmp_path, checkpoint,
+                                                                                    caplog):
+    """#23: a second predict into the same --out removed the running one's .part- file at start-up."""
+    folder, _ = write_case(tmp_path / "data", LPS)
+    out = tmp_path / "out"
+    out.mkdir()
+    part = out / f".part-99999-{folder.name}.nii.gz"          # the first run's case in progress
+    part.write_bytes(b"being written")
+    with files.exclusive_lock(out / pipeline.LOCK_FILE, "the first run"):
+        assert main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+    assert f"prediction folder {out} is in use by another process (pid {os.getpid()})" in caplog.text
+    assert part.read_bytes() == b"being written" and not (out / f"{folder.name}.nii.gz").exists()
+    assert main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert not part.exists() and (out / f"{folder.name}.nii.gz").is_file()   # once free: a stale part

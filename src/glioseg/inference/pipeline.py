@@ -22,12 +22,15 @@ from glioseg.data.cases import load_case
 from glioseg.data.errors import DataError
 from glioseg.data.labels import region_volumes_ml
 from glioseg.errors import GliosegError, InputError
+from glioseg import files
 from glioseg.files import file_sha256
 from glioseg.inference import writer
 from glioseg.inference.inputs import CaseInput
 from glioseg.inference.predictor import PredictConfig, Predictor, open_network
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"   # held by the run predicting into a folder (files.exclusive_lock)
 
 @dataclass(frozen=True)
 class OutputOptions:
@@ -151,7 +154,20 @@ def predict_all(items: Sequence[CaseInput], predictor: Predictor, out: Path | st
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    writer.clean_parts(out)
+    # One run per folder: a second one would remove the first's .part- files as stale (#23).
+    with files.exclusive_lock(out / LOCK_FILE, f"prediction folder {out}"):
+        writer.clean_parts(out)
+        counts, errors = _predict_items(items, predictor, out, options)
+    log.info("predict %s: %d predicted, %d already complete (skipped), %d failed", out,
+             counts["done"], counts["skipped"], counts["failed"])
+    if errors:
+        raise InputError(f"{len(errors)} of {len(items)} cases failed (the others are written; rerun to "
+                         "resume): " + "; ".join(errors))
+    return counts
+
+
+def _predict_items(items: Sequence[CaseInput], predictor: Predictor, out: Path,
+                   options: OutputOptions) -> tuple[dict[str, int], list[str]]:
     counts, errors = {"done": 0, "skipped": 0, "failed": 0}, []
     for item in tqdm(items, desc="predict", unit="case"):
         try:
@@ -160,12 +176,7 @@ def predict_all(items: Sequence[CaseInput], predictor: Predictor, out: Path | st
             counts["failed"] += 1
             errors.append(f"{item.case.case_id}: {exc}")
             log.error("%s", errors[-1])
-    log.info("predict %s: %d predicted, %d already complete (skipped), %d failed", out,
-             counts["done"], counts["skipped"], counts["failed"])
-    if errors:
-        raise InputError(f"{len(errors)} of {len(items)} cases failed (the others are written; rerun to "
-                         "resume): " + "; ".join(errors))
-    return counts
+    return counts, errors
 
 
 def make_predictor(checkpoints: Sequence[Path], config: PredictConfig) -> Predictor:
