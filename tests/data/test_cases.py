@@ -169,3 +169,48 @@ def test_msd_file_listed_but_absent(make_dataset):
     dataset = discover(root)
     with pytest.raises(DataError, match=r"BRATS_999.nii.gz: no such file"):
         load_case(dataset.cases[0], dataset)
+
+
+def _brats2023_with_2021_labels(make_dataset, case_arrays, nifti):
+    """A BraTS 2023-named dataset whose label files use the 2017-2021 values (4 = enhancing, no 3)."""
+    root = make_dataset("brats2023", cases=1)
+    case_id = next(p.name for p in root.iterdir() if p.is_dir())
+    _, label = case_arrays(scheme="brats")
+    assert 4 in label and 3 not in label
+    nifti(root / case_id / f"{case_id}-seg.nii.gz", label)
+    return root, case_id, label
+
+
+def test_brats2023_names_with_2021_label_values_are_refused(make_dataset, case_arrays, nifti):
+    """#23: read as 2023 (4 = resection cavity) the enhancing tumour vanished without a word."""
+    root, case_id, _ = _brats2023_with_2021_labels(make_dataset, case_arrays, nifti)
+    dataset = discover(root)
+    with pytest.raises(DataError, match=r"-seg\.nii\.gz: holds label 4 and no label 3, the BraTS 2017-2021 "
+                                        r"convention .* \{\"scheme\": \"brats\", \"cases\""):
+        load_case(dataset.cases[0], dataset)
+
+
+def test_a_manifest_stating_the_convention_reads_the_same_files(make_dataset, case_arrays, nifti):
+    root, case_id, label = _brats2023_with_2021_labels(make_dataset, case_arrays, nifti)
+    files = {c: f"{case_id}/{case_id}-{s}.nii.gz" for c, s in
+             {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "label": "seg"}.items()}
+    manifest = root / "cases.json"
+    manifest.write_text(json.dumps({"scheme": "brats", "cases": [{"case": case_id, **files}]}))
+    dataset = discover(manifest)
+    _, read = load_case(dataset.cases[0], dataset)
+    np.testing.assert_array_equal(read.array, label)
+    assert dataset.scheme.regions["ET"] == (4,)
+    # a 2024 case whose 4 really is a resection cavity is stated the same way
+    manifest.write_text(json.dumps({"scheme": "brats2023", "cases": [{"case": case_id, **files}]}))
+    dataset = discover(manifest)
+    assert load_case(dataset.cases[0], dataset)[1] is not None
+
+
+def test_brats2023_labels_with_3_and_4_are_the_2024_convention(make_dataset, case_arrays, nifti):
+    root = make_dataset("brats2023", cases=1)
+    case_id = next(p.name for p in root.iterdir() if p.is_dir())
+    _, label = case_arrays(scheme="brats2023")
+    label[0, 0, 0] = 4                                   # one voxel of resection cavity beside ET (3)
+    nifti(root / case_id / f"{case_id}-seg.nii.gz", label)
+    dataset = discover(root)
+    assert 4 in load_case(dataset.cases[0], dataset)[1].array

@@ -22,7 +22,7 @@ from glioseg.data.errors import DataError
 from glioseg.data.formats import Case, Dataset, joined
 from glioseg.data.header import AFFINE_TOL_MATRIX, AFFINE_TOL_MM, affines_agree, describe_affine
 from glioseg.data.io import Image, read_image
-from glioseg.data.labels import LabelScheme
+from glioseg.data.labels import LabelScheme, implied_convention_problem
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,10 @@ def read_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> CaseF
             out.label, out.label_counts = read_label(case.label, dataset.scheme, verify_stream)
         except DataError as exc:
             out.problems.append(exc)
+    if out.label_counts is not None and dataset.format != "manifest":   # a manifest states its scheme
+        problem = implied_convention_problem(out.label_counts, dataset.scheme)
+        if problem is not None:
+            out.problems.append(DataError(case.label, problem))
     on_grid = dict(out.channels, **({"label": out.label} if out.label is not None else {}))
     out.problems += grid_problems(where, on_grid)
     if out.label_counts is not None and set(out.label_counts) <= {0}:

@@ -109,6 +109,24 @@ def check_label_values(values: np.ndarray, scheme: LabelScheme) -> list[int]:
     return sorted(int(v) for v in np.unique(values) if int(v) not in scheme.allowed)
 
 
+def implied_convention_problem(values, scheme: LabelScheme) -> str | None:
+    """Why label ``values`` contradict the convention that a dataset's *file names* imply, or None.
+
+    BraTS 2023+ names (``-t2f``, ``-seg``) mean 3 = enhancing tumour and, from 2024, 4 = resection
+    cavity (in no region); a map with 4 and no 3 almost surely uses the 2017-2021 values (4 =
+    enhancing), and read as 2023 its enhancing tumour would silently become a cavity (ET 0 mL).
+    Only for a convention implied by names: a manifest that states its scheme is taken at its word.
+    """
+    present = {int(v) for v in values}
+    if scheme.name != "brats2023" or 4 not in present or 3 in present:
+        return None
+    return ("holds label 4 and no label 3, the BraTS 2017-2021 convention (4 = enhancing tumour), but its "
+            "BraTS 2023 file names (-t2f, -t1c, -seg) imply 3 = enhancing and 4 = resection cavity, so its "
+            "enhancing tumour would be lost; state the convention in a JSON manifest beside the data: "
+            '{"scheme": "brats", "cases": [{"case": ..., "flair": ..., "t1": ..., "t1ce": ..., "t2": ..., '
+            '"label": ...}]} for 2017-2021 values, or "scheme": "brats2023" if 4 is a resection cavity')
+
+
 def region_volumes_ml(label: np.ndarray, scheme: LabelScheme, spacing_mm: tuple[float, ...]) -> dict[str, float]:
     """Volume in millilitres of each region of a label map with voxel ``spacing_mm``."""
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0

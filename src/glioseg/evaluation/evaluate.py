@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from glioseg.data.formats import discover
 from glioseg.data.io import DataError, Image, read_image
-from glioseg.data.labels import REGIONS, LabelScheme, check_label_values, get_scheme
+from glioseg.data.labels import REGIONS, LabelScheme, check_label_values, get_scheme, implied_convention_problem
 from glioseg.errors import GliosegError, InputError
 from glioseg.evaluation.metrics import EMPTY_MASK_CONVENTION, METRIC_COLUMNS, evaluate_case
 from glioseg.files import atomic_path, write_json
@@ -82,10 +82,15 @@ def check_geometry(pred: Image, ref: Image) -> None:
                                    f"{pred.orientation}, reference {ref.orientation}")
 
 
-def score_case(case_id: str, pred_path: Path | None, ref_path: Path, scheme_name: str) -> list[dict]:
-    """Rows of :data:`COLUMNS` for one case; a missing prediction (``None``) is scored as empty."""
+def score_case(case_id: str, pred_path: Path | None, ref_path: Path, scheme_name: str,
+               stated: bool = True) -> list[dict]:
+    """Rows of :data:`COLUMNS` for one case; a missing prediction (``None``) is scored as empty.
+    ``stated``: the scheme was stated (a manifest), not implied by file names."""
     scheme = get_scheme(scheme_name)
     ref = read_label(ref_path, scheme)
+    problem = None if stated else implied_convention_problem(np.unique(ref.array), scheme)
+    if problem is not None:
+        raise DataError(ref_path, problem)
     if pred_path is None:
         pred_array = np.zeros(ref.shape, dtype=np.uint8)
     else:
@@ -112,7 +117,9 @@ def _jobs(dataset, pred_dir: Path, missing_policy: str) -> tuple[list[tuple], li
         raise InputError(f"{dataset.root}: no case has a reference label; nothing to evaluate against")
     if len(labelled) < len(dataset.cases):
         log.warning("%d cases have no reference label and are not evaluated", len(dataset.cases) - len(labelled))
-    jobs = [(c.case_id, prediction_path(pred_dir, c.case_id), c.label, dataset.scheme.name) for c in labelled]
+    stated = dataset.format == "manifest"
+    jobs = [(c.case_id, prediction_path(pred_dir, c.case_id), c.label, dataset.scheme.name, stated)
+            for c in labelled]
     missing = [job[0] for job in jobs if job[1] is None]
     if missing and missing_policy == "error":
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
