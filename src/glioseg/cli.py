@@ -123,6 +123,9 @@ def _add_train(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="auto")
     p.add_argument("--cache", type=Path, help="where to build the preprocessed cache (default RUN/cache)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="with --resume: continue on data other than the run started on (cases added or "
+                        "removed, changed files); without it that is refused, naming the differences")
 
 
 def _add_predict(sub) -> None:

@@ -25,6 +25,6 @@ def overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     config = train_config(args.out, overrides(args), args.recipe, args.config, args.resume)
     summary = train(config, args.data, args.out, resume=args.resume, data_format=args.format,
-                    cache=args.cache)
+                    cache=args.cache, allow_other_data=args.allow_other_data)
     log.info("precision summary: %s", json.dumps(summary))
     return 0

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -15,7 +17,7 @@ from glioseg.data.formats import discover
 from glioseg.data.preprocess import PreprocessConfig, load_cache, preprocess_dataset
 from glioseg.errors import InputError
 from glioseg.files import read_json
-from glioseg.training import distributed as dist_utils
+from glioseg.training import data_identity, distributed as dist_utils
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +70,36 @@ class TrainingData:
 
 
 def ensure_cache(data: Path, out: Path, data_format: str, cache_dir: Path | None,
-                 info: dist_utils.DistInfo):
-    """The cache for ``data``: ``data`` itself when it is one, else built (by rank 0) and loaded."""
+                 info: dist_utils.DistInfo, check: Callable[[dict], None] | None = None):
+    """The cache for ``data``: ``data`` itself when it is one, else built (by rank 0) and loaded.
+
+    ``check`` (on resume) sees the data's identity before anything is written: a raw dataset is
+    hashed before the run's cache is brought up to date with it.
+    """
     data = Path(data)
     if (data / "cache.json").is_file():
-        return load_cache(data)
+        cache = load_cache(data)
+        if check is not None:
+            check(data_identity.from_cache(cache))
+        return cache
     target = Path(cache_dir) if cache_dir else Path(out) / "cache"
+    config = PreprocessConfig()
+    if check is not None:
+        check(data_identity.from_dataset(discover(data, data_format), config.to_dict()))
     if info.is_main:
-        preprocess_dataset(discover(data, data_format), target, PreprocessConfig())
+        preprocess_dataset(discover(data, data_format), target, config)
     dist_utils.barrier(info)
     return load_cache(target)
 
 
 def prepare_data(data: Path, out: Path, config, data_format: str, cache_dir: Path | None,
-                 info: dist_utils.DistInfo) -> TrainingData:
-    cache = ensure_cache(data, out, data_format, cache_dir, info)
+                 info: dist_utils.DistInfo, resume: bool = False, allow_other_data: bool = False) -> TrainingData:
+    """The run's data; on ``resume`` it must be the data the run started on (``RUN/data.json``)
+    unless ``allow_other_data``, and its identity is recorded in the run folder either way."""
+    check = partial(data_identity.check_resume, out, allow_other_data=allow_other_data) if resume else None
+    cache = ensure_cache(data, out, data_format, cache_dir, info, check)
+    if info.is_main:
+        data_identity.record(out, data_identity.from_cache(cache))
     saved = Path(out) / "split.json"
     split = read_json(saved, "the run's split") if saved.is_file() else \
         make_split(list(cache.case_ids), config.seed, config.val_fraction)

@@ -207,8 +207,9 @@ class Trainer:
 
 
 def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data_format: str = "auto",
-          cache: Path | None = None) -> dict:
-    """Train ``config`` on ``data`` into run folder ``out``; returns the precision summary."""
+          cache: Path | None = None, allow_other_data: bool = False) -> dict:
+    """Train ``config`` on ``data`` into run folder ``out``; returns the precision summary.
+    ``resume`` refuses data other than the run's own (``RUN/data.json``) unless ``allow_other_data``."""
     info = dist_utils.init_distributed(config.device)
     device = dist_utils.pick_device(config.device, info)
     preflight(config, device)
@@ -220,7 +221,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
             raise InputError(f"{out}: --resume needs a checkpoint, but {run.last.name} is not there")
         if not resume and run.last.exists():
             raise InputError(f"{out}: a run is already there ({run.last.name}); pass --resume or another --out")
-        prepared = prepare_data(data, out, config, data_format, cache, info)
+        prepared = prepare_data(data, out, config, data_format, cache, info, resume, allow_other_data)
         trainer = Trainer(config, prepared, run, info, device)
         if resume:
             trainer.load(run.last)
