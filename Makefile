@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 DEMO    := demo-output
 
-.PHONY: install test demo clean
+.PHONY: install test test-all test-slow demo clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -15,8 +15,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The default run skips every test marked slow (tests/conftest.py); test-all runs every test,
+# test-slow only the slow ones.
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "slow or not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 demo: $(STAMP)
 	rm -rf $(DEMO)

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from glioseg.data.labels import get_scheme
 
+from ._cases import missing_data_reason, shared_data_dir, write_case_files, write_volume
 from ._probe import PROBE_ENV, force_probe, probe_mode
 
-REPO = Path(__file__).resolve().parents[1]
 CHANNEL_BASE = {"flair": 100, "t1": 200, "t1ce": 300, "t2": 400}
 SMALL_SHAPE = (24, 24, 16)
 MSD_ORDER = ("FLAIR", "T1w", "t1gd", "T2w")
@@ -54,27 +52,16 @@ def synthetic_case(shape=SMALL_SHAPE, seed=0, scheme="brats"):
 
 def write_nifti(path, array, affine=None, *, qform_code=1, sform_code=1, dtype=None, **fields) -> Path:
     """Write ``array`` with nibabel; ``fields`` are raw header fields set after the affine."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = np.asarray(array)
     affine = lps_affine(array.shape[:3]) if affine is None else affine
-    img = nib.Nifti1Image(array, affine)
-    img.set_data_dtype(dtype or array.dtype)
-    img.set_qform(affine, code=qform_code)
-    img.set_sform(affine, code=sform_code)
-    for key, value in fields.items():
-        img.header[key] = value
-    nib.save(img, str(path))
-    return path
+    return write_volume(path, array, affine, qform_code=qform_code, sform_code=sform_code, dtype=dtype, **fields)
 
 
 def _brats_case(root, case_id, seed, shape, sep, suffixes, label_dtype, scheme):
     channels, label = synthetic_case(shape, seed, scheme)
-    folder = root / case_id
-    for name, suffix in suffixes.items():
-        write_nifti(folder / f"{case_id}{sep}{suffix}.nii.gz", channels[name])
-    write_nifti(folder / f"{case_id}{sep}seg.nii.gz", label.astype(label_dtype))
-    (folder / f"._{case_id}{sep}seg.nii.gz").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    write_case_files(root, case_id, channels, label, lps_affine(shape), sep=sep, suffixes=suffixes,
+                     label_dtype=label_dtype)
+    (root / case_id / f"._{case_id}{sep}seg.nii.gz").write_bytes(b"\x00\x05\x16\x07AppleDouble")
 
 
 def _msd(root, ids, shape, order):
@@ -150,14 +137,12 @@ def brats_root(make_dataset) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``<repo>/../shared/data`` (or ``$GLIOSEG_SHARED_DATA``); skips when it is absent."""
-    candidates = [REPO / ".." / "shared" / "data"]
-    if os.environ.get("GLIOSEG_SHARED_DATA"):
-        candidates.insert(0, Path(os.environ["GLIOSEG_SHARED_DATA"]))
-    for path in candidates:
-        if (path / "brats18").is_dir():
-            return path.resolve()
-    pytest.skip(f"real data not found at {candidates[-1]} (set GLIOSEG_SHARED_DATA to the shared data folder)")
+    """The real data folder (``tests/_cases.shared_data_dir``: ``$GLIOSEG_SHARED_DATA`` or
+    ``<repo>/../shared/data``); skips when it is absent."""
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip(missing_data_reason())
+    return path
 
 
 @pytest.fixture
@@ -218,3 +203,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+SLOW_HINT = "slow on a 2-core CPU; run with -m slow (only the slow tests) or make test-all (every test)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The suite's one ``slow`` rule: a default run skips every test marked ``slow``; a marker
+    expression that names ``slow`` (``-m slow``, ``-m "slow or not slow"`` as ``make test-all``
+    runs) selects them as pytest always does."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason=SLOW_HINT)
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)

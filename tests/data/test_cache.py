@@ -16,6 +16,7 @@ from glioseg.data.formats import discover
 from glioseg.data.errors import DataError
 from glioseg.data.labels import get_scheme, region_volumes_ml
 from glioseg.data.preprocess import PreprocessConfig, load_cache, preprocess_dataset, to_original
+from tests._cases import write_case_files
 
 SHAPE = (24, 28, 20)
 LPS = np.array([[-1.0, 0, 0, 23], [0, -1.0, 0, 27], [0, 0, 1.0, 0], [0, 0, 0, 1]])
@@ -27,18 +28,15 @@ def write_case(root: Path, case_id: str, seed: int, label_dtype=np.uint8) -> Non
     rng = np.random.default_rng(seed)
     lo = rng.integers(2, 6, size=3)
     brain = tuple(slice(a, n - 3) for a, n in zip(lo, SHAPE))
-    folder = root / case_id
-    folder.mkdir(parents=True, exist_ok=True)
-    for c, name in enumerate(("flair", "t1", "t1ce", "t2")):
-        image = np.zeros(SHAPE, dtype=np.int16)
+    images = np.zeros((4, *SHAPE), dtype=np.int16)
+    for c, image in enumerate(images):
         image[brain] = rng.normal(400 + 100 * c, 50, image[brain].shape).clip(1)
-        nib.save(nib.Nifti1Image(image, LPS), folder / f"{case_id}_{name}.nii.gz")
     label = np.zeros(SHAPE, dtype=label_dtype)
     centre = lo + 6
     label[tuple(slice(c - 3, c + 3) for c in centre)] = 2
     label[tuple(slice(c - 2, c + 2) for c in centre)] = 1
     label[tuple(slice(c - 1, c + 1) for c in centre)] = 4
-    nib.save(nib.Nifti1Image(label, LPS), folder / f"{case_id}_seg.nii.gz")
+    write_case_files(root, case_id, images, label, LPS)
 
 
 @pytest.fixture

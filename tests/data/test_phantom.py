@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -16,9 +14,6 @@ from glioseg.data.io import read_image
 from glioseg.data.labels import get_scheme, labels_to_regions
 
 SHAPE = (48, 48, 40)
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("GLIOSEG_SHARED_DATA", REPO / ".." / "shared" / "data"))
-BRATS18 = SHARED / "brats18"
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +140,9 @@ def test_bad_arguments_fail_cleanly_without_output(tmp_path, caplog, argv, messa
 
 
 @pytest.mark.realdata
-def test_template_brain_overlaps_real_brats_brains_in_the_same_grid():
-    if not BRATS18.is_dir():
-        pytest.skip(f"real data not found at {BRATS18}")
+def test_template_brain_overlaps_real_brats_brains_in_the_same_grid(shared_data):
     template = phantom.load_template()
-    path = BRATS18 / "Brats18_CBICA_ABM_1" / "Brats18_CBICA_ABM_1_t1.nii.gz"
+    path = shared_data / "brats18" / "Brats18_CBICA_ABM_1" / "Brats18_CBICA_ABM_1_t1.nii.gz"
     real = read_image(path)
     assert np.allclose(real.affine, phantom.brats_affine(phantom.BRATS_SHAPE))
     brain = real.array > 0

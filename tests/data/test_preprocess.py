@@ -16,6 +16,7 @@ from glioseg.data.preprocess import (
     PreprocessConfig, brain_box, check_normalised, crop, invert_ornt, normalise, orientation_to_ras,
     preprocess_case, resample, resampled_affine, reorient, reoriented_affine, to_original, uncrop,
 )
+from tests._cases import write_case_files
 
 BRATS = get_scheme("brats")
 
@@ -52,11 +53,9 @@ def in_memory(affine=LPS, seed=0) -> tuple[Image, Image, Case]:
 def write_case(root: Path, affine: np.ndarray, seed=0, case_id="Brats18_TEST_001_1") -> Path:
     """One BraTS-layout case on disk (int16 images, uint8 label) with the given affine."""
     image, label = synthetic(seed=seed)
-    folder = root / case_id
-    folder.mkdir(parents=True)
-    for c, name in enumerate(("flair", "t1", "t1ce", "t2")):
-        nib.save(nib.Nifti1Image(image[c].astype(np.int16), affine), folder / f"{case_id}_{name}.nii.gz")
-    nib.save(nib.Nifti1Image(label, affine), folder / f"{case_id}_seg.nii.gz")
+    if (root / case_id).exists():
+        raise FileExistsError(root / case_id)
+    write_case_files(root, case_id, image.astype(np.int16), label, affine)
     return root
 
 

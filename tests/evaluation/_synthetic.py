@@ -1,24 +1,15 @@
-"""Helpers shared by the evaluation tests: locating the real data, tiny synthetic BraTS cases."""
+"""Helpers shared by the evaluation tests: tiny synthetic BraTS cases and run folders."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-REPO = Path(__file__).resolve().parents[2]
-# The main checkout sits beside shared/; a worktree under wt/NAME sits one level deeper.
-DATA_CANDIDATES = (REPO / ".." / "shared" / "data", REPO / ".." / ".." / "shared" / "data")
+from tests._cases import CHANNEL_NAMES, write_case_files
+
 LPS = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
-
-
-def shared_data() -> Path | None:
-    for candidate in DATA_CANDIDATES:
-        if (candidate / "brats18").is_dir():
-            return candidate.resolve()
-    return None
 
 
 def blob(shape, rng: np.random.Generator, centre, radius) -> np.ndarray:
@@ -33,14 +24,10 @@ def write_brats_case(root: Path, case: str, label: np.ndarray, affine=LPS, seed:
                      label_dtype=np.uint8) -> Path:
     """One BraTS-layout case folder with smooth random images and the given label."""
     rng = np.random.default_rng(seed)
-    folder = root / case
-    folder.mkdir(parents=True, exist_ok=True)
     brain = blob(label.shape, rng, [s / 2 for s in label.shape], [s / 2.4 for s in label.shape])
-    for channel in ("flair", "t1", "t1ce", "t2"):
-        image = (brain * (300 + 50 * rng.standard_normal(label.shape)) + 200 * (label > 0)).astype(np.int16)
-        nib.save(nib.Nifti1Image(image, affine), str(folder / f"{case}_{channel}.nii.gz"))
-    nib.save(nib.Nifti1Image(label.astype(label_dtype), affine), str(folder / f"{case}_seg.nii.gz"))
-    return folder
+    channels = {channel: (brain * (300 + 50 * rng.standard_normal(label.shape)) + 200 * (label > 0)).astype(np.int16)
+                for channel in CHANNEL_NAMES}
+    return write_case_files(root, case, channels, label, affine, label_dtype=label_dtype)
 
 
 def brats_label(shape, rng: np.random.Generator, centre) -> np.ndarray:

@@ -5,12 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ._synthetic import DATA_CANDIDATES, shared_data
-
 
 @pytest.fixture(scope="session")
-def brats18() -> Path:
-    data = shared_data()
-    if data is None:
-        pytest.skip(f"real data absent: no brats18 under {', '.join(str(c) for c in DATA_CANDIDATES)}")
-    return data / "brats18"
+def brats18(shared_data) -> Path:
+    """The 20 real BraTS 2018 cases (tests/conftest.py's ``shared_data`` rule; skips when absent)."""
+    return shared_data / "brats18"

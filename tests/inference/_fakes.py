@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -17,6 +16,7 @@ from glioseg.data.labels import get_scheme
 from glioseg.data.output_space import OutputSpace
 from glioseg.data.preprocess import PreprocessConfig
 from glioseg.inference.bundle import ModelBundle
+from tests._cases import write_case_files
 
 REPO = Path(__file__).resolve().parents[2]
 LPS = np.array([[-1.0, 0, 0, 40], [0, -1.0, 0, 35], [0, 0, 1.0, -5], [0, 0, 0, 1]])
@@ -54,14 +54,10 @@ def write_case(root: Path, affine: np.ndarray, case_id: str = "Brats18_TEST_001_
                qform_code: int = 1, sform_code: int = 1) -> tuple[Path, np.ndarray]:
     """One BraTS-layout case folder; returns (folder, reference label)."""
     image, label = synthetic(seed=seed)
-    folder = root / case_id
-    folder.mkdir(parents=True)
-    arrays = dict(zip(CHANNELS, image)) | {"seg": label}
-    for name, array in arrays.items():
-        img = nib.Nifti1Image(array, affine)
-        img.set_qform(affine, code=qform_code)
-        img.set_sform(affine, code=sform_code)
-        nib.save(img, str(folder / f"{case_id}_{name}.nii.gz"))
+    if (root / case_id).exists():
+        raise FileExistsError(root / case_id)
+    folder = write_case_files(root, case_id, dict(zip(CHANNELS, image)), label, affine,
+                              qform_code=qform_code, sform_code=sform_code)
     return folder, label
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the model tests: one thread, pinned dropout RNG, slow tests on request."""
+"""Fixtures of the model tests: one thread, pinned dropout RNG (the slow rule is tests/conftest.py's)."""
 from __future__ import annotations
 
 import pytest
@@ -23,8 +23,3 @@ def _deterministic_dropout():
         torch.manual_seed(1234)
         yield
 
-
-def pytest_runtest_setup(item):
-    """Tests marked slow run only when asked for (``-m slow`` or ``-m "slow or not slow"``)."""
-    if "slow" in item.keywords and "slow" not in (item.config.option.markexpr or ""):
-        pytest.skip("slow on a 2-core CPU; run with -m slow")
