@@ -134,8 +134,7 @@ def glioseg_run(cache: Path, args, patch, device: torch.device, cpu_kernels: boo
     trainer_module.accelerate_cpu_convs = accelerate if cpu_kernels else (lambda model: model)
     record: dict = {}
     try:
-        with instrument_trainer(record, max_steps=args.steps):
-            trainer_module.train(config, cache, out)
+        trainer_module.train(config, cache, out, callbacks=[instrument_trainer(record, max_steps=args.steps)])
     except StopTraining:
         pass
     finally:

@@ -77,8 +77,8 @@ def run_one(spec: dict) -> dict:
     started = time.perf_counter()
     status = "done"
     try:
-        with instrument_trainer(record, max_seconds=spec["max_seconds"]):
-            train(config, Path(spec["data"]), Path(spec["out"]))
+        train(config, Path(spec["data"]), Path(spec["out"]),
+              callbacks=[instrument_trainer(record, max_seconds=spec["max_seconds"])])
     except StopTraining:
         status = "budget"
     if config.device != "cpu" and torch.cuda.is_available():

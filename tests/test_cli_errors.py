@@ -71,3 +71,9 @@ def test_a_reader_failing_on_one_case_fails_that_case_only(brats_root, monkeypat
     assert main(["verify", str(brats_root), "--workers", "1"]) == 1
     out = capsys.readouterr().out
     assert "cannot be checked: KeyError: \"a reader's own error\"" in out and "1 valid, 1 invalid" in out
+
+
+def test_ctrl_c_is_exit_130_without_a_traceback(brats_root, monkeypatch, caplog, capsys):
+    _failing_verify(monkeypatch, KeyboardInterrupt())
+    assert main(["verify", str(brats_root)]) == 130
+    assert "interrupted" in caplog.text and "Traceback" not in capsys.readouterr().err

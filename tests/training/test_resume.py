@@ -6,7 +6,6 @@ run in this process with the same single torch thread, so all three compute iden
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -18,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from glioseg.checkpoint_io import load_checkpoint, sidecar_path
+from glioseg.training.callbacks import RunStopped, StopAfterSteps
+from glioseg.training.settings import train_config
+from glioseg.training.trainer import train
 
 from ._runs import (glioseg_command, read_csv, read_events, run_inprocess, subprocess_env, train_args,
                     without, write_config)
@@ -149,26 +151,16 @@ def test_resume_with_more_epochs_continues(phantom_cache, config, reference, tmp
     assert len(read_csv(run / "steps.csv")) == TOTAL_STEPS + 2
 
 
-@contextlib.contextmanager
-def interrupted(monkeypatch, after_steps: int):
-    """Training in this context stops (KeyboardInterrupt, exit 130) before step ``after_steps + 1``."""
-    from glioseg.training import trainer as trainer_module
-
-    step, calls = trainer_module.Trainer._train_step, []
-
-    def stopping(self, batch):
-        if len(calls) == after_steps:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return step(self, batch)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(trainer_module.Trainer, "_train_step", stopping)
-        yield
+def interrupted(data: Path, out: Path, config: Path, after_steps: int) -> None:
+    """Train in this process and stop after step ``after_steps`` (a callback; the trainer checkpoints
+    that step and raises RunStopped, as a Ctrl-C after a checkpoint would leave the folder)."""
+    settings = train_config(out, {}, None, config)
+    with pytest.raises(RunStopped):
+        train(settings, data, out, callbacks=[StopAfterSteps(after_steps)])
 
 
 @pytest.mark.parametrize("policy", ["bf16", "auto"])
-def test_a_low_precision_run_resumes_bitwise(phantom_cache, tmp_path, monkeypatch, forced_probe, policy):
+def test_a_low_precision_run_resumes_bitwise(phantom_cache, tmp_path, forced_probe, policy):
     """bf16 (fixed, and ``auto`` probed into bf16 after one fp32 step) interrupted after step 3 and
     resumed: the same loss curve, precisions and controller decisions as the uninterrupted run.
     32³ patches: oneDNN's bf16 weight gradient at 2³ (the bottom of a 16³ patch) is not reliable."""
@@ -180,8 +172,7 @@ def test_a_low_precision_run_resumes_bitwise(phantom_cache, tmp_path, monkeypatc
                           checkpoint_every=1)
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert run_inprocess(train_args(phantom_cache, whole, config)) == 0
-    with interrupted(monkeypatch, after_steps=3):
-        assert run_inprocess(train_args(phantom_cache, part, config)) == 130
+    interrupted(phantom_cache, part, config, after_steps=3)
     assert load_checkpoint(part / "last.pt")["progress"]["step"] == 3
     resume(phantom_cache, part, config)
     assert_same_run(part, whole)

@@ -25,8 +25,8 @@ from glioseg.data.formats import discover
 from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
 from glioseg.evaluation.figures import read_run_metrics
-from glioseg.experiments.measure import (BUDGET_STOP, BudgetSpent, load_average, peak_mib, read_step_times,
-                                         reset_peak, timed_steps)
+from glioseg.experiments.measure import (BUDGET_STOP, StepTimer, load_average, peak_mib, read_step_times,
+                                         reset_peak)
 from glioseg.experiments.plan import Plan, Run, is_trained
 from glioseg.files import read_json, write_text_atomic
 from glioseg.inference import inputs as case_inputs
@@ -35,6 +35,7 @@ from glioseg.inference.pipeline import make_predictor, predict_all
 from glioseg.inference.predictor import PredictConfig
 from glioseg.models.registry import describe
 from glioseg.precisions import describe_device
+from glioseg.training.callbacks import RunStopped
 from glioseg.training.distributed import DistInfo, pick_device
 from glioseg.training.recipe import TrainConfig
 from glioseg.training.trainer import train
@@ -78,9 +79,8 @@ def _train(job: dict, run_dir: Path, config: TrainConfig) -> None:
     measure = reset_peak(device)
     started, load = time.perf_counter(), load_average()
     try:
-        with timed_steps(run_dir, job["minutes"]):
-            train(config, Path(job["cache"]), run_dir, resume=resume)
-    except BudgetSpent:
+        train(config, Path(job["cache"]), run_dir, resume=resume, callbacks=[StepTimer(run_dir, job["minutes"])])
+    except RunStopped:
         log.info("%s: the budget's %s minutes are spent", run_dir, job["minutes"])
     finally:
         _add_cost(run_dir, time.perf_counter() - started, peak_mib(device), measure, (load, load_average()))

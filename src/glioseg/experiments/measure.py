@@ -1,11 +1,11 @@
 """What a run costs: seconds per optimiser step, training time, peak memory; the minutes budget.
 
 The trainer's own logs stay as they are (an exact resume compares them bit for bit), so the
-experiment times each step from outside, as ``benchmarks/trainer_timing.py`` does, by wrapping
-``Trainer._train_step`` for the duration of one run. Each step's seconds are appended to the run
-folder's ``step_times.csv`` as it ends; a resumed run drops the rows after the step it resumes
-from, so the file always describes the steps of the trajectory that was kept, and a ``minutes``
-budget counts exactly those.
+experiment times each step with a trainer callback (:class:`StepTimer`). Each step's seconds are
+appended to the run folder's ``step_times.csv`` as it ends; a resumed run drops the rows after the
+step it resumes from, so the file always describes the steps of the trajectory that was kept, and
+a ``minutes`` budget counts exactly those: once spent, the callback stops the run (the trainer
+checkpoints it) and records where in ``budget_stop.json``.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` after a reset; on Linux the process's
 peak resident set (``VmHWM``), reset at the start of the run through ``/proc/self/clear_refs``
@@ -13,26 +13,24 @@ so that runs sharing a process are measured apart; elsewhere ``ru_maxrss``, the 
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import platform
 import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from glioseg.files import write_text_atomic
+from glioseg.training.callbacks import Callback, StepEnd, TrainEnd
 
 STEP_TIMES = "step_times.csv"
 BUDGET_STOP = "budget_stop.json"
 
 
-class BudgetSpent(Exception):
-    """The run's minutes are spent; its last checkpoint is the state after the last timed step."""
+BUDGET_REASON = "the budget's minutes are spent"
 
 
 def read_step_times(run_dir: Path) -> list[tuple[int, float]]:
@@ -51,35 +49,26 @@ def _keep_until(run_dir: Path, step: int) -> float:
     return sum(t for _, t in rows)
 
 
-@contextlib.contextmanager
-def timed_steps(run_dir: Path, minutes: float | None = None):
-    """Time every optimiser step of the trainer runs inside; stop after ``minutes`` of steps."""
-    from glioseg.training import trainer as trainer_module
+class StepTimer(Callback):
+    """Times every optimiser step of a run into ``step_times.csv``; stops it after ``minutes`` of steps."""
 
-    original = trainer_module.Trainer._train_step
-    state = {"spent": None}
+    def __init__(self, run_dir: Path, minutes: float | None = None):
+        self.run_dir, self.minutes, self.spent = Path(run_dir), minutes, 0.0
 
-    def timed(self, batch):
-        if state["spent"] is None:   # the first step of this attempt: self.step is where it resumes
-            state["spent"] = _keep_until(run_dir, self.step)
-        start = time.perf_counter()
-        result = original(self, batch)
-        seconds = time.perf_counter() - start
-        state["spent"] += seconds
-        with open(Path(run_dir) / STEP_TIMES, "a") as fh:
-            fh.write(f"{self.step},{seconds:.6f}\n")
-        if minutes is not None and state["spent"] >= 60.0 * minutes:
-            self.save(self.run.last)
-            write_text_atomic(Path(run_dir) / BUDGET_STOP, json.dumps(
-                {"step": self.step, "epoch": self.epoch, "seconds": round(state["spent"], 3)}))
-            raise BudgetSpent
-        return result
+    def on_train_start(self, trainer) -> None:
+        self.spent = _keep_until(self.run_dir, trainer.step)   # trainer.step: where it resumes
 
-    trainer_module.Trainer._train_step = timed
-    try:
-        yield
-    finally:
-        trainer_module.Trainer._train_step = original
+    def on_step_end(self, trainer, step: StepEnd) -> None:
+        self.spent += step.seconds
+        with open(self.run_dir / STEP_TIMES, "a") as fh:
+            fh.write(f"{step.step},{step.seconds:.6f}\n")
+        if self.minutes is not None and self.spent >= 60.0 * self.minutes:
+            trainer.request_stop(BUDGET_REASON)
+
+    def on_train_end(self, trainer, end: TrainEnd) -> None:
+        if end.stopped == BUDGET_REASON:
+            write_text_atomic(self.run_dir / BUDGET_STOP, json.dumps(
+                {"step": trainer.step, "epoch": trainer.epoch, "seconds": round(self.spent, 3)}))
 
 
 def _proc_status(key: str) -> float | None:

@@ -5,6 +5,8 @@ dtype, loss scaling and whether the update is applied → full-state checkpoints
 
 Resuming is exact: every patch is a pure function of (seed, epoch, index), and the
 checkpoint holds every RNG, the optimiser, the controller and the position in the epoch.
+Whatever watches a run (timing, budgets, early stopping) is a callback (``training.callbacks``)
+called at the run's, the epochs' and the steps' ends.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from glioseg.data.sampling import PatchDataset, SamplerConfig, make_loader
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 from glioseg.models.registry import create, takes_ids
 from glioseg.training import distributed as dist_utils
+from glioseg.training.callbacks import Callback, EpochEnd, RunStopped, StepEnd, TrainEnd
 from glioseg.training.checkpoint import save_checkpoint
 from glioseg.training.losses import SegmentationLoss
 from glioseg.training.precision import NonFiniteTrainingError, PrecisionController
@@ -58,8 +61,10 @@ class TrainingError(GliosegError):
 
 class Trainer:
     def __init__(self, config: TrainConfig, data: TrainingData, run: RunFolder,
-                 info: dist_utils.DistInfo, device: torch.device):
+                 info: dist_utils.DistInfo, device: torch.device, callbacks: tuple[Callback, ...] = ()):
         self.config, self.data, self.run, self.info, self.device = config, data, run, info, device
+        self.callbacks = tuple(callbacks)
+        self.stop_reason: str | None = None
         self.loss_fn = SegmentationLoss(config.loss, config.ce_weight)
         self.output = OutputSpace(self.loss_fn.target, data.scheme)
         torch.manual_seed(config.seed)
@@ -91,6 +96,23 @@ class Trainer:
         # replace the last good one (and then its .prev) by a state amid a non-finite streak
         self.last_skipped = False
         self.total_steps = config.epochs * config.steps_per_epoch
+        self.saved_at = -1   # the step whose state last.pt holds (no second save of one step)
+
+    # -- callbacks ------------------------------------------------------------------------
+    def _fire(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step's hooks: checkpoint, ``on_train_end``, :class:`RunStopped`.
+        Under DDP every rank must ask at the same step (decide from values the ranks share)."""
+        self.stop_reason = reason
+
+    def _stop(self) -> None:
+        if self.saved_at != self.step:
+            self.save(self.run.last)
+        self._fire("on_train_end", TrainEnd(self.controller.summary(), stopped=self.stop_reason))
+        raise RunStopped(self.stop_reason, self.step, self.epoch)
 
     # -- one optimiser step -------------------------------------------------------------
     def _forward_loss(self, batch: dict) -> torch.Tensor:
@@ -144,7 +166,9 @@ class Trainer:
         bar = tqdm(batches(loader), total=len(loader), disable=not self.info.is_main, leave=False, unit="step",
                    desc=f"epoch {self.epoch + 1}/{self.config.epochs}", initial=0)
         for batch in bar:
+            started = time.perf_counter()
             result = self._train_step(batch)
+            seconds = time.perf_counter() - started
             self.position += 1
             self.epoch_losses.append(result.loss)
             self.epoch_skipped += int(result.skipped)
@@ -153,15 +177,23 @@ class Trainer:
             if (self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0
                     and not self.last_skipped):
                 self.save(self.run.last)
+            self._fire("on_step_end", StepEnd(self.step, self.epoch, result.loss, result.precision,
+                                              bool(result.skipped), started, seconds))
+            if self.stop_reason is not None:
+                self._stop()
         losses = self.epoch_losses
         return float(np.nanmean(losses)) if losses else float("nan"), self.epoch_skipped
 
     def fit(self) -> dict:
+        """Train the epochs left; the run folder gets its summary (rank 0), which is returned."""
+        self._fire("on_train_start")
         if self.step == 0 and self.controller.needs_probe:
             self._probe()
         while self.epoch < self.config.epochs:
+            self._fire("on_epoch_start")
             started = time.perf_counter()
             train_loss, skipped = self._run_epoch()
+            loop_seconds = time.perf_counter() - started
             # the epoch's loss over every rank's patches, not only over rank 0's shard
             train_loss = dist_utils.mean_over_ranks(train_loss, self.info, self.device)
             row = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss,
@@ -176,7 +208,12 @@ class Trainer:
             if not self.last_skipped or self.epoch == self.config.epochs:
                 self.save(self.run.last)
             log.info("epoch %d: %s", self.epoch, {k: v for k, v in row.items() if k != "epoch"})
-        return self.controller.summary()
+            self._fire("on_epoch_end", EpochEnd(self.epoch, dict(row), loop_seconds))
+        summary = self.controller.summary()
+        if self.info.is_main:
+            self.run.finish(summary)
+        self._fire("on_train_end", TrainEnd(summary))
+        return summary
 
     def _validate(self) -> dict:
         """Whole-volume Dice on rank 0 (the other ranks wait at the next barrier)."""
@@ -198,6 +235,8 @@ class Trainer:
     def save(self, path: Path) -> None:
         if self.info.is_main:
             save_checkpoint(path, self.state_dict())
+        if path == self.run.last:
+            self.saved_at = self.step
         dist_utils.barrier(self.info)
 
     def load(self, path: Path) -> None:
@@ -207,9 +246,13 @@ class Trainer:
 
 
 def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data_format: str = "auto",
-          cache: Path | None = None, allow_other_data: bool = False) -> dict:
+          cache: Path | None = None, allow_other_data: bool = False,
+          callbacks: tuple[Callback, ...] | list[Callback] = ()) -> dict:
     """Train ``config`` on ``data`` into run folder ``out``; returns the precision summary.
-    ``resume`` refuses data other than the run's own (``RUN/data.json``) unless ``allow_other_data``."""
+    ``resume`` refuses data other than the run's own (``RUN/data.json``) unless ``allow_other_data``.
+
+    ``callbacks`` (``training.callbacks``) watch the run; one that stops it makes this raise
+    :class:`~glioseg.training.callbacks.RunStopped` with the run folder resumable."""
     info = dist_utils.init_distributed(config.device)
     device = dist_utils.pick_device(config.device, info)
     preflight(config, device)
@@ -222,7 +265,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
         if not resume and run.last.exists():
             raise InputError(f"{out}: a run is already there ({run.last.name}); pass --resume or another --out")
         prepared = prepare_data(data, out, config, data_format, cache, info, resume, allow_other_data)
-        trainer = Trainer(config, prepared, run, info, device)
+        trainer = Trainer(config, prepared, run, info, device, callbacks)
         if resume:
             trainer.load(run.last)
             run.truncate_after(trainer.step, trainer.epoch)
@@ -232,10 +275,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
         # on resume too: config.yaml describes the run as it now goes on (a larger --epochs),
         # and the next --resume starts from it
         run.write_config({**config.to_dict(), "versions": versions()}, prepared.split)
-        summary = trainer.fit()
-        if info.is_main:
-            run.finish(summary)
-        return summary
+        return trainer.fit()
     finally:
         run.close()
         dist_utils.shutdown(info)
