@@ -56,6 +56,7 @@ import torch
 import yaml
 
 from glioseg.precisions import describe_device
+from glioseg.run_io import RunFiles
 from trainer_timing import StopTraining, instrument_trainer
 
 log = logging.getLogger("precision_study")
@@ -96,22 +97,18 @@ def read_run(folder: Path) -> dict:
     """Final Dice, switches, skipped steps and last precision from a run folder's logs."""
     out = {"dice_wt": None, "dice_tc": None, "dice_et": None, "switches": 0, "skipped": 0,
            "final_precision": None, "probe": None, "seconds_per_precision": {}}
-    if (folder / "metrics.csv").exists():
-        with open(folder / "metrics.csv", newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("val_dice_wt")]
-        if rows:
-            out.update({f"dice_{r}": float(rows[-1][f"val_dice_{r}"]) for r in ("wt", "tc", "et")})
-    if (folder / "steps.csv").exists():
-        with open(folder / "steps.csv", newline="") as fh:
-            steps = list(csv.DictReader(fh))
-        out["skipped"] = sum(int(r["skipped"]) for r in steps)
-        out["final_precision"] = steps[-1]["precision"] if steps else None
-    if (folder / "precision_events.jsonl").exists():
-        events = [json.loads(line) for line in (folder / "precision_events.jsonl").read_text().splitlines() if line]
-        out["switches"] = sum(e["from"] != e["to"] for e in events)
-        out["probe"] = next((e["reason"] for e in events if e.get("signal") == "probe"), None)
-    if (folder / "precision_summary.json").exists():
-        summary = json.loads((folder / "precision_summary.json").read_text())
+    files = RunFiles(folder)
+    rows = [r for r in files.read_metric_rows() if r.get("val_dice_wt")]
+    if rows:
+        out.update({f"dice_{r}": float(rows[-1][f"val_dice_{r}"]) for r in ("wt", "tc", "et")})
+    steps = files.read_steps()
+    out["skipped"] = sum(int(r["skipped"]) for r in steps)
+    out["final_precision"] = steps[-1]["precision"] if steps else None
+    events = files.read_events()
+    out["switches"] = sum(e["from"] != e["to"] for e in events)
+    out["probe"] = next((e["reason"] for e in events if e.get("signal") == "probe"), None)
+    summary = files.read_summary()
+    if summary:
         out["seconds_per_precision"] = {p: round(t, 1) for p, t in summary["seconds_per_precision"].items() if t}
     return out
 

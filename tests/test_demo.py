@@ -10,8 +10,9 @@ from glioseg.commands import demo
 from glioseg.data.sample import SAMPLE_CASE
 from glioseg.cli import main
 from glioseg.inference import released
+from glioseg.run_io import RunFiles
 
-from .training._runs import read_events, run_inprocess, train_args, write_config
+from .training._runs import run_inprocess, train_args, write_config
 
 
 @pytest.fixture
@@ -58,12 +59,12 @@ def test_part_a_writes_the_real_case_its_prediction_and_report(demo_out):
 def test_closing_lines_give_reports_dice_and_the_precision_decision(demo_out, installed):
     lines = "\n".join(demo._closing(demo_out, installed.name))
     dice = demo.region_dice(demo_out / "released" / "evaluation")
-    summary = json.loads((demo_out / "run" / "precision_summary.json").read_text())
-    probe = next(e for e in read_events(demo_out / "run" / "precision_events.jsonl") if e["signal"] == "probe")
+    summary = RunFiles(demo_out / "run").read_summary()
+    probe = next(e for e in RunFiles(demo_out / "run").read_events() if e["signal"] == "probe")
     for text in (f"WT Dice {dice['WT']:.3f}", f"ET Dice {dice['ET']:.3f}", f"target {summary['target']}",
                  probe["reason"], "held out from this model's training",
                  str(demo_out / "released" / "evaluation" / "report.html"),
-                 str(demo_out / "run" / "report.html")):
+                 str(RunFiles(demo_out / "run").report)):
         assert text in lines, text
 
 

@@ -16,7 +16,7 @@ ROOT = Path(glioseg.__file__).parent
 # Bottom to top; a module may import from its own floor and from the floors below it.
 FLOORS = (
     ("ground", ("glioseg", "glioseg.errors", "glioseg.precisions", "glioseg.config", "glioseg.devices",
-                "glioseg.files", "glioseg.parallel", "glioseg.checkpoint_io")),
+                "glioseg.files", "glioseg.parallel", "glioseg.checkpoint_io", "glioseg.run_io")),
     ("data", ("glioseg.data",)),
     ("models", ("glioseg.models",)),
     ("evaluation", ("glioseg.evaluation",)),

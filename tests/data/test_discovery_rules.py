@@ -12,6 +12,7 @@ from glioseg.data.errors import DataError
 from glioseg.data.formats import discover
 from glioseg.inference import inputs
 from glioseg.data.formats import CHANNELS
+from glioseg.run_io import RunFiles
 
 
 def _first_case(root):
@@ -47,7 +48,7 @@ def test_two_candidates_for_a_channel_fail_every_command(make_ambiguous, brats_r
     caplog.clear()
     assert main(["train", "--data", str(brats_root), "--out", str(tmp_path / "run"), "--model", "segresnet",
                  "--device", "cpu", "--epochs", "1"]) == 2
-    assert message in caplog.text and not (tmp_path / "run" / "last.pt").exists()
+    assert message in caplog.text and not RunFiles(tmp_path / "run").last.exists()
     # predict on the dataset root and on the case folder alike.
     for source in (brats_root, case):
         with pytest.raises(DataError, match=message):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from glioseg.run_io import RunFiles
 from tests._cases import CHANNEL_NAMES, write_case_files
 
 LPS = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
@@ -43,14 +44,15 @@ def brats_label(shape, rng: np.random.Generator, centre) -> np.ndarray:
 def write_run(run_dir: Path, epochs: int = 6, events: bool = True) -> Path:
     """A training run folder: metrics.csv (validation every 2nd epoch) and precision events."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    files = RunFiles(run_dir)
     lines = ["epoch,train_loss,val_dice_wt,val_dice_tc,val_dice_et,precision,seconds"]
     for e in range(1, epochs + 1):
         val = f"{0.5 + e / 20:.3f},{0.4 + e / 20:.3f},{0.3 + e / 20:.3f}" if e % 2 == 0 else ",,"
         lines.append(f"{e},{1 / e:.4f},{val},{'fp32' if e < 3 else 'bf16'},{10 + e}")
-    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    files.metrics.write_text("\n".join(lines) + "\n")
     if events:
         rows = [{"step": 40, "from": "fp32", "to": "bf16", "signal": "calm", "value": 0.1},
                 {"step": 95, "from": "bf16", "to": "fp32", "signal": "grad_norm_z", "value": 7.5},
                 {"step": 160, "from": "fp32", "to": "bf16", "signal": "calm", "value": 0.2}]
-        (run_dir / "precision_events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files.events.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run_dir

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from glioseg.data.labels import get_scheme
+from glioseg.run_io import RunFiles
 from glioseg.evaluation.figures import (
-    COLOURS, display_slice, label_colours, overlay_figure, read_run_metrics, slice_rgb, to_ras, training_curves,
+    COLOURS, display_slice, label_colours, overlay_figure, slice_rgb, to_ras, training_curves,
 )
 
 from ._synthetic import LPS, write_run
@@ -95,10 +96,10 @@ def test_training_curves_png(tmp_path, events):
     png = training_curves(write_run(tmp_path / "run", events=events))
     assert png.startswith(b"\x89PNG")
     assert matplotlib.image.imread(io.BytesIO(png)).shape[:2] == (840, 900)
-    assert np.isnan(read_run_metrics(tmp_path / "run")[0]["val_dice_wt"])
+    assert np.isnan(RunFiles(tmp_path / "run").read_metrics()[0]["val_dice_wt"])
 
 
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
-    (tmp_path / "metrics.csv").write_text("case,region,dice\n")
+    RunFiles(tmp_path).metrics.write_text("case,region,dice\n")
     with pytest.raises(ValueError, match="not a training run"):
         training_curves(tmp_path)

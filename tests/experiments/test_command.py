@@ -20,6 +20,8 @@ import glioseg
 from glioseg.cli import main
 from glioseg.experiments.runner import LOCK_FILE
 from glioseg.files import exclusive_lock
+from glioseg import run_io
+from glioseg.run_io import RunFiles
 
 from .conftest import TINY_SPEC
 
@@ -61,8 +63,8 @@ def finished(phantom_data, tmp_path_factory) -> Path:
 def test_run_writes_run_folders_results_and_the_report(finished, phantom_data):
     for key in RUNS:
         run = finished / "runs" / key
-        assert (run / "best.pt").is_file() and (run / "metrics.csv").is_file()
-        split = json.loads((run / "split.json").read_text())
+        assert RunFiles(run).best.is_file() and RunFiles(run).metrics.is_file()
+        split = RunFiles(run).read_split()
         assert not set(split["test"]) & set(split["train"] + split["val"])
         result = json.loads((finished / "results" / f"{key}.json").read_text())
         assert sorted({r["case"] for r in result["rows"]}) == split["test"]
@@ -225,7 +227,7 @@ def _start_parallel(spec: Path, out: Path) -> subprocess.Popen:
                              "--jobs", "2"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
-    while not list(out.glob("runs/*/*/step_times.csv")) and proc.poll() is None and time.monotonic() < deadline:
+    while not list(out.glob(f"runs/*/*/{run_io.STEP_TIMES}")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, "the experiment ended before any worker trained"
     return proc

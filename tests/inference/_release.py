@@ -11,6 +11,7 @@ from pathlib import Path
 
 from glioseg.data.phantom import write_dataset
 from glioseg.inference.release_build import build_release
+from glioseg.run_io import RunFiles
 
 from ..training._runs import run_inprocess, train_args, write_config
 
@@ -36,7 +37,7 @@ def train_tiny(folder: Path) -> tuple[Path, Path]:
     write_dataset(data, cases=4, seed=0, shape=(48, 48, 40))
     code = run_inprocess(train_args(data, folder / "run", write_config(folder)))
     assert code == 0
-    return data, folder / "run" / "best.pt"
+    return data, RunFiles(folder / "run").best
 
 
 def make_release(folder: Path, fp16_threshold: float | None = None) -> TinyRelease:

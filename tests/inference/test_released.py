@@ -13,6 +13,7 @@ from glioseg.inference import released
 from glioseg.inference.bundle import load_bundle, sniff
 from glioseg.inference.release_build import build_release, half_weights
 from glioseg.checkpoint_io import load_checkpoint
+from glioseg.run_io import RunFiles
 
 from ._fakes import LPS, write_case
 from ._release import RESULTS, make_release
@@ -39,7 +40,7 @@ def test_the_release_holds_no_pickle_and_indexes_every_file(tiny_release):
 
 
 def test_the_training_cases_of_the_run_are_recorded_in_index_and_card(tiny_release):
-    trained = json.loads((tiny_release.checkpoint.parent / "split.json").read_text())["train"]
+    trained = RunFiles(tiny_release.checkpoint.parent).read_split()["train"]
     entry = released.entry(tiny_release.name, tiny_release.root)
     assert entry["training_cases"] == sorted(trained) and trained
     card = (tiny_release.root / tiny_release.name / "MODEL_CARD.md").read_text()

@@ -6,8 +6,6 @@ machine two threads per process are several times slower than one.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import subprocess
 import sys
@@ -58,15 +56,6 @@ def glioseg_command(argv: list[str]) -> list[str]:
 def run_subprocess(argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(glioseg_command(argv), env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def read_events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def without(rows: list[dict], *columns: str) -> list[dict]:

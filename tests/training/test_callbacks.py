@@ -10,8 +10,9 @@ from glioseg.checkpoint_io import load_checkpoint
 from glioseg.training.callbacks import Callback, RunStopped, StopAfterSteps
 from glioseg.training.settings import train_config
 from glioseg.training.trainer import train
+from glioseg.run_io import RunFiles
 
-from ._runs import read_csv, run_inprocess, train_args, without, write_config
+from ._runs import run_inprocess, train_args, without, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,7 +55,7 @@ def test_hooks_fire_in_order_with_the_step_and_epoch_they_describe(phantom_cache
         ("epoch_start", 0, 0), ("step_end", 1, 0), ("step_end", 2, 0), ("epoch_end", 2, 1),
         ("epoch_start", 2, 1), ("step_end", 3, 1), ("step_end", 4, 1), ("epoch_end", 4, 2),
         ("train_end", 4, 2)]
-    steps = read_csv(tmp_path / "run" / "steps.csv")
+    steps = RunFiles(tmp_path / "run").read_steps()
     assert [s.step for s in recorder.steps] == [1, 2, 3, 4]
     assert [f"{s.loss}" for s in recorder.steps] == [r["loss"] for r in steps]
     assert all(s.seconds > 0 and s.ended > s.started for s in recorder.steps)
@@ -62,7 +63,7 @@ def test_hooks_fire_in_order_with_the_step_and_epoch_they_describe(phantom_cache
     assert all(0 < e.loop_seconds <= e.row["seconds"] for e in recorder.epochs)
     assert recorder.ends[0].stopped is None and recorder.ends[0].summary == summary
     # the end hook runs after the run folder got its summary
-    assert (tmp_path / "run" / "precision_summary.json").is_file()
+    assert RunFiles(tmp_path / "run").summary.is_file()
 
 
 def test_a_stop_checkpoints_that_step_and_the_resumed_run_is_the_uninterrupted_one(phantom_cache, tmp_path):
@@ -76,8 +77,8 @@ def test_a_stop_checkpoints_that_step_and_the_resumed_run_is_the_uninterrupted_o
     # every callback's hooks of the step ran before the stop; then the end, with the reason
     assert recorder.events[-2:] == [("step_end", 3, 1), ("train_end", 3, 1)]
     assert recorder.ends[0].stopped == "enough"
-    assert load_checkpoint(part / "last.pt")["progress"]["step"] == 3
-    assert not (part / "precision_summary.json").exists()
+    assert load_checkpoint(RunFiles(part).last)["progress"]["step"] == 3
+    assert not RunFiles(part).summary.exists()
     _train(phantom_cache, part, config, [], resume=True)
-    assert read_csv(part / "steps.csv") == read_csv(whole / "steps.csv")
-    assert without(read_csv(part / "metrics.csv"), "seconds") == without(read_csv(whole / "metrics.csv"), "seconds")
+    assert RunFiles(part).read_steps() == RunFiles(whole).read_steps()
+    assert without(RunFiles(part).read_metric_rows(), "seconds") == without(RunFiles(whole).read_metric_rows(), "seconds")

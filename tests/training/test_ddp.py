@@ -12,8 +12,10 @@ import torch
 
 from glioseg.inference.bundle import load_bundle
 from glioseg.checkpoint_io import load_checkpoint
+from glioseg import run_io
+from glioseg.run_io import RunFiles
 
-from ._runs import read_csv, read_events, subprocess_env, train_args, write_config
+from ._runs import subprocess_env, train_args, write_config
 
 RANKS = 2
 
@@ -43,9 +45,9 @@ def test_two_gloo_ranks_train_one_run_folder_and_agree_on_precision(phantom_cach
     assert result.returncode == 0, result.stderr[-3000:] + "\n".join(log[-3000:] for log in logs)
 
     # rank 0 alone writes the run folder: one row per step of a rank, one probe event
-    assert [int(r["step"]) for r in read_csv(run / "steps.csv")] == [1, 2]
-    assert [e["signal"] for e in read_events(run / "precision_events.jsonl")] == ["probe"]
-    for name in ("config.yaml", "split.json", "metrics.csv", "last.pt", "best.pt", "report.html"):
+    assert [int(r["step"]) for r in RunFiles(run).read_steps()] == [1, 2]
+    assert [e["signal"] for e in RunFiles(run).read_events()] == ["probe"]
+    for name in (run_io.CONFIG, run_io.SPLIT, run_io.METRICS, run_io.LAST, run_io.BEST, run_io.REPORT):
         assert (run / name).is_file(), name
     assert not list(run.glob(".part-*"))
 
@@ -58,11 +60,11 @@ def test_two_gloo_ranks_train_one_run_folder_and_agree_on_precision(phantom_cach
     assert decisions[0] == decisions[1]
     # the epoch's loss is the mean over both ranks' shards, the same on every rank
     losses = [float(logged(log, r"epoch 1: \{'step': 2, 'train_loss': ([-0-9.e]+)")) for log in logs]
-    assert losses[0] == losses[1] == float(read_csv(run / "metrics.csv")[0]["train_loss"])
+    assert losses[0] == losses[1] == float(RunFiles(run).read_metric_rows()[0]["train_loss"])
 
-    state = load_checkpoint(run / "last.pt")
+    state = load_checkpoint(RunFiles(run).last)
     assert state["progress"] == {**state["progress"], "step": 2, "epoch": 1}
     assert not any(key.startswith("module.") for key in state["model"])   # the network, not the DDP wrapper
-    model = load_bundle(run / "last.pt").build_model()
+    model = load_bundle(RunFiles(run).last).build_model()
     with torch.no_grad():
         assert torch.isfinite(model(torch.zeros(1, 4, 16, 16, 16))).all()

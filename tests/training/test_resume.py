@@ -20,8 +20,9 @@ from glioseg.checkpoint_io import load_checkpoint, sidecar_path
 from glioseg.training.callbacks import RunStopped, StopAfterSteps
 from glioseg.training.settings import train_config
 from glioseg.training.trainer import train
+from glioseg.run_io import RunFiles
 
-from ._runs import (glioseg_command, read_csv, read_events, run_inprocess, subprocess_env, train_args,
+from ._runs import (glioseg_command, run_inprocess, subprocess_env, train_args,
                     without, write_config)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,19 +54,19 @@ def reference(phantom_cache, config, tmp_path_factory) -> Path:
 
 def assert_same_run(run: Path, reference: Path) -> None:
     """Every step's loss, gradient norm, lr and precision, and every epoch's metrics, identical."""
-    assert read_csv(run / "steps.csv") == read_csv(reference / "steps.csv")
-    assert without(read_csv(run / "metrics.csv"), "seconds") == \
-        without(read_csv(reference / "metrics.csv"), "seconds")
-    events = [without(read_events(r / "precision_events.jsonl"), "time")
-              if (r / "precision_events.jsonl").exists() else [] for r in (run, reference)]
+    assert RunFiles(run).read_steps() == RunFiles(reference).read_steps()
+    assert without(RunFiles(run).read_metric_rows(), "seconds") == \
+        without(RunFiles(reference).read_metric_rows(), "seconds")
+    events = [without(RunFiles(r).read_events(), "time")
+              if RunFiles(r).events.exists() else [] for r in (run, reference)]
     assert events[0] == events[1]
-    assert load_checkpoint(run / "last.pt")["progress"] == load_checkpoint(reference / "last.pt")["progress"]
+    assert load_checkpoint(RunFiles(run).last)["progress"] == load_checkpoint(RunFiles(reference).last)["progress"]
     assert not list(run.glob(".part-*")), "temp files left behind"
 
 
 def step_rows(run: Path) -> int:
     try:
-        return max(0, len((run / "steps.csv").read_text().splitlines()) - 1)
+        return max(0, len(RunFiles(run).steps.read_text().splitlines()) - 1)
     except FileNotFoundError:
         return 0
 
@@ -99,8 +100,8 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_curve(phantom_cache
     kill_at = random.Random(4).randint(2, TOTAL_STEPS - 1)
     run = tmp_path / "run"
     proc = start_training(phantom_cache, run, config)
-    kill_when(proc, lambda: step_rows(run) >= kill_at and (run / "last.pt").exists(), poll=0.01)
-    assert step_rows(run) < TOTAL_STEPS and not (run / "report.html").exists()
+    kill_when(proc, lambda: step_rows(run) >= kill_at and RunFiles(run).last.exists(), poll=0.01)
+    assert step_rows(run) < TOTAL_STEPS and not RunFiles(run).report.exists()
     resume(phantom_cache, run, config, "--workers", "2")   # two loader processes: the same batches
     assert_same_run(run, reference)
 
@@ -118,7 +119,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_a_good_checkpoint_and_resumes(
 
     kill_when(proc, writing, poll=0.0005)
     assert list(run.glob(".part-last.pt*")), "killed outside the write"
-    state = load_checkpoint(run / "last.pt", allow_previous=True)
+    state = load_checkpoint(RunFiles(run).last, allow_previous=True)
     assert 2 <= state["progress"]["step"] < TOTAL_STEPS
     resume(phantom_cache, run, config, "--workers", "1")   # one loader process: the same batches
     assert_same_run(run, reference)
@@ -130,7 +131,7 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_last_fails_its_ch
     last.pt.prev is then the checkpoint at the end of epoch 3's steps, before its validation."""
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    sidecar_path(run / "last.pt").write_text("0" * 64 + "  last.pt\n")
+    sidecar_path(RunFiles(run).last).write_text("0" * 64 + "  last.pt\n")
     resume(phantom_cache, run, config)
     assert_same_run(run, reference)
 
@@ -140,15 +141,15 @@ def test_resume_with_more_epochs_continues(phantom_cache, config, reference, tmp
     shutil.copytree(reference, run)
     assert run_inprocess(train_args(phantom_cache, run, config, "--resume", "--epochs", "2")) == 2   # fewer
     resume(phantom_cache, run, config, "--epochs", "4")
-    steps, metrics = read_csv(run / "steps.csv"), read_csv(run / "metrics.csv")
+    steps, metrics = RunFiles(run).read_steps(), RunFiles(run).read_metric_rows()
     assert [int(r["step"]) for r in steps] == list(range(1, TOTAL_STEPS + 3))
-    assert steps[:TOTAL_STEPS] == read_csv(reference / "steps.csv")
+    assert steps[:TOTAL_STEPS] == RunFiles(reference).read_steps()
     assert [int(r["epoch"]) for r in metrics] == [1, 2, 3, 4]
-    assert load_checkpoint(run / "last.pt")["progress"]["epoch"] == 4
-    assert "epochs: 4" in (run / "config.yaml").read_text()
+    assert load_checkpoint(RunFiles(run).last)["progress"]["epoch"] == 4
+    assert "epochs: 4" in RunFiles(run).config.read_text()
     # the run folder now describes a 4-epoch run: resuming it again needs no --epochs
     resume(phantom_cache, run, config)
-    assert len(read_csv(run / "steps.csv")) == TOTAL_STEPS + 2
+    assert len(RunFiles(run).read_steps()) == TOTAL_STEPS + 2
 
 
 def interrupted(data: Path, out: Path, config: Path, after_steps: int) -> None:
@@ -173,8 +174,8 @@ def test_a_low_precision_run_resumes_bitwise(phantom_cache, tmp_path, forced_pro
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert run_inprocess(train_args(phantom_cache, whole, config)) == 0
     interrupted(phantom_cache, part, config, after_steps=3)
-    assert load_checkpoint(part / "last.pt")["progress"]["step"] == 3
+    assert load_checkpoint(RunFiles(part).last)["progress"]["step"] == 3
     resume(phantom_cache, part, config)
     assert_same_run(part, whole)
-    precisions = [r["precision"] for r in read_csv(whole / "steps.csv")]
+    precisions = [r["precision"] for r in RunFiles(whole).read_steps()]
     assert precisions == (["bf16"] * 4 if policy == "bf16" else ["fp32", "bf16", "bf16", "bf16"])

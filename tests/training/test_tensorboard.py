@@ -7,8 +7,9 @@ import sys
 import pytest
 
 from glioseg.training.tensorboard import TensorBoardLog, scalars, summary_writer_class
+from glioseg.run_io import RunFiles
 
-from ._runs import read_csv, run_inprocess, train_args, write_config
+from ._runs import run_inprocess, train_args, write_config
 
 
 class FakeWriter:
@@ -87,7 +88,7 @@ def test_training_run_writes_its_losses_to_tensorboard(phantom_cache, tmp_path):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
-    expected = [(int(r["step"]), float(r["loss"])) for r in read_csv(run / "steps.csv")]
+    expected = [(int(r["step"]), float(r["loss"])) for r in RunFiles(run).read_steps()]
     assert [s for s, _ in losses] == [s for s, _ in expected] == [1, 2, 3]
     assert all(math.isclose(a, b, rel_tol=1e-6) for (_, a), (_, b) in zip(losses, expected))
     (wt,) = events.Scalars("val/dice_wt")

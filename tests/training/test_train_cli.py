@@ -9,8 +9,10 @@ import pytest
 
 from glioseg.checkpoint_io import load_checkpoint, previous_path, sidecar_path
 from glioseg.files import file_sha256
+from glioseg import run_io
+from glioseg.run_io import RunFiles
 
-from ._runs import read_csv, run_inprocess, run_subprocess, train_args, write_config
+from ._runs import run_inprocess, run_subprocess, train_args, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,14 +50,14 @@ def hashes(run: Path) -> dict[str, str]:
 def test_resume_without_a_run_or_a_checkpoint_is_an_error(phantom_cache, finished_run, tmp_path, caplog):
     _, config = finished_run
     message = error_of(caplog, train_args(phantom_cache, tmp_path / "nothing", config, "--resume"))
-    assert "--resume needs" in message and "config.yaml" in message
+    assert "--resume needs" in message and run_io.CONFIG in message
     assert not (tmp_path / "nothing").exists()
     # a run killed before its first checkpoint: settings and logs, no last.pt
     started = tmp_path / "started"
     started.mkdir()
-    shutil.copy(finished_run[0] / "config.yaml", started)
+    shutil.copy(RunFiles(finished_run[0]).config, started)
     message = error_of(caplog, train_args(phantom_cache, started, config, "--resume"))
-    assert "--resume needs a checkpoint" in message and "last.pt" in message
+    assert "--resume needs a checkpoint" in message and run_io.LAST in message
 
 
 def test_a_new_run_into_a_finished_run_folder_is_refused_and_changes_nothing(
@@ -92,7 +94,7 @@ def test_unknown_setting_in_the_config_file_is_an_error(phantom_cache, tmp_path,
     config = write_config(tmp_path, learning_rate=0.1)
     message = error_of(caplog, train_args(phantom_cache, tmp_path / "run", config))
     assert "unknown key(s) learning_rate" in message and "valid keys:" in message
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert not RunFiles(tmp_path / "run").last.exists()
 
 
 def test_a_new_run_replaces_the_logs_of_one_that_died_before_its_first_checkpoint(
@@ -100,11 +102,11 @@ def test_a_new_run_replaces_the_logs_of_one_that_died_before_its_first_checkpoin
     run, config = finished_run
     dead = tmp_path / "run"
     dead.mkdir()
-    for name in ("config.yaml", "split.json", "steps.csv", "metrics.csv"):
+    for name in (run_io.CONFIG, run_io.SPLIT, run_io.STEPS, run_io.METRICS):
         shutil.copy(run / name, dead)
     assert run_inprocess(train_args(phantom_cache, dead, config)) == 0
-    assert read_csv(dead / "steps.csv") == read_csv(run / "steps.csv")
-    assert len(read_csv(dead / "metrics.csv")) == 1
+    assert RunFiles(dead).read_steps() == RunFiles(run).read_steps()
+    assert len(RunFiles(dead).read_metric_rows()) == 1
 
 
 @pytest.mark.slow
@@ -121,13 +123,13 @@ def test_persistent_nonfinite_steps_in_fp32_abort_naming_the_cases_and_keep_the_
     error = [line for line in result.stderr.splitlines() if line.startswith("ERROR glioseg:")]
     assert len(error) == 1, result.stderr[-2000:]
     assert "3 consecutive steps with non-finite loss or gradients in fp32 (steps 2-4)" in error[0]
-    train_ids = load_checkpoint(run / "last.pt")["split"]["train"]
+    train_ids = load_checkpoint(RunFiles(run).last)["split"]["train"]
     named = error[0].split("batches held case(s) ")[1].split(";")[0].split(", ")
     assert len(named) == 3 and set(named) <= set(train_ids)
     assert f"the last good checkpoint is {run / 'last.pt'}, untouched" in error[0]
     # the checkpoint after step 1, written once: no later save replaced it (there is no .prev)
-    state = load_checkpoint(run / "last.pt")
+    state = load_checkpoint(RunFiles(run).last)
     assert state["progress"]["step"] == 1 and state["controller"]["nonfinite_run"] == 0
-    assert not previous_path(run / "last.pt").exists()
-    assert sidecar_path(run / "last.pt").read_text().split()[0] == file_sha256(run / "last.pt")
-    assert [r["skipped"] for r in read_csv(run / "steps.csv")] == ["0", "1", "1"]
+    assert not previous_path(RunFiles(run).last).exists()
+    assert sidecar_path(RunFiles(run).last).read_text().split()[0] == file_sha256(RunFiles(run).last)
+    assert [r["skipped"] for r in RunFiles(run).read_steps()] == ["0", "1", "1"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 
 import pytest
@@ -17,13 +16,15 @@ from glioseg.training.precision import PrecisionController
 from glioseg.training.recipe import TrainConfig
 from glioseg.training.run_folder import RunFolder
 from glioseg.training.trainer import Trainer
+from glioseg import run_io
+from glioseg.run_io import RunFiles
 
-from ._runs import TINY, read_csv, read_events, run_inprocess, train_args, write_config
+from ._runs import TINY, run_inprocess, train_args, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RUN_FILES = ("config.yaml", "split.json", "metrics.csv", "steps.csv", "precision_events.jsonl",
-             "last.pt", "best.pt", "training_curves.png", "report.html")
+RUN_FILES = (run_io.CONFIG, run_io.SPLIT, run_io.METRICS, run_io.STEPS, run_io.EVENTS, run_io.LAST, run_io.BEST,
+             run_io.CURVES, run_io.REPORT)
 METRICS = ("epoch", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et", "precision", "seconds")
 STATE = ("model", "optimizer", "controller", "rng", "progress", "config", "split", "bundle")
 
@@ -55,39 +56,39 @@ def test_train_auto_writes_the_whole_run_folder(phantom_cache, tmp_path, forced_
 
     for name in RUN_FILES:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
-    metrics = read_csv(run / "metrics.csv")
+    metrics = RunFiles(run).read_metric_rows()
     assert [int(r["epoch"]) for r in metrics] == [1, 2]
     assert set(METRICS) <= set(metrics[0])
     for region in ("wt", "tc", "et"):
         assert 0.0 <= float(metrics[-1][f"val_dice_{region}"]) <= 1.0
-    steps = read_csv(run / "steps.csv")
+    steps = RunFiles(run).read_steps()
     assert [int(r["step"]) for r in steps] == [1, 2, 3, 4]
     assert all(math.isfinite(float(r["loss"])) and r["skipped"] == "0" for r in steps)
 
     target = "bf16" if probe == "fast" else "fp32"
-    events = read_events(run / "precision_events.jsonl")
+    events = RunFiles(run).read_events()
     assert events[0]["signal"] == "probe" and events[0]["step"] == 0
     assert events[0]["from"] == events[0]["to"] == "fp32" and f"target {target}" in events[0]["reason"]
     assert "native bf16" in events[0]["reason"]          # the probe names what the CPU offers
     expected = ["fp32"] + [target] * 3
     assert [r["precision"] for r in steps] == expected
-    summary = json.loads((run / "precision_summary.json").read_text())
+    summary = RunFiles(run).read_summary()
     assert summary["target"] == target and summary["steps_per_precision"][target] == expected.count(target)
     assert (summary["speedup"] is not None) == (target == "bf16")
-    assert "Precision" in (run / "report.html").read_text()
+    assert "Precision" in RunFiles(run).report.read_text()
 
-    state = load_checkpoint(run / "last.pt")
+    state = load_checkpoint(RunFiles(run).last)
     assert set(STATE) <= set(state)
     assert state["progress"]["step"] == 4 and state["progress"]["epoch"] == 2
     assert state["config"]["precision"]["policy"] == "auto" and state["split"]["val"]
     assert state["controller"]["probe"]["target"] == target
-    bundle = load_bundle(run / "last.pt")
+    bundle = load_bundle(RunFiles(run).last)
     model = bundle.build_model()
     with torch.no_grad():
         logits = model(torch.zeros(1, len(bundle.channels), 16, 16, 16))
     assert logits.shape == (1, 3, 16, 16, 16) and torch.isfinite(logits).all()
     best = max(float(r["val_dice_mean"]) for r in metrics)
-    assert load_checkpoint(run / "best.pt")["progress"]["best"] == best == state["progress"]["best"]
+    assert load_checkpoint(RunFiles(run).best)["progress"]["best"] == best == state["progress"]["best"]
 
 
 class FakeClock:
@@ -158,12 +159,12 @@ def test_injected_instability_in_bf16_falls_back_to_fp32_and_training_continues(
     trainer.loss_fn = NaNLossAt(trainer.loss_fn, trainer.model, bad_step=3)
     trainer.fit()
 
-    steps = read_csv(run.steps)
+    steps = run.files.read_steps()
     assert [(r["precision"], r["skipped"]) for r in steps] == [
         ("fp32", "0"), ("bf16", "0"), ("bf16", "1"), ("fp32", "0"), ("fp32", "0")]
     assert steps[2]["loss"] == "nan" and all(math.isfinite(float(r["loss"])) for r in steps[3:])
     assert trainer.loss_fn.untouched, "the skipped update changed the weights"
-    moves = [(e["step"], e["from"], e["to"], e["signal"]) for e in read_events(run.events)]
+    moves = [(e["step"], e["from"], e["to"], e["signal"]) for e in run.files.read_events()]
     assert moves == [(0, "fp32", "fp32", "probe"), (1, "fp32", "bf16", "calm"),
                      (3, "bf16", "fp32", "nonfinite_loss")]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -13,7 +13,6 @@ At the end it prints where both reports are, the Dice of (a) and the precision d
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import time
@@ -22,7 +21,10 @@ from typing import Callable
 
 from glioseg.data.sample import SAMPLE_CASE
 from glioseg.errors import InputError
+from glioseg.evaluation.evaluate import SUMMARY_FILE
+from glioseg.files import read_json
 from glioseg.inference.released import entry, released_names
+from glioseg.run_io import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def demo_steps(out: Path, cases: int, shape: tuple[int, int, int], seed: int) ->
         ["verify", str(data), "--json", str(out / "verify.json")],
         ["preprocess", str(data), "--out", str(cache)],
         ["train", "--data", str(cache), "--out", str(run), "--recipe", "demo", "--seed", str(seed)],
-        ["predict", str(data), "--checkpoint", str(run / "best.pt"), "--out", str(pred)],
+        ["predict", str(data), "--checkpoint", str(RunFiles(run).best), "--out", str(pred)],
         ["evaluate", "--pred", str(pred), "--ref", str(data), "--out", str(out / "evaluation")],
     ]
 
@@ -75,14 +77,14 @@ def run_steps(steps: list[list[str]], label: str, main: Main) -> int:
 
 def region_dice(evaluation: Path) -> dict[str, float]:
     """Mean Dice per region from ``glioseg evaluate``'s summary.json."""
-    summary = json.loads((evaluation / "summary.json").read_text())
+    summary = read_json(evaluation / SUMMARY_FILE, "the evaluation summary")
     return {region: stats["dice"]["mean"] for region, stats in summary["regions"].items()}
 
 
 def precision_decision(run: Path) -> str:
     """The controller's target and the probe's reason, from the run folder's logs."""
-    summary = json.loads((run / "precision_summary.json").read_text())
-    events = [json.loads(line) for line in (run / "precision_events.jsonl").read_text().splitlines() if line]
+    files = RunFiles(run)
+    summary, events = files.read_summary(), files.read_events()
     probe = next((e["reason"] for e in events if e.get("signal") == "probe"), "no probe (a fixed policy)")
     steps = ", ".join(f"{n} in {p}" for p, n in summary["steps_per_precision"].items() if n)
     return (f"policy {summary['policy']}, target {summary['target']}, steps {steps or 'none'}, "
@@ -123,7 +125,7 @@ def _timed(seconds: dict[str, float], part: str, steps: list[list[str]], label: 
 
 def run(args: argparse.Namespace, main: Main) -> int:
     out = Path(args.out)
-    if (out / "run" / "last.pt").exists() or (out / "released").exists():
+    if RunFiles(out / "run").last.exists() or (out / "released").exists():
         raise InputError(f"{out}: a demo was already run here; remove the folder or pass another --out")
     model, seconds = demo_model(args.model), {}
     if model is None:

@@ -30,6 +30,8 @@ AFFINE_TOLERANCE = 1e-4
 #: What to do with a reference case that has no prediction file.
 MISSING_POLICIES = ("error", "empty", "skip")
 COLUMNS: tuple[str, ...] = ("case", "region", *METRIC_COLUMNS)
+# the files of an evaluation folder (``glioseg evaluate --out``): per-case rows and the summary
+METRICS_FILE, SUMMARY_FILE = "metrics.csv", "summary.json"
 STATISTICS = ("mean and std (sample, ddof=1) over cases; median, q1, q3 are linear-interpolated "
               "50th/25th/75th percentiles; NaN values are left out and n counts the values used")
 
@@ -187,12 +189,12 @@ def summarise(rows: list[dict], scheme: LabelScheme, missing: list[str] = (), mi
 
 def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
     """metrics.csv and summary.json, each written to a temporary name and renamed."""
-    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_path(out / METRICS_FILE) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_json(out / "summary.json", summary, indent=2, end="\n")
+    write_json(out / SUMMARY_FILE, summary, indent=2, end="\n")
 
 
 def evaluate(pred_dir: Path, ref: Path, out: Path, format: str = "auto", workers: int = 1,

@@ -8,9 +8,7 @@ Every panel carries its direction letters. Figures use matplotlib's object API (
 """
 from __future__ import annotations
 
-import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Mapping
@@ -22,6 +20,7 @@ from matplotlib.patches import Patch
 
 from glioseg.data.labels import LabelScheme
 from glioseg.errors import InputError
+from glioseg.run_io import EVENTS, RunFiles
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 CONVENTIONS: tuple[str, ...] = ("radiological", "neurological")
@@ -219,49 +218,6 @@ def to_png(fig: Figure, dpi: int) -> bytes:
     return buffer.getvalue()
 
 
-RUN_COLUMNS = ("epoch", "step", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et", "precision", "seconds")
-
-
-def _number(text: str | None) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def read_run_metrics(run_dir: Path) -> list[dict]:
-    """A training run's ``metrics.csv``: one dict per epoch (numbers as float, NaN when blank)."""
-    path = Path(run_dir) / "metrics.csv"
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            columns = reader.fieldnames or []
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the run's metrics: {exc}") from exc
-    missing = [c for c in ("epoch", "train_loss") if c not in columns]
-    if missing:
-        raise InputError(f"{path}: not a training run's metrics.csv: lacks {missing}; found columns "
-                         f"{columns}, expected {list(RUN_COLUMNS)}")
-    return [{k: (row.get(k) or "") if k == "precision" else _number(row.get(k)) for k in RUN_COLUMNS}
-            for row in rows]
-
-
-def read_precision_events(run_dir: Path) -> list[dict]:
-    """``precision_events.jsonl`` (one JSON object a line: step, from, to, signal, value); [] if absent."""
-    path = Path(run_dir) / "precision_events.jsonl"
-    if not path.is_file():
-        return []
-    events = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}: line {n} is not JSON: {exc}") from exc
-    return events
-
-
 def _levels(names) -> list[str]:
     seen = [n for n in PRECISION_ORDER if n in names]
     return seen + sorted(set(names) - set(seen))
@@ -294,15 +250,15 @@ def _precision_timeline(ax, epochs: list[dict], events: list[dict]) -> None:
             ax.step([e["epoch"] for e in epochs if e["precision"]], [levels.index(n) for n in names],
                     where="post", color="0.3", marker="o")
         ax.set_xlabel("epoch")
-        ax.set_title("precision per epoch (no precision_events.jsonl)", fontsize=10)
+        ax.set_title(f"precision per epoch (no {EVENTS})", fontsize=10)
     ax.set_yticks(range(len(levels)), levels)
     ax.set_ylim(-0.5, max(len(levels) - 0.5, 0.5))
 
 
 def training_curves(run_dir: Path, dpi: int = 100) -> bytes:
     """PNG: training loss, validation Dice (WT/TC/ET) per epoch, and the precision timeline."""
-    epochs = read_run_metrics(run_dir)
-    events = read_precision_events(run_dir)
+    files = RunFiles(run_dir)
+    epochs, events = files.read_metrics(), files.read_events()
     x = [e["epoch"] for e in epochs]
     fig = Figure(figsize=(9, 8.4))
     loss_ax, dice_ax, prec_ax = fig.subplots(3, 1)

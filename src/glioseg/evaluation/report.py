@@ -24,8 +24,10 @@ from glioseg.data.io import DataError, Image, read_image
 from glioseg.data.labels import REGIONS, LabelScheme, region_volumes_ml
 from glioseg.errors import InputError
 from glioseg.evaluation import figures
-from glioseg.evaluation.evaluate import COLUMNS, check_geometry, prediction_path, read_label
+from glioseg.evaluation.evaluate import (COLUMNS, METRICS_FILE, SUMMARY_FILE, check_geometry, prediction_path,
+                                         read_label)
 from glioseg.evaluation.metrics import METRIC_COLUMNS
+from glioseg.run_io import CURVE_COLUMNS, RunFiles
 from glioseg.files import read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ def case_figure(case: ReportCase, convention: str = "radiological") -> tuple[byt
 
 def load_metrics(metrics_dir: Path) -> tuple[list[dict], dict | None]:
     """``metrics.csv`` rows (numbers as float) and ``summary.json`` (None if absent) of an evaluation."""
-    path = Path(metrics_dir) / "metrics.csv"
+    path = Path(metrics_dir) / METRICS_FILE
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
@@ -116,7 +118,7 @@ def load_metrics(metrics_dir: Path) -> tuple[list[dict], dict | None]:
         rows = [{**r, **{k: float(r[k]) for k in METRIC_COLUMNS}} for r in rows]
     except (TypeError, ValueError) as exc:
         raise InputError(f"{path}: not glioseg evaluate's metrics: {exc}") from None
-    summary_path = Path(metrics_dir) / "summary.json"
+    summary_path = Path(metrics_dir) / SUMMARY_FILE
     summary = read_json(summary_path, "the evaluation summary") if summary_path.is_file() else None
     return rows, summary
 
@@ -187,12 +189,11 @@ def _volumes_html(volumes: dict[str, dict[str, dict[str, float]]]) -> str:
     return "<h3>Volumes (cases drawn below)</h3>" + html_table(header, rows)
 
 
-def _precision_html(run_dir: Path, events: list[dict]) -> str:
+def _precision_html(files: RunFiles, events: list[dict]) -> str:
     """The controller's verdict: the probe's measurement and decision, then time per precision."""
-    path = Path(run_dir) / "precision_summary.json"
-    if not path.is_file():
+    summary = files.read_summary()
+    if summary is None:
         return ""
-    summary = read_json(path, "the run's precision summary")
     probe = next((e["reason"] for e in events if e.get("signal") == "probe"), None)
     lines = [f"policy {summary['policy']} on {summary.get('device_description', summary['device'])}"]
     if probe:
@@ -208,16 +209,16 @@ def _precision_html(run_dir: Path, events: list[dict]) -> str:
 
 
 def _run_html(run_dir: Path) -> str:
-    epochs = figures.read_run_metrics(run_dir)
-    events = figures.read_precision_events(run_dir)
+    files = RunFiles(run_dir)
+    epochs, events = files.read_metrics(), files.read_events()
     parts = [f'<p class="note">Run folder: {html.escape(str(run_dir))}; {len(epochs)} epochs.</p>',
              png_tag(figures.training_curves(run_dir), "training curves")]
     if epochs:
         last = epochs[-1]
         digits = {"epoch": 0, "seconds": 1, "train_loss": 4}
-        parts.append("<h3>Last epoch</h3>" + html_table(list(figures.RUN_COLUMNS), [[
-            last[c] if c == "precision" else _fmt(last[c], digits.get(c, 3)) for c in figures.RUN_COLUMNS]]))
-    parts.append(_precision_html(run_dir, events))
+        parts.append("<h3>Last epoch</h3>" + html_table(list(CURVE_COLUMNS), [[
+            last[c] if c == "precision" else _fmt(last[c], digits.get(c, 3)) for c in CURVE_COLUMNS]]))
+    parts.append(_precision_html(files, events))
     if events:
         keys = ["step", "from", "to", "signal", "value"]
         parts.append(f"<h3>Precision events ({len(events)}; first 50)</h3>" +

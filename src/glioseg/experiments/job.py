@@ -20,13 +20,11 @@ from pathlib import Path
 
 import torch
 
-from glioseg.config import load_yaml, to_dict
+from glioseg.config import to_dict
 from glioseg.data.formats import discover
 from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
-from glioseg.evaluation.figures import read_run_metrics
-from glioseg.experiments.measure import (BUDGET_STOP, StepTimer, load_average, peak_mib, read_step_times,
-                                         reset_peak)
+from glioseg.experiments.measure import StepTimer, load_average, peak_mib, reset_peak
 from glioseg.experiments.plan import Plan, Run, is_trained
 from glioseg.files import read_json, write_text_atomic
 from glioseg.inference import inputs as case_inputs
@@ -35,15 +33,13 @@ from glioseg.inference.pipeline import make_predictor, predict_all
 from glioseg.inference.predictor import PredictConfig
 from glioseg.models.registry import describe
 from glioseg.precisions import describe_device
+from glioseg.run_io import CURVE_COLUMNS, RunFiles
 from glioseg.training.callbacks import RunStopped
 from glioseg.training.distributed import DistInfo, pick_device
 from glioseg.training.recipe import TrainConfig
 from glioseg.training.trainer import train
 
 log = logging.getLogger(__name__)
-
-COST_FILE = "experiment_cost.json"
-
 
 def make_job(plan: Plan, run: Run, threads: int | None = None) -> dict:
     budget, spec = plan.resolved.budget, plan.spec
@@ -56,9 +52,10 @@ def make_job(plan: Plan, run: Run, threads: int | None = None) -> dict:
 
 def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     """A run folder started with other settings (an edited spec) must not be continued."""
-    saved = load_yaml(run_dir / "config.yaml")
+    files = RunFiles(run_dir)
+    saved = files.read_config()
     saved.pop("versions", None)
-    before = TrainConfig.from_dict(saved, str(run_dir / "config.yaml"))
+    before = TrainConfig.from_dict(saved, str(files.config))
     changed = sorted(k for k, v in to_dict(config).items() if to_dict(before).get(k) != v)
     if changed:
         raise InputError(f"{run_dir}: this run was started with other settings ({', '.join(changed)}); "
@@ -70,11 +67,12 @@ def _train(job: dict, run_dir: Path, config: TrainConfig) -> None:
     killed outright records nothing: its steps are redone and timed by the next)."""
     if is_trained(run_dir):
         return
-    resume = (run_dir / "last.pt").is_file()
+    files = RunFiles(run_dir)
+    resume = files.started()
     if resume:
         _check_same_config(run_dir, config)
     else:
-        write_text_atomic(run_dir / "split.json", json.dumps(job["split"], indent=2))
+        write_text_atomic(files.split, json.dumps(job["split"], indent=2))
     device = pick_device(config.device, DistInfo())
     measure = reset_peak(device)
     started, load = time.perf_counter(), load_average()
@@ -89,20 +87,21 @@ def _train(job: dict, run_dir: Path, config: TrainConfig) -> None:
 def _add_cost(run_dir: Path, wall: float, peak: float, measure: str, load: tuple) -> None:
     """Wall time and peak memory summed over attempts; the load average at each attempt's start and
     end (timings taken beside other work are slower, and the report says so)."""
-    path = run_dir / COST_FILE
-    cost = read_json(path, "a run's cost") if path.is_file() else {"wall_s": 0.0, "peak_mib": 0.0, "attempts": 0}
+    files = RunFiles(run_dir)
+    cost = files.read_cost() or {"wall_s": 0.0, "peak_mib": 0.0, "attempts": 0}
     cost = {"wall_s": round(cost["wall_s"] + wall, 3), "peak_mib": round(max(cost["peak_mib"], peak), 1),
             "attempts": cost["attempts"] + 1, "peak_measure": measure,
             "load": cost.get("load", []) + [list(load)]}
-    write_text_atomic(path, json.dumps(cost, indent=2))
+    write_text_atomic(files.cost, json.dumps(cost, indent=2))
 
 
 def _evaluate(job: dict, run_dir: Path) -> tuple[list[dict], str, float]:
     """Held-out cases through the predict pipeline, scored; (rows, checkpoint used, s per case)."""
+    files = RunFiles(run_dir)
     wanted = job["evaluation"]["checkpoint"]
-    checkpoint = run_dir / f"{wanted}.pt"
+    checkpoint = files.checkpoint(wanted)
     if not checkpoint.is_file():
-        checkpoint = run_dir / "last.pt"   # no validation ran, so no best.pt: the trained state
+        checkpoint, wanted = files.last, "last"   # no validation ran, so no best.pt: the trained state
     predictor = make_predictor([checkpoint], PredictConfig(window=job["evaluation"]["window"],
                                                            device=job["eval_device"]))
     test = set(job["split"]["test"])
@@ -117,15 +116,16 @@ def _evaluate(job: dict, run_dir: Path) -> tuple[list[dict], str, float]:
             for c in dataset.cases if c.case_id in test]
     rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
             for r in score_all(jobs)]   # NaN (sensitivity of an empty reference) is JSON null
-    return rows, checkpoint.stem, seconds
+    return rows, wanted, seconds
 
 
 def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) -> dict:
-    bundle = load_bundle(run_dir / f"{checkpoint}.pt")
+    files = RunFiles(run_dir)
+    bundle = load_bundle(files.checkpoint(checkpoint))
     device = pick_device(config.device, DistInfo())
     model = describe(bundle.model, tuple(config.patch), bundle.in_channels, bundle.out_channels, **bundle.options)
-    times = [t for _, t in read_step_times(run_dir)]
-    cost = read_json(run_dir / COST_FILE, "a run's cost") if (run_dir / COST_FILE).is_file() else {}
+    times = [t for _, t in files.read_step_times()]
+    cost = files.read_cost() or {}
     return {"params": model["params"], "flops": model["flops"], "patch": list(config.patch),
             "steps": len(times), "s_per_step": statistics.median(times) if times else None,
             "train_step_seconds": round(sum(times), 3), "train_wall_s": cost.get("wall_s"),
@@ -135,9 +135,9 @@ def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) ->
 
 
 def _curve(run_dir: Path) -> list[dict]:
-    keep = ("epoch", "step", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et", "precision", "seconds")
-    rows = read_run_metrics(run_dir) if (run_dir / "metrics.csv").is_file() else []
-    return [{k: (r[k] if r[k] == r[k] else None) if k != "precision" else r[k] for k in keep} for r in rows]
+    files = RunFiles(run_dir)
+    rows = files.read_metrics() if files.metrics.is_file() else []
+    return [{k: (r[k] if r[k] == r[k] else None) if k != "precision" else r[k] for k in CURVE_COLUMNS} for r in rows]
 
 
 def _write_result(path: Path, result: dict) -> None:
@@ -162,13 +162,11 @@ def run_job(job: dict) -> dict:
     config = TrainConfig.from_dict(job["config"], "experiment run")
     _train(job, run_dir, config)
     rows, checkpoint, eval_s = _evaluate(job, run_dir)
-    summary = run_dir / "precision_summary.json"
-    stop = run_dir / BUDGET_STOP
+    files = RunFiles(run_dir)
     result = {"arm": job["arm"], "fold": job["fold"], "seed": job["seed"], "model": config.model,
               "checkpoint": checkpoint, "test_cases": job["split"]["test"], "rows": rows,
               "cost": _cost(run_dir, config, checkpoint, eval_s), "curve": _curve(run_dir),
-              "precision": read_json(summary, "a precision summary") if summary.is_file() else None,
-              "budget_stop": read_json(stop, "a budget stop") if stop.is_file() else None,
+              "precision": files.read_summary(), "budget_stop": files.read_budget_stop(),
               "config": job["config"]}
     _write_result(result_path, result)
     log.info("%s: done (%d held-out cases)", result_path, len(job["split"]["test"]))

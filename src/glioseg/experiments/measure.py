@@ -13,7 +13,6 @@ so that runs sharing a process are measured apart; elsewhere ``ru_maxrss``, the 
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -24,50 +23,32 @@ from pathlib import Path
 import torch
 
 from glioseg.files import write_text_atomic
+from glioseg.run_io import RunFiles
 from glioseg.training.callbacks import Callback, StepEnd, TrainEnd
 
-STEP_TIMES = "step_times.csv"
-BUDGET_STOP = "budget_stop.json"
 
 
 BUDGET_REASON = "the budget's minutes are spent"
-
-
-def read_step_times(run_dir: Path) -> list[tuple[int, float]]:
-    path = Path(run_dir) / STEP_TIMES
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [(int(r["step"]), float(r["seconds"])) for r in csv.DictReader(fh)]
-
-
-def _keep_until(run_dir: Path, step: int) -> float:
-    """Drop rows after ``step`` (a resumed run redoes them); returns the seconds kept."""
-    rows = [(s, t) for s, t in read_step_times(run_dir) if s <= step]
-    text = "step,seconds\n" + "".join(f"{s},{t:.6f}\n" for s, t in rows)
-    write_text_atomic(Path(run_dir) / STEP_TIMES, text)
-    return sum(t for _, t in rows)
 
 
 class StepTimer(Callback):
     """Times every optimiser step of a run into ``step_times.csv``; stops it after ``minutes`` of steps."""
 
     def __init__(self, run_dir: Path, minutes: float | None = None):
-        self.run_dir, self.minutes, self.spent = Path(run_dir), minutes, 0.0
+        self.files, self.minutes, self.spent = RunFiles(run_dir), minutes, 0.0
 
     def on_train_start(self, trainer) -> None:
-        self.spent = _keep_until(self.run_dir, trainer.step)   # trainer.step: where it resumes
+        self.spent = self.files.keep_step_times_until(trainer.step)   # trainer.step: where it resumes
 
     def on_step_end(self, trainer, step: StepEnd) -> None:
         self.spent += step.seconds
-        with open(self.run_dir / STEP_TIMES, "a") as fh:
-            fh.write(f"{step.step},{step.seconds:.6f}\n")
+        self.files.append_step_time(step.step, step.seconds)
         if self.minutes is not None and self.spent >= 60.0 * self.minutes:
             trainer.request_stop(BUDGET_REASON)
 
     def on_train_end(self, trainer, end: TrainEnd) -> None:
         if end.stopped == BUDGET_REASON:
-            write_text_atomic(self.run_dir / BUDGET_STOP, json.dumps(
+            write_text_atomic(self.files.budget_stop, json.dumps(
                 {"step": trainer.step, "epoch": trainer.epoch, "seconds": round(self.spent, 3)}))
 
 

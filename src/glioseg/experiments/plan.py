@@ -17,10 +17,10 @@ from pathlib import Path
 from glioseg.data.formats import discover
 from glioseg.errors import InputError
 from glioseg.experiments.folds import assign_folds, balance, fold_split, read_grades, stratum_of
-from glioseg.experiments.measure import BUDGET_STOP
 from glioseg.experiments.resolve import Resolved, precision_verdicts, resolve, slug
 from glioseg.experiments.spec import ExperimentSpec, SpecError, spec_dict, spec_from_dict
 from glioseg.files import read_json, write_text_atomic
+from glioseg.run_io import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ STATES = ("pending", "partial", "trained", "done", "not run")
 
 def is_trained(run_dir: Path) -> bool:
     """The trainer finished the run (its summary is written) or the minutes budget stopped it."""
-    return (run_dir / "precision_summary.json").is_file() or (run_dir / BUDGET_STOP).is_file()
+    files = RunFiles(run_dir)
+    return files.finished() or files.budget_stopped()
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Plan:
             return "done"
         if is_trained(folder):
             return "trained"
-        return "partial" if (folder / "last.pt").is_file() else "pending"
+        return "partial" if RunFiles(folder).started() else "pending"
 
     def balance(self, seed: int) -> dict[str, list[int]]:
         return balance(self.folds[seed], self.strata, self.spec.folds.k)

@@ -11,8 +11,6 @@ windows); otherwise in fp32. The measured figures go into the card and the index
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import re
 import shutil
@@ -26,6 +24,7 @@ import torch
 
 from glioseg import __version__
 from glioseg.checkpoint_io import load_checkpoint
+from glioseg.run_io import RunFiles
 from glioseg.data import preprocess
 from glioseg.data.cases import load_case
 from glioseg.data.labels import REGIONS
@@ -77,15 +76,6 @@ def fp16_agreement(bundle: ModelBundle, cases: Sequence[Path], threshold: float 
             "min_dice": min_dice}
 
 
-def _run_hours(run: Path) -> float | None:
-    """Training time of the run folder: the per-epoch seconds of metrics.csv (resumes included)."""
-    metrics = run / "metrics.csv"
-    if not metrics.is_file():
-        return None
-    with open(metrics, newline="") as fh:
-        return sum(float(row["seconds"]) for row in csv.DictReader(fh) if row.get("seconds")) / 3600
-
-
 def training_cases(state: dict) -> list[str] | None:
     """The case ids the checkpoint's run trained on (its saved split), so that users can tell a
     training case's Dice from a held-out one; None for a checkpoint without a split."""
@@ -95,9 +85,10 @@ def training_cases(state: dict) -> list[str] | None:
 
 def training_facts(checkpoint: Path, state: dict, results: ReleaseResults) -> dict:
     """Recipe, steps, hours, hardware, precisions and training cases of the run that wrote ``checkpoint``."""
-    summary = checkpoint.parent / "precision_summary.json"
-    steps_in = json.loads(summary.read_text()).get("steps_per_precision") if summary.is_file() else None
-    hours = results.hours if results.hours is not None else _run_hours(checkpoint.parent)
+    run = RunFiles(checkpoint.parent)
+    summary = run.read_summary()
+    steps_in = summary.get("steps_per_precision") if summary else None
+    hours = results.hours if results.hours is not None else run.hours()
     return {"config": state["config"], "steps": int(state["progress"]["step"]), "hours": hours,
             "hardware": results.hardware, "precision_steps": steps_in, "versions": state.get("versions", {}),
             "cases": training_cases(state)}

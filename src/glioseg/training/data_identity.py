@@ -17,10 +17,11 @@ from pathlib import Path
 from glioseg.data.cache import input_digests
 from glioseg.errors import InputError
 from glioseg.files import read_json, write_json
+from glioseg.run_io import DATA
 
 log = logging.getLogger(__name__)
 
-RECORD = "data.json"
+RECORD = DATA   # the run folder's names are glioseg.run_io's
 _SHOWN = 8   # differences listed in the message; the rest are counted
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from glioseg.data.formats import discover
 from glioseg.data.preprocess import PreprocessConfig, load_cache, preprocess_dataset
 from glioseg.errors import InputError
-from glioseg.files import read_json
+from glioseg.run_io import RunFiles
 from glioseg.training import data_identity, distributed as dist_utils
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,9 @@ def prepare_data(data: Path, out: Path, config, data_format: str, cache_dir: Pat
     cache = ensure_cache(data, out, data_format, cache_dir, info, check)
     if info.is_main:
         data_identity.record(out, data_identity.from_cache(cache))
-    saved = Path(out) / "split.json"
-    split = read_json(saved, "the run's split") if saved.is_file() else \
-        make_split(list(cache.case_ids), config.seed, config.val_fraction)
+    files = RunFiles(out)
+    saved = files.split
+    split = files.read_split() or make_split(list(cache.case_ids), config.seed, config.val_fraction)
     missing = sorted(set(split["train"] + split["val"]) - set(cache.case_ids))
     if missing:
         raise InputError(f"{saved}: the split names cases the data does not have: {', '.join(missing)}")

@@ -1,10 +1,10 @@
-"""The files of a training run, written so that a kill at any moment loses nothing.
+"""Writing the files of a training run, so that a kill at any moment loses nothing.
 
-``config.yaml``, ``split.json``: written once (atomically).
-``metrics.csv``: a row per epoch; ``steps.csv``: a row per optimiser step;
-``precision_events.jsonl``: one JSON object per controller decision. On resume, rows past
-the checkpoint being resumed are dropped, so the files always describe one consistent run.
-``tensorboard/``: the same rows as TensorBoard scalars, where the tensorboard package is installed.
+Names and columns are :mod:`glioseg.run_io`'s (its :class:`~glioseg.run_io.RunFiles` reads them):
+the settings and split are written once (atomically); a row per epoch and per optimiser step;
+one JSON object per controller decision. On resume, rows past the checkpoint being resumed are
+dropped, so the files always describe one consistent run. TensorBoard gets the same rows as
+scalars where the tensorboard package is installed.
 """
 from __future__ import annotations
 
@@ -19,11 +19,8 @@ import yaml
 from glioseg.evaluation.figures import training_curves
 from glioseg.evaluation.report import write_report
 from glioseg.files import atomic_path, write_text_atomic
+from glioseg.run_io import METRIC_COLUMNS, STEP_COLUMNS, RunFiles
 from glioseg.training.tensorboard import TensorBoardLog
-
-METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_dice_wt", "val_dice_tc", "val_dice_et",
-                  "val_dice_mean", "precision", "lr", "skipped", "seconds")
-STEP_COLUMNS = ("step", "epoch", "loss", "precision", "grad_norm", "skipped", "lr")
 
 
 class RunFolder:
@@ -31,21 +28,22 @@ class RunFolder:
 
     def __init__(self, path: Path, writer: bool = True):
         self.path = Path(path)
+        self.files = RunFiles(self.path)
         self.writer = writer
         if writer:
             self.path.mkdir(parents=True, exist_ok=True)
-        self.board = TensorBoardLog(self.path / "tensorboard") if writer else None
+        self.board = TensorBoardLog(self.files.tensorboard) if writer else None
 
-    last = property(lambda self: self.path / "last.pt")
-    best = property(lambda self: self.path / "best.pt")
-    metrics = property(lambda self: self.path / "metrics.csv")
-    steps = property(lambda self: self.path / "steps.csv")
-    events = property(lambda self: self.path / "precision_events.jsonl")
+    last = property(lambda self: self.files.last)
+    best = property(lambda self: self.files.best)
+    metrics = property(lambda self: self.files.metrics)
+    steps = property(lambda self: self.files.steps)
+    events = property(lambda self: self.files.events)
 
     def write_config(self, config: dict[str, Any], split: dict[str, Any]) -> None:
         if self.writer:
-            write_text_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-            write_text_atomic(self.path / "split.json", json.dumps(split, indent=2))
+            write_text_atomic(self.files.config, yaml.safe_dump(config, sort_keys=False))
+            write_text_atomic(self.files.split, json.dumps(split, indent=2))
 
     def _append(self, path: Path, columns: tuple[str, ...], row: dict[str, Any]) -> None:
         if not self.writer:
@@ -117,7 +115,7 @@ class RunFolder:
         """Precision summary (JSON), loss/Dice/precision curves (PNG) and the run's HTML report."""
         if not self.writer:
             return
-        write_text_atomic(self.path / "precision_summary.json", json.dumps(summary, indent=2))
-        with atomic_path(self.path / "training_curves.png") as tmp:
+        write_text_atomic(self.files.summary, json.dumps(summary, indent=2))   # the report shows it
+        with atomic_path(self.files.curves) as tmp:
             tmp.write_bytes(training_curves(self.path))
-        write_report(self.path / "report.html", run_dir=self.path, title=f"glioseg training run {self.path.name}")
+        write_report(self.files.report, run_dir=self.path, title=f"glioseg training run {self.path.name}")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from glioseg.config import load_yaml
 from glioseg.errors import InputError
+from glioseg.run_io import RunFiles
 from glioseg.training.recipe import TrainConfig, build_config, merge_settings, recipe_dict, upgrade_saved
 
 # Options that may change when a run is resumed; anything else must stay as the run began.
@@ -23,10 +24,11 @@ def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None
     ``overrides`` must agree with the run's settings, except the resumable ones, which change
     only from the command line: a resumed run never silently trains with other settings.
     """
-    path = Path(out) / "config.yaml"
+    files = RunFiles(out)
+    path = files.config
     if not path.is_file():
         raise InputError(f"{out}: --resume needs a started run there, but {path.name} is missing")
-    saved = upgrade_saved(load_yaml(path))
+    saved = upgrade_saved(files.read_config())
     saved.pop("versions", None)
     given = {k: v for k, v in (file_settings or {}).items() if k not in RESUMABLE}
     given = merge_settings(given, {k: v for k, v in overrides.items() if v is not None})
