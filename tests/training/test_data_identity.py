@@ -15,6 +15,7 @@ from glioseg.data.preprocess import PreprocessConfig, preprocess_dataset
 from glioseg.files import file_sha256
 from glioseg.training import data_identity
 from glioseg.training.data_identity import differences, identity
+from glioseg.run_io import RunFiles
 
 from ._runs import run_inprocess, train_args, write_config
 
@@ -67,7 +68,7 @@ def test_resume_on_other_raw_data_is_refused_before_the_cache_is_touched(dataset
     config = write_config(tmp_path, epochs=1, steps_per_epoch=1, val_fraction=0.0)
     run = tmp_path / "run"
     assert run_inprocess(train_args(datasets["A"], run, config)) == 0
-    recorded = json.loads((run / data_identity.RECORD).read_text())
+    recorded = json.loads(RunFiles(run).data.read_text())
     assert len(recorded["cases"]) == 3 and recorded["scheme"] == "brats"
     before = _hashes(run)
 
@@ -84,7 +85,7 @@ def test_resume_on_other_raw_data_is_refused_before_the_cache_is_touched(dataset
     assert run_inprocess(train_args(datasets["B"], run, config, "--resume", "--epochs", "3",
                                     "--allow-other-data")) == 0
     assert "resuming on other data than the run started on (--allow-other-data)" in caplog.text
-    now = json.loads((run / data_identity.RECORD).read_text())
+    now = json.loads(RunFiles(run).data.read_text())
     assert now != recorded and differences(now, data_identity.from_cache(load_cache(run / "cache"))) == []
 
 
