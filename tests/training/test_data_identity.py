@@ -6,8 +6,10 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from glioseg.checkpoint_io import load_checkpoint
 from glioseg.data.cache import load_cache
 from glioseg.data.formats import discover
 from glioseg.data.phantom import write_dataset
@@ -70,6 +72,11 @@ def test_resume_on_other_raw_data_is_refused_before_the_cache_is_touched(dataset
     assert run_inprocess(train_args(datasets["A"], run, config)) == 0
     recorded = json.loads(RunFiles(run).data.read_text())
     assert len(recorded["cases"]) == 3 and recorded["scheme"] == "brats"
+    # the bundle records the spacing the network was trained at (predict resamples other spacings)
+    cache = load_cache(run / "cache")
+    train_ids = json.loads((run / "split.json").read_text())["train"]
+    expected = np.median([cache.meta(c)["spacing"] for c in train_ids], axis=0).tolist()
+    assert load_checkpoint(run / "last.pt")["bundle"]["trained_spacing"] == pytest.approx(expected)
     before = _hashes(run)
 
     message = _error(caplog, train_args(datasets["B"], run, config, "--resume", "--epochs", "2"))

@@ -2,7 +2,9 @@
 
 A bundle is the network's name and options, what its outputs mean (WT/TC/ET regions or the
 classes of a label scheme), the named input channels, the preprocessing it was trained with,
-the site index of DALight-3D's identifier norms, the training patch size and the weights.
+the site index of DALight-3D's identifier norms, the training patch size, the voxel spacing it
+was trained at (``trained_spacing``; prediction resamples other spacings to it and back) and the
+weights.
 
 Where bundles live:
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,6 +45,20 @@ CONFIG_KIND = "glioseg-bundle"
 # Keys of a released config: the common ones, then those of an ONNX export (its fixed window).
 CONFIG_KEYS = ("kind", "format", "file", "sha256", "bundle", "source_sha256",
                "window", "size_divisor", "inputs", "opset", "check")
+
+
+# Keys a bundle written before they existed lacks (their default applies): older checkpoints and configs load.
+OPTIONAL = ("trained_spacing",)
+
+
+def _spacing(name: str, value: Any) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
+    if not ok:
+        raise ValueError(f"bundle field {name}: expected 3 positive millimetres or null, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def _whole(name: str, value: Any) -> int:
@@ -74,6 +91,7 @@ class ModelBundle:
     patch_size: tuple[int, int, int]
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
     sha256: str | None = None
+    trained_spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         # Values come from JSON a person may have edited: each field is checked by name, not cast.
@@ -92,6 +110,7 @@ class ModelBundle:
         object.__setattr__(self, "preprocess", dict(self.preprocess))
         object.__setattr__(self, "site_index", {str(k): _whole(f"site_index.{k}", v)
                                                 for k, v in self.site_index.items()})
+        object.__setattr__(self, "trained_spacing", _spacing("trained_spacing", self.trained_spacing))
         self._validate()
 
     def _validate(self) -> None:
@@ -115,6 +134,7 @@ class ModelBundle:
             "in_channels": self.in_channels, "out_channels": self.out_channels, "target": self.target,
             "channels": list(self.channels), "scheme": self.scheme, "preprocess": dict(self.preprocess),
             "site_index": dict(self.site_index), "patch_size": list(self.patch_size),
+            "trained_spacing": list(self.trained_spacing) if self.trained_spacing else None,
         }
 
     def to_state(self) -> dict:
@@ -133,7 +153,7 @@ class ModelBundle:
                              f"this glioseg reads version {BUNDLE_VERSION}")
         valid = [f.name for f in fields(cls) if f.name != "sha256"]
         unknown = sorted(set(state) - set(valid))
-        missing = sorted(set(valid) - set(state) - {"weights"})
+        missing = sorted(set(valid) - set(state) - {"weights", *OPTIONAL})
         if unknown or missing:
             raise ValueError(f"bundle keys: unknown {unknown}, missing {missing}; valid keys: {', '.join(valid)}")
         return cls(sha256=sha256, **state)
@@ -149,6 +169,12 @@ class ModelBundle:
                 check()
             except ValueError as exc:
                 raise ValueError(f"bundle field {name}: {exc}") from None
+
+    def expected_spacing(self) -> tuple[float, float, float] | None:
+        """The voxel spacing (mm, RAS axes) the network expects: the preprocessing's target where it
+        resamples, else the spacing it was trained at; None where neither is known."""
+        target = self.preprocess.get("target_spacing")
+        return tuple(float(v) for v in target) if target else self.trained_spacing
 
     def preprocess_config(self):
         """The :class:`glioseg.data.preprocess.PreprocessConfig` the model was trained with."""

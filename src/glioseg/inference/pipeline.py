@@ -1,7 +1,8 @@
 """Prediction of whole cases: files → preprocessing → windows → labels in the scanner's geometry → files.
 
 One case: read the channels the model names, apply the preprocessing recorded with the model
-(``glioseg.data.preprocess``: RAS, brain box, z-score), predict in cache space, turn regions
+(``glioseg.data.preprocess``: RAS, brain box, z-score; resampled to the model's spacing where the
+case's differs, :mod:`glioseg.inference.spacing`), predict in cache space, turn regions
 into the input dataset's labels, map back with ``to_original`` (the preprocessing's exact
 inverse) and write through :mod:`glioseg.inference.writer`.
 """
@@ -27,6 +28,8 @@ from glioseg.files import file_sha256
 from glioseg.inference import writer
 from glioseg.inference.inputs import CaseInput
 from glioseg.inference.predictor import PredictConfig, Predictor, open_network
+from glioseg.inference.spacing import plan as spacing_plan, preprocess_config as spacing_config, \
+    unknown_spacing_warning
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,10 @@ def predict_case(item: CaseInput, predictor: Predictor, out: Path, options: Outp
     times = {"start": time.perf_counter()}
     image, _ = load_case(case, item.dataset)
     times["load"] = time.perf_counter()
-    array, _, meta = preprocess.preprocess_case(image, None, case, bundle.preprocess_config(),
+    spacing = spacing_plan(bundle, image.affine, image.shape[-3:])
+    if spacing.resampled:
+        log.info("%s: %s", case.case_id, spacing.describe())
+    array, _, meta = preprocess.preprocess_case(image, None, case, spacing_config(bundle, spacing),
                                                 channels=item.dataset.channels, inputs=digests)
     times["preprocess"] = time.perf_counter()
     probs, stats = predictor.case_probabilities(array, meta, case.site)
@@ -105,6 +111,7 @@ def predict_case(item: CaseInput, predictor: Predictor, out: Path, options: Outp
         outputs, label = _write_outputs(item, out, probs, meta, image, predictor, options, stage)
         times["write"] = time.perf_counter()
         record = _record(item, predictor, request, digests, times, stats, outputs, label, image, meta)
+        record["spacing"] = {**spacing.to_dict(), "note": spacing.describe()}
         if options.uncertainty:
             record["uncertainty"] = bundle.output.entropy_meaning
         writer.write_sidecar(stage(writer.sidecar_path(out, case.case_id)), record)
@@ -155,6 +162,9 @@ def predict_all(items: Sequence[CaseInput], predictor: Predictor, out: Path | st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # One run per folder: a second one would remove the first's .part- files as stale (#23).
+    unknown = unknown_spacing_warning(predictor.bundle, predictor.networks[0].source)
+    if unknown:
+        log.warning("%s", unknown)
     with files.exclusive_lock(out / LOCK_FILE, f"prediction folder {out}"):
         writer.clean_parts(out)
         counts, errors = _predict_items(items, predictor, out, options)

@@ -261,6 +261,10 @@ def _check_ensemble(networks: Sequence) -> None:
             if getattr(b, what) != getattr(first, what):
                 raise InputError(f"ensemble members differ in {what}: {getattr(first, what)!r} vs "
                                  f"{getattr(b, what)!r}; only models with the same {what} can be averaged")
+        spacings = (first.expected_spacing(), b.expected_spacing())
+        if None not in spacings and spacings[0] != spacings[1]:
+            raise InputError(f"ensemble members were trained at different spacings ({list(spacings[0])} vs "
+                             f"{list(spacings[1])} mm); only models of one spacing can be averaged")
         if not b.output.same_outputs(first.output):
             raise InputError(f"ensemble members predict different classes ({first.scheme} vs {b.scheme})")
 

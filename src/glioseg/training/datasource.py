@@ -62,6 +62,11 @@ class TrainingData:
     def _volumes(self, ids: list[str]) -> list[tuple]:
         return [(c, self.cache.image(c), self.cache.label(c), self.site_id(c)) for c in ids]
 
+    def spacing(self) -> tuple[float, float, float]:
+        """The median voxel spacing (mm, RAS axes, as the network sees them) of the training cases."""
+        spacings = np.array([self.cache.meta(c)["spacing"] for c in self.split["train"]], dtype=np.float64)
+        return tuple(float(v) for v in np.median(spacings, axis=0))
+
     def train_volumes(self) -> list[tuple]:
         return self._volumes(self.split["train"])
 

@@ -34,7 +34,7 @@ def build_bundle(trainer) -> ModelBundle:
         in_channels=len(data.channels), out_channels=trainer.output.channels,
         target=trainer.output.target, channels=data.channels, scheme=trainer.output.scheme.name,
         preprocess=dict(data.cache.config), site_index=dict(data.sites), patch_size=tuple(config.patch),
-        weights=trainer.model.state_dict(),
+        weights=trainer.model.state_dict(), trained_spacing=data.spacing(),
     )
 
 
