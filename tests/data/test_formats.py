@@ -220,3 +220,56 @@ def test_case_without_label_is_a_test_case(brats_root):
 ])
 def test_site_from_case_id(case_id, site):
     assert site_from_case_id(case_id) == site
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(training=None), 'field "training" is null; expected a list'),
+    (lambda m: m.update(modality=["FLAIR", "T1w", "t1gd", "T2w"]), 'field "modality" is a list; expected an object'),
+    (lambda m: m.update(labels=["background", "edema", "non-enhancing", "enhancing"]),
+     'field "labels" is a list; expected an object'),
+    (lambda m: m.update(modality={"a": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}),
+     "modality key 'a' is not a volume index"),
+])
+def test_dataset_json_fields_of_the_wrong_type_are_one_line_naming_file_and_field(make_dataset, edit, message,
+                                                                                   caplog):
+    """#23: null or list fields gave a traceback and exit 1."""
+    from glioseg.cli import main
+
+    root = make_dataset("msd")
+    meta = json.loads((root / "dataset.json").read_text())
+    edit(meta)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.ERROR):
+        assert main(["verify", str(root)]) == 2
+    assert f"{root / 'dataset.json'}: {message}" in caplog.text and "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("layout", ["csv", "json"])
+def test_a_manifest_saved_with_a_byte_order_mark_reads(make_dataset, layout):
+    """#23: Excel's "CSV UTF-8" starts with a BOM: "unknown column '\\ufeffcase'"."""
+    path = make_dataset(layout)
+    plain = discover(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with_bom = discover(path)
+    assert [c.case_id for c in with_bom.cases] == [c.case_id for c in plain.cases] == ["case0", "case1"]
+    assert with_bom.cases[0].images == plain.cases[0].images
+
+
+def test_case_folders_that_are_link_loops_or_dangling_are_reported(brats_root, capsys):
+    """#23: verify and predict skipped such a case folder without a word (is_dir() is False)."""
+    from glioseg.cli import main
+
+    (brats_root / "Brats18_LOOP_1").symlink_to(brats_root / "Brats18_LOOP_2")
+    (brats_root / "Brats18_LOOP_2").symlink_to(brats_root / "Brats18_LOOP_1")
+    with pytest.raises(DataError, match=r"Brats18_LOOP_1: is a symbolic link loop \(to .*Brats18_LOOP_2\)"):
+        discover(brats_root)
+    found = discover(brats_root, strict=False)
+    loops = [c for c in found.cases if c.case_id.startswith("Brats18_LOOP")]
+    assert [c.case_id for c in loops] == ["Brats18_LOOP_1", "Brats18_LOOP_2"] and all(c.problems for c in loops)
+    assert main(["verify", str(brats_root)]) == 1
+    assert "PROBLEM Brats18_LOOP_1: " in capsys.readouterr().out
+    (brats_root / "Brats18_LOOP_1").unlink()
+    (brats_root / "Brats18_LOOP_2").unlink()
+    (brats_root / "Brats18_GONE_1").symlink_to(brats_root / "nowhere")
+    with pytest.raises(DataError, match="Brats18_GONE_1: is a dangling symbolic link"):
+        discover(brats_root)

@@ -9,6 +9,7 @@ counted warning.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -223,9 +224,28 @@ def joined(where: Path, problems) -> DataError:
     return DataError(where, f"{len(problems)} problems: " + " | ".join(str(p) for p in problems))
 
 
+def _broken_link(entry: Path) -> DataError | None:
+    """A link at the dataset's top that leads nowhere: a loop (``a -> b -> a``) or a dangling link.
+    ``is_dir()`` answers False for both, so without this such a case folder vanished without a word."""
+    if not entry.is_symlink():
+        return None
+    try:
+        entry.stat()
+    except OSError as exc:
+        kind = "a symbolic link loop" if exc.errno == errno.ELOOP else "a dangling symbolic link"
+        return DataError(entry, f"is {kind} (to {os.readlink(entry)}); expected a case folder or a link to one")
+    return None
+
+
 def _discover_brats(root: Path, suffixes: dict[str, str], sep: str, strict: bool) -> tuple[list[Case], list[Path]]:
     folders, hidden = _visible(p for p in root.iterdir() if p.is_dir())
     cases = []
+    for entry in _visible(root.iterdir())[0]:
+        broken = _broken_link(entry)
+        if broken is not None:
+            if strict:
+                raise broken
+            cases.append(Case(entry.name, {}, problems=(broken,)))
     for folder in folders:
         case = case_folder(folder, suffixes, sep)
         try:
@@ -243,20 +263,31 @@ def _discover_brats(root: Path, suffixes: dict[str, str], sep: str, strict: bool
 
 def _read_json(path: Path, what: str):
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8-sig"))   # a byte-order mark (Windows editors) is no error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(path, f"cannot read {what}: {exc}") from None
+
+
+def _field_type(meta_path: Path, name: str, value, kind: type, expected: str) -> None:
+    """A dataset.json field of the wrong JSON type (null, a list for an object) is one line naming it."""
+    if not isinstance(value, kind):
+        found = "null" if value is None else {list: "a list", dict: "an object", str: "a string"}.get(
+            type(value), type(value).__name__)
+        raise DataError(meta_path, f'field "{name}" is {found}; expected {expected}')
 
 
 def _msd_channels(meta: dict, meta_path: Path) -> dict[str, int]:
     """Channel name → volume index from dataset.json's ``modality`` (never from file order)."""
     modality = meta.get("modality", {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"})
+    _field_type(meta_path, "modality", modality, dict, 'an object such as {"0": "FLAIR", "1": "T1w", ...}')
     index = {}
     for key, name in modality.items():
         canonical = CHANNEL_ALIASES.get(str(name).lower())
         if canonical is None or canonical in index:
             raise DataError(meta_path, f"modality {key}: {name!r} is unknown or repeated; expected each of "
                                        "FLAIR, T1w, T1gd, T2w once")
+        if not str(key).isdigit():
+            raise DataError(meta_path, f"modality key {key!r} is not a volume index; expected \"0\" to \"3\"")
         index[canonical] = int(key)
     if set(index) != set(CHANNELS) or sorted(index.values()) != list(range(len(index))):
         raise DataError(meta_path, f"modality {modality} does not name {', '.join(CHANNELS)} as volumes 0..3")
@@ -266,6 +297,9 @@ def _msd_channels(meta: dict, meta_path: Path) -> dict[str, int]:
 def _check_msd_labels(meta: dict, meta_path: Path) -> None:
     if "labels" not in meta:
         return
+    _field_type(meta_path, "labels", meta["labels"], dict, 'an object such as {"0": "background", "1": "edema", ...}')
+    if not all(str(k).isdigit() for k in meta["labels"]):
+        raise DataError(meta_path, f"labels {meta['labels']} must be keyed by label values \"0\" to \"3\"")
     found = sorted(int(k) for k in meta["labels"])
     expected = sorted(get_scheme("msd").allowed)
     if found != expected:
@@ -280,8 +314,10 @@ def _discover_msd(root: Path) -> tuple[list[Case], list[Path]]:
         raise DataError(meta_path, f"expected a JSON object, got {type(meta).__name__}")
     index = _msd_channels(meta, meta_path)
     _check_msd_labels(meta, meta_path)
+    training = meta.get("training", [])
+    _field_type(meta_path, "training", training, list, 'a list of {"image": ..., "label": ...} entries')
     cases = []
-    for n, entry in enumerate(meta.get("training", [])):
+    for n, entry in enumerate(training):
         if not isinstance(entry, dict) or not entry.get("image"):
             raise DataError(meta_path, f"training entry {n + 1} has no 'image': {entry!r}")
         image = inside_root(root, entry["image"], meta_path)
@@ -298,7 +334,8 @@ def _manifest_rows(path: Path) -> tuple[list[dict], str]:
         rows, scheme = (data.get("cases"), data.get("scheme", "brats")) if isinstance(data, dict) else (data, "brats")
     else:
         try:
-            with open(path, newline="") as fh:
+            # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, read as part of the first column
+            with open(path, newline="", encoding="utf-8-sig") as fh:
                 rows, scheme = list(csv.DictReader(fh)), "brats"
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise DataError(path, f"cannot read manifest: {exc}") from None
