@@ -126,3 +126,15 @@ def test_verify_real_brats18_volumes_match_an_independent_count(shared_data, tmp
         assert case["labels"] == [0, 1, 2, 4] and case["site"] == case["case"].split("_")[1]
     warned = {c["case"]: c["warnings"] for c in report["cases"]}
     assert any("flair 481" in w for w in warned["Brats18_2013_20_1"])
+
+
+def test_an_all_zero_modality_is_a_problem_not_ok(brats_root, nifti, capsys):
+    """#23: verify said "ok" for a case whose FLAIR is all zeros; predict then refused it."""
+    case = sorted(p for p in brats_root.iterdir() if p.is_dir())[0]
+    flair = case / f"{case.name}_flair.nii.gz"
+    shape = nib.load(str(flair)).shape
+    nifti(flair, np.zeros(shape, dtype=np.int16))
+    assert main(["verify", str(brats_root), "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"PROBLEM {case.name}: {flair}: flair image is zero everywhere (an empty image)" in out
+    assert "1 valid, 1 invalid" in out

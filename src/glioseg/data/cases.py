@@ -130,6 +130,20 @@ def read_channels(path: Path, names: list[str], case: Case, verify_stream: bool 
             for name in names}
 
 
+def constant_channels(channels: dict[str, Image]) -> list[DataError]:
+    """A channel with one value everywhere (an all-zero export, a blank series) cannot be z-scored,
+    so preprocess and predict refuse it; verify says so too rather than calling the case ok."""
+    problems = []
+    for name, image in channels.items():
+        array = image.array
+        if array.size and array.min() == array.max():
+            value = array.flat[0]
+            what = "zero everywhere (an empty image)" if value == 0 else f"{value:g} everywhere (no contrast)"
+            problems.append(DataError(image.path, f"{name} image is {what}; a {name} image with the brain in "
+                                                  "it is needed (preprocess and predict cannot normalise it)"))
+    return problems
+
+
 def grid_problems(where: Path, named: dict[str, Image]) -> list[DataError]:
     """Problems when the images ``named`` do not share one voxel grid (shape and affine)."""
     by_file: dict[Path | None, tuple[list[str], Image]] = {}
@@ -178,6 +192,7 @@ def read_case(case: Case, dataset: Dataset, verify_stream: bool = True) -> CaseF
             out.channels.update(read_channels(path, names, case, verify_stream))
         except DataError as exc:
             out.problems.append(exc)
+    out.problems += constant_channels(out.channels)
     if case.label is not None:
         try:
             out.label, out.label_counts = read_label(case.label, dataset.scheme, verify_stream)
