@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import tracemalloc
 
@@ -294,3 +295,22 @@ def test_write_image_with_a_shear_keeps_only_the_sform(tmp_path, volume):
 def test_image_properties():
     image = Image(np.zeros((2, 3, 4)), np.diag([2.0, 3.0, 1.5, 1.0]))
     assert image.shape == (2, 3, 4) and image.spacing == (2.0, 3.0, 1.5) and image.orientation == "RAS"
+
+
+@pytest.mark.parametrize("name", ["a.nii", "a.nii.gz"])
+def test_a_file_larger_than_its_header_says_is_read_with_a_warning(tmp_path, nifti, volume, name, caplog):
+    """#23: a .nii followed by 2 GiB of zeros was accepted without a word (here 64 KiB do)."""
+    path = nifti(tmp_path / name, volume)
+    clean = read_image(path)
+    assert "larger than its header says" not in caplog.text
+    if name.endswith(".gz"):
+        raw = gzip.decompress(path.read_bytes()) + bytes(65536)
+        path.write_bytes(gzip.compress(raw))
+    else:
+        with open(path, "ab") as fh:
+            fh.write(bytes(65536))
+    with caplog.at_level(logging.WARNING):
+        image = read_image(path)
+    np.testing.assert_array_equal(image.array, clean.array)
+    assert f"{path}: 65536 byte(s) after the voxel data its header describes" in caplog.text
+    assert "the file is larger than its header says" in caplog.text

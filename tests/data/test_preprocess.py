@@ -256,3 +256,22 @@ def test_real_lps_label_round_trip_is_bit_for_bit(shared_data, case_id):
     back = to_original(lab, meta)
     assert back.shape == original.shape
     assert back.astype(original.dtype).tobytes() == original.tobytes()
+
+
+def test_resampling_beyond_the_image_budget_is_refused_before_allocating(make_dataset, nifti, case_arrays,
+                                                                        affine_lps, tmp_path, caplog):
+    """#23: ~100 mm voxels resampled to 1 mm made torch try to allocate 915 GB."""
+    from glioseg.cli import main
+
+    root = make_dataset("brats", cases=1)
+    case = next(p for p in root.iterdir() if p.is_dir())
+    channels, label = case_arrays()
+    huge = affine_lps(label.shape, spacing=(100.0, 100.0, 100.0))
+    for name, array in channels.items():
+        nifti(case / f"{case.name}_{name}.nii.gz", array, huge)
+    nifti(case / f"{case.name}_seg.nii.gz", label, huge)
+    out = tmp_path / "cache"
+    assert main(["preprocess", str(root), "--out", str(out), "--spacing", "1", "1", "1", "--workers", "1"]) == 2
+    assert "resampling from 100x100x100 mm to 1x1x1 mm turns" in caplog.text
+    assert "over the image budget of 1,024 MiB" in caplog.text and "Traceback" not in caplog.text
+    assert not (out / "cache.json").exists()

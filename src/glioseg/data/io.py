@@ -6,6 +6,7 @@ the check that failed, so the CLI can print it without a traceback.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import stat
 import zlib
@@ -26,6 +27,8 @@ from glioseg.data.header import (
 from glioseg.files import atomic_path
 
 __all__ = ["DataError", "Image", "ReadLimits", "read_image", "write_image"]
+
+log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 22
@@ -86,13 +89,18 @@ def read_image(path: Path | str, dtype: np.dtype | type | None = None, *, verify
         try:
             header, layout, affine = _read_header(path, stream, size, compressed, limits or ReadLimits.from_env())
             data = _read_voxels(path, stream, layout, len(header.binaryblock))
-            if verify_stream and compressed:
-                _drain(stream)
+            extra = _drain(stream) if verify_stream and compressed else 0
         except zlib.error as exc:
             raise DataError(path, f"corrupt gzip stream: {exc}") from None
         except (EOFError, OSError) as exc:
             what = "corrupt gzip stream" if compressed else "cannot read the file"
             raise DataError(path, f"{what}: {exc}") from None
+    extra = extra if compressed else size - layout.offset - layout.nbytes
+    if extra > 0:
+        log.warning("%s: %d byte(s) after the voxel data its header describes (%s %s, %d bytes at offset %d): the "
+                    "file is larger than its header says (a wrong header, or two files joined); the extra bytes "
+                    "are ignored", path, extra, "x".join(map(str, layout.shape)), layout.dtype, layout.nbytes,
+                    layout.offset)
     array = _to_array(path, data, layout, header)
     if check_finite and array.dtype.kind == "f":
         _check_finite(path, array)
@@ -186,10 +194,13 @@ def _skip(stream: BinaryIO, n: int) -> int:
     return got
 
 
-def _drain(stream: BinaryIO) -> None:
-    """Read a gzip stream to its end: Python's gzip checks CRC32 and length there."""
-    while stream.read(_CHUNK):
-        pass
+def _drain(stream: BinaryIO) -> int:
+    """Read a gzip stream to its end: Python's gzip checks CRC32 and length there. Returns the
+    bytes found after the voxels (0 for a well-formed file)."""
+    extra = 0
+    while chunk := stream.read(_CHUNK):
+        extra += len(chunk)
+    return extra
 
 
 def _to_array(path: Path, data: bytearray, layout: Layout, header) -> np.ndarray:

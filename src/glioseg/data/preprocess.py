@@ -28,6 +28,7 @@ from glioseg.config import from_dict
 from glioseg.data import cache
 from glioseg.data.cache import Cache, load_cache  # noqa: F401  (re-exported: the cache's public API)
 from glioseg.data.formats import CHANNELS, Case, Dataset
+from glioseg.data.budget import max_image_bytes
 from glioseg.data.cases import load_case
 from glioseg.data.io import Image
 from glioseg.data.labels import LabelScheme, region_volumes_ml
@@ -140,6 +141,19 @@ def translated_affine(affine: np.ndarray, offset) -> np.ndarray:
 
 def resampled_shape(shape, spacing, target) -> tuple[int, int, int]:
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def check_resampled_size(channels: int, old_shape, new_shape, spacing, target) -> None:
+    """Resampled float32 channels must fit the image budget (:mod:`glioseg.data.budget`) *before*
+    anything is allocated: 100 mm voxels resampled to 1 mm once made torch ask for 915 GB."""
+    need = channels * int(np.prod([int(n) for n in new_shape], dtype=np.int64)) * 4
+    limit = max_image_bytes()
+    if need > limit:
+        raise InputError(f"resampling from {'x'.join(f'{s:g}' for s in spacing)} mm to "
+                         f"{'x'.join(f'{t:g}' for t in target)} mm turns {list(old_shape)} voxels into "
+                         f"{list(new_shape)} ({need / 2**20:,.0f} MiB of float32 for {channels} channel(s)), over "
+                         f"the image budget of {limit / 2**20:,.0f} MiB; check the spacing (or raise "
+                         f"glioseg --max-image-mb)")
 
 
 def resample(array: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
@@ -260,6 +274,7 @@ def _resample_crop(array: np.ndarray, lab: np.ndarray | None, affine: np.ndarray
         return array, lab, affine, None
     old_shape = array.shape[1:]
     new_shape = resampled_shape(old_shape, spacing_of(affine), target)
+    check_resampled_size(array.shape[0], old_shape, new_shape, spacing_of(affine), target)
     meta = {"from_shape": list(old_shape), "to_shape": list(new_shape), "spacing_before": spacing_of(affine)}
     array = resample(array, new_shape, order=1)
     lab = None if lab is None else resample(lab, new_shape, order=0)
