@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from glioseg.errors import FileError
+from glioseg.errors import FileError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,19 @@ def clean_parts(*folders: Path | str) -> int:
     if stale:
         log.warning("%s: removed %d unfinished .part- file(s) of an interrupted run", folders[0], len(stale))
     return len(stale)
+
+
+def refuse_inside(out: Path | str, inputs, option: str = "--out") -> None:
+    """An :class:`InputError` when the output folder ``out`` is one of the input folders ``inputs``
+    or lies inside one: what a command writes there would become part of the data (a dataset's
+    ``predictions/`` folder reads as a broken case folder to verify, evaluate and the next predict)."""
+    target = Path(out).resolve()
+    for folder in inputs:
+        folder = Path(folder)
+        if folder.is_dir() and target.is_relative_to(folder.resolve()):
+            beside = folder.resolve().parent / f"{folder.resolve().name}-{target.name}"
+            raise InputError(f"{option} {out} is inside the input folder {folder}: what is written there would "
+                             f"be read as part of the data; give a folder outside it, such as {beside}")
 
 
 @contextlib.contextmanager

@@ -167,3 +167,22 @@ def test_a_brats2023_named_reference_with_2021_values_is_refused(tmp_path, caplo
     _expect_error(["evaluate", "--pred", str(pred), "--ref", str(root), "--out", str(tmp_path / "o")], caplog,
                   f"{case}-seg.nii.gz: holds label 4 and no label 3", '"scheme": "brats"')
     assert not (tmp_path / "o").exists()
+
+
+def test_a_new_evaluation_replaces_every_output_of_an_older_one(dataset, tmp_path, monkeypatch):
+    """#23: --no-report (or a kill while drawing) left the older report.html beside new metrics."""
+    from glioseg.commands import evaluate as command
+
+    root, pred = dataset
+    out = tmp_path / "out"
+    argv = ["evaluate", "--pred", str(pred), "--ref", str(root), "--out", str(out)]
+    assert main(argv) == 0 and (out / "report.html").is_file()
+    assert main([*argv, "--no-report"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "summary.json"]
+    assert main(argv) == 0
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(command, "write_report", killed)
+    assert main(argv) == 130
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "summary.json"]

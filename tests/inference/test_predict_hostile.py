@@ -104,3 +104,19 @@ def test_a_second_prediction_into_a_busy_folder_fails_and_leaves_the_first_ones_
     assert part.read_bytes() == b"being written" and not (out / f"{folder.name}.nii.gz").exists()
     assert main(["predict", str(folder), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     assert not part.exists() and (out / f"{folder.name}.nii.gz").is_file()   # once free: a stale part
+
+
+def test_predictions_into_the_input_dataset_are_refused_up_front(tmp_path, checkpoint, caplog):
+    """#23: predict DATA --out DATA/predictions worked once; then verify, evaluate and the same
+    predict refused DATA because of the folder it wrote."""
+    data = tmp_path / "data"
+    write_case(data, LPS)
+    for out in (data / "predictions", data):
+        caplog.clear()
+        assert main(["predict", str(data), "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+        assert f"--out {out} is inside the input folder {data}" in caplog.text
+    assert not (data / "predictions").exists()
+    assert main(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(data), "--out", str(data / "eval")]) == 2
+    assert main(["preprocess", str(data), "--out", str(data / "cache")]) == 2
+    assert sorted(p.name for p in data.iterdir()) == ["Brats18_TEST_001_1"]
+    assert main(["verify", str(data)]) == 0

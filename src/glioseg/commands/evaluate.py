@@ -5,18 +5,20 @@ import argparse
 from pathlib import Path
 
 from glioseg.data.formats import discover
-from glioseg.evaluation.evaluate import evaluate, format_table
+from glioseg.evaluation.evaluate import REPORT_FILE, evaluate, format_table
 from glioseg.evaluation.report import cases_from_dataset, write_report
+from glioseg.files import refuse_inside
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    refuse_inside(out, [args.ref])
     result = evaluate(args.pred, args.ref, out, args.format, args.workers, args.missing)
     print(format_table(result.summary))
     print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
     if not args.no_report:
         cases = cases_from_dataset(discover(args.ref, args.format), args.pred)
-        path = write_report(out / "report.html", cases=cases, metrics=result.rows, summary=result.summary,
+        path = write_report(out / REPORT_FILE, cases=cases, metrics=result.rows, summary=result.summary,
                             title=f"glioseg evaluation of {Path(args.pred).name}", max_cases=args.max_cases)
         print(f"wrote {path}")
     return 0

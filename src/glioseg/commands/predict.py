@@ -13,6 +13,7 @@ from typing import Sequence
 from glioseg.data.formats import CHANNELS
 from glioseg.devices import checked_device
 from glioseg.errors import InputError
+from glioseg.files import refuse_inside
 from glioseg.inference import inputs as case_inputs, released
 from glioseg.inference.bundle import claims_config, sniff
 from glioseg.inference.pipeline import OutputOptions, make_predictor, predict_all
@@ -77,6 +78,8 @@ def model_files(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
 
 def run(args: argparse.Namespace) -> int:
     models, paths = model_files(args)
+    named = [Path(p).parent for p in (getattr(args, c, None) for c in CHANNELS) if p is not None]
+    refuse_inside(args.out, [*paths, *named])
     checked_device(args.device)
     config = PredictConfig(window=_window_arg(args.roi), overlap=args.overlap, tta=args.tta,
                            precision=args.precision, sw_batch_size=args.sw_batch_size, device=args.device)

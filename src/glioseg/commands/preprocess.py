@@ -8,9 +8,11 @@ import numpy as np
 from glioseg.data.cache import load_cache
 from glioseg.data.formats import discover
 from glioseg.data.preprocess import PreprocessConfig, preprocess_dataset
+from glioseg.files import refuse_inside
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_inside(args.out, [args.data])
     dataset = discover(args.data, args.format)
     config = PreprocessConfig(target_spacing=tuple(args.spacing) if args.spacing else None)
     result = load_cache(preprocess_dataset(dataset, args.out, config, workers=args.workers))

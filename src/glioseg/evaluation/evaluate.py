@@ -31,7 +31,10 @@ AFFINE_TOLERANCE = 1e-4
 MISSING_POLICIES = ("error", "empty", "skip")
 COLUMNS: tuple[str, ...] = ("case", "region", *METRIC_COLUMNS)
 # the files of an evaluation folder (``glioseg evaluate --out``): per-case rows and the summary
-METRICS_FILE, SUMMARY_FILE = "metrics.csv", "summary.json"
+METRICS_FILE, SUMMARY_FILE, REPORT_FILE = "metrics.csv", "summary.json", "report.html"
+# One evaluation's outputs: a new one removes all of an older one's before writing its own, so a
+# folder never shows new metrics beside an old report (--no-report, or a kill while drawing).
+OUTPUTS = (METRICS_FILE, SUMMARY_FILE, REPORT_FILE)
 STATISTICS = ("mean and std (sample, ddof=1) over cases; median, q1, q3 are linear-interpolated "
               "50th/25th/75th percentiles; NaN values are left out and n counts the values used")
 
@@ -199,7 +202,8 @@ def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
 
 def evaluate(pred_dir: Path, ref: Path, out: Path, format: str = "auto", workers: int = 1,
              missing: str = "error") -> EvaluationResult:
-    """Score ``pred_dir`` against the dataset at ``ref``; write metrics.csv and summary.json in ``out``."""
+    """Score ``pred_dir`` against the dataset at ``ref``; write metrics.csv and summary.json in ``out``
+    (after removing every output of an older evaluation there, its report.html included)."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: prediction folder does not exist")
@@ -207,6 +211,8 @@ def evaluate(pred_dir: Path, ref: Path, out: Path, format: str = "auto", workers
     jobs, without = _jobs(dataset, pred_dir, missing)
     rows = score_all(jobs, workers)
     summary = summarise(rows, dataset.scheme, without, missing)
+    for name in OUTPUTS:   # scored without error: only now is the older evaluation replaced
+        (Path(out) / name).unlink(missing_ok=True)
     write_outputs(Path(out), rows, summary)
     return EvaluationResult(rows, summary)
 
