@@ -65,3 +65,39 @@ def test_worker_count_is_capped_by_the_jobs(requested, jobs, expected):
 def test_worker_count_zero_means_one_per_core(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert worker_count(0, 100) == 6 and worker_count(-1, 4) == 4
+
+
+def _sigint_handler(_: int) -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.parametrize("spawn", [False, True])
+def test_workers_ignore_ctrl_c_so_only_the_command_reports_it(spawn):
+    """#23: Ctrl-C during preprocess --workers 2 sometimes printed worker tracebacks before the
+    one-line "interrupted": Ctrl-C reaches every process of the group; the workers leave it to the parent."""
+    assert dict(as_finished(_sigint_handler, [0, 1], workers=2, spawn=spawn)) == {0: True, 1: True}
+
+
+def test_ctrl_c_during_preprocess_with_two_workers_prints_no_worker_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from glioseg.data.phantom import write_dataset
+
+    write_dataset(tmp_path / "raw", cases=6, seed=0, shape=(64, 64, 48))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    process = subprocess.Popen([sys.executable, "-m", "glioseg", "preprocess", str(tmp_path / "raw"), "--out",
+                                str(tmp_path / "cache"), "--workers", "2"], env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any((tmp_path / "cache").glob("*/.part-*")) and not any((tmp_path / "cache").glob("*/meta.json")):
+        assert process.poll() is None and time.monotonic() < deadline, "preprocess never started a case"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)                  # what Ctrl-C in a terminal does
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert process.returncode == 130 and "interrupted" in stderr

@@ -12,6 +12,7 @@ that is :mod:`glioseg.experiments.executors`' business.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -23,6 +24,15 @@ def one_thread_per_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+
+
+def _worker_start(one_thread: bool) -> None:
+    """Every worker ignores SIGINT: Ctrl-C reaches the whole process group, and a worker that took
+    it would print its own KeyboardInterrupt traceback beside the command's one-line "interrupted".
+    The parent stops reading, drops the queued jobs and waits for the running ones (seconds)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if one_thread:
+        one_thread_per_worker()
 
 
 def worker_count(requested: int, jobs: int) -> int:
@@ -41,7 +51,7 @@ def as_finished(fn: Callable, items: Iterable, workers: int, spawn: bool = False
     threads); ``one_thread`` applies :func:`one_thread_per_worker` in each worker.
     """
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn") if spawn else None,
-                               initializer=one_thread_per_worker if one_thread else None)
+                               initializer=_worker_start, initargs=(one_thread,))
     try:
         futures = {pool.submit(fn, item): index for index, item in enumerate(items)}
         for future in as_completed(futures):
