@@ -16,8 +16,9 @@ from glioseg.experiments.plan import make_plan, save_plan, saved_command
 from glioseg.experiments.release_results import release_results
 from glioseg.experiments.results import load_results
 from glioseg.experiments.spec import load_spec
-from glioseg.files import write_json
 from glioseg.inference.model_card import read_results
+
+from ._results import plan_result
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "release_results.py"
 
@@ -30,8 +31,7 @@ def _finish(plan, run, dice: dict[str, float], steps: int | None = None) -> None
             for c in held_out for region, shift in (("WT", 0.0), ("TC", 0.1), ("ET", 0.2))]
     path = plan.result_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"arm": run.arm, "fold": run.fold, "seed": run.seed, "rows": rows,
-                      **({"cost": {"steps": steps}} if steps else {})})
+    plan_result(plan, run, rows, steps=steps or 0).write(path)
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from glioseg.experiments.report import timing_conditions
 
+from ._results import result
+
 
 def _run(description, threads, load=None):
-    return {"precision": {"device_description": description} if description else None,
-            "cost": {"device": "cpu", "threads": threads, **({"load": load} if load else {})}}
+    return result("a", 0, 0, precision={"device_description": description} if description else None,
+                  threads=threads, load=load)
 
 
 def test_timing_conditions_count_runs_per_device_and_give_the_load_range():
@@ -20,10 +22,8 @@ def test_timing_conditions_count_runs_per_device_and_give_the_load_range():
 
 
 def test_runs_without_a_precision_summary_are_counted_by_the_device_they_recorded():
-    zen4 = {"precision": None, "cost": {"device": "cpu", "threads": 1,
-                                        "device_description": "cpu: AVX512, native bf16 yes, 1 threads"}}
-    avx2 = {"precision": None, "cost": {"device": "cpu", "threads": 1,
-                                        "device_description": "cpu: AVX2, native bf16 no, 1 threads"}}
+    zen4 = result("a", 0, 0, device_description="cpu: AVX512, native bf16 yes, 1 threads")
+    avx2 = result("a", 0, 0, device_description="cpu: AVX2, native bf16 no, 1 threads")
     text = timing_conditions([zen4, avx2, avx2])
     assert text.startswith("Runs timed on [1] cpu: AVX2, native bf16 no, 1 threads (2 runs); "
                            "[2] cpu: AVX512, native bf16 yes, 1 threads (1 runs)")

@@ -26,6 +26,7 @@ from typing import Callable
 
 from glioseg.errors import GliosegError
 from glioseg.experiments.job import run_job
+from glioseg.experiments.records import Job, RunResult
 from glioseg.experiments.spec import SlurmSpec
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ EXECUTORS = ("local", "slurm")
 
 class RunsFailed(GliosegError):
     """Some runs failed; the others finished, and a re-run of the command retries these."""
-
-
-def _name(job: dict) -> str:
-    return f"{job['arm']} fold {job['fold']} seed {job['seed']}"
 
 
 def _raise_failures(failures: list[str], total: int) -> None:
@@ -65,15 +62,15 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def run_local(jobs: list[dict], workers: int = 1, job_fn: Callable[[dict], dict] = run_job) -> None:
+def run_local(jobs: list[Job], workers: int = 1, job_fn: Callable[[Job], RunResult] = run_job) -> None:
     failures = []
     if workers <= 1:
         for n, job in enumerate(jobs, start=1):
-            log.info("run %d of %d: %s", n, len(jobs), _name(job))
+            log.info("run %d of %d: %s", n, len(jobs), job.name)
             try:
                 job_fn(job)
             except (ValueError, OSError, GliosegError) as exc:
-                failures.append(f"{_name(job)}: {exc}")
+                failures.append(f"{job.name}: {exc}")
                 log.error("%s", failures[-1])
         _raise_failures(failures, len(jobs))
         return
@@ -119,7 +116,7 @@ def slurm_executor(folder: Path, slurm: SlurmSpec):
     return executor
 
 
-def run_slurm(jobs: list[dict], folder: Path, slurm: SlurmSpec) -> None:
+def run_slurm(jobs: list[Job], folder: Path, slurm: SlurmSpec) -> None:
     """Submit every job as one array and wait for them (submitit's logs are in ``folder``)."""
     if not jobs:
         return
@@ -132,6 +129,6 @@ def run_slurm(jobs: list[dict], folder: Path, slurm: SlurmSpec) -> None:
         try:
             handle.result()
         except Exception as exc:   # submitit re-raises the job's error wrapped; that run failed
-            failures.append(f"{_name(job)}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
+            failures.append(f"{job.name}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
             log.error("%s", failures[-1])
     _raise_failures(failures, len(jobs))

@@ -110,7 +110,7 @@ def validation_curves(results: Results, dpi: int = 100) -> bytes:
     for arm in results.arms():
         for n, r in enumerate(results.of_arm(arm)):
             points = [(row["step"], sum(row[f"val_dice_{x}"] for x in ("wt", "tc", "et")) / 3)
-                      for row in r["curve"] if all(row.get(f"val_dice_{x}") is not None for x in ("wt", "tc", "et"))]
+                      for row in r.curve if all(row.get(f"val_dice_{x}") is not None for x in ("wt", "tc", "et"))]
             if points:
                 ax.plot(*zip(*points), color=_colour(results, arm), marker=".", linewidth=1, alpha=0.8,
                         label=arm if n == 0 else None)

@@ -9,8 +9,6 @@ atomically, and holds no weights, so it can be committed.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -23,10 +21,11 @@ import torch
 from glioseg.config import to_dict
 from glioseg.data.formats import discover
 from glioseg.errors import InputError
-from glioseg.evaluation.evaluate import COLUMNS, prediction_path, score_all
+from glioseg.evaluation.evaluate import prediction_path, score_all
 from glioseg.experiments.measure import StepTimer, load_average, peak_mib, reset_peak
 from glioseg.experiments.plan import Plan, Run, is_trained
-from glioseg.files import read_json, write_text_atomic
+from glioseg.experiments.records import Job, RunCost, RunResult
+from glioseg.files import write_text_atomic
 from glioseg.inference import inputs as case_inputs
 from glioseg.inference.bundle import load_bundle
 from glioseg.inference.pipeline import make_predictor, predict_all
@@ -41,13 +40,14 @@ from glioseg.training.trainer import train
 
 log = logging.getLogger(__name__)
 
-def make_job(plan: Plan, run: Run, threads: int | None = None) -> dict:
+
+def make_job(plan: Plan, run: Run, threads: int | None = None) -> Job:
     budget, spec = plan.resolved.budget, plan.spec
-    return {"arm": run.arm, "fold": run.fold, "seed": run.seed, "run_dir": str(plan.run_dir(run)),
-            "result": str(plan.result_path(run)), "cache": str(plan.cache), "data": str(spec.data_path()),
-            "config": to_dict(plan.resolved.config(run.arm, run.seed)), "split": plan.split(run),
-            "minutes": budget.minutes, "eval_device": budget.eval_device,
-            "evaluation": to_dict(spec.evaluation), "threads": threads}
+    return Job(arm=run.arm, fold=run.fold, seed=run.seed, run_dir=str(plan.run_dir(run)),
+               result=str(plan.result_path(run)), cache=str(plan.cache), data=str(spec.data_path()),
+               config=to_dict(plan.resolved.config(run.arm, run.seed)), split=plan.split(run),
+               evaluation=spec.evaluation, eval_device=budget.eval_device, minutes=budget.minutes,
+               threads=threads)
 
 
 def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
@@ -62,7 +62,7 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
                          "continue the experiment with its own spec, or use another --out")
 
 
-def _train(job: dict, run_dir: Path, config: TrainConfig) -> None:
+def _train(job: Job, run_dir: Path, config: TrainConfig) -> None:
     """Train or resume the run; records wall time and peak memory of this attempt (an attempt
     killed outright records nothing: its steps are redone and timed by the next)."""
     if is_trained(run_dir):
@@ -72,14 +72,14 @@ def _train(job: dict, run_dir: Path, config: TrainConfig) -> None:
     if resume:
         _check_same_config(run_dir, config)
     else:
-        write_text_atomic(files.split, json.dumps(job["split"], indent=2))
+        write_text_atomic(files.split, json.dumps(job.split, indent=2))
     device = pick_device(config.device, DistInfo())
     measure = reset_peak(device)
     started, load = time.perf_counter(), load_average()
     try:
-        train(config, Path(job["cache"]), run_dir, resume=resume, callbacks=[StepTimer(run_dir, job["minutes"])])
+        train(config, Path(job.cache), run_dir, resume=resume, callbacks=[StepTimer(run_dir, job.minutes)])
     except RunStopped:
-        log.info("%s: the budget's %s minutes are spent", run_dir, job["minutes"])
+        log.info("%s: the budget's %s minutes are spent", run_dir, job.minutes)
     finally:
         _add_cost(run_dir, time.perf_counter() - started, peak_mib(device), measure, (load, load_average()))
 
@@ -95,17 +95,16 @@ def _add_cost(run_dir: Path, wall: float, peak: float, measure: str, load: tuple
     write_text_atomic(files.cost, json.dumps(cost, indent=2))
 
 
-def _evaluate(job: dict, run_dir: Path) -> tuple[list[dict], str, float]:
+def _evaluate(job: Job, run_dir: Path) -> tuple[list[dict], str, float]:
     """Held-out cases through the predict pipeline, scored; (rows, checkpoint used, s per case)."""
     files = RunFiles(run_dir)
-    wanted = job["evaluation"]["checkpoint"]
+    wanted = job.evaluation.checkpoint
     checkpoint = files.checkpoint(wanted)
     if not checkpoint.is_file():
         checkpoint, wanted = files.last, "last"   # no validation ran, so no best.pt: the trained state
-    predictor = make_predictor([checkpoint], PredictConfig(window=job["evaluation"]["window"],
-                                                           device=job["eval_device"]))
-    test = set(job["split"]["test"])
-    data = Path(job["data"])
+    predictor = make_predictor([checkpoint], PredictConfig(window=job.evaluation.window, device=job.eval_device))
+    test = set(job.split["test"])
+    data = Path(job.data)
     items = [i for i in case_inputs.from_path(data, predictor.bundle.channels, None) if i.case.case_id in test]
     pred_dir = run_dir / "predictions"
     started = time.perf_counter()
@@ -119,19 +118,19 @@ def _evaluate(job: dict, run_dir: Path) -> tuple[list[dict], str, float]:
     return rows, wanted, seconds
 
 
-def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) -> dict:
+def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) -> RunCost:
     files = RunFiles(run_dir)
     bundle = load_bundle(files.checkpoint(checkpoint))
     device = pick_device(config.device, DistInfo())
     model = describe(bundle.model, tuple(config.patch), bundle.in_channels, bundle.out_channels, **bundle.options)
     times = [t for _, t in files.read_step_times()]
     cost = files.read_cost() or {}
-    return {"params": model["params"], "flops": model["flops"], "patch": list(config.patch),
-            "steps": len(times), "s_per_step": statistics.median(times) if times else None,
-            "train_step_seconds": round(sum(times), 3), "train_wall_s": cost.get("wall_s"),
-            "peak_mib": cost.get("peak_mib"), "peak_measure": cost.get("peak_measure"), "load": cost.get("load"),
-            "eval_s_per_case": round(eval_s, 3), "device": str(device), "device_description": describe_device(device),
-            "threads": torch.get_num_threads()}
+    return RunCost(params=model["params"], flops=model["flops"], patch=tuple(config.patch), steps=len(times),
+                   s_per_step=statistics.median(times) if times else None,
+                   train_step_seconds=round(sum(times), 3), train_wall_s=cost.get("wall_s"),
+                   peak_mib=cost.get("peak_mib"), peak_measure=cost.get("peak_measure"),
+                   eval_s_per_case=round(eval_s, 3), device=str(device), threads=torch.get_num_threads(),
+                   device_description=describe_device(device), load=cost.get("load"))
 
 
 def _curve(run_dir: Path) -> list[dict]:
@@ -140,34 +139,23 @@ def _curve(run_dir: Path) -> list[dict]:
     return [{k: (r[k] if r[k] == r[k] else None) if k != "precision" else r[k] for k in CURVE_COLUMNS} for r in rows]
 
 
-def _write_result(path: Path, result: dict) -> None:
-    buffer = io.StringIO()
-    out = csv.DictWriter(buffer, fieldnames=("arm", "fold", "seed", *COLUMNS))
-    out.writeheader()
-    out.writerows({"arm": result["arm"], "fold": result["fold"], "seed": result["seed"], **r}
-                  for r in result["rows"])
-    write_text_atomic(path.with_suffix(".csv"), buffer.getvalue())
-    write_text_atomic(path, json.dumps(result, indent=1, allow_nan=False, default=str))
-
-
-def run_job(job: dict) -> dict:
+def run_job(job: Job) -> RunResult:
     """Whatever the run still needs; returns its result (the content of the result file)."""
-    result_path = Path(job["result"])
+    result_path = Path(job.result)
     if result_path.is_file():
-        return read_json(result_path, "a run's result")
-    if job.get("threads"):
-        torch.set_num_threads(job["threads"])
-    run_dir = Path(job["run_dir"])
+        return RunResult.read(result_path)
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = TrainConfig.from_dict(job["config"], "experiment run")
+    config = job.train_config()
     _train(job, run_dir, config)
     rows, checkpoint, eval_s = _evaluate(job, run_dir)
     files = RunFiles(run_dir)
-    result = {"arm": job["arm"], "fold": job["fold"], "seed": job["seed"], "model": config.model,
-              "checkpoint": checkpoint, "test_cases": job["split"]["test"], "rows": rows,
-              "cost": _cost(run_dir, config, checkpoint, eval_s), "curve": _curve(run_dir),
-              "precision": files.read_summary(), "budget_stop": files.read_budget_stop(),
-              "config": job["config"]}
-    _write_result(result_path, result)
-    log.info("%s: done (%d held-out cases)", result_path, len(job["split"]["test"]))
+    result = RunResult(arm=job.arm, fold=job.fold, seed=job.seed, model=config.model, checkpoint=checkpoint,
+                       test_cases=tuple(job.split["test"]), rows=tuple(rows),
+                       cost=_cost(run_dir, config, checkpoint, eval_s), curve=tuple(_curve(run_dir)),
+                       precision=files.read_summary(), budget_stop=files.read_budget_stop(), config=job.config)
+    result.write(result_path)
+    log.info("%s: done (%d held-out cases)", result_path, len(job.split["test"]))
     return result

@@ -17,8 +17,8 @@ from pathlib import Path
 from glioseg.data.formats import discover
 from glioseg.errors import InputError
 from glioseg.experiments.folds import assign_folds, balance, fold_split, read_grades, stratum_of
-from glioseg.experiments.resolve import Resolved, precision_verdicts, resolve, slug
-from glioseg.experiments.spec import ExperimentSpec, SpecError, spec_dict, spec_from_dict
+from glioseg.experiments.resolve import Resolved, precision_verdicts, resolve
+from glioseg.experiments.spec import ExperimentSpec, SpecError, slug, spec_dict, spec_from_dict
 from glioseg.files import read_json, write_text_atomic
 from glioseg.run_io import RunFiles
 

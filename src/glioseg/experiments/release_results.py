@@ -30,7 +30,7 @@ def _check_complete(results: Results, arm: str) -> None:
 
 def _steps(results: Results, arm: str) -> str:
     """The steps the arm's fold models trained (their result files; the schedule's length if unrecorded)."""
-    done = sorted({r["cost"]["steps"] for r in results.of_arm(arm) if r.get("cost", {}).get("steps")})
+    done = sorted({r.cost.steps for r in results.of_arm(arm) if r.cost.steps})
     if not done:
         config = results.plan.resolved.config(arm, results.plan.spec.seeds[0])
         return str(config.epochs * config.steps_per_epoch)

@@ -23,6 +23,7 @@ import glioseg
 from glioseg.evaluation.report import CSS, html_table, png_tag
 from glioseg.experiments import figures
 from glioseg.experiments.plan import EXPERIMENT_FILE, Plan
+from glioseg.experiments.records import RunResult
 from glioseg.experiments.results import Results, arm_scores, comparisons, cost, device_of, devices
 from glioseg.experiments.stats import format_p, signed
 from glioseg.files import atomic_path, read_json, write_text_atomic
@@ -107,17 +108,17 @@ def _about(results: Results, command: str | None, machine: dict | None) -> list[
     return out
 
 
-def timing_conditions(runs: list[dict]) -> str:
+def timing_conditions(runs: list[RunResult]) -> str:
     """What the finished runs were timed on (device, its torch threads) and the load around them; an
     experiment continued on another machine has runs timed on each, numbered as the cost table
     cites them, the main device (most runs) first."""
     timed = Counter(device_of(r) for r in runs).most_common()
-    loads = [x for r in runs for attempt in (r["cost"].get("load") or []) for x in attempt if x is not None]
+    loads = [x for r in runs for attempt in (r.cost.load or []) for x in attempt if x is not None]
     number = (lambda i: f"[{i}] ") if len(timed) > 1 else (lambda i: "")
     text = "Runs timed on " + "; ".join(f"{number(i)}{d} ({n} runs)" for i, (d, n) in enumerate(timed, 1))
     if loads:
         text += f"; load average {min(loads):.1f}-{max(loads):.1f} at the starts and ends of training"
-    unrecorded = sum(not r["cost"].get("load") for r in runs)
+    unrecorded = sum(not r.cost.load for r in runs)
     if unrecorded:
         text += f" (not recorded for {unrecorded} runs)"
     return text + ". s/step and training time are wall-clock: compare them only between runs timed alike."

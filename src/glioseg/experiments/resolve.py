@@ -6,27 +6,15 @@ impossible spec fails in a second rather than after hours of the arms listed bef
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from glioseg.config import to_dict
-from glioseg.data.labels import REGIONS
-from glioseg.experiments.spec import (CHECKPOINTS, METRICS, SHARED, ArmSpec, BudgetSpec, ExperimentSpec,
-                                      SpecError)
-from glioseg.inference.predictor import WINDOWS
+from glioseg.experiments.spec import SHARED, ArmSpec, BudgetSpec, ExperimentSpec, SpecError
 from glioseg.training.distributed import DistInfo, pick_device
 from glioseg.training.precision_probe import conv_prescreen, supported_precisions
 from glioseg.training.preflight import check_model_settings
 from glioseg.training.recipe import TrainConfig, build_config, recipe_dict, recipe_names
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-def slug(name: str) -> str:
-    """The folder name of an arm: ``Residual U-Net`` → ``residual-u-net``."""
-    return _UNSAFE.sub("-", name.strip()).strip("-.").lower()
-
 
 @dataclass(frozen=True)
 class Resolved:
@@ -60,58 +48,10 @@ def _differing(values: dict[str, Any]) -> dict[str, Any]:
     return {arm: {f: v.get(f) for f in fields} for arm, v in values.items()}
 
 
-def _check_arms(spec: ExperimentSpec) -> None:
-    names = [a.name for a in spec.arms]
-    if len(names) < 2:
-        raise SpecError(spec.source, f"an experiment compares at least two arms; found {len(names)}")
-    for label, values in (("arm names", names), ("arm folder names", [slug(n) for n in names])):
-        duplicates = sorted({v for v in values if values.count(v) > 1})
-        if duplicates:
-            raise SpecError(spec.source, f"duplicate {label}: {', '.join(duplicates)}")
-    if any(not slug(n) for n in names):
-        raise SpecError(spec.source, f"arm names need a letter or digit: {names}")
-    if spec.reference not in names:
-        raise SpecError(spec.source, f"reference arm {spec.reference!r} is not among the arms ({', '.join(names)})")
-
-
-def _check_budget(spec: ExperimentSpec, name: str) -> BudgetSpec:
+def _budget_named(spec: ExperimentSpec, name: str) -> BudgetSpec:
     if name not in spec.budgets:
         raise SpecError(spec.source, f"no budget {name!r}; the spec has {', '.join(spec.budgets)}")
-    budget, where = spec.budgets[name], f"budget {name!r}"
-    given = [k for k in ("steps", "epochs", "minutes") if getattr(budget, k) is not None]
-    if len(given) != 1:
-        raise SpecError(spec.source, f"{where} needs exactly one of steps, epochs, minutes; got {given or 'none'}")
-    for key in ("steps", "epochs", "minutes", "max_epochs", "steps_per_epoch", "val_every"):
-        value = getattr(budget, key)
-        if value is not None and not value > 0:
-            raise SpecError(spec.source, f"{where}: {key} must be positive, got {value}")
-    if budget.steps is not None and budget.steps_per_epoch and budget.steps % budget.steps_per_epoch:
-        raise SpecError(spec.source, f"{where}: steps {budget.steps} is not a whole number of epochs of "
-                                     f"{budget.steps_per_epoch} steps")
-    return budget
-
-
-def _check_rest(spec: ExperimentSpec) -> None:
-    ev = spec.evaluation
-    problems = []
-    if spec.folds.k < 2:
-        problems.append(f"folds.k must be at least 2, got {spec.folds.k}")
-    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
-        problems.append(f"seeds must be a non-empty list of distinct seeds, got {list(spec.seeds)}")
-    if ev.window not in WINDOWS:
-        problems.append(f"evaluation.window must be one of {', '.join(WINDOWS)}, got {ev.window!r}")
-    if ev.checkpoint not in CHECKPOINTS:
-        problems.append(f"evaluation.checkpoint must be one of {', '.join(CHECKPOINTS)}, got {ev.checkpoint!r}")
-    if not ev.regions or set(ev.regions) - set(REGIONS):
-        problems.append(f"evaluation.regions must be among {', '.join(REGIONS)}, got {list(ev.regions)}")
-    if not ev.metrics or set(ev.metrics) - set(METRICS):
-        problems.append(f"evaluation.metrics must be among {', '.join(METRICS)}, got {list(ev.metrics)}")
-    if not 0 < ev.alpha < 1 or ev.bootstrap < 100:
-        problems.append(f"evaluation needs 0 < alpha < 1 and bootstrap >= 100, got {ev.alpha}, {ev.bootstrap}")
-    if ev.target_dice is not None and not 0 < ev.target_dice <= 1:
-        problems.append(f"evaluation.target_dice must be in (0, 1], got {ev.target_dice}")
-    if problems:
-        raise SpecError(spec.source, "; ".join(problems))
+    return spec.budgets[name]   # checked when the spec was read (BudgetSpec checks itself)
 
 
 def _budget_settings(budget: BudgetSpec, recipe: dict) -> dict[str, Any]:
@@ -150,10 +90,9 @@ def arm_config(spec: ExperimentSpec, arm: ArmSpec, budget: BudgetSpec) -> TrainC
 
 
 def resolve(spec: ExperimentSpec, budget_name: str) -> Resolved:
-    """Every check that needs neither data nor training, for the whole spec at once."""
-    _check_arms(spec)
-    _check_rest(spec)
-    budget = _check_budget(spec, budget_name)
+    """Every check that needs neither data nor training, for the whole spec at once (the spec's
+    dataclasses checked their own fields when it was read; here: recipes, overrides, models)."""
+    budget = _budget_named(spec, budget_name)
     configs = {arm.name: arm_config(spec, arm, budget) for arm in spec.arms}
     return Resolved(spec, budget_name, budget, configs)
 

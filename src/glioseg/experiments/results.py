@@ -5,6 +5,7 @@ arm are in, so a report of an experiment still under way is honest about it.
 """
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections import Counter
@@ -14,35 +15,66 @@ import numpy as np
 
 from glioseg.experiments.plan import Plan, Run
 from glioseg.experiments.stats import Comparison, Key, compare, describe, seed_means
-from glioseg.files import read_json
+
+log = logging.getLogger(__name__)
+from glioseg.config import to_dict
+from glioseg.experiments.records import RunResult
 from glioseg.training.recipe import TrainConfig
 
 
 @dataclass(frozen=True)
 class Results:
     plan: Plan
-    runs: dict[Run, dict]        # finished runs → their result file
+    runs: dict[Run, RunResult]   # finished runs → their result file
 
     def arms(self) -> list[str]:
         return [a for a in self.plan.resolved.arm_names if a not in self.plan.not_run]
 
-    def of_arm(self, arm: str) -> list[dict]:
+    def of_arm(self, arm: str) -> list[RunResult]:
         return [r for run, r in self.runs.items() if run.arm == arm]
 
     def values(self, region: str, metric: str) -> dict[str, dict[Key, float]]:
         """arm → (case, seed) → value of ``metric`` in ``region`` (None where undefined)."""
-        return {arm: {(row["case"], r["seed"]): row[metric] for r in self.of_arm(arm)
-                      for row in r["rows"] if row["region"] == region}
+        return {arm: {(row["case"], r.seed): row[metric] for r in self.of_arm(arm)
+                      for row in r.rows if row["region"] == region}
                 for arm in self.arms()}
+
+    def resolved_otherwise(self) -> dict[str, dict[str, tuple]]:
+        """Finished runs whose settings the spec would now resolve differently (another version's
+        recipe or defaults): run key → setting → (as trained, as the spec resolves now)."""
+        out = {}
+        for run, result in self.runs.items():
+            then = to_dict(TrainConfig.from_dict(result.config, str(self.plan.result_path(run))))
+            now = to_dict(self.plan.resolved.config(run.arm, run.seed))
+            changed = {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}
+            if changed:
+                out[run.key] = changed
+        return out
+
+
+def describe_changes(changed: dict[str, dict[str, tuple]]) -> str:
+    """``arm/fold0-seed0 (lr 0.001 → 0.0002), ...``: the first runs and settings, the rest counted."""
+    shown = [f"{key} ({', '.join(f'{k} {a!r} → {b!r}' for k, (a, b) in list(diff.items())[:3])})"
+             for key, diff in list(changed.items())[:3]]
+    more = f" and {len(changed) - 3} more runs" if len(changed) > 3 else ""
+    return ", ".join(shown) + more
 
 
 def load_results(plan: Plan) -> Results:
+    """The finished runs' results. Runs trained with settings the spec no longer resolves to are
+    reported as they were trained, with a warning naming them (never silently mixed)."""
     runs = {}
     for run in plan.runs:
         path = plan.result_path(run)
         if path.is_file():
-            runs[run] = read_json(path, "a run's result")
-    return Results(plan, runs)
+            runs[run] = RunResult.read(path)
+    results = Results(plan, runs)
+    changed = results.resolved_otherwise()
+    if changed:
+        log.warning("%s: %d finished runs were trained with settings this version resolves the spec to "
+                    "differently; their results are reported as trained: %s", plan.out, len(changed),
+                    describe_changes(changed))
+    return results
 
 
 def arm_scores(results: Results) -> list[dict]:
@@ -80,19 +112,13 @@ def time_to_target(curve: list[dict], target: float) -> tuple[float | None, int 
     return None, None
 
 
-def _precision_steps(done: list[dict]) -> list[str]:
+def _precision_steps(done: list[RunResult]) -> list[str]:
     """Steps per precision, the mean over the arm's runs (``fp32 50``, ``bf16 250``), in ladder order."""
     totals: dict[str, float] = {}
     for r in done:
-        steps = (r["precision"] or {}).get("steps_per_precision") or {_policy(r["config"]): r["cost"]["steps"]}
-        for level, n in steps.items():
+        for level, n in r.steps_per_precision().items():
             totals[level] = totals.get(level, 0) + n
     return [f"{level} {n / len(done):.0f}" for level, n in totals.items() if n]
-
-
-def _policy(config: dict) -> str:
-    """The precision policy of a saved run config, in either of the forms runs were saved in."""
-    return TrainConfig.from_dict(config, "a run's result").precision.policy
 
 
 def _median(values: list) -> float | None:
@@ -100,11 +126,9 @@ def _median(values: list) -> float | None:
     return statistics.median(values) if values else None
 
 
-def device_of(run: dict) -> str:
-    """What a finished run was timed on: the device line of its precision summary or its cost
-    (older results: the device and its torch threads)."""
-    return ((run["precision"] or {}).get("device_description") or run["cost"].get("device_description")
-            or f"{run['cost']['device']}, {run['cost'].get('threads')} threads")
+def device_of(run: RunResult) -> str:
+    """What a finished run was timed on (:attr:`RunResult.device`)."""
+    return run.device
 
 
 def devices(results: Results) -> list[str]:
@@ -112,13 +136,13 @@ def devices(results: Results) -> list[str]:
     return [d for d, _ in Counter(device_of(r) for r in results.runs.values()).most_common()]
 
 
-def _timed_on(done: list[dict]) -> dict[str, dict]:
+def _timed_on(done: list[RunResult]) -> dict[str, dict]:
     """Per device: the runs timed on it, their median s/step and training time."""
     out = {}
     for device in dict.fromkeys(device_of(r) for r in done):
-        c = [r["cost"] for r in done if device_of(r) == device]
-        out[device] = {"runs": len(c), "s_per_step": _median([x["s_per_step"] for x in c]),
-                       "train_s": _median([x["train_wall_s"] for x in c])}
+        c = [r.cost for r in done if device_of(r) == device]
+        out[device] = {"runs": len(c), "s_per_step": _median([x.s_per_step for x in c]),
+                       "train_s": _median([x.train_wall_s for x in c])}
     return out
 
 
@@ -134,18 +158,18 @@ def cost(results: Results) -> list[dict]:
     rows = []
     for arm in results.plan.resolved.arm_names:
         done = results.of_arm(arm)
-        c = [r["cost"] for r in done]
+        c = [r.cost for r in done]
         timed_on = _timed_on(done)
         row = {"arm": arm, "model": results.plan.resolved.configs[arm].model, "runs": len(done),
-               "params": c[0]["params"] if c else None, "flops": c[0]["flops"] if c else None,
+               "params": c[0].params if c else None, "flops": c[0].flops if c else None,
                "s_per_step": timed_on.get(main, {}).get("s_per_step"), "timed_on": timed_on,
-               "peak_mib": max((x["peak_mib"] for x in c if x["peak_mib"] is not None), default=None),
+               "peak_mib": max((x.peak_mib for x in c if x.peak_mib is not None), default=None),
                "train_s": timed_on.get(main, {}).get("train_s"),
-               "steps": _median([x["steps"] for x in c]),
+               "steps": _median([x.steps for x in c]),
                "precision": _precision_steps(done),
                "not_run": results.plan.not_run.get(arm)}
         if target is not None:
-            reached = [time_to_target(r["curve"], target) for r in done]
+            reached = [time_to_target(list(r.curve), target) for r in done]
             row["target_dice"] = target
             row["reached"] = sum(s is not None for s, _ in reached)
             row["time_to_target_s"] = _median([s for (s, _), r in zip(reached, done) if device_of(r) == main])

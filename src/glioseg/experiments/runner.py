@@ -9,8 +9,10 @@ from glioseg.data.formats import discover
 from glioseg.data.preprocess import PreprocessConfig, preprocess_dataset
 from glioseg.experiments.executors import run_local, run_slurm
 from glioseg.experiments.job import make_job
+from glioseg.experiments.records import Job
 from glioseg.experiments.measure import machine, threads_for
 from glioseg.experiments.plan import Plan, save_plan
+from glioseg.experiments.results import describe_changes, load_results
 from glioseg.experiments.spec import SpecError
 from glioseg.files import exclusive_lock
 
@@ -84,10 +86,15 @@ def runs_left(plan: Plan) -> list:
     return sorted((r for r in plan.runs if status[r] in progress), key=lambda r: progress[status[r]])
 
 
-def prepare(plan: Plan, jobs: int = 1, command: str | None = None, max_runs: int | None = None) -> list[dict]:
+def prepare(plan: Plan, jobs: int = 1, command: str | None = None, max_runs: int | None = None) -> list[Job]:
     """Save the plan, build the one preprocessing cache of every run and return the jobs of the
     runs to do now, at most ``max_runs`` (``jobs`` processes at once share the CPU's threads);
     under :func:`running`."""
+    changed = load_results(plan).resolved_otherwise()
+    if changed:
+        raise SpecError(str(plan.out), f"{len(changed)} finished runs were trained with settings this version "
+                                       f"resolves the spec to differently: {describe_changes(changed)}; name the "
+                                       "settings they had in the spec to continue, or use another --out")
     save_plan(plan, command=command, machine=machine())
     for arm, why in plan.not_run.items():
         log.warning("arm %s is not run on this machine: %s", arm, why)
@@ -101,7 +108,7 @@ def prepare(plan: Plan, jobs: int = 1, command: str | None = None, max_runs: int
     return [make_job(plan, run, threads) for run in todo]
 
 
-def execute(plan: Plan, run_jobs: list[dict], executor: str = "local", jobs: int = 1) -> None:
+def execute(plan: Plan, run_jobs: list[Job], executor: str = "local", jobs: int = 1) -> None:
     """Run ``run_jobs``: ``jobs`` local processes at once, or a Slurm job array through submitit."""
     if executor == "slurm":
         run_slurm(run_jobs, plan.out / "slurm", plan.spec.slurm)

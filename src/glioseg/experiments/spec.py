@@ -3,12 +3,16 @@
 A spec names the data, the folds, the training seeds, the arms (model + recipe + overrides),
 one shared budget per budget name (``cpu``, ``paper``, ...) and the evaluation. Everything an
 arm does not name is the same for every arm: split, seeds, sampler, augmentation, schedule and
-evaluation. :func:`resolve` turns a spec and a budget name into one checked
-:class:`~glioseg.training.recipe.TrainConfig` per arm (:mod:`glioseg.experiments.resolve`), so an
-arm naming an unknown model, a bad override or an impossible budget fails before the first run starts.
+evaluation. An arm without a recipe trains with its model's (``training.recipe.default_recipe``,
+as ``glioseg train`` does). Each dataclass checks its own fields when built (a bad budget, fold
+count, window or arm list fails naming the spec); :func:`resolve` then turns a spec and a budget
+name into one checked :class:`~glioseg.training.recipe.TrainConfig` per arm
+(:mod:`glioseg.experiments.resolve`), so an arm naming an unknown model or a bad override fails
+before the first run starts too.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,12 +21,20 @@ from typing import Any
 from glioseg.config import from_dict, load_yaml, to_dict
 from glioseg.data.labels import REGIONS
 from glioseg.errors import GliosegError
+from glioseg.inference.predictor import WINDOWS
+from glioseg.training.recipe import default_recipe
 
 # Settings the experiment owns: the budget sets how long every arm trains, the seeds list the
 # seed; an arm that overrides them would not get the same treatment as the others.
 SHARED = ("seed", "epochs", "steps_per_epoch", "val_every", "device", "workers")
 METRICS = ("dice", "hd95")
 CHECKPOINTS = ("best", "last")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def slug(name: str) -> str:
+    """The folder name of an arm: ``Residual U-Net`` → ``residual-u-net``."""
+    return _UNSAFE.sub("-", name.strip()).strip("-.").lower()
 
 
 class SpecError(GliosegError):
@@ -46,15 +58,26 @@ class FoldSpec:
     seed: int = 0
     grades: str | dict[str, str] | None = None
 
+    def __post_init__(self):
+        if self.k < 2:
+            raise ValueError(f"folds.k must be at least 2, got {self.k}")
+
 
 @dataclass(frozen=True)
 class ArmSpec:
+    """One arm: a model, its options, a recipe (by default the model's) and overrides of it."""
     name: str
     model: str
-    recipe: str = "dalight3d-paper"
+    recipe: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     model_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+
+    def __post_init__(self):
+        if not slug(self.name):
+            raise ValueError(f"arm names need a letter or digit: {self.name!r}")
+        if self.recipe is None:
+            object.__setattr__(self, "recipe", default_recipe(self.model))
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,17 @@ class BudgetSpec:
     s_per_case: float = 10.0
     description: str = ""
 
+    def __post_init__(self):
+        given = [k for k in ("steps", "epochs", "minutes") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"needs exactly one of steps, epochs, minutes; got {given or 'none'}")
+        for key in ("steps", "epochs", "minutes", "max_epochs", "steps_per_epoch", "val_every"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ValueError(f"{key} must be positive, got {value}")
+        if self.steps is not None and self.steps_per_epoch and self.steps % self.steps_per_epoch:
+            raise ValueError(f"steps {self.steps} is not a whole number of epochs of {self.steps_per_epoch} steps")
+
 
 @dataclass(frozen=True)
 class EvaluationSpec:
@@ -92,6 +126,23 @@ class EvaluationSpec:
     target_dice: float | None = None
     alpha: float = 0.05
     bootstrap: int = 10000
+
+    def __post_init__(self):
+        problems = []
+        if self.window not in WINDOWS:
+            problems.append(f"evaluation.window must be one of {', '.join(WINDOWS)}, got {self.window!r}")
+        if self.checkpoint not in CHECKPOINTS:
+            problems.append(f"evaluation.checkpoint must be one of {', '.join(CHECKPOINTS)}, got {self.checkpoint!r}")
+        if not self.regions or set(self.regions) - set(REGIONS):
+            problems.append(f"evaluation.regions must be among {', '.join(REGIONS)}, got {list(self.regions)}")
+        if not self.metrics or set(self.metrics) - set(METRICS):
+            problems.append(f"evaluation.metrics must be among {', '.join(METRICS)}, got {list(self.metrics)}")
+        if not 0 < self.alpha < 1 or self.bootstrap < 100:
+            problems.append(f"evaluation needs 0 < alpha < 1 and bootstrap >= 100, got {self.alpha}, {self.bootstrap}")
+        if self.target_dice is not None and not 0 < self.target_dice <= 1:
+            problems.append(f"evaluation.target_dice must be in (0, 1], got {self.target_dice}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -121,6 +172,19 @@ class ExperimentSpec:
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     source: str = ""       # where the spec was read from (set by load_spec, not by the YAML)
     base: str = "."        # the folder relative paths are resolved against
+
+    def __post_init__(self):
+        names = [a.name for a in self.arms]
+        if len(names) < 2:
+            raise ValueError(f"an experiment compares at least two arms; found {len(names)}")
+        for label, values in (("arm names", names), ("arm folder names", [slug(n) for n in names])):
+            duplicates = sorted({v for v in values if values.count(v) > 1})
+            if duplicates:
+                raise ValueError(f"duplicate {label}: {', '.join(duplicates)}")
+        if self.reference not in names:
+            raise ValueError(f"reference arm {self.reference!r} is not among the arms ({', '.join(names)})")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {list(self.seeds)}")
 
     def arm(self, name: str) -> ArmSpec:
         return next(a for a in self.arms if a.name == name)
@@ -169,11 +233,18 @@ def spec_from_dict(raw: dict[str, Any], source: str, base: str) -> ExperimentSpe
         budgets = raw.get("budgets")
         if not isinstance(budgets, dict) or not budgets:
             raise ValueError("budgets: a mapping of budget names (cpu, paper, ...) to budgets is required")
-        raw["budgets"] = {str(name): from_dict(BudgetSpec, value, where=f"budgets.{name}")
-                          for name, value in budgets.items()}
+        raw["budgets"] = {str(name): _budget(name, value) for name, value in budgets.items()}
         return from_dict(ExperimentSpec, {**raw, "source": source, "base": base}, where="spec")
     except ValueError as exc:
         raise SpecError(source, str(exc)) from exc
+
+
+def _budget(name: str, value: Any) -> BudgetSpec:
+    try:
+        return from_dict(BudgetSpec, value, where=f"budgets.{name}")
+    except ValueError as exc:
+        message = str(exc)
+        raise ValueError(message if message.startswith("budgets.") else f"budget {name!r}: {message}") from exc
 
 
 def spec_dict(spec: ExperimentSpec) -> dict[str, Any]:

@@ -79,6 +79,12 @@ class TrainConfig:
         return from_dict(cls, upgrade_saved(data), where)
 
 
+def default_recipe(model: str | None) -> str:
+    """The recipe a model trains with when none is named (``glioseg train``, an experiment's arm):
+    SegResNet its published recipe; DALight-3D and its baselines the paper's."""
+    return "segresnet-brats" if (model or "segresnet") == "segresnet" else "dalight3d-paper"
+
+
 def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
     """Runs and checkpoints written before ``precision_options`` joined ``precision``.
 

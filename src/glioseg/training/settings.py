@@ -6,15 +6,11 @@ from pathlib import Path
 from glioseg.config import load_yaml
 from glioseg.errors import InputError
 from glioseg.run_io import RunFiles
-from glioseg.training.recipe import TrainConfig, build_config, merge_settings, recipe_dict, upgrade_saved
+from glioseg.training.recipe import (TrainConfig, build_config, default_recipe, merge_settings, recipe_dict,
+                                    upgrade_saved)
 
 # Options that may change when a run is resumed; anything else must stay as the run began.
 RESUMABLE = ("epochs", "workers", "device")
-
-
-def default_recipe(model: str | None) -> str:
-    """SegResNet trains with its published recipe; DALight-3D and its baselines with the paper's."""
-    return "segresnet-brats" if (model or "segresnet") == "segresnet" else "dalight3d-paper"
 
 
 def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None) -> TrainConfig:
