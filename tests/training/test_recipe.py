@@ -5,7 +5,8 @@ import pytest
 
 from glioseg.config import to_dict
 from glioseg.training.precision_config import PrecisionConfig
-from glioseg.training.recipe import TrainConfig, build_config, merge_settings
+from glioseg.data.augment import AugmentConfig
+from glioseg.training.recipe import TrainConfig, build_config, layered_config, merge_settings
 
 
 def test_a_policy_name_is_a_precision_config():
@@ -27,6 +28,26 @@ def test_a_policy_on_top_of_a_recipe_keeps_its_other_settings(tmp_path):
 def test_merge_settings_replaces_everything_else():
     assert merge_settings({"lr": 1.0, "patch": [8, 8, 8]}, {"patch": [16, 16, 16]}) == {
         "lr": 1.0, "patch": [16, 16, 16]}
+
+
+def test_a_nested_augment_block_merges_into_the_one_below_it(tmp_path):
+    """Layers merge blocks key by key (at any depth): a file's ``augment:`` keeps the recipe's other
+    augmentation settings instead of resetting them to the defaults."""
+    recipe = {"augment": {"zoom": 0.1, "zoom_prob": 0.5}, "precision": {"policy": "auto", "warmup_steps": 8}}
+    config = layered_config(recipe, {"augment": {"rotate_prob": 0.2}, "precision": "bf16"})
+    assert (config.augment.zoom, config.augment.zoom_prob, config.augment.rotate_prob) == (0.1, 0.5, 0.2)
+    assert config.precision == PrecisionConfig(policy="bf16", warmup_steps=8)
+    user = tmp_path / "user.yaml"
+    user.write_text("augment: {rotate_prob: 0.2, rotate_deg: [10, 10, 10]}\nprecision: {calm_steps: 2}\n")
+    built = build_config("demo", user, {"augment": None})
+    assert built.augment == AugmentConfig(rotate_prob=0.2, rotate_deg=(10.0, 10.0, 10.0))
+    assert built.precision == PrecisionConfig(policy="auto", warmup_steps=8, calm_steps=2)
+
+
+def test_a_model_s_options_and_plain_values_replace_the_layer_below():
+    config = layered_config({"model_options": {"init_filters": 16, "dropout": 0.1}, "lr": 1.0},
+                            {"model_options": {"init_filters": 8}, "lr": None})
+    assert config.model_options == {"init_filters": 8} and config.lr == 1.0   # None: not given
 
 
 def test_a_run_saved_with_precision_options_still_reads():

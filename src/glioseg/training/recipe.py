@@ -2,12 +2,16 @@
 
 Variants are config files, not subclasses: ``segresnet-brats`` and ``dalight3d-paper`` live in
 ``glioseg/recipes/``; a user's ``--config FILE`` and command-line options override them.
-``precision`` is the controller's whole configuration (:class:`PrecisionConfig`): a policy name
-given on top of a mapping (``--precision bf16`` over a recipe's ``precision: {policy: auto,
-warmup_steps: 8}``) changes the policy and keeps the other settings.
+Every TrainConfig is assembled one way (:func:`layered_config`): layers merged in order, settings
+blocks deeply, so a file's ``augment: {rotate_prob: 0.2}`` changes that key of the recipe's block
+and keeps the rest. ``precision`` is the controller's whole configuration (:class:`PrecisionConfig`):
+a policy name given on top of a mapping (``--precision bf16`` over a recipe's ``precision: {policy:
+auto, warmup_steps: 8}``) changes the policy and keeps the other settings.
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -95,21 +99,50 @@ def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
         return data
     data = dict(data)
     options = data.pop("precision_options") or {}
-    return merge_settings(data, {"precision": {**_as_mapping(data.get("precision", {})), **options}})
+    return merge_settings(data, {"precision": {**_as_mapping(PrecisionConfig, data.get("precision", {})), **options}})
 
 
-def _as_mapping(precision: Any) -> dict[str, Any]:
-    if isinstance(precision, PrecisionConfig):
-        return to_dict(precision)
-    return dict(precision) if isinstance(precision, dict) else {PrecisionConfig.shorthand: precision}
+def _as_mapping(kind: type, value: Any) -> dict[str, Any]:
+    """A nested block's settings as a mapping: a dataclass, a mapping, or the shorthand's plain value."""
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, dict):
+        return dict(value)
+    shorthand = getattr(kind, "shorthand", None)
+    if shorthand is None:   # not a block that takes a plain value: from_dict names the mistake
+        return value
+    return {shorthand: value}
 
 
-def merge_settings(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``changes``; a ``precision`` change merges into the base's precision."""
+def _blocks(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` that are settings blocks of their own (nested dataclasses)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def merge_settings(base: dict[str, Any], changes: dict[str, Any], cls: type = None) -> dict[str, Any]:
+    """``base`` updated by ``changes``, blocks deeply: a change to ``augment`` or ``precision`` (a
+    mapping, or the policy alone) changes those keys of the base's block and keeps its others, at any
+    depth. Plain values and mappings that are not blocks (``model_options``: a model's own) replace."""
+    cls = cls or TrainConfig
+    blocks = _blocks(cls)
     merged = {**base, **changes}
-    if "precision" in changes and "precision" in base:
-        merged["precision"] = {**_as_mapping(base["precision"]), **_as_mapping(changes["precision"])}
+    for name, kind in blocks.items():
+        if name in changes and name in base:
+            old, new = _as_mapping(kind, base[name]), _as_mapping(kind, changes[name])
+            merged[name] = merge_settings(old, new, kind) if isinstance(old, dict) and isinstance(new, dict) else new
     return merged
+
+
+def layered_config(*layers: dict[str, Any], where: str = "config") -> TrainConfig:
+    """The one way a TrainConfig is assembled: each layer (recipe, file, a run's saved settings,
+    an arm's overrides, options) merged over the ones before by :func:`merge_settings`, then read
+    and checked by ``config.from_dict``; ``None`` values of a layer are not settings. A saved run's
+    settings go through :func:`upgrade_saved` first (a user's file may not use the old form)."""
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = merge_settings(data, {k: v for k, v in layer.items() if v is not None})
+    return from_dict(TrainConfig, data, where)
 
 
 def recipe_names() -> list[str]:
@@ -127,9 +160,8 @@ def recipe_dict(name: str) -> dict[str, Any]:
 
 def build_config(recipe: str | None = None, config_file: Path | None = None,
                  overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Recipe, then the user's file, then command-line overrides (``None`` values ignored)."""
-    data: dict[str, Any] = recipe_dict(recipe) if recipe else {}
-    if config_file is not None:
-        data = merge_settings(data, load_yaml(config_file))
-    data = merge_settings(data, {k: v for k, v in (overrides or {}).items() if v is not None})
-    return from_dict(TrainConfig, data, where=str(config_file) if config_file else "config")
+    """Recipe, then the user's file, then command-line overrides (``None`` values ignored), merged
+    by :func:`layered_config` (a file's ``augment:`` changes only the keys it names)."""
+    return layered_config(recipe_dict(recipe) if recipe else {},
+                          load_yaml(config_file) if config_file is not None else {}, overrides or {},
+                          where=str(config_file) if config_file else "config")

@@ -6,8 +6,8 @@ from pathlib import Path
 from glioseg.config import load_yaml
 from glioseg.errors import InputError
 from glioseg.run_io import RunFiles
-from glioseg.training.recipe import (TrainConfig, build_config, default_recipe, merge_settings, recipe_dict,
-                                    upgrade_saved)
+from glioseg.training.recipe import (TrainConfig, build_config, default_recipe, layered_config, merge_settings,
+                                    recipe_dict, upgrade_saved)
 
 # Options that may change when a run is resumed; anything else must stay as the run began.
 RESUMABLE = ("epochs", "workers", "device")
@@ -30,15 +30,14 @@ def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None
     given = merge_settings(given, {k: v for k, v in overrides.items() if v is not None})
     where = str(path)
     # compare as a fresh run would build them (YAML lists vs tuples, nested settings)
-    base, asked = TrainConfig.from_dict(saved, where), TrainConfig.from_dict(merge_settings(saved, given), where)
+    base, asked = TrainConfig.from_dict(saved, where), layered_config(saved, given, where=where)
     changed = sorted(k for k in given if k not in RESUMABLE and getattr(asked, k) != getattr(base, k))
     if changed:
         raise InputError(f"{out}: --resume continues the run as it was configured; only "
                          f"{', '.join('--' + k for k in RESUMABLE)} may change, not {', '.join(changed)}")
     if overrides.get("epochs") is not None and overrides["epochs"] < saved["epochs"]:
         raise InputError(f"{out}: --epochs {overrides['epochs']} is fewer than the run's {saved['epochs']}")
-    saved.update({k: v for k, v in overrides.items() if k in RESUMABLE and v is not None})
-    return TrainConfig.from_dict(saved, where)
+    return layered_config(saved, {k: v for k, v in overrides.items() if k in RESUMABLE}, where=where)
 
 
 def file_settings(recipe: str | None, config: Path | None) -> dict:
