@@ -42,3 +42,18 @@ def test_load_yaml_errors_name_the_file(tmp_path):
     broken.write_text("a: [1, 2\n")
     with pytest.raises(ValueError, match="broken.yaml: cannot read YAML"):
         load_yaml(broken)
+
+
+@dataclass(frozen=True)
+class Required:
+    name: str
+    options: dict = field(default_factory=dict)
+    fixed: int = 0
+
+
+def test_missing_keys_and_a_mapping_field_of_another_type_name_the_field():
+    with pytest.raises(ValueError, match=r"^thing: missing key\(s\) name; valid keys: name, options, fixed$"):
+        from_dict(Required, {"options": {}}, where="thing")
+    with pytest.raises(ValueError, match=r"^thing.options: expected a mapping, got \[1\]$"):
+        from_dict(Required, {"name": "a", "options": [1]}, where="thing")
+    assert from_dict(Required, {"options": {"a": 1}}, where="thing", fixed={"name": "b"}) == Required("b", {"a": 1})

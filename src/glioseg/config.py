@@ -10,6 +10,7 @@ that one field (``precision: bf16`` for ``precision: {policy: bf16}``). This is 
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -39,6 +40,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return from_dict(tp, value, where)
     if dataclasses.is_dataclass(tp) and getattr(tp, "shorthand", None) and not isinstance(value, tp):
         return from_dict(tp, {tp.shorthand: value}, where)
+    if (origin or tp) in (dict, collections.abc.Mapping) and not isinstance(value, collections.abc.Mapping):
+        raise InputError(f"{where}: expected a mapping, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
@@ -70,6 +73,12 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "",
     if unknown:
         raise InputError(f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; "
                          f"valid keys: {', '.join(fields) or '(none)'}")
+    required = [f.name for f in dataclasses.fields(cls) if f.name not in fixed and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise InputError(f"{where or cls.__name__}: missing key(s) {', '.join(missing)}; "
+                         f"valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:

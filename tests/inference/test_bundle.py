@@ -32,9 +32,9 @@ def test_metadata_is_json_and_state_round_trips():
 
 def test_from_state_rejects_unknown_missing_and_future_keys():
     state = make_bundle().to_state()
-    with pytest.raises(ValueError, match=r"unknown \['colour'\].*valid keys: model, options"):
+    with pytest.raises(ValueError, match=r"bundle: unknown key\(s\) colour; valid keys: model, options"):
         ModelBundle.from_state({**state, "colour": "red"})
-    with pytest.raises(ValueError, match=r"missing \['scheme'\]"):
+    with pytest.raises(ValueError, match=r"bundle: missing key\(s\) scheme; valid keys: model"):
         ModelBundle.from_state({k: v for k, v in state.items() if k != "scheme"})
     with pytest.raises(ValueError, match="bundle_version 2 is not supported"):
         ModelBundle.from_state({**state, "bundle_version": 2})

@@ -30,15 +30,17 @@ def _set(path: str, value):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (_set("bundle.patch_size", "abc"), "bundle field patch_size: expected 3 whole numbers, got 'abc'"),
-    (_set("bundle.patch_size", [16, "x", 16]), "bundle field patch_size: expected a whole number, got 'x'"),
-    (_set("bundle.in_channels", "four"), "bundle field in_channels: expected a whole number, got 'four'"),
+    (_set("bundle.patch_size", "abc"), "bundle.patch_size: expected a list, got 'abc'"),
+    (_set("bundle.patch_size", [16, "x", 16]), "bundle.patch_size: expected a whole number, got 'x'"),
+    (_set("bundle.in_channels", "four"), "bundle.in_channels: expected a whole number, got 'four'"),
     (_set("bundle.options.bogus", 1), "bundle field options: model 'segresnet' options: unknown key(s) bogus"),
     (_set("bundle.options.init_filters", "8"), "bundle field options: model 'segresnet' options.init_filters: "
                                                "expected a whole number, got '8'"),
     (_set("bundle.preprocess.crop_margin", "abc"), "bundle field preprocess: preprocess.crop_margin: expected a "
                                                    "whole number, got 'abc'"),
-    (_set("bundle.bogus", 1), "bundle keys: unknown ['bogus']"),
+    (_set("bundle.bogus", 1), "bundle: unknown key(s) bogus; valid keys: model, options"),
+    (_set("bundle.site_index", [1]), "bundle.site_index: expected a mapping, got [1]"),
+    (_set("bundle.trained_spacing", [1, 1, 0]), "bundle.trained_spacing: expected 3 positive millimetres or null"),
     (_set("bogus", 1), "unknown key(s) bogus; valid keys: kind, format, file"),
     (_set("bundle", [1]), '"bundle" must be an object, got [1]'),
 ])

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from glioseg.inference.bundle import config_path, load_bundle
 from glioseg.inference.export import export_onnx, export_torchscript, write_released
-from glioseg.inference.released import model_source
+from glioseg.inference.model_ref import resolve_model
 
 
 def run(args: argparse.Namespace) -> int:
-    bundle = load_bundle(model_source(str(args.checkpoint)))
+    bundle = load_bundle(resolve_model(args.checkpoint).path)
     out = Path(args.out)
     if args.format == "onnx":
         result = export_onnx(bundle, out, args.roi, args.tolerance)

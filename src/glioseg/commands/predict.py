@@ -14,30 +14,19 @@ from glioseg.data.formats import CHANNELS
 from glioseg.devices import checked_device
 from glioseg.errors import InputError
 from glioseg.files import refuse_inside
-from glioseg.inference import inputs as case_inputs, released
-from glioseg.inference.bundle import claims_config, sniff
+from glioseg.inference import inputs as case_inputs
+from glioseg.inference.model_ref import is_model_file, released_model, resolve_model
 from glioseg.inference.pipeline import OutputOptions, make_predictor, predict_all
 from glioseg.inference.predictor import WINDOWS, PredictConfig
 
 log = logging.getLogger(__name__)
 
-_MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".onnx")
-
-
-def _is_model_file(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    if path.suffix in _MODEL_SUFFIXES:
-        return True
-    # A config that says it is one is a model file, so that its own errors reach the user.
-    return sniff(path) == "json" and claims_config(path)
-
 
 def split_models_and_inputs(checkpoints: Sequence[Path], inputs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     """``--checkpoint a.pt b.pt DATA`` reads DATA into the checkpoint list (argparse is greedy);
     model files are told apart from inputs by what they are, so both spellings work."""
-    models = [Path(p) for p in checkpoints if _is_model_file(Path(p))]
-    rest = [Path(p) for p in checkpoints if not _is_model_file(Path(p))]
+    models = [Path(p) for p in checkpoints if is_model_file(Path(p))]
+    rest = [Path(p) for p in checkpoints if not is_model_file(Path(p))]
     missing = [str(p) for p in rest if not p.exists()]
     if missing:
         raise InputError(f"no such model file or input: {', '.join(missing)}")
@@ -56,21 +45,15 @@ def _window_arg(values: Sequence[str] | None) -> str | tuple[int, int, int]:
         raise InputError(f"--roi takes {' or '.join(WINDOWS)} or three sizes; got {' '.join(values)}") from None
 
 
-def _folder_message(folder: Path) -> str:
-    inside = sorted(p.name for p in folder.iterdir() if _is_model_file(p))
-    hint = f"; model files in it: {', '.join(inside)}" if inside else "; it holds no model file"
-    return f"--checkpoint {folder} is a folder, not a model file: give a file such as {folder}/best.pt{hint}"
-
-
 def model_files(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     """(model files, inputs) of the command line: --checkpoint, --onnx and --model in that order."""
     folders = [Path(p) for p in [*(args.checkpoint or []), *(args.onnx or [])] if Path(p).is_dir()]
     models, paths = split_models_and_inputs(args.checkpoint or [], args.input or [])
     models += [Path(p) for p in args.onnx or []]
-    models += [released.verified_config(name) for name in args.model or []]
+    models += [released_model(name).path for name in args.model or []]
     if not models:
         if folders:
-            raise InputError(_folder_message(folders[0]))
+            resolve_model(folders[0])   # says what the folder holds
         raise InputError("no model: give --model NAME (glioseg models --released), --checkpoint CKPT "
                          "(.pt, .safetensors) or --onnx FILE.onnx")
     return models, paths

@@ -26,13 +26,14 @@ import json
 import logging
 import math
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from glioseg.checkpoint_io import ZIP_MAGIC, is_torchscript, load_checkpoint
+from glioseg.config import from_dict
 from glioseg.data.labels import get_scheme
 from glioseg.data.output_space import OutputSpace
 from glioseg.errors import InputError
@@ -47,24 +48,6 @@ CONFIG_KEYS = ("kind", "format", "file", "sha256", "bundle", "source_sha256",
                "window", "size_divisor", "inputs", "opset", "check")
 
 
-# Keys a bundle written before they existed lacks (their default applies): older checkpoints and configs load.
-OPTIONAL = ("trained_spacing",)
-
-
-def _spacing(name: str, value: Any) -> tuple[float, float, float] | None:
-    if value is None:
-        return None
-    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)
-    if not ok:
-        raise ValueError(f"bundle field {name}: expected 3 positive millimetres or null, got {value!r}")
-    return tuple(float(v) for v in value)
-
-
-def _whole(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"bundle field {name}: expected a whole number, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,23 +77,16 @@ class ModelBundle:
     trained_spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self):
-        # Values come from JSON a person may have edited: each field is checked by name, not cast.
-        for name in ("in_channels", "out_channels"):
-            _whole(name, getattr(self, name))
-        for name in ("options", "preprocess", "site_index"):
-            if not isinstance(getattr(self, name), Mapping):
-                raise ValueError(f"bundle field {name}: expected a mapping, got {getattr(self, name)!r}")
-        if not isinstance(self.channels, (list, tuple)) or not all(isinstance(c, str) for c in self.channels):
-            raise ValueError(f"bundle field channels: expected a list of names, got {self.channels!r}")
-        if not isinstance(self.patch_size, (list, tuple)):
-            raise ValueError(f"bundle field patch_size: expected 3 whole numbers, got {self.patch_size!r}")
+        # A bundle read from a file (JSON a person may have edited, a checkpoint) was built by
+        # config.from_dict, which checked each field's type by name (:meth:`from_state`); here the
+        # values are normalised and the facts that tie fields together are checked.
         object.__setattr__(self, "channels", tuple(self.channels))
-        object.__setattr__(self, "patch_size", tuple(_whole("patch_size", p) for p in self.patch_size))
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
         object.__setattr__(self, "options", dict(self.options))
         object.__setattr__(self, "preprocess", dict(self.preprocess))
-        object.__setattr__(self, "site_index", {str(k): _whole(f"site_index.{k}", v)
-                                                for k, v in self.site_index.items()})
-        object.__setattr__(self, "trained_spacing", _spacing("trained_spacing", self.trained_spacing))
+        object.__setattr__(self, "site_index", {str(k): v for k, v in self.site_index.items()})
+        if self.trained_spacing is not None:
+            object.__setattr__(self, "trained_spacing", tuple(float(v) for v in self.trained_spacing))
         self._validate()
 
     def _validate(self) -> None:
@@ -126,6 +102,12 @@ class ModelBundle:
                              f"(in_channels={self.in_channels})")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f"bundle: patch_size must be 3 positive sizes; got {self.patch_size}")
+        bad = {k: v for k, v in self.site_index.items() if isinstance(v, bool) or not isinstance(v, int)}
+        if bad:
+            raise ValueError(f"bundle.site_index: expected whole numbers, got {bad}")
+        spacing = self.trained_spacing
+        if spacing is not None and (len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing)):
+            raise ValueError(f"bundle.trained_spacing: expected 3 positive millimetres or null, got {list(spacing)}")
 
     def metadata(self) -> dict:
         """Everything but the weights, as JSON-able values (the released config, the sidecars)."""
@@ -151,12 +133,9 @@ class ModelBundle:
         if version != BUNDLE_VERSION:
             raise ValueError(f"bundle_version {version!r} is not supported; "
                              f"this glioseg reads version {BUNDLE_VERSION}")
-        valid = [f.name for f in fields(cls) if f.name != "sha256"]
-        unknown = sorted(set(state) - set(valid))
-        missing = sorted(set(valid) - set(state) - {"weights", *OPTIONAL})
-        if unknown or missing:
-            raise ValueError(f"bundle keys: unknown {unknown}, missing {missing}; valid keys: {', '.join(valid)}")
-        return cls(sha256=sha256, **state)
+        # the one "dataclass from a mapping" rule: unknown and missing keys, each field's type by name;
+        # keys a bundle written before they existed lacks (trained_spacing) take their default
+        return from_dict(cls, state, where="bundle", fixed={"sha256": sha256})
 
     def check_settings(self) -> None:
         """The model options and preprocessing settings are valid (checked when a file is loaded,
@@ -341,16 +320,29 @@ def _load_checkpoint_bundle(path: Path) -> ModelBundle:
     return bundle
 
 
-def load_bundle(path: Path | str) -> ModelBundle:
-    """Load a bundle from a training checkpoint or released safetensors + JSON; refuse the rest."""
+def model_kind(path: Path | str) -> str:
+    """What a model file holds, from its bytes: ``checkpoint`` (a training checkpoint, or one too
+    damaged to open: its loader says what is wrong), ``released`` (safetensors weights or their
+    config) or ``onnx`` (an export or its config); anything else is refused, saying what it is."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
     kind = sniff(path)
     if kind in ("checkpoint", "damaged"):
-        return _load_checkpoint_bundle(path)
-    if kind in ("safetensors", "json"):
-        return _load_safetensors(path)
-    if kind == "onnx":
-        raise InputError(f"{path}: an ONNX model has no PyTorch weights; run it with glioseg predict --onnx")
+        return "checkpoint"
+    if kind == "json":
+        return "onnx" if read_config(path).get("format") == "onnx" else "released"
+    if kind in ("safetensors", "onnx"):
+        return "released" if kind == "safetensors" else "onnx"
     raise InputError(f"{path}: refused: {_REFUSED[kind]}")
+
+
+def load_bundle(path: Path | str) -> ModelBundle:
+    """Load a bundle from a training checkpoint or released safetensors + JSON; refuse the rest."""
+    path = Path(path)
+    kind = model_kind(path)
+    if kind == "checkpoint":
+        return _load_checkpoint_bundle(path)
+    if kind == "onnx" and sniff(path) == "onnx":
+        raise InputError(f"{path}: an ONNX model has no PyTorch weights; run it with glioseg predict --onnx")
+    return _load_safetensors(path)   # an ONNX config: says it describes an ONNX file

@@ -22,7 +22,7 @@ from monai.inferers import sliding_window_inference
 
 from glioseg.data.preprocess import crop, uncrop
 from glioseg.errors import InputError
-from glioseg.inference.bundle import ModelBundle, load_bundle, read_config, sniff
+from glioseg.inference.bundle import ModelBundle, load_bundle, model_kind
 from glioseg.inference.precision import PrecisionChoice, choose_precision
 from glioseg.models.cpu_conv import accelerate_cpu_convs
 from glioseg.models.registry import takes_ids
@@ -111,9 +111,7 @@ def open_network(path: Path, device: torch.device | str = "cpu"):
     """A runnable network for a model file: ONNX (``.onnx`` or its JSON config) through
     onnxruntime, anything else through :func:`load_bundle` and PyTorch."""
     path = Path(path)
-    is_onnx = path.suffix == ".onnx" or (path.is_file() and sniff(path) == "json"
-                                         and read_config(path).get("format") == "onnx")
-    if is_onnx:
+    if path.suffix == ".onnx" or model_kind(path) == "onnx":
         from glioseg.inference.export import OnnxNetwork
 
         return OnnxNetwork(path, device)

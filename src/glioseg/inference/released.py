@@ -87,17 +87,6 @@ def verified_config(name: str, root: Path | None = None) -> Path:
     return config_path(folder / entry(name, root)["weights"])
 
 
-def model_source(spec: str, root: Path | None = None) -> Path:
-    """A model file path as given, or else the checked config of the released model named ``spec``."""
-    path = Path(spec)
-    if path.exists():
-        return path
-    if spec not in read_index(root)["models"]:
-        known = ", ".join(released_names(root)) or "none in this installation"
-        raise ReleasedModelError(f"{spec}: no such model file, nor a released model (released: {known})")
-    return verified_config(spec, root)
-
-
 def _status(name: str, root: Path | None) -> str:
     try:
         verify(name, root)
