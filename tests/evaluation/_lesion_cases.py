@@ -104,3 +104,27 @@ def rule_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     cases["empty_prediction"] = blob, np.zeros(s, np.uint8)
     cases["both_empty"] = np.zeros(s, np.uint8), np.zeros(s, np.uint8)
     return cases
+
+
+def perturbed_label(label: np.ndarray, scheme_regions: dict[str, tuple[int, ...]], enhancing: int,
+                    edema: int) -> np.ndarray:
+    """A deterministic stand-in for a model's prediction of a real case (no model run needed).
+
+    The expert label shifted by one voxel, its enhancing tumour eroded once, its smallest tumour-core
+    component removed, its edema grown once, and a 6³ block of edema added 12 voxels beyond the
+    tumour (a false positive).
+    """
+    pred = np.roll(label, (1, -1, 0), axis=(0, 1, 2))
+    et = pred == enhancing
+    pred[et & ~ndimage.binary_erosion(et)] = 0
+    core, count = ndimage.label(np.isin(pred, scheme_regions["TC"]), ndimage.generate_binary_structure(3, 3))
+    if count > 1:
+        sizes = np.bincount(core.ravel())[1:]
+        pred[core == 1 + int(np.argmin(sizes))] = 0
+    grown = ndimage.binary_dilation(pred == edema)
+    pred[grown & (pred == 0)] = edema
+    hits = np.argwhere(label > 0)
+    if hits.size:
+        corner = np.minimum(hits.max(axis=0) + 12, np.array(label.shape) - 7)
+        pred[tuple(slice(c, c + 6) for c in corner)] = edema
+    return pred.astype(label.dtype)
