@@ -11,6 +11,7 @@ from glioseg.data.formats import CHANNELS, FORMATS
 from glioseg.data.labels import SCHEMES
 from glioseg.evaluation.evaluate import MISSING_POLICIES
 from glioseg.evaluation.figures import CONVENTIONS
+from glioseg.evaluation.lesion_scores import METRICS
 from glioseg.experiments.executors import EXECUTORS
 from glioseg.inference import predictor
 from glioseg.inference.export import FORMATS as EXPORT_FORMATS
@@ -54,6 +55,16 @@ def test_other_choices_are_the_engines():
     assert _choices("export", "--format") == EXPORT_FORMATS
     assert _choices("evaluate", "--missing") == MISSING_POLICIES
     assert _choices("report", "--convention") == CONVENTIONS
+    assert cli.METRIC_SETS == METRICS
+
+
+def test_metric_sets_are_checked_by_the_parser():
+    parse = cli.build_parser().parse_args
+    args = parse(["evaluate", "--pred", "p", "--ref", "r", "--out", "o", "--metrics", "region,lesion-2025"])
+    assert args.metrics == ("region", "lesion-2025")
+    assert parse(["evaluate", "--pred", "p", "--ref", "r", "--out", "o"]).metrics == ("region",)
+    with pytest.raises(SystemExit):
+        parse(["evaluate", "--pred", "p", "--ref", "r", "--out", "o", "--metrics", "lesion-2022"])
     assert _choices("experiment", "--executor", "run") == EXECUTORS
     assert cli.CHANNELS == CHANNELS and all(_action("predict", f"--{c}").metavar == "FILE" for c in CHANNELS)
 

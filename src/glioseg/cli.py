@@ -28,6 +28,7 @@ SCHEMES = ("msd", "brats", "brats2023", "brats2013")            # glioseg.data.l
 PRECISION_POLICIES = ("auto", "fp32", "bf16", "fp16")           # glioseg.precisions.POLICIES
 EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")         # glioseg.inference.export.FORMATS
 MISSING_POLICIES = ("error", "empty", "skip")                   # glioseg.evaluation.evaluate.MISSING_POLICIES
+METRIC_SETS = ("region", "lesion-2023", "lesion-2024", "lesion-2025")  # glioseg.evaluation.lesion_scores.METRICS
 CONVENTIONS = ("radiological", "neurological")                  # glioseg.evaluation.figures.CONVENTIONS
 EXECUTORS = ("local", "slurm")                                  # glioseg.experiments.executors.EXECUTORS
 CHANNELS = ("flair", "t1", "t1ce", "t2")                        # glioseg.data.formats.CHANNELS
@@ -84,8 +85,21 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel processes (0: one per core)")
     p.add_argument("--missing", choices=MISSING_POLICIES, default="error",
                    help="reference cases without a prediction: fail (default), score as empty, or leave out")
+    p.add_argument("--metrics", type=_metric_sets, default=("region",), metavar="SET[,SET...]",
+                   help=f"comma-separated metric sets of {', '.join(METRIC_SETS)}: region (Dice, HD95, "
+                        "volumes; always computed) and the BraTS lesion-wise metrics of 2023, 2024 and 2025+ "
+                        "(lesion_metrics.csv, lesions.csv)")
     p.add_argument("--max-cases", type=int, default=20, help="cases drawn in the report (tables list all)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+
+
+def _metric_sets(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in METRIC_SETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric set(s) {', '.join(unknown) or repr(text)}; "
+                                         f"choose from {', '.join(METRIC_SETS)}")
+    return names
 
 
 def _add_report(sub) -> None:

@@ -13,9 +13,11 @@ from glioseg.files import refuse_inside
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     refuse_inside(out, [args.ref])
-    result = evaluate(args.pred, args.ref, out, args.format, args.workers, args.missing)
+    result = evaluate(args.pred, args.ref, out, args.format, args.workers, args.missing, args.metrics)
     print(format_table(result.summary))
     print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
+    if result.lesion_rows:
+        print(f"wrote {out / 'lesion_metrics.csv'} and {out / 'lesions.csv'}")
     if not args.no_report:
         cases = cases_from_dataset(discover(args.ref, args.format), args.pred)
         path = write_report(out / REPORT_FILE, cases=cases, metrics=result.rows, summary=result.summary,

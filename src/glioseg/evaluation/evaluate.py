@@ -3,14 +3,15 @@
 Predictions are ``PRED/<case>.nii.gz`` label maps in the reference dataset's own label convention
 and on the reference's exact grid (shape, and affine within :data:`AFFINE_TOLERANCE`). Every
 case is read and checked before anything is written; ``metrics.csv`` and ``summary.json`` are
-written atomically, then the HTML report.
+written atomically, then the HTML report. Lesion-wise metric sets (``metrics``, see
+:mod:`glioseg.evaluation.lesion_scores`) add ``lesion_metrics.csv`` and ``lesions.csv``.
 """
 from __future__ import annotations
 
 import csv
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from glioseg.data.formats import discover
 from glioseg.data.io import DataError, Image, read_image
 from glioseg.data.labels import REGIONS, LabelScheme, check_label_values, get_scheme, implied_convention_problem
 from glioseg.errors import GliosegError, InputError
+from glioseg.evaluation.lesion_scores import (
+    LESION_FILES, LESION_METRICS, lesion_rows, parse_metrics, summarise_lesions, write_lesion_tables,
+)
 from glioseg.evaluation.metrics import EMPTY_MASK_CONVENTION, METRIC_COLUMNS, evaluate_case
 from glioseg.files import atomic_path, write_json
 from glioseg.parallel import as_finished, worker_count
@@ -34,7 +38,7 @@ COLUMNS: tuple[str, ...] = ("case", "region", *METRIC_COLUMNS)
 METRICS_FILE, SUMMARY_FILE, REPORT_FILE = "metrics.csv", "summary.json", "report.html"
 # One evaluation's outputs: a new one removes all of an older one's before writing its own, so a
 # folder never shows new metrics beside an old report (--no-report, or a kill while drawing).
-OUTPUTS = (METRICS_FILE, SUMMARY_FILE, REPORT_FILE)
+OUTPUTS = (METRICS_FILE, SUMMARY_FILE, REPORT_FILE, *LESION_FILES)
 STATISTICS = ("mean and std (sample, ddof=1) over cases; median, q1, q3 are linear-interpolated "
               "50th/25th/75th percentiles; NaN values are left out and n counts the values used")
 
@@ -43,6 +47,8 @@ STATISTICS = ("mean and std (sample, ddof=1) over cases; median, q1, q3 are line
 class EvaluationResult:
     rows: list[dict]
     summary: dict
+    lesion_rows: list[dict] = field(default_factory=list)   # lesion_metrics.csv
+    lesions: list[dict] = field(default_factory=list)       # lesions.csv
 
 
 def prediction_path(pred_dir: Path, case_id: str) -> Path | None:
@@ -87,28 +93,41 @@ def check_geometry(pred: Image, ref: Image) -> None:
                                    f"{pred.orientation}, reference {ref.orientation}")
 
 
-def score_case(case_id: str, pred_path: Path | None, ref_path: Path, scheme_name: str,
-               stated: bool = True) -> list[dict]:
-    """Rows of :data:`COLUMNS` for one case; a missing prediction (``None``) is scored as empty.
+def read_pair(pred_path: Path | None, ref_path: Path, scheme: LabelScheme,
+              stated: bool = True) -> tuple[np.ndarray, Image]:
+    """The prediction's labels (zeros when ``pred_path`` is None) and the checked reference image.
     ``stated``: the scheme was stated (a manifest), not implied by file names."""
-    scheme = get_scheme(scheme_name)
     ref = read_label(ref_path, scheme)
     problem = None if stated else implied_convention_problem(np.unique(ref.array), scheme)
     if problem is not None:
         raise DataError(ref_path, problem)
     if pred_path is None:
-        pred_array = np.zeros(ref.shape, dtype=np.uint8)
-    else:
-        pred = read_label(pred_path, scheme)
-        check_geometry(pred, ref)
-        pred_array = pred.array
-    return [{"case": case_id, **row} for row in evaluate_case(pred_array, ref.array, scheme, ref.spacing)]
+        return np.zeros(ref.shape, dtype=np.uint8), ref
+    pred = read_label(pred_path, scheme)
+    check_geometry(pred, ref)
+    return pred.array, ref
 
 
-def _score_or_message(job: tuple) -> list[dict] | str:
+def score_case_tables(case_id: str, pred_path: Path | None, ref_path: Path, scheme_name: str,
+                      stated: bool = True, metrics: tuple[str, ...] = ("region",),
+                      ) -> tuple[list[dict], list[dict], list[dict]]:
+    """Region rows (:data:`COLUMNS`), lesion-wise case rows and lesion rows of one case."""
+    scheme = get_scheme(scheme_name)
+    pred_array, ref = read_pair(pred_path, ref_path, scheme, stated)
+    rows = [{"case": case_id, **row} for row in evaluate_case(pred_array, ref.array, scheme, ref.spacing)]
+    return (rows, *lesion_rows(case_id, pred_array, ref.array, scheme, ref.spacing, metrics))
+
+
+def score_case(case_id: str, pred_path: Path | None, ref_path: Path, scheme_name: str,
+               stated: bool = True) -> list[dict]:
+    """Rows of :data:`COLUMNS` for one case; a missing prediction (``None``) is scored as empty."""
+    return score_case_tables(case_id, pred_path, ref_path, scheme_name, stated)[0]
+
+
+def _score_or_message(job: tuple) -> tuple[list[dict], list[dict], list[dict]] | str:
     # A bad case travels back as text, so that every case is scored and all failures are reported.
     try:
-        return score_case(*job)
+        return score_case_tables(*job)
     except (GliosegError, OSError) as exc:
         return str(exc)
 
@@ -146,7 +165,12 @@ def _jobs(dataset, pred_dir: Path, missing_policy: str) -> tuple[list[tuple], li
 
 
 def score_all(jobs: list[tuple], workers: int = 1) -> list[dict]:
-    """Score every job (in parallel when ``workers`` > 1); all failures are reported together."""
+    """Region rows of every job (in parallel when ``workers`` > 1); all failures are reported together."""
+    return score_all_tables(jobs, workers)[0]
+
+
+def score_all_tables(jobs: list[tuple], workers: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
+    """Every job's region rows, lesion-wise case rows and lesion rows, in job order."""
     workers = worker_count(workers, len(jobs))
     bar = dict(total=len(jobs), desc="evaluate", unit="case")
     if workers <= 1:
@@ -160,7 +184,7 @@ def score_all(jobs: list[tuple], workers: int = 1) -> list[dict]:
     errors = [r for r in results if isinstance(r, str)]
     if errors:
         raise InputError(f"{len(errors)} of {len(jobs)} cases failed:\n  " + "\n  ".join(errors))
-    return [row for rows in results for row in rows]
+    return tuple([row for result in results for row in result[table]] for table in range(3))
 
 
 def describe(values) -> dict:
@@ -201,20 +225,27 @@ def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
 
 
 def evaluate(pred_dir: Path, ref: Path, out: Path, format: str = "auto", workers: int = 1,
-             missing: str = "error") -> EvaluationResult:
+             missing: str = "error", metrics: str | tuple[str, ...] = ("region",)) -> EvaluationResult:
     """Score ``pred_dir`` against the dataset at ``ref``; write metrics.csv and summary.json in ``out``
-    (after removing every output of an older evaluation there, its report.html included)."""
+    (and lesion_metrics.csv, lesions.csv when ``metrics`` names lesion-wise sets), after removing
+    every output of an older evaluation there, its report.html included."""
+    metrics = parse_metrics(metrics)
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: prediction folder does not exist")
     dataset = discover(ref, format)
     jobs, without = _jobs(dataset, pred_dir, missing)
-    rows = score_all(jobs, workers)
+    rows, case_rows, lesions = score_all_tables([(*job, metrics) for job in jobs], workers)
     summary = summarise(rows, dataset.scheme, without, missing)
+    summary["metrics"] = list(metrics)
+    if case_rows:
+        summary["lesionwise"] = summarise_lesions(case_rows, describe)
     for name in OUTPUTS:   # scored without error: only now is the older evaluation replaced
         (Path(out) / name).unlink(missing_ok=True)
     write_outputs(Path(out), rows, summary)
-    return EvaluationResult(rows, summary)
+    if any(m in LESION_METRICS for m in metrics):
+        write_lesion_tables(Path(out), case_rows, lesions)
+    return EvaluationResult(rows, summary, case_rows, lesions)
 
 
 def _cell(stats: dict, digits: int) -> str:
@@ -232,4 +263,9 @@ def format_table(summary: dict) -> str:
         lines.append(f"{region:<7}{stats['dice']['n']:>4}  {_cell(stats['dice'], 3):<30}"
                      f"{_cell(stats['hd95'], 2):<30}{sens:<14}")
     lines.append(f"empty masks: {summary['empty_mask_convention']}")
+    for name, generation in summary.get("lesionwise", {}).items():
+        lines.append(f"{name} (lesion-wise; HD95 penalty {generation['hd95_penalty_mm']:g} mm)")
+        for region, stats in generation["regions"].items():
+            lines.append(f"  {region:<5}{stats['dice']['n']:>4}  {_cell(stats['dice'], 3):<30}"
+                         f"{_cell(stats['hd95'], 2):<30}TP {stats['tp']} FP {stats['fp']} FN {stats['fn']}")
     return "\n".join(lines)

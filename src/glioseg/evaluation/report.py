@@ -164,6 +164,22 @@ def _summary_html(summary: dict) -> str:
     return html_table(header, rows) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
 
 
+def _lesionwise_html(lesionwise: dict) -> str:
+    """One table of the lesion-wise metric sets (glioseg evaluate --metrics lesion-...)."""
+    rows = []
+    for name, generation in lesionwise.items():
+        for region, stats in generation["regions"].items():
+            d, h = stats["dice"], stats["hd95"]
+            rows.append([name, region, d["n"], f"{_fmt(d['mean'])} ± {_fmt(d['std'])}",
+                         f"{_fmt(h['mean'], 2)} ± {_fmt(h['std'], 2)}", stats["tp"], stats["fp"], stats["fn"],
+                         _fmt(stats["rq"]["mean"])])
+    header = ["metrics", "region", "n", "lesion-wise Dice mean ± std", "lesion-wise HD95 mm mean ± std",
+              "TP", "FP", "FN", "RQ mean"]
+    notes = [f"{name}: {g['source']}; HD95 penalty {g['hd95_penalty_mm']:g} mm." for name, g in lesionwise.items()]
+    return ("<h2>Lesion-wise metrics</h2>" + html_table(header, rows) +
+            "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes))
+
+
 def _metrics_html(rows: list[dict]) -> str:
     by_case: dict[str, dict[str, dict]] = {}
     for r in rows:
@@ -248,6 +264,8 @@ def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, su
             f"{html.escape(figures.CONVENTION_NOTE[convention])}</p>"]
     if summary:
         body += ["<h2>Evaluation summary</h2>", _summary_html(summary)]
+    if summary and summary.get("lesionwise"):
+        body.append(_lesionwise_html(summary["lesionwise"]))
     if metrics:
         body.append(_metrics_html(metrics))
     if run_dir is not None:
