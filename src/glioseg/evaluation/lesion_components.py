@@ -79,11 +79,12 @@ def group_by_dilation(mask: np.ndarray, iterations: int) -> np.ndarray:
 def drop_small(labels: np.ndarray, max_voxels: int) -> np.ndarray:
     """``labels`` without the labels of ``max_voxels`` voxels or fewer (the 2024 prediction filter)."""
     counts = np.bincount(labels.ravel())
-    small = np.flatnonzero(counts <= max_voxels)
-    small = small[small > 0]
-    if small.size == 0:
+    keep = counts > max_voxels
+    keep[0] = False
+    if keep[1:].all() or not counts[1:].any():
         return labels
-    return np.where(np.isin(labels, small), 0, labels).astype(labels.dtype)
+    lut = np.where(keep, np.arange(counts.size), 0).astype(labels.dtype)
+    return lut[labels]
 
 
 def _shifted(offset: tuple[int, ...], shape: tuple[int, ...], side: int) -> Box:
@@ -98,8 +99,12 @@ def touching_pairs(first: np.ndarray, second: np.ndarray) -> set[tuple[int, int]
     The same pairs as dilating each label of one map once with the 18-neighbour structure and
     testing overlap with each label of the other, but in one pass over the shifted arrays.
     """
-    box = bounding_box((first > 0) | (second > 0), margin=1)
-    if box is None:
+    box_a, box_b = bounding_box(first > 0, margin=1), bounding_box(second > 0, margin=1)
+    if box_a is None or box_b is None:
+        return set()
+    # only where both boxes (grown by the one-voxel reach) meet can a pair touch
+    box = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(box_a, box_b))
+    if any(s.start >= s.stop for s in box):
         return set()
     a, b = first[box].astype(np.int64), second[box].astype(np.int64)
     keys = []
@@ -142,6 +147,8 @@ def reorder(labels: np.ndarray) -> np.ndarray:
     """Labels renumbered 1..n in the order of their values (0 stays background)."""
     present = np.flatnonzero(np.bincount(labels.ravel()))
     present = present[present > 0]
+    if present.size == 0 or present[-1] == present.size:
+        return labels  # already 1..n
     lut = np.zeros(int(labels.max()) + 1, dtype=np.int64)
     lut[present] = np.arange(1, present.size + 1)
     return lut[labels]

@@ -102,12 +102,18 @@ class RegionScore:
 
 def brats2023_labels(label: np.ndarray, scheme: LabelScheme) -> np.ndarray:
     """A label map in BraTS 2023+ values: TC−ET → 1 (NETC), WT−TC → 2 (SNFH), ET → 3, other labels → 4 (RC)."""
-    label = np.asarray(label)
-    out = np.where(label > 0, 4, 0).astype(np.uint8)
-    out[np.isin(label, scheme.regions["WT"])] = 2
-    out[np.isin(label, scheme.regions["TC"])] = 1
-    out[np.isin(label, scheme.regions["ET"])] = 3
-    return out
+    lut = np.full(max(scheme.allowed) + 1, 4, dtype=np.uint8)
+    lut[0] = 0
+    for region, value in (("WT", 2), ("TC", 1), ("ET", 3)):  # nested: each overwrites the one before
+        lut[list(scheme.regions[region])] = value
+    return lut[np.asarray(label)]
+
+
+def tissue_mask(label: np.ndarray, region: str) -> np.ndarray:
+    """The mask of a :data:`TISSUES` region in a BraTS 2023+ label map (a table look-up, not ``np.isin``)."""
+    lut = np.zeros(5, dtype=bool)
+    lut[list(TISSUES[region])] = True
+    return lut[label]
 
 
 def combine_tissues(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -128,7 +134,7 @@ def lesion_maps(label: np.ndarray, rules: Rules, prediction: bool) -> dict[str, 
     """Numbered lesions (reference) or components (prediction) of every region of a BraTS 2023+ label map."""
     maps = {}
     for region in rules.regions:
-        mask = np.isin(label, TISSUES[region])
+        mask = tissue_mask(label, region)
         if prediction and not rules.group_prediction:
             maps[region] = lc.components(mask)
             continue
@@ -155,7 +161,9 @@ def match_lesions(ref_ids: np.ndarray, pred_ids: np.ndarray, dilation: int, spac
         for m in matched:
             area = lc.union_box(area, pred_boxes[m - 1])
         lesion = ref_ids[area] == number
-        union = np.isin(pred_ids[area], matched) if matched else np.zeros_like(lesion)
+        chosen = np.zeros(int(pred_ids.max()) + 1, dtype=bool)
+        chosen[list(matched)] = True
+        union = chosen[pred_ids[area]]
         size = int(lesion.sum())
         dice = 2.0 * int(np.count_nonzero(lesion & union)) / (size + int(union.sum()))
         volume = size * voxel_mm3

@@ -27,7 +27,7 @@ from scipy.optimize import linear_sum_assignment
 from glioseg.data.labels import LabelScheme
 from glioseg.evaluation import lesion_components as lc
 from glioseg.evaluation.lesion_distances import pooled_hd95, surface_dice, surface_distance_pair
-from glioseg.evaluation.lesionwise import TISSUES, Lesion, RegionScore, brats2023_labels
+from glioseg.evaluation.lesionwise import Lesion, RegionScore, brats2023_labels, tissue_mask
 
 NAME = "lesion-2025"
 REGIONS: tuple[str, ...] = ("WT", "TC", "NETC", "SNFH", "ET", "RC")
@@ -116,5 +116,5 @@ def score_panoptic(pred_label: np.ndarray, ref_label: np.ndarray, scheme: LabelS
     box = lc.bounding_box((pred > 0) | (ref > 0), margin=1)
     if box is not None:
         pred, ref = pred[box], ref[box]
-    return [region_score(region, np.isin(ref, TISSUES[region]), np.isin(pred, TISSUES[region]), spacing)
+    return [region_score(region, tissue_mask(ref, region), tissue_mask(pred, region), spacing)
             for region in REGIONS]
