@@ -9,7 +9,7 @@ import pytest
 import surface_distance
 from scipy import ndimage
 
-from glioseg.evaluation.lesion_distances import robust_hd95
+from glioseg.evaluation.lesion_distances import robust_hd95, surface_distance_pair
 
 
 def library_hd95(gt, pred, spacing):
@@ -45,3 +45,16 @@ def test_an_empty_mask_is_infinite():
     gt[2, 2, 2] = True
     assert math.isinf(robust_hd95(gt, np.zeros_like(gt), (1, 1, 1)))
     assert math.isinf(robust_hd95(np.zeros_like(gt), gt, (1, 1, 1)))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.5, 2.0), (0.7, 0.7, 3.0)])
+@pytest.mark.parametrize("seed", range(3))
+def test_panoptica_surface_distances_equal_its_distance_transforms(seed, spacing):
+    """The k-d tree gives the distances panoptica takes from its distance transforms."""
+    from panoptica.metrics._surface_distances import _surface_distance_pair  # the test extras install it
+
+    gt, pred = blobs(seed)
+    to_pred, to_ref = surface_distance_pair(gt, pred, spacing)
+    sd_ref, sd_pred = _surface_distance_pair(gt, pred, voxelspacing=spacing)
+    np.testing.assert_allclose(to_pred, sd_ref, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(to_ref, sd_pred, rtol=0, atol=1e-9)
