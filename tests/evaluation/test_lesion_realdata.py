@@ -14,7 +14,6 @@ from glioseg.evaluation.lesionwise import GENERATIONS, brats2023_labels, score_l
 from glioseg.evaluation.panoptic import score_panoptic
 
 from ._lesion_cases import perturbed_label
-from ._synthetic import shared_data
 from .oracles import brats2023, brats2024
 from .test_lesionwise import assert_same
 
@@ -26,11 +25,8 @@ BRATS = get_scheme("brats")
 
 
 @pytest.fixture(scope="module", params=CASES)
-def real_case(request):
-    data = shared_data()
-    if data is None:
-        pytest.skip("real data absent: no ../shared/data/brats18")
-    folder = data / request.param
+def real_case(request, shared_data):
+    folder = shared_data / request.param
     label = np.asanyarray(nib.load(str(folder / f"{folder.name}_seg.nii.gz")).dataobj).astype(np.uint8)
     pred = perturbed_label(label, BRATS.regions, BRATS.enhancing, BRATS.edema)
     return label, pred

@@ -78,9 +78,14 @@ def test_evaluate_writes_lesion_tables_summary_and_report(lesion_dataset, tmp_pa
 
 
 def test_region_only_by_default_writes_no_lesion_tables(lesion_dataset, tmp_path):
+    """... and removes an older evaluation's lesion tables from its folder."""
     root, pred = lesion_dataset
     out = tmp_path / "out"
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(root), "--out", str(out), "--no-report",
+                 "--metrics", "lesion-2023"]) == 0
+    assert (out / "lesions.csv").is_file() and (out / "lesion_metrics.csv").is_file()
     assert main(["evaluate", "--pred", str(pred), "--ref", str(root), "--out", str(out), "--no-report"]) == 0
+    assert not (out / "lesion_metrics.csv").exists()
     assert (out / "metrics.csv").is_file() and not (out / "lesions.csv").exists()
     assert "lesionwise" not in json.loads((out / "summary.json").read_text())
 
