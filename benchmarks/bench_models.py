@@ -1,16 +1,24 @@
 """Speed and memory of every registered network on this CPU: a table, one row per model and patch.
 
     PYTHONPATH=src python benchmarks/bench_models.py [--models segresnet dalight3d] [--sizes 64 96]
-                                                     [--repeats 5] [--threads 2] [--json out.json]
+                                                     [--repeats 5] [--rounds 3] [--threads 2] [--json out.json]
 
 Per (model, patch): parameters, FLOPs of one forward pass (2 per multiply-add), forward time
 (eval, no_grad), training-step time (train mode, forward + backward of the sigmoid Dice loss on a
 random target, batch 1, fp32), each the median of ``--repeats`` runs after one warm-up, and peak memory above the
 baseline for inference and for the training step.
 
-Kernels (``--kernels``): ``torch`` runs the network as the registry builds it (nn.Conv3d on aten's
-own backend choice); ``glioseg`` applies :func:`glioseg.models.cpu_conv.accelerate_cpu_convs`, as
-``glioseg train`` and ``glioseg predict`` do on a CPU.
+Kernels (``--kernels``): ``torch`` runs the network as the registry builds it (nn.Conv3d and
+GroupNorm on aten's own kernels); ``glioseg`` applies :func:`glioseg.models.cpu_kernels.accelerate_cpu`
+(convolutions, GroupNorm chosen by measurement) and :func:`glioseg.cpu_allocator.keep_freed_memory`,
+as ``glioseg train`` and ``glioseg predict`` do on a CPU. Each (model, patch, precision) runs
+``--rounds`` rounds, each round one process per kernel set back to back, in alternating order, so
+that a change of load between processes hits both: the speed ratio is computed per round and
+printed as its median with the range over rounds.
+
+Peak: before the networks, one process measures this machine's attainable GFLOP/s per precision (a
+4096³ GEMM and a 64→64 3³ convolution on 64³ through oneDNN, best of 3); each step's GFLOP/s
+(3 forward passes of FLOPs) is printed as a fraction of the larger.
 
 Memory: every (model, patch) runs in its own subprocess. Before the first forward the worker
 records its resident set (VmRSS, with the model and input already allocated); ``ru_maxrss`` after
@@ -40,6 +48,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+KERNELS = ("torch", "convs", "glioseg")
 
 
 def has_native_bf16() -> bool:
@@ -70,18 +79,25 @@ def median_time(fn, repeats: int) -> float:
 
 
 def measure(name: str, size: int, repeats: int, threads: int, dtype: str, kernels: str) -> dict:
-    """Worker: all numbers for one (model, patch, dtype), in this process."""
+    """Worker: all numbers for one (model, patch, dtype, kernels), in this process."""
     import torch
 
+    from glioseg.cpu_allocator import keep_freed_memory
     from glioseg.models import count_parameters, create, describe
     from glioseg.models.cpu_conv import accelerate_cpu_convs
+    from glioseg.models.cpu_kernels import accelerate_cpu
     from glioseg.training.losses import SegmentationLoss
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = create(name)
     if kernels == "glioseg":
-        accelerate_cpu_convs(model)
+        keep_freed_memory()              # as glioseg train and predict do on a CPU
+        accelerate_cpu(model)
+    else:
+        os.environ["GLIOSEG_KERNELS"] = "torch"   # DALight-3D's norms call the dispatcher directly
+        if kernels == "convs":
+            accelerate_cpu_convs(model)
     x = torch.randn(1, 4, size, size, size)
     # the segresnet-brats loss on a fixed random target, as a training step computes it
     target = (torch.rand(1, 3, size, size, size) > 0.7).float()
@@ -103,6 +119,7 @@ def measure(name: str, size: int, repeats: int, threads: int, dtype: str, kernel
     fwd = median_time(forward, repeats)
     peak_fwd = peak_mib() - base
     model.train()
+    train_step()                          # glioseg's kernel choice is measured in the first step
     step = median_time(train_step, repeats)
     peak_step = peak_mib() - base
     return {"model": name, "size": size, "dtype": dtype, "kernels": kernels, "params": count_parameters(model),
@@ -110,27 +127,106 @@ def measure(name: str, size: int, repeats: int, threads: int, dtype: str, kernel
             "train_step_s": step, "peak_forward_mib": peak_fwd, "peak_train_mib": peak_step}
 
 
-def run_worker(name: str, size: int, args, dtype: str, kernels: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, str(size), dtype, kernels,
-           "--repeats", str(args.repeats), "--threads", str(args.threads)]
+def peak_rates(threads: int, dtype: str) -> dict:
+    """Worker: this machine's attainable GFLOP/s in ``dtype``: a 4096³ GEMM and a 64→64 3³
+    convolution on a channels-last 1×64×64³ tensor through oneDNN, best of 3 after a warm-up."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = torch.randn(4096, 4096, dtype=torch_dtype), torch.randn(4096, 4096, dtype=torch_dtype)
+    x = torch.randn(1, 64, 64, 64, 64, dtype=torch_dtype).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(64, 64, 3, 3, 3, dtype=torch_dtype)
+    work = {"gemm": (lambda: a @ b, 2 * 4096 ** 3),
+            "conv3": (lambda: torch.nn.functional.conv3d(x, w, padding=1), 2 * 64 * 64 * 27 * 64 ** 3)}
+    rates = {}
+    for kind, (run, flops) in work.items():
+        run()
+        best = min(timed_once(run) for _ in range(3))
+        rates[kind] = flops / best / 1e9
+    return {"dtype": dtype, **rates}
+
+
+def timed_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_worker(args_list: list[str], args) -> dict:
+    cmd = [sys.executable, __file__, *args_list, "--repeats", str(args.repeats), "--threads", str(args.threads)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    env.pop("GLIOSEG_KERNELS", None)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"{name} at {size}^3 ({dtype}, {kernels} kernels) failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(args_list)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def print_table(rows: list[dict]) -> None:
-    head = (f"{'model':22s} {'patch':>6s} {'dtype':>5s} {'kernels':>7s} {'params':>10s} {'GFLOP':>7s} {'fwd s':>7s} "
-            f"{'step s':>7s} {'GFLOP/s':>8s} {'fwd MiB':>8s} {'step MiB':>9s}")
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}x [{min(values):.2f}-{max(values):.2f}]"
+
+
+def summarise(rows: list[dict], peaks: dict[str, float]) -> list[dict]:
+    """One line per (model, patch, dtype): medians over rounds of each kernel set, the per-round
+    speed ratio glioseg / torch (a round ran both back to back) and the step against the peak."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["size"], r["dtype"]), []).append(r)
+    lines = []
+    for (model, size, dtype), group in groups.items():
+        by_kernels = {k: [r for r in group if r["kernels"] == k] for k in KERNELS}
+        line = {"model": model, "size": size, "dtype": dtype, "flops": group[0]["flops"], "params": group[0]["params"]}
+        for kernels, runs in by_kernels.items():
+            if runs:
+                line[f"{kernels}_step_s"] = statistics.median(r["train_step_s"] for r in runs)
+                line[f"{kernels}_forward_s"] = statistics.median(r["forward_s"] for r in runs)
+                line[f"{kernels}_peak_train_mib"] = max(r["peak_train_mib"] for r in runs)
+        for other in ("convs", "glioseg"):
+            if by_kernels["torch"] and by_kernels[other]:
+                line[f"{other}_ratios"] = [t["train_step_s"] / g["train_step_s"]
+                                           for t, g in zip(by_kernels["torch"], by_kernels[other])]
+        best = next(line[f"{k}_step_s"] for k in reversed(KERNELS) if f"{k}_step_s" in line)
+        # a training step is ~3 forward passes of FLOPs (forward, input grad, weight grad)
+        line["gflops"] = 3 * line["flops"] / 1e9 / best
+        line["peak_fraction"] = line["gflops"] / peaks[dtype] if dtype in peaks else None
+        lines.append(line)
+    return lines
+
+
+def print_table(lines: list[dict]) -> None:
+    head = (f"{'model':10s} {'patch':>6s} {'dtype':>5s} {'GFLOP':>6s} {'torch s':>8s} {'convs s':>8s} {'glioseg s':>9s} "
+            f"{'convs/torch':>19s} {'glioseg/torch':>19s} {'fwd s':>6s} {'GFLOP/s':>8s} {'of peak':>8s} {'step MiB':>9s}")
     print(head)
     print("-" * len(head))
-    for r in rows:
-        # a training step is ~3 forward passes of FLOPs (forward, input grad, weight grad)
-        rate = 3 * r["flops"] / 1e9 / r["train_step_s"]
-        print(f"{r['model']:22s} {r['size']:>4d}^3 {r['dtype']:>5s} {r['kernels']:>7s} {r['params']:>10,d} "
-              f"{r['flops'] / 1e9:7.1f} {r['forward_s']:7.2f} {r['train_step_s']:7.2f} {rate:8.1f} "
-              f"{r['peak_forward_mib']:8.0f} {r['peak_train_mib']:9.0f}")
+    for l in lines:
+        ratios = [spread(l[f"{k}_ratios"]) if f"{k}_ratios" in l else "-" for k in ("convs", "glioseg")]
+        fraction = f"{100 * l['peak_fraction']:.0f} %" if l["peak_fraction"] is not None else "-"
+        kernels = next(k for k in reversed(KERNELS) if f"{k}_step_s" in l)
+        steps = [f"{l[f'{k}_step_s']:.2f}" if f"{k}_step_s" in l else "-" for k in KERNELS]
+        print(f"{l['model']:10s} {l['size']:>4d}^3 {l['dtype']:>5s} {l['flops'] / 1e9:6.1f} {steps[0]:>8s} {steps[1]:>8s} "
+              f"{steps[2]:>9s} {ratios[0]:>19s} {ratios[1]:>19s} "
+              f"{l[kernels + '_forward_s']:6.2f} {l['gflops']:8.1f} {fraction:>8s} {l[kernels + '_peak_train_mib']:9.0f}")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def jobs_of(models, sizes, dtypes, kernels, rounds) -> list[tuple]:
+    """Every (model, size, dtype, kernels) run, interleaved: each round runs every kernel set of a
+    row back to back, in alternating order (A B, B A, ...), so a change of load hits both alike."""
+    jobs = []
+    for size in sizes:
+        for model in models:
+            for dtype in dtypes:
+                for round_ in range(rounds):
+                    order = kernels if round_ % 2 == 0 else list(reversed(kernels))
+                    jobs += [(model, size, dtype, k) for k in order]
+    return jobs
 
 
 def main(argv=None) -> int:
@@ -138,17 +234,24 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", help="default: every registered network")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 96], help="cubic patch sizes")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of torch / glioseg per row")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--kernels", nargs="+", choices=["torch", "glioseg"], default=["torch", "glioseg"],
-                        help="conv kernels: torch's own, or glioseg's CPU kernels (as train/predict use)")
-    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=["torch", "glioseg"],
+                        help="torch's own kernels; glioseg's convolutions only (glioseg before its GroupNorm); "
+                             "glioseg's CPU kernels and allocator (as train/predict use)")
+    parser.add_argument("--no-peak", action="store_true", help="skip measuring the machine's GEMM / conv peak")
+    parser.add_argument("--json", type=Path, help="also write the runs and the summary here")
     parser.add_argument("--worker", nargs=4, metavar=("MODEL", "SIZE", "DTYPE", "KERNELS"), help=argparse.SUPPRESS)
+    parser.add_argument("--peak-worker", metavar="DTYPE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    if args.repeats < 1 or args.rounds < 1:
+        parser.error("--repeats and --rounds must be >= 1")
     if args.worker:
         name, size, dtype, kernels = args.worker
         print(json.dumps(measure(name, int(size), args.repeats, args.threads, dtype, kernels)))
+        return 0
+    if args.peak_worker:
+        print(json.dumps(peak_rates(args.threads, args.peak_worker)))
         return 0
 
     sys.path.insert(0, str(SRC))
@@ -161,17 +264,28 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(list_models())}")
     dtypes = ["fp32", "bf16"] if has_native_bf16() else ["fp32"]
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{args.threads} threads, median of {args.repeats} after 1 warm-up, batch 1, "
-          f"load average at start {os.getloadavg()[0]:.1f}")
+    print(f"{cpu_name()}; torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{args.threads} threads, median of {args.repeats} steps after 1 warm-up, {args.rounds} interleaved "
+          f"rounds, batch 1, load average at start {os.getloadavg()[0]:.1f}")
     if "bf16" not in dtypes:
         print("bf16: skipped (no avx512_bf16/amx_bf16 on this CPU: bf16 is emulated, slower than fp32)")
-    jobs = [(m, s, d, k) for s in args.sizes for m in models for d in dtypes for k in args.kernels]
-    rows = [run_worker(m, s, args, d, k) for m, s, d, k in tqdm(jobs, desc="benchmark", unit="run")]
-    print_table(rows)
+    peaks = {}
+    if not args.no_peak:
+        for dtype in dtypes:
+            rates = run_worker(["--peak-worker", dtype], args)
+            peaks[dtype] = max(rates["gemm"], rates["conv3"])
+            print(f"peak {dtype}: GEMM 4096^3 {rates['gemm']:.0f} GFLOP/s, conv 3^3 64->64 at 64^3 "
+                  f"{rates['conv3']:.0f} GFLOP/s (the larger is 100 %)")
+    jobs = jobs_of(models, args.sizes, dtypes, args.kernels, args.rounds)
+    rows = [run_worker(["--worker", m, str(s), d, k], args)
+            for m, s, d, k in tqdm(jobs, desc="benchmark", unit="run")]
+    lines = summarise(rows, peaks)
+    print_table(lines)
+    print("X/torch: torch's step time over X's, per round (a round runs each kernel set back to back); "
+          "median [min-max] over rounds. GFLOP/s and peak: of the last kernel set listed")
     print(f"load average at end {os.getloadavg()[0]:.1f} (>{args.threads} means other jobs shared the CPU)")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "peaks": peaks, "runs": rows, "summary": lines}, indent=2))
     return 0
 
 

@@ -14,8 +14,8 @@ number of DataLoader worker processes, in one process, one after the other:
   all) on the preprocessed cache: memory-mapped volumes, ``PatchDataset`` (tumour-centred share,
   flips, intensity scale/shift), ``make_loader``. Validation is off and the run stops after its
   steps, so only the training loop is timed.
-- ``glioseg-torchconv``: the same with the trainer's ``accelerate_cpu_convs`` turned off, so every
-  convolution takes aten's own backend choice (what glioseg's CPU kernels gain).
+- ``glioseg-torchconv``: the same with the trainer's ``accelerate_cpu`` turned off, so every
+  convolution and GroupNorm takes aten's own kernels (what glioseg's CPU kernels gain).
 
 Steps per second are counted from the end of step ``--warmup`` to the end of the last step, so
 they include waiting for data but not start-up (worker spawn, first batch). The one-time cost of
@@ -130,15 +130,15 @@ def glioseg_run(cache: Path, args, patch, device: torch.device, cpu_kernels: boo
         "precision": args.precision, "epochs": 1, "steps_per_epoch": args.steps, "patch": tuple(patch),
         "batch_size": args.batch_size, "seed": args.seed, "val_fraction": 0.0, "workers": args.workers,
         "device": device.type})
-    accelerate = trainer_module.accelerate_cpu_convs
-    trainer_module.accelerate_cpu_convs = accelerate if cpu_kernels else (lambda model: model)
+    accelerate = trainer_module.accelerate_cpu
+    trainer_module.accelerate_cpu = accelerate if cpu_kernels else (lambda model: model)
     record: dict = {}
     try:
         trainer_module.train(config, cache, out, callbacks=[instrument_trainer(record, max_steps=args.steps)])
     except StopTraining:
         pass
     finally:
-        trainer_module.accelerate_cpu_convs = accelerate
+        trainer_module.accelerate_cpu = accelerate
         gc.collect()   # the stopped epoch's loader workers exit now, not during the next variant
     return record["step_ends"]
 

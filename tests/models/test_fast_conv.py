@@ -6,9 +6,16 @@ import torch
 from torch import nn
 
 from ._helpers import inputs
+from glioseg.models import kernel_choice
 from glioseg.models.fast_conv import DepthwiseConv3d, PointwiseConv3d, _DepthwiseConv3dFn
 
 LAYOUTS = [torch.contiguous_format, torch.channels_last_3d]
+
+
+@pytest.fixture
+def glioseg_kernels(monkeypatch):
+    """The fast kernels whatever this machine would measure (the choice is kernel_choice's test)."""
+    monkeypatch.setenv(kernel_choice.ENV, "glioseg")
 
 
 def test_depthwise_backward_passes_gradcheck():
@@ -18,7 +25,7 @@ def test_depthwise_backward_passes_gradcheck():
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_depthwise_matches_nn_conv3d(layout):
+def test_depthwise_matches_nn_conv3d(layout, glioseg_kernels):
     fast, plain = DepthwiseConv3d(6), nn.Conv3d(6, 6, 3, padding=1, groups=6, bias=False)
     plain.load_state_dict(fast.state_dict())
     x = inputs((2, 6, 8, 10, 12)).contiguous(memory_format=layout)
@@ -35,11 +42,41 @@ def test_depthwise_matches_nn_conv3d(layout):
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_depthwise_uses_aten_where_the_fast_path_does_not_apply():
+def test_depthwise_under_bf16_autocast_matches_aten(glioseg_kernels):
+    """bf16 autocast: the fast path computes in bf16 as aten would, weight gradient in fp32."""
+    fast, plain = DepthwiseConv3d(8), nn.Conv3d(8, 8, 3, padding=1, groups=8, bias=False)
+    plain.load_state_dict(fast.state_dict())
+    x = inputs((1, 8, 10, 9, 8)).contiguous(memory_format=torch.channels_last_3d)
+    results = []
+    for layer in (fast, plain):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xi)
+        (y.float() * inputs(y.shape, seed=2)).sum().backward()
+        results.append((y, xi.grad, layer.weight.grad))
+    assert results[0][0].grad_fn.name() != "ConvolutionBackward0" and results[0][0].dtype == torch.bfloat16
+    assert results[0][2].dtype == torch.float32
+    for got, want in zip(results[0], results[1]):
+        assert float((got.float() - want.float()).abs().max() / want.float().abs().max()) < 2e-2
+
+
+def test_depthwise_follows_the_measured_choice(monkeypatch):
+    monkeypatch.delenv(kernel_choice.ENV, raising=False)
+    kernel_choice.forget()
     layer, x = DepthwiseConv3d(4), inputs((1, 4, 6, 6, 6)).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer(x).grad_fn.name() != "_DepthwiseConv3dFnBackward"
+    for winner, expected in (("torch", "ConvolutionBackward0"), ("glioseg", "_DepthwiseConv3dFnBackward")):
+        kernel_choice.forget()
+        monkeypatch.setattr(kernel_choice, "measure", lambda runs, w=winner: {n: (0.1 if n == w else 1.0) for n in runs})
+        assert layer(x).grad_fn.name() == expected
+    kernel_choice.forget()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_depthwise_uses_aten_where_the_fast_path_does_not_apply(glioseg_kernels):
+    layer, x = DepthwiseConv3d(4), inputs((1, 4, 6, 6, 6)).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert layer(x).grad_fn.name() == "ConvolutionBackward0"
+    assert layer(x).grad_fn.name() == "_DepthwiseConv3dFnBackward"
     with torch.no_grad():
         assert layer(x).grad_fn is None
     traced = torch.jit.trace(layer, x)

@@ -22,9 +22,10 @@ from monai.inferers import sliding_window_inference
 
 from glioseg.data.preprocess import crop, uncrop
 from glioseg.errors import InputError
+from glioseg.cpu_allocator import keep_freed_memory
 from glioseg.inference.bundle import ModelBundle, load_bundle, model_kind
 from glioseg.inference.precision import PrecisionChoice, choose_precision
-from glioseg.models.cpu_conv import accelerate_cpu_convs
+from glioseg.models.cpu_kernels import accelerate_cpu
 from glioseg.models.registry import takes_ids
 from glioseg.precisions import DTYPES, POLICIES
 
@@ -102,7 +103,9 @@ class TorchNetwork(ModuleNetwork):
     """A bundle's PyTorch model, on glioseg's CPU convolution kernels where it runs on a CPU."""
 
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu", source: Path | None = None):
-        super().__init__(accelerate_cpu_convs(bundle.build_model(device)), bundle.patch_size, bundle.model)
+        if torch.device(device).type == "cpu":
+            keep_freed_memory()     # windows' large activations reuse freed pages (cpu_allocator)
+        super().__init__(accelerate_cpu(bundle.build_model(device)), bundle.patch_size, bundle.model)
         self.bundle, self.source = bundle, source
         self.device = torch.device(device)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from glioseg.errors import InputError
 from glioseg.models.fast_conv import DepthwiseConv3d, PointwiseConv3d
+from glioseg.models.fast_norm import group_norm
 
 GROUPS = 8
 
@@ -115,13 +116,13 @@ class IdNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         if ids is None:
-            return F.group_norm(x, self.groups, self.default_gamma, self.default_beta, self.eps)
+            return group_norm(x, self.groups, self.default_gamma, self.default_beta, self.eps)
         gamma, beta = self.affine(ids)
         if x.shape[0] == 1:
             # One sample: the fused group_norm affine is one pass over the tensor instead of two.
-            return F.group_norm(x, self.groups, gamma[0], beta[0], self.eps)
+            return group_norm(x, self.groups, gamma[0], beta[0], self.eps)
         shape = (x.shape[0], x.shape[1], 1, 1, 1)
-        y = F.group_norm(x, self.groups, None, None, self.eps)
+        y = group_norm(x, self.groups, None, None, self.eps)
         return torch.addcmul(beta.view(shape), y, gamma.view(shape))
 
 
@@ -132,7 +133,7 @@ class PlainNorm(nn.GroupNorm):
         super().__init__(groups, channels)
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        return super().forward(x)
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class SqueezeExcite(nn.Module):

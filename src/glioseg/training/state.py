@@ -16,6 +16,7 @@ import torch
 import glioseg
 from glioseg.errors import InputError
 from glioseg.inference.bundle import ModelBundle
+from glioseg.models import kernel_choice
 from glioseg.training.rng import capture_rng_state, restore_rng_state
 
 FORMAT = "glioseg-checkpoint/1"
@@ -57,6 +58,8 @@ def run_state(trainer) -> dict:
         "channels": list(trainer.data.channels),
         "preprocess": dict(trainer.data.cache.config),
         "versions": versions(),
+        # the kernels measured fastest on this machine: a resumed run computes with the same ones
+        "kernels": kernel_choice.decisions(),
         "bundle": build_bundle(trainer).to_state(),
     }
 
@@ -79,3 +82,4 @@ def restore_state(trainer, state: dict) -> None:
     trainer.epoch_losses = [float(v) for v in progress["epoch_losses"]]
     trainer.epoch_skipped = int(progress["epoch_skipped"])
     restore_rng_state(state["rng"])
+    kernel_choice.restore(state.get("kernels"))   # absent in checkpoints of earlier versions

@@ -25,7 +25,8 @@ from glioseg.errors import GliosegError, InputError
 from glioseg.files import clean_parts
 from glioseg.inference.predictor import PredictConfig
 from glioseg.data.sampling import PatchDataset, SamplerConfig, make_loader
-from glioseg.models.cpu_conv import accelerate_cpu_convs
+from glioseg.cpu_allocator import keep_freed_memory
+from glioseg.models.cpu_kernels import accelerate_cpu
 from glioseg.models.registry import create, takes_ids
 from glioseg.training import distributed as dist_utils
 from glioseg.training.callbacks import Callback, EpochEnd, RunStopped, StepEnd, TrainEnd
@@ -68,9 +69,11 @@ class Trainer:
         self.loss_fn = SegmentationLoss(config.loss, config.ce_weight)
         self.output = OutputSpace(self.loss_fn.target, data.scheme)
         torch.manual_seed(config.seed)
+        if device.type == "cpu":
+            keep_freed_memory()     # a step's large activations reuse freed pages (cpu_allocator)
         # on a CPU, dense convs go to oneDNN whatever their size (aten's small-conv path is
         # single-threaded at batch 1); a class swap only, so checkpoints are unchanged
-        self.model = accelerate_cpu_convs(
+        self.model = accelerate_cpu(
             create(config.model, in_channels=len(data.channels), out_channels=self.output.channels,
                    **config.model_options).to(device))
         self.takes_ids = takes_ids(self.model)

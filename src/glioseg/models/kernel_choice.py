@@ -1,0 +1,106 @@
+"""Which implementation of a layer runs on this machine: measured once per shape, then remembered.
+
+glioseg replaces some of PyTorch's CPU kernels where they are slow (``fast_norm``), but "slow"
+depends on the CPU (AVX2, AVX-512, AVX512-BF16, AMX), the thread count, the precision and the
+tensor's shape. Like ``torch.backends.cudnn.benchmark``, the first time a training step meets a
+layer shape, every candidate (PyTorch's own kernel always among them) runs on a tensor of that
+shape, interleaved, and the fastest wins; a replacement has to beat PyTorch's kernel by
+:data:`MARGIN` or PyTorch's is kept, so a choice is never slower than torch's beyond the noise of
+the measurement.
+
+The decisions change float rounding (the kernels sum in another order), so a run keeps them: the
+trainer stores :func:`decisions` in its checkpoints and a resumed run :func:`restore` s them before
+its first step, which keeps resume bitwise exact. ``GLIOSEG_KERNELS=torch`` (or ``glioseg``)
+skips the measurement and forces one side, for benchmarks and for debugging.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TORCH = "torch"
+MARGIN = 0.05          # a replacement must be 5 % faster than torch's kernel to be chosen
+REPEATS = 2            # timed runs per candidate after one warm-up (the minimum is kept)
+ENV = "GLIOSEG_KERNELS"
+
+_CHOICES: dict[str, str] = {}
+
+
+def key_of(op: str, x: torch.Tensor, *extra) -> str:
+    """The cache key of one layer call: op, shape, dtype, layout, thread count and extras."""
+    layout = "cl" if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) else "cf"
+    shape = "x".join(str(s) for s in x.shape)
+    parts = [op, shape, str(x.dtype).removeprefix("torch."), layout, f"t{torch.get_num_threads()}", *map(str, extra)]
+    return "/".join(parts)
+
+
+def fastest(times: Mapping[str, float], margin: float = MARGIN) -> str:
+    """The candidate with the least time; torch's own unless another beats it by ``margin``."""
+    best = min(times, key=times.__getitem__)
+    if TORCH in times and best != TORCH and times[best] > times[TORCH] * (1 - margin):
+        return TORCH
+    return best
+
+
+def measure(candidates: Mapping[str, Callable[[], object]], repeats: int = REPEATS,
+            clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Seconds per call of each candidate: one warm-up each, then ``repeats`` interleaved rounds
+    (A B C A B C ...: a change of load hits every candidate alike); the minimum of each."""
+    for run in candidates.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, run in candidates.items():
+            start = clock()
+            run()
+            times[name].append(clock() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+def forced(names: tuple[str, ...]) -> str | None:
+    """The implementation ``GLIOSEG_KERNELS`` names: ``torch``, ``glioseg`` (the first of ``names``
+    that is not torch's) or one of ``names``; None when unset."""
+    value = os.environ.get(ENV, "").strip()
+    if not value:
+        return None
+    if value == "glioseg":
+        return next(name for name in names if name != TORCH)
+    if value not in names:
+        raise ValueError(f"{ENV}={value!r}: expected torch, glioseg or one of {', '.join(names)}")
+    return value
+
+
+def choose(key: str, names: tuple[str, ...], make_candidates: Callable[[], Mapping[str, Callable[[], object]]]) -> str:
+    """The implementation for ``key`` among ``names``: forced by ``GLIOSEG_KERNELS``, remembered,
+    or measured now on the runs ``make_candidates()`` returns (built only when measuring)."""
+    chosen = forced(names)
+    if chosen is not None:
+        return chosen
+    if key not in _CHOICES:
+        with torch.enable_grad():
+            times = measure(make_candidates())
+        _CHOICES[key] = fastest(times)
+        log.info("kernel %s: %s (%s)", key, _CHOICES[key],
+                 ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in times.items()))
+    return _CHOICES[key]
+
+
+def decisions() -> dict[str, str]:
+    """Every choice made in this process (key → implementation), for a checkpoint."""
+    return dict(_CHOICES)
+
+
+def restore(saved: Mapping[str, str] | None) -> None:
+    """Adopt a run's saved choices (a resumed run then computes exactly as before)."""
+    _CHOICES.update(saved or {})
+
+
+def forget() -> None:
+    """Drop every choice (tests; a new machine)."""
+    _CHOICES.clear()
