@@ -93,6 +93,10 @@ def test_fp32_and_bf16_against_the_fp64_reference(dtype, tol, apply):
     w64, b64 = params(c, True)
     grad64 = channels_last((n, c, *size), seed=3)
     ref = forward_backward(lambda x, w, b: F.group_norm(x, g, w, b), x64, w64, b64, grad64)
+    if apply not in fast_norm.applies(dtype):
+        with pytest.raises(ValueError, match="apply must be one of"):
+            fast_norm.fast_group_norm(x64.to(dtype), g, apply=apply)
+        return
     ours = forward_backward(lambda x, w, b: fast_norm.fast_group_norm(x, g, w, b, apply=apply),
                             x64.to(dtype), w64.float(), b64.float(), grad64.to(dtype))
     assert ours[0].dtype == dtype and ours[1].dtype == dtype and ours[2].dtype == torch.float32
@@ -101,12 +105,17 @@ def test_fp32_and_bf16_against_the_fp64_reference(dtype, tol, apply):
         assert scaled_error(got, want) < tol
 
 
-def test_bf16_statistics_are_not_rounded_to_bf16():
-    """A large mean: bf16 sums would lose the variance; fp32 sums keep the output right."""
+@pytest.mark.parametrize("apply", fast_norm.applies(torch.bfloat16))
+def test_bf16_statistics_are_not_rounded_to_bf16(apply):
+    """A large mean: bf16 sums would lose the variance, bf16 coefficients the gradient's
+    cancellation; fp32 sums and coefficients keep both right."""
     x = channels_last((1, 8, 16, 16, 16), offset=50.0)
-    ours = fast_norm.fast_group_norm(x.to(torch.bfloat16), 4)
-    ref = F.group_norm(x.to(torch.bfloat16).double(), 4)
-    assert scaled_error(ours, ref) < 2e-2
+    grad = channels_last((1, 8, 16, 16, 16), seed=3)
+    ours = forward_backward(lambda x, w, b: fast_norm.fast_group_norm(x, 4, apply=apply),
+                            x.to(torch.bfloat16), None, None, grad.to(torch.bfloat16))
+    ref = forward_backward(lambda x, w, b: F.group_norm(x, 4), x.to(torch.bfloat16).double(), None, None, grad)
+    assert scaled_error(ours[0], ref[0]) < 2e-2
+    assert scaled_error(ours[1], ref[1]) < 2e-2
 
 
 def test_channel_sums_are_per_sample():
@@ -131,7 +140,8 @@ def test_group_norm_falls_back_to_torch_off_the_fast_path(monkeypatch):
 
 
 def test_the_measured_choice_is_used_and_remembered(monkeypatch):
-    monkeypatch.setattr(kernel_choice, "measure", lambda runs: {"torch": 3.0, "matmul": 1.0, "affine": 2.0})
+    monkeypatch.setattr(kernel_choice, "measure",
+                        lambda runs: {"torch": 3.0, "addcmul": 1.5, "matmul": 1.0, "affine": 2.0})
     x = channels_last((1, 8, 4, 4, 4), dtype=torch.float32).requires_grad_()
     w, b = params(8, True, torch.float32)
     used = []

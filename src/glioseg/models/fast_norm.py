@@ -14,12 +14,14 @@ PyTorch already runs fast on channels-last memory:
   mean 0, variance 1, eps 0 computes exactly that);
 - backward: Σ dy·x and Σ dy per channel in one pass as above; then, with PyTorch's coefficients
   (aten/src/ATen/native/cpu/group_norm_kernel.cpp), dx = dy·(rstd·γ) + x·c2 + c3 per group,
-  either as two matrix products against diagonal matrices on the (voxels, C) view (``"matmul"``:
-  oneDNN / AMX do the two scaled adds in two passes at GEMM speed) or as two one-pass affines
-  and an add (``"affine"``).
+  as two broadcast multiply-adds over the (N, X, Y, Z, C) view (``"addcmul"``, two passes; fp32
+  only, since bf16 coefficients would lose c3's cancellation against the mean), as two matrix
+  products against diagonal matrices on the (voxels, C) view (``"matmul"``: oneDNN / AMX do the
+  scaled adds at GEMM speed, accumulating in fp32) or as two one-pass affines and an add
+  (``"affine"``).
 
-Which of PyTorch's kernel, ``"matmul"`` and ``"affine"`` runs is measured per shape, precision and
-thread count on the machine (:mod:`glioseg.models.kernel_choice`). Parameters and ``state_dict``
+Which of PyTorch's kernel and these runs is measured per shape, precision and thread count on the
+machine (:mod:`glioseg.models.kernel_choice`). Parameters and ``state_dict``
 are ``nn.GroupNorm``'s; tests check the gradients with ``gradcheck`` in fp64 and against
 ``F.group_norm`` in fp32 and bf16.
 """
@@ -34,7 +36,9 @@ from glioseg.models import kernel_choice
 
 _BN = torch.ops.aten.native_batch_norm
 _BN_BWD = torch.ops.aten.native_batch_norm_backward
-APPLY = ("matmul", "affine")
+APPLY = ("addcmul", "matmul", "affine")
+# bf16 coefficients would lose the mean's cancellation (c3 ≈ -c2·mean): addcmul is for fp32 / fp64
+_ROUNDED_COEFFICIENTS = ("addcmul",)
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -68,6 +72,15 @@ def scaled_sum_matmul(dy, a, x, b, c) -> torch.Tensor:
         out.addmm_(_rows(dy[n]), torch.diag(a[n]).to(x.dtype))
         outs.append(out.view(1, *x.shape[2:], x.shape[1]).permute(0, 4, 1, 2, 3))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def scaled_sum_addcmul(dy, a, x, b, c) -> torch.Tensor:
+    """The same sum as two broadcast multiply-adds over the (N, X, Y, Z, C) view: two passes, in
+    x's dtype (for bf16 the coefficients would be rounded to bf16: only offered for fp32/fp64)."""
+    def view(t):
+        return t.to(x.dtype).view(t.shape[0], 1, 1, 1, t.shape[1])
+    out = torch.addcmul(view(c), x.permute(0, 2, 3, 4, 1), view(b))
+    return out.addcmul_(dy.permute(0, 2, 3, 4, 1), view(a)).permute(0, 4, 1, 2, 3)
 
 
 def scaled_sum_affine(dy, a, x, b, c) -> torch.Tensor:
@@ -132,7 +145,7 @@ def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
     c3 = -c2 * mean - db * rstd / count
     grad_x = grad_w = grad_b = None
     if needs[0]:
-        combine = scaled_sum_matmul if apply == "matmul" else scaled_sum_affine
+        combine = {"addcmul": scaled_sum_addcmul, "matmul": scaled_sum_matmul, "affine": scaled_sum_affine}[apply]
         grad_x = combine(dy, per_channel(rstd, channels) * w, x, per_channel(c2, channels), per_channel(c3, channels))
     if weight is not None and needs[1]:
         grad_w = ((sdx - per_channel(mean, channels) * sd) * per_channel(rstd, channels)).sum(0).to(weight.dtype)
@@ -141,10 +154,17 @@ def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
     return grad_x, grad_w, grad_b, None, None, None
 
 
+def applies(dtype: torch.dtype) -> tuple[str, ...]:
+    """The backward forms offered for ``dtype``."""
+    if dtype == torch.bfloat16:
+        return tuple(kind for kind in APPLY if kind not in _ROUNDED_COEFFICIENTS)
+    return APPLY
+
+
 def fast_group_norm(x, groups, weight=None, bias=None, eps=1e-5, apply: str = "matmul") -> torch.Tensor:
     """GroupNorm through this module's passes (any float dtype; channels-last 5-D input)."""
-    if apply not in APPLY:
-        raise ValueError(f"apply must be one of {APPLY}, got {apply!r}")
+    if apply not in applies(x.dtype):
+        raise ValueError(f"apply must be one of {applies(x.dtype)} for {x.dtype}, got {apply!r}")
     return _GroupNormFn.apply(x.contiguous(memory_format=torch.channels_last_3d), weight, bias, groups, eps, apply)
 
 
@@ -169,7 +189,7 @@ def _candidates(x, groups, weight, bias, eps) -> dict:
     def run(fn):
         return lambda: fn(probe, groups, w, b, eps).backward(grad)
     runs = {kernel_choice.TORCH: run(F.group_norm)}
-    runs.update({kind: run(lambda *a, kind=kind: fast_group_norm(*a, apply=kind)) for kind in APPLY})
+    runs.update({kind: run(lambda *a, kind=kind: fast_group_norm(*a, apply=kind)) for kind in applies(x.dtype)})
     return runs
 
 
@@ -178,7 +198,7 @@ def group_norm(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float 
     if not _fast_path(x, weight):
         return F.group_norm(x, groups, weight, bias, eps)
     key = kernel_choice.key_of("group_norm", x, groups, weight is not None)
-    kind = kernel_choice.choose(key, (kernel_choice.TORCH, *APPLY),
+    kind = kernel_choice.choose(key, (kernel_choice.TORCH, *applies(x.dtype)),
                                 lambda: _candidates(x, groups, weight, bias, eps))
     if kind == kernel_choice.TORCH:
         return F.group_norm(x, groups, weight, bias, eps)
