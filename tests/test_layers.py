@@ -15,13 +15,9 @@ import glioseg
 ROOT = Path(glioseg.__file__).parent
 # Bottom to top; a module may import from its own floor and from the floors below it.
 FLOORS = (
-<<<<<<< HEAD
     ("ground", ("glioseg", "glioseg.errors", "glioseg.precisions", "glioseg.config", "glioseg.devices",
-                "glioseg.files", "glioseg.parallel", "glioseg.checkpoint_io", "glioseg.run_io")),
-=======
-    ("ground", ("glioseg", "glioseg.errors", "glioseg.precisions", "glioseg.config", "glioseg.devices", "glioseg.cpu_allocator",
-                "glioseg.files", "glioseg.parallel", "glioseg.checkpoint_io")),
->>>>>>> 79e6388 (Channels-last GroupNorm for CPU training (fp32/bf16, fp32 statistics), kernels chosen by measurement per shape and kept in checkpoints; depthwise conv fast path under bf16 autocast; glibc allocator keeps freed blocks)
+                "glioseg.files", "glioseg.parallel", "glioseg.checkpoint_io", "glioseg.run_io",
+                "glioseg.cpu_allocator")),
     ("data", ("glioseg.data",)),
     ("models", ("glioseg.models",)),
     ("evaluation", ("glioseg.evaluation",)),
