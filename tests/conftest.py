@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,12 @@ from glioseg.data.labels import get_scheme
 
 from ._cases import missing_data_reason, shared_data_dir, write_case_files, write_volume
 from ._probe import PROBE_ENV, force_probe, probe_mode
+
+# Tests compare training runs across processes bitwise (kill and resume, subprocess against
+# in-process); a per-process measurement of the CPU kernels could choose differently under load
+# between two such processes. So the suite runs glioseg's kernels by default, subprocesses
+# included; the measurement itself is tested with the ``measured_kernels`` fixture.
+os.environ.setdefault("GLIOSEG_KERNELS", "glioseg")
 
 CHANNEL_BASE = {"flair": 100, "t1": 200, "t1ce": 300, "t2": 400}
 SMALL_SHAPE = (24, 24, 16)
@@ -218,3 +225,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def measured_kernels(monkeypatch):
+    """A process that has measured no CPU kernel yet and is not forced to either side (the choice
+    is process-wide: no test may see another's)."""
+    from glioseg.models import kernel_choice
+
+    monkeypatch.delenv(kernel_choice.ENV, raising=False)
+    kernel_choice.forget()
+    yield kernel_choice
+    kernel_choice.forget()

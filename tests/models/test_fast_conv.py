@@ -60,15 +60,12 @@ def test_depthwise_under_bf16_autocast_matches_aten(glioseg_kernels):
         assert float((got.float() - want.float()).abs().max() / want.float().abs().max()) < 2e-2
 
 
-def test_depthwise_follows_the_measured_choice(monkeypatch):
-    monkeypatch.delenv(kernel_choice.ENV, raising=False)
-    kernel_choice.forget()
+def test_depthwise_follows_the_measured_choice(monkeypatch, measured_kernels):
     layer, x = DepthwiseConv3d(4), inputs((1, 4, 6, 6, 6)).requires_grad_()
     for winner, expected in (("torch", "ConvolutionBackward0"), ("glioseg", "_DepthwiseConv3dFnBackward")):
         kernel_choice.forget()
         monkeypatch.setattr(kernel_choice, "measure", lambda runs, w=winner: {n: (0.1 if n == w else 1.0) for n in runs})
         assert layer(x).grad_fn.name() == expected
-    kernel_choice.forget()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

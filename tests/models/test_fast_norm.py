@@ -22,12 +22,7 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_choices(monkeypatch):
-    monkeypatch.delenv(kernel_choice.ENV, raising=False)
-    kernel_choice.forget()
-    yield
-    kernel_choice.forget()
+pytestmark = pytest.mark.usefixtures("measured_kernels")
 
 
 def channels_last(shape, dtype=torch.float64, seed=0, offset=0.0):

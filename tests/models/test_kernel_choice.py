@@ -9,12 +9,7 @@ import torch
 from glioseg.models import kernel_choice
 
 
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    monkeypatch.delenv(kernel_choice.ENV, raising=False)
-    kernel_choice.forget()
-    yield
-    kernel_choice.forget()
+pytestmark = pytest.mark.usefixtures("measured_kernels")
 
 
 def test_fastest_needs_the_margin_to_leave_torch():

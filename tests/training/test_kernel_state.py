@@ -9,12 +9,7 @@ from glioseg.models import kernel_choice
 from ._runs import run_inprocess, train_args, write_config
 
 
-@pytest.fixture(autouse=True)
-def _measured(monkeypatch):
-    monkeypatch.delenv(kernel_choice.ENV, raising=False)
-    kernel_choice.forget()
-    yield
-    kernel_choice.forget()
+pytestmark = pytest.mark.usefixtures("measured_kernels")
 
 
 def test_a_resumed_run_reuses_the_saved_kernel_choices(phantom_cache, tmp_path, monkeypatch):
