@@ -3,12 +3,12 @@
 For each model and patch size this runs, interleaved so that load changes hit both alike:
 
 - plain:      forward, fp32 loss, ``loss.backward()``, ``optimizer.step()``, ``zero_grad``;
-- controller: the same step through ``PrecisionController.step``, policy ``fp32`` and
+- controller: the same step through ``training.update.optimizer_update`` (the trainer's), policy ``fp32`` and
   ``auto`` (probed; on an AVX2-only CPU it settles in fp32, so both do the same arithmetic).
 
-The bookkeeping is what ``step`` does besides ``backward``, ``optimizer.step`` and freeing
-the gradients (all three in the plain step too): gradient norm, the one device sync, signals,
-decision. It is timed inside the controller (``ctrl.bookkeeping_seconds``), so it stays
+The bookkeeping is the controller's own work (``review`` and ``conclude``: the one device sync,
+signals, decision); the gradient norm is now the loop's, as are ``backward``, ``optimizer.step``
+and freeing the gradients. It is timed inside the controller (``ctrl.bookkeeping_seconds``), so it stays
 measurable on a loaded machine where the difference of two step times is noise. Printed: median plain step, median controller
 step, median bookkeeping per step and its share of the plain step. Target: < 2 %.
 
@@ -26,6 +26,7 @@ import torch
 from monai.networks.nets import SegResNet
 
 from glioseg.training.precision import PrecisionConfig, PrecisionController
+from glioseg.training.update import optimizer_update
 
 
 def tiny_net() -> torch.nn.Module:
@@ -50,6 +51,7 @@ def make_steps(name: str, size: int, policy: str):
     y = (torch.rand(1, 3, size, size, size) > 0.5).float()
     loss_fn = torch.nn.BCEWithLogitsLoss()
     ctrl = PrecisionController(PrecisionConfig(policy=policy, probe_steps=2), "cpu")
+    params = list(model.parameters())
 
     def plain() -> None:
         loss = loss_fn(model(x).float(), y)
@@ -60,7 +62,8 @@ def make_steps(name: str, size: int, policy: str):
     def controlled() -> None:
         with ctrl.autocast():
             logits = model(x)
-        ctrl.step(loss_fn(logits.float(), y), model, optimizer)
+        optimizer_update(ctrl, loss_fn(logits.float(), y), params, optimizer,
+                         max_grad_norm=ctrl.config.max_grad_norm)
 
     if ctrl.needs_probe:
         def probe_step(precision: str) -> None:

@@ -28,7 +28,7 @@ def probe_mode() -> str:
 def force_probe(monkeypatch, mode: str) -> None:
     """Fake the probes' measurements; a probe that a test gives its own clock keeps it."""
     from glioseg.inference import precision as inference_precision
-    from glioseg.training import precision as training_precision
+    from glioseg.training.precision import controller as training_precision
 
     factors = FACTORS[mode]
     real_measure = training_precision.measure_step_times

@@ -17,7 +17,7 @@ from glioseg.inference import predictor
 from glioseg.inference.export import FORMATS as EXPORT_FORMATS
 from glioseg.inference.predictor import WINDOWS
 from glioseg.precisions import POLICIES, PRECISIONS
-from glioseg.training import precision_config
+from glioseg.training.precision import config as precision_config
 
 
 def _action(command: str, flag: str, action: str | None = None) -> argparse.Action:

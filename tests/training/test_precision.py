@@ -11,13 +11,20 @@ import torch
 
 from glioseg.training.precision import (NonFiniteTrainingError, PrecisionConfig,
                                         PrecisionController, supported_precisions)
-from glioseg.training.precision_ladder import Ladder
-from glioseg.training.precision_probe import measure_step_times, rank_precisions
-from glioseg.training.precision_signals import SignalTracker
+from glioseg.training.precision.ladder import Ladder
+from glioseg.training.update import optimizer_update
+from glioseg.training.precision.probe import measure_step_times, rank_precisions
+from glioseg.training.precision.signals import SignalTracker
 
 # prescreen off: these tests script the step timings, which this machine's real bf16 speed must not override.
 FAST = dict(warmup_steps=10, calm_steps=5, cooldown_steps=10, min_history=5, stats_window=20, prescreen=False)
 
+
+
+def update(ctrl: PrecisionController, loss, model, optimizer, cases=None):
+    """One training update as the trainer does it (training.update), with the controller's clipping."""
+    return optimizer_update(ctrl, loss, list(model.parameters()), optimizer,
+                            max_grad_norm=ctrl.config.max_grad_norm, cases=cases)
 
 class FakeClock:
     """Seconds advance only when the probe's step function says so."""
@@ -54,8 +61,7 @@ class Run:
             loss = self.loss(ctrl)
             if inject is not None:
                 loss = inject(self.index, ctrl, loss)
-            results.append(ctrl.step(loss, self.model, self.optimizer,
-                                     cases=[f"case{self.index}"]))
+            results.append(update(ctrl, loss, self.model, self.optimizer, cases=[f"case{self.index}"]))
             self.index += 1
         return results
 
@@ -372,7 +378,7 @@ def test_loss_must_be_a_float32_scalar():
         low = run.model(run.x[:4]).pow(2).mean()
     assert low.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="float32 scalar, got torch.bfloat16.*logits.float"):
-        ctrl.step(low, run.model, run.optimizer)
+        update(ctrl, low, run.model, run.optimizer)
 
 
 def test_auto_needs_a_probe_before_training():
@@ -380,7 +386,7 @@ def test_auto_needs_a_probe_before_training():
     ctrl = PrecisionController(PrecisionConfig(), "cpu")
     assert ctrl.needs_probe and ctrl.precision == "fp32"
     with pytest.raises(RuntimeError, match=r"needs ctrl\.probe"):
-        ctrl.step(run.loss(ctrl), run.model, run.optimizer)
+        update(ctrl, run.loss(ctrl), run.model, run.optimizer)
 
 
 def test_config_rejects_unknown_and_bad_settings():
@@ -487,7 +493,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
         loss = step(None)
         if rank == 1 and i == 25:   # a loss spike on one rank only (gradients unchanged)
             loss = loss + 1e3 * loss.detach()
-        precisions.append(ctrl.step(loss, run.model, run.optimizer).precision)
+        precisions.append(update(ctrl, loss, run.model, run.optimizer).precision)
         run.index += 1
     result = {"precisions": precisions, "switches": switches(ctrl),
               "weights": [p.detach().sum().item() for p in run.model.parameters()]}
@@ -512,7 +518,7 @@ def test_two_gloo_ranks_agree_on_every_decision(tmp_path):
 
 
 def test_conv_prescreen_rules_out_levels_over_the_give_up_ratio():
-    from glioseg.training.precision_probe import conv_prescreen
+    from glioseg.training.precision.probe import conv_prescreen
 
     # Each seconds() call reads the clock twice per repetition: fp32 takes 1 s, bf16 100 s, fp16 2 s.
     ticks = iter([0, 1, 1, 2, 0, 100, 100, 200, 0, 2, 2, 4])

@@ -32,7 +32,7 @@ def test_good_settings_pass():
 
 
 def test_a_precision_the_device_cannot_autocast_is_refused(monkeypatch):
-    monkeypatch.setattr("glioseg.training.precision.supported_precisions", lambda device: ("fp32",))
+    monkeypatch.setattr("glioseg.training.precision.probe.supported_precisions", lambda device: ("fp32",))
     with pytest.raises(SettingsError, match="precision: precision bf16 is not supported on cpu"):
         preflight(_config(precision="bf16"), torch.device("cpu"))
     preflight(_config(precision="auto"), torch.device("cpu"))
@@ -48,3 +48,18 @@ def test_train_refuses_before_touching_the_data(tmp_path, monkeypatch, caplog):
     assert run_inprocess(train_args(tmp_path / "no-such-dataset", tmp_path / "run", config)) == 2
     assert "patch 20x20x20" in caplog.text
     assert not (tmp_path / "run").exists()
+
+
+def test_checking_a_precision_builds_no_controller_nor_grad_scaler(monkeypatch):
+    """preflight validates the precision against the device only (auto with fp16 among its
+    candidates once built a whole controller, GradScaler included, to do so)."""
+    def no_scaler(*args, **kwargs):
+        raise AssertionError("a GradScaler was built")
+
+    from glioseg.training.precision import supported_precisions
+
+    if "fp16" not in supported_precisions("cpu"):
+        pytest.skip("no fp16 autocast on this CPU: a controller would build no GradScaler here either")
+    monkeypatch.setattr(torch.amp, "GradScaler", no_scaler)
+    preflight(_config(precision="auto"), torch.device("cpu"))
+    preflight(_config(precision="fp16"), torch.device("cpu"))

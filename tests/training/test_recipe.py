@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from glioseg.config import to_dict
-from glioseg.training.precision_config import PrecisionConfig
+from glioseg.training.precision.config import PrecisionConfig
 from glioseg.data.augment import AugmentConfig
 from glioseg.training.recipe import TrainConfig, build_config, layered_config, merge_settings
 

@@ -12,7 +12,7 @@ from typing import Any
 from glioseg.config import to_dict
 from glioseg.experiments.spec import SHARED, ArmSpec, BudgetSpec, ExperimentSpec, SpecError
 from glioseg.training.distributed import DistInfo, pick_device
-from glioseg.training.precision_probe import conv_prescreen, supported_precisions
+from glioseg.training.precision.probe import conv_prescreen, supported_precisions
 from glioseg.training.preflight import check_model_settings
 from glioseg.training.recipe import TrainConfig, build_config, recipe_dict, recipe_names
 

@@ -11,7 +11,7 @@ import torch
 
 from glioseg.errors import InputError
 from glioseg.models.registry import get_spec, make_config
-from glioseg.training.precision import PrecisionController
+from glioseg.training.precision.probe import check_supported
 from glioseg.training.recipe import TrainConfig
 
 
@@ -33,9 +33,10 @@ def check_model_settings(config: TrainConfig) -> None:
 
 
 def check_precision(config: TrainConfig, device: torch.device) -> None:
-    """The controller the run will build (cheap: no probe yet) refuses a level ``device`` lacks."""
+    """A fixed precision ``device`` cannot autocast in is refused (the controller's own check,
+    without building a controller or its GradScaler; the name was checked by PrecisionConfig)."""
     try:
-        PrecisionController(config.precision, device)
+        check_supported(config.precision.policy, device)
     except ValueError as exc:
         raise SettingsError(f"precision: {exc}") from exc
 

@@ -22,7 +22,7 @@ from glioseg.data.sampling import AugmentConfig
 from glioseg.errors import InputError
 from glioseg.inference.predictor import WINDOWS
 from glioseg.training.losses import LOSSES
-from glioseg.training.precision_config import PrecisionConfig
+from glioseg.training.precision.config import PrecisionConfig
 from glioseg.training.schedule import OPTIMIZERS
 
 

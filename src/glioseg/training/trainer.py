@@ -1,7 +1,8 @@
 """The training loop: short and readable; each concern lives in its own module.
 
 data (cache, split, patches) → model → loss in fp32 → PrecisionController decides autocast
-dtype, loss scaling and whether the update is applied → full-state checkpoints.
+dtype, loss scaling and whether the update is applied, the loop does the update itself
+(``training.update``: backward, unscale, clip, ``optimizer.step``) → full-state checkpoints.
 
 Resuming is exact: every patch is a pure function of (seed, epoch, index), and the
 checkpoint holds every RNG, the optimiser, the controller and the position in the epoch.
@@ -39,6 +40,7 @@ from glioseg.training.run_folder import RunFolder
 from glioseg.training.schedule import cosine_factor, make_optimizer, set_lr
 from glioseg.training.datasource import TrainingData, prepare_data
 from glioseg.training.state import restore_state, run_state, versions
+from glioseg.training.update import optimizer_update
 from glioseg.training.validate import validate
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,8 @@ class Trainer:
         self.takes_ids = takes_ids(self.model)
         self.net = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if info.enabled else self.model)
-        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay)
+        self.params = list(self.model.parameters())
+        self.optimizer = make_optimizer(config.optimizer, self.params, config.lr, config.weight_decay)
         self.controller = PrecisionController(
             config.precision, device,
             reduce_flag=lambda flag: dist_utils.any_rank(flag, info, device),
@@ -132,8 +135,8 @@ class Trainer:
         lr = set_lr(self.optimizer, self.config.lr,
                     cosine_factor(self.step, self.total_steps, self.config.warmup_steps))
         try:
-            result = self.controller.step(self._forward_loss(batch), self.model, self.optimizer,
-                                          cases=list(batch["case"]))
+            result = optimizer_update(self.controller, self._forward_loss(batch), self.params, self.optimizer,
+                                      max_grad_norm=self.config.precision.max_grad_norm, cases=list(batch["case"]))
         except NonFiniteTrainingError as exc:
             kept = (f"the last good checkpoint is {self.run.last}, untouched" if self.run.last.exists()
                     else "no checkpoint was written before")

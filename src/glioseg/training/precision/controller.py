@@ -47,12 +47,15 @@ Usage (trainer)::
         with ctrl.autocast():                            # marks the step start, sets the dtype
             logits = model(batch["image"])
         loss = loss_fn(logits.float(), batch["target"])  # losses always in fp32
-        result = ctrl.step(loss, model, optimizer, cases=batch["case"])
+        result = optimizer_update(ctrl, loss, params, optimizer, cases=batch["case"])
         scheduler.step()                                 # also on skipped steps
     print(ctrl.summary())
 
-``step`` runs ``backward`` itself (scaled under fp16), reads the gradient norm, applies or
-skips ``optimizer.step()`` and leaves the gradients cleared (``set_to_none``).
+The controller decides; the loop does the mechanics (``glioseg.training.update.optimizer_update``):
+``ctrl.scale(loss).backward()``, ``ctrl.unscale_(optimizer)``, the gradient norm,
+``ctrl.review(loss, norm)`` (apply or skip, one device sync), clipping and ``optimizer.step()``
+when applied, clearing the gradients, then ``ctrl.conclude(decision)`` (loss scale, accounting,
+the next step's precision).
 """
 from __future__ import annotations
 
@@ -67,16 +70,12 @@ import torch
 
 from glioseg.errors import InputError
 from glioseg.precisions import DTYPES, PRECISIONS, describe_device, device_sync
-from glioseg.training.precision_config import (POLICIES, NonFiniteTrainingError,
-                                               PrecisionConfig, StepResult, json_value)
-from glioseg.training.precision_ladder import Ladder
-from glioseg.training.precision_probe import (conv_prescreen, measure_step_times,
+from glioseg.training.precision.config import NonFiniteTrainingError, PrecisionConfig, StepResult, json_value
+from glioseg.training.precision.ladder import Ladder
+from glioseg.training.precision.probe import (check_supported, conv_prescreen, measure_step_times,
                                               rank_precisions, supported_precisions)
-from glioseg.training.precision_signals import SignalTracker
+from glioseg.training.precision.signals import SignalTracker
 from glioseg.training.rng import capture_rng_state, restore_rng_state
-
-__all__ = ["PrecisionController", "PrecisionConfig", "StepResult", "NonFiniteTrainingError",
-           "POLICIES", "PRECISIONS", "supported_precisions"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +109,18 @@ class _Verdict:
     value: float
 
 
+@dataclass(frozen=True)
+class Decision:
+    """The controller's verdict on one step (:meth:`PrecisionController.review`): ``apply`` the
+    optimizer update or skip it; the precision the step ran in, its loss, gradient norm and scale."""
+    apply: bool
+    precision: str
+    loss: float
+    grad_norm: float
+    scale: float
+    verdict: _Verdict
+
+
 class PrecisionController:
     """Chooses the autocast precision of each training step and applies or skips its update.
 
@@ -124,14 +135,11 @@ class PrecisionController:
                  clock: Callable[[], float] = time.perf_counter):
         self.config = config
         self.device = torch.device(device)
-        self.supported = supported_precisions(self.device)
+        self.supported = check_supported(config.policy, self.device)
         self._reduce = reduce_flag or (lambda flag: flag)
         self._on_event = on_event
         self._clock = clock
         fixed = config.policy != "auto"
-        if fixed and config.policy not in self.supported:
-            raise InputError(f"precision {config.policy} is not supported on {self.device} "
-                             f"(supported here: {', '.join(self.supported)})")
         self._candidates = ((config.policy,) if fixed else
                             tuple(p for p in PRECISIONS
                                   if p in config.candidates and p in self.supported))
@@ -150,8 +158,7 @@ class PrecisionController:
         self._skipped_by: dict[str, int] = {}
         self._started: float | None = None
         self._last_end: float | None = None
-        self._bookkeeping = 0.0   # seconds of the controller's own work in step()
-        self._params: tuple[torch.nn.Module, list[torch.nn.Parameter]] | None = None
+        self._bookkeeping = 0.0   # seconds of the controller's own work in review() and conclude()
 
     # -- state of the current step --------------------------------------------------------
     @property
@@ -170,10 +177,10 @@ class PrecisionController:
 
     @property
     def bookkeeping_seconds(self) -> float:
-        """Seconds the controller's own work in :meth:`step` took so far.
+        """Seconds the controller's own work in :meth:`review` and :meth:`conclude` took so far.
 
-        Gradient norm, the one sync, signals, decisions and events; not ``backward``,
-        ``optimizer.step`` or freeing the gradients, which a plain loop does too. On CUDA it
+        The one sync, signals, decisions and events; not ``backward``, the gradient norm,
+        ``optimizer.step`` or freeing the gradients, the loop's mechanics. On CUDA it
         also holds the wait for the backward at the sync, so it is an upper bound there.
         """
         return self._bookkeeping
@@ -248,66 +255,49 @@ class PrecisionController:
                    f"probe on {describe_device(self.device)}: {measured}; {verdict}; ladder {'/'.join(levels)}")
         return self.probe_result
 
-    # -- one training step --------------------------------------------------------------------
-    def step(self, loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             *, cases: Sequence[str] | None = None) -> StepResult:
-        """Backward (scaled under fp16), judge the signals, update or skip, choose the next level.
+    # -- one training step: the decisions (the trainer does the mechanics, training.update) --
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to call ``backward`` on: scaled by the GradScaler under fp16, else itself.
 
-        ``loss``: a float32 scalar from the forward run under :meth:`autocast`. ``model``:
-        the module whose parameters' gradients are measured, clipped and cleared (its
-        parameter list is read on the first step with this model object and reused, so
-        add no parameters during training). ``cases``: the
-        batch's case ids, named by :class:`NonFiniteTrainingError` if training must stop.
-        Gradients are cleared on return, whether the update was applied or skipped.
-        """
+        ``loss``: a float32 scalar from the forward run under :meth:`autocast`."""
         if self.ladder is None:
             raise RuntimeError("precision policy 'auto' needs ctrl.probe(step_fn) (or "
                                "load_state_dict) before the first step")
         if loss.dtype != torch.float32 or loss.ndim != 0:
             raise ValueError(f"the loss must be a float32 scalar, got {loss.dtype} with shape "
                              f"{tuple(loss.shape)}; compute it on logits.float()")
-        precision = self.precision
-        scaler = self.scaler if precision == "fp16" else None
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        started = self._clock()
-        all_params = self._parameters(model)
-        params = [p for p in all_params if p.grad is not None]
-        norm = (torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-                if params else torch.zeros((), device=loss.device))
-        # the step's one device sync: every signal is computed from these two numbers
-        loss_value, grad_norm = torch.stack([loss.detach(),
-                                             norm.to(loss.device, torch.float32)]).tolist()
-        scale = scaler.get_scale() if scaler is not None else 1.0
-        self.steps += 1
-        verdict = self._judge(precision, loss_value, grad_norm, scale)
-        if not verdict.skip and self.config.max_grad_norm is not None:
-            torch.nn.utils.clip_grads_with_norm_(params, self.config.max_grad_norm, norm,
-                                                 foreach=True)
-        # optimizer.step and freeing the gradients are every training loop's work, not the
-        # controller's: the bookkeeping timer pauses for them
-        paused = self._clock()
-        if not verdict.skip:
-            optimizer.step()
-        for param in all_params:
-            param.grad = None
-        started += self._clock() - paused
-        if scaler is not None:
-            scaler.update()
-        self._account(precision, verdict, started)
-        event = self._decide(precision, verdict, scale, cases)
-        return StepResult(verdict.skip, precision, self.precision, loss_value, grad_norm,
-                          scale, event)
+        return self.scaler.scale(loss) if self.precision == "fp16" else loss
 
-    def _parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
-        """The model's parameters, listed once per model object: walking the module tree
-        every step would cost more than all the signals together."""
-        if self._params is None or self._params[0] is not model:
-            self._params = (model, list(model.parameters()))
-        return self._params[1]
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Undo the loss scale on ``optimizer``'s gradients (fp16 only), before they are measured."""
+        if self.precision == "fp16":
+            self.scaler.unscale_(optimizer)
+
+    def review(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> Decision:
+        """Judge the step from its loss and (unscaled) gradient norm: whether its update is
+        applied, and at which precision it ran. The step's one device sync happens here."""
+        started = self._clock()
+        precision = self.precision
+        # the step's one device sync: every signal is computed from these two numbers
+        loss_value, norm = torch.stack([loss.detach(), grad_norm.to(loss.device, torch.float32)]).tolist()
+        scale = self.scaler.get_scale() if precision == "fp16" else 1.0
+        self.steps += 1
+        verdict = self._judge(precision, loss_value, norm, scale)
+        self._bookkeeping += self._clock() - started
+        return Decision(not verdict.skip, precision, loss_value, norm, scale, verdict)
+
+    def conclude(self, decision: Decision, *, cases: Sequence[str] | None = None) -> StepResult:
+        """After the update was applied (or not): the loss scale, the step's accounting and the
+        precision of the next step. ``cases``: the batch's case ids, named by
+        :class:`NonFiniteTrainingError` if training must stop."""
+        started = self._clock()
+        if decision.precision == "fp16":
+            self.scaler.update()
+        verdict = decision.verdict
+        self._account(decision.precision, verdict, started)
+        event = self._decide(decision.precision, verdict, decision.scale, cases)
+        return StepResult(verdict.skip, decision.precision, self.precision, decision.loss, decision.grad_norm,
+                          decision.scale, event)
 
     def _judge(self, precision: str, loss: float, grad_norm: float, scale: float) -> _Verdict:
         cfg = self.config

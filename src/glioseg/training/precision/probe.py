@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from glioseg.errors import InputError
 from glioseg.precisions import DTYPES, PRECISIONS, native_precisions
 
 Agree = Callable[[bool], bool]
@@ -47,6 +48,16 @@ def supported_precisions(device: torch.device | str) -> tuple[str, ...]:
     """Precisions usable for autocast training on ``device``, safest first (fp32 always)."""
     device = torch.device(device)
     return ("fp32",) + tuple(p for p in PRECISIONS[1:] if _autocast_works(device, DTYPES[p]))
+
+
+def check_supported(policy: str, device: torch.device | str) -> tuple[str, ...]:
+    """The precisions ``device`` can autocast in; a fixed ``policy`` it cannot is an InputError
+    (the one check of a precision name against a device: preflight's, the controller's)."""
+    supported = supported_precisions(device)
+    if policy != "auto" and policy not in supported:
+        raise InputError(f"precision {policy} is not supported on {torch.device(device)} "
+                         f"(supported here: {', '.join(supported)})")
+    return supported
 
 
 def conv_prescreen(device: torch.device, candidates: tuple[str, ...], give_up: float,
