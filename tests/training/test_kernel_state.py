@@ -5,6 +5,7 @@ import pytest
 
 from glioseg.checkpoint_io import load_checkpoint
 from glioseg.models import kernel_choice
+from glioseg.run_io import RunFiles
 
 from ._runs import run_inprocess, train_args, write_config
 
@@ -16,7 +17,7 @@ def test_a_resumed_run_reuses_the_saved_kernel_choices(phantom_cache, tmp_path, 
     config = write_config(tmp_path, epochs=1, steps_per_epoch=2, val_fraction=0)
     run = tmp_path / "run"
     assert run_inprocess(train_args(phantom_cache, run, config)) == 0
-    saved = load_checkpoint(run / "last.pt")["kernels"]
+    saved = load_checkpoint(RunFiles(run).last)["kernels"]
     assert any(key.startswith("group_norm/") for key in saved)
     assert saved == kernel_choice.decisions()
 
