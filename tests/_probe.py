@@ -1,11 +1,11 @@
 """Forced precision probes: every branch of ``auto`` runs on every CPU, whatever it offers.
 
-``fast``: bf16 is timed at half fp32's time and fp16 at twice, so training's ``auto`` targets bf16,
-and prediction sees a CPU with native bf16 (it decides by capability alone), so it picks bf16;
-``slow``: bf16 at 3x and fp16 at 5x, so fp32 stays, and prediction sees no native low precision.
-The real step still runs once in every precision (its code path is exercised); only the clock is
-fake. The conv pre-screen and the native-precision check are bypassed, since they read the
-hardware; a probe that a test drives with its own clock (injected times) is left alone.
+``fast``: the device offers native bf16 (``glioseg.precisions.native_precisions``, the capability
+every ``auto`` starts from) and bf16 is timed at half fp32's time, so training's ``auto`` targets
+bf16 and prediction picks it; ``slow``: no native low precision, so training's probe rules bf16
+and fp16 out before timing and stays in fp32, and prediction picks fp32. Timed levels still run
+their real step once (the code path is exercised); only the clock is fake. A probe that a test
+drives with its own clock (injected times) is left alone.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def probe_mode() -> str:
 
 def force_probe(monkeypatch, mode: str) -> None:
     """Fake the probes' measurements; a probe that a test gives its own clock keeps it."""
-    from glioseg.inference import precision as inference_precision
+    from glioseg import precisions
     from glioseg.training.precision import controller as training_precision
 
     factors = FACTORS[mode]
@@ -41,6 +41,5 @@ def force_probe(monkeypatch, mode: str) -> None:
         return {level: factors[level] for level in candidates}, {}
 
     monkeypatch.setattr(training_precision, "measure_step_times", measure_step_times)
-    monkeypatch.setattr(training_precision, "conv_prescreen", lambda *args, **kwargs: {})
     native = ("fp32", "bf16") if mode == "fast" else ("fp32",)
-    monkeypatch.setattr(inference_precision, "native_precisions", lambda device: native)
+    monkeypatch.setattr(precisions, "native_precisions", lambda device: native)

@@ -65,6 +65,20 @@ def native_precisions(device: torch.device | str) -> tuple[str, ...]:
     return ("fp32",)
 
 
+# auto's preference among the native low precisions: bf16 first (fp32's exponent range: no overflow to inf)
+AUTO_PREFERENCE = ("bf16", "fp16")
+
+
+def auto_levels(device: torch.device | str) -> tuple[str, ...]:
+    """The levels ``auto`` may use on ``device``: fp32, then its native low precisions in
+    :data:`AUTO_PREFERENCE` order. The one capability rule of every ``auto``: prediction takes the
+    first low level (never a timing, so a command's labels are reproducible), training's probe
+    times real steps among these levels only, and an experiment does not run a fixed-precision
+    arm in a level outside them (it would be emulated, 2.5-90x slower than fp32 on a CPU)."""
+    native = native_precisions(device)
+    return ("fp32",) + tuple(p for p in AUTO_PREFERENCE if p in native)
+
+
 def device_sync(device: torch.device | str) -> Callable[[], None]:
     """A function that waits for the device's queued work (timing needs it on CUDA)."""
     device = torch.device(device)

@@ -9,6 +9,8 @@ from glioseg.cli import main
 from glioseg.experiments import resolve as resolve_module
 from glioseg.experiments.plan import make_plan
 from glioseg.experiments.spec import load_spec
+from glioseg import precisions
+from glioseg.precisions import describe_device
 
 from .conftest import TINY_SPEC
 
@@ -24,18 +26,16 @@ def _precision_arms(*levels):
 
 
 def test_a_level_the_probe_rules_out_is_not_run_and_says_why(write_spec, tmp_path, monkeypatch, capsys):
-    # the verdict depends on the CPU; here the probe's pre-screen is made to rule fp16 out
+    # the verdict depends on the CPU; here the device autocasts in all three and computes bf16 natively
     monkeypatch.setattr(resolve_module, "supported_precisions", lambda device: ("fp32", "bf16", "fp16"))
-    monkeypatch.setattr(resolve_module, "conv_prescreen",
-                        lambda device, candidates, give_up: {"fp16": "conv pre-screen: 71x slower than fp32"}
-                        if "fp16" in candidates else {})
+    monkeypatch.setattr(precisions, "native_precisions", lambda device: ("fp32", "bf16"))
     spec = write_spec(arms=_precision_arms("fp32", "bf16", "fp16"), reference="fp32")
     plan = make_plan(load_spec(spec), "cpu", tmp_path / "out")
-    assert plan.not_run == {"fp16": "conv pre-screen: 71x slower than fp32 (probe_give_up 3x): not run"}
+    assert plan.not_run == {"fp16": f"fp16 is not native on {describe_device('cpu')} (auto would not use it): not run"}
     assert {plan.status(r) for r in plan.runs if r.arm == "fp16"} == {"not run"}
     assert {plan.status(r) for r in plan.runs if r.arm != "fp16"} == {"pending"}
     assert main(["experiment", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
-    assert "arm fp16: segresnet" in (out := capsys.readouterr().out) and "NOT RUN: conv pre-screen: 71x" in out
+    assert "arm fp16: segresnet" in (out := capsys.readouterr().out) and "NOT RUN: fp16 is not native on" in out
 
 
 def test_an_unsupported_level_is_not_run(write_spec, tmp_path, monkeypatch):

@@ -18,13 +18,14 @@ from glioseg.inference import precision as inference_precision
 from glioseg.inference.pipeline import OutputOptions, predict_all
 from glioseg.inference.precision import choose_precision
 from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork
+from glioseg import precisions
 from ._fakes import LPS, FakeNetwork, threshold_logits, tiny_bundle, write_case
 
 NATIVE = {"none": ("fp32",), "bf16": ("fp32", "bf16"), "fp16": ("fp32", "fp16"), "both": ("fp32", "bf16", "fp16")}
 
 
 def _native(monkeypatch, levels: tuple[str, ...]) -> None:
-    monkeypatch.setattr(inference_precision, "native_precisions", lambda device: levels)
+    monkeypatch.setattr(precisions, "native_precisions", lambda device: levels)   # the rule auto_levels reads
 
 
 @pytest.mark.parametrize("native,chosen", [("none", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("both", "bf16")])

@@ -517,15 +517,19 @@ def test_two_gloo_ranks_agree_on_every_decision(tmp_path):
     assert [26, "bf16", "fp32", "loss_spike"] in second["switches"]
 
 
-def test_conv_prescreen_rules_out_levels_over_the_give_up_ratio():
-    from glioseg.training.precision.probe import conv_prescreen
+def test_the_probe_times_only_the_levels_the_device_computes_natively(monkeypatch):
+    """Training's auto starts from the capability rule prediction and experiments use
+    (glioseg.precisions.auto_levels): a level that is not native is ruled out before any step."""
+    from glioseg import precisions
 
-    # Each seconds() call reads the clock twice per repetition: fp32 takes 1 s, bf16 100 s, fp16 2 s.
-    ticks = iter([0, 1, 1, 2, 0, 100, 100, 200, 0, 2, 2, 4])
-    screened = conv_prescreen(torch.device("cpu"), ("fp32", "bf16", "fp16"), 3.0, clock=lambda: next(ticks))
-    assert list(screened) == ["bf16"]
-    assert "100x slower than fp32" in screened["bf16"]
-    assert conv_prescreen(torch.device("meta"), ("fp32", "bf16"), 3.0) == {}
+    monkeypatch.setattr(precisions, "native_precisions", lambda device: ("fp32", "bf16"))
+    ctrl = PrecisionController(PrecisionConfig(candidates=("fp32", "bf16", "fp16"), probe_steps=1), "cpu",
+                               clock=iter(range(1000)).__next__)
+    timed = []
+    ctrl.probe(lambda precision: timed.append(precision))
+    assert "fp16" not in timed and set(timed) <= {"fp32", "bf16"}
+    assert ctrl.probe_result["notes"]["fp16"].startswith("not native on cpu")
+    assert math.isnan(ctrl.probe_result["times"]["fp16"]) and "fp16" not in ctrl.probe_result["ladder"]
 
 
 def test_realised_speed_compares_each_level_with_fp32_steps():

@@ -12,7 +12,8 @@ from typing import Any
 from glioseg.config import to_dict
 from glioseg.experiments.spec import SHARED, ArmSpec, BudgetSpec, ExperimentSpec, SpecError
 from glioseg.training.distributed import DistInfo, pick_device
-from glioseg.training.precision.probe import conv_prescreen, supported_precisions
+from glioseg.precisions import auto_levels, describe_device
+from glioseg.training.precision.probe import supported_precisions
 from glioseg.training.preflight import check_model_settings
 from glioseg.training.recipe import TrainConfig, build_config, recipe_dict, recipe_names
 
@@ -100,9 +101,10 @@ def resolve(spec: ExperimentSpec, budget_name: str) -> Resolved:
 def precision_verdicts(resolved: Resolved) -> dict[str, str]:
     """Arm → why its fixed low precision cannot train at a useful speed on this machine.
 
-    The same checks as ``--precision auto``'s probe: autocast support on the device, and on a
-    CPU the sub-second conv pre-screen (a level over ``probe_give_up`` x fp32 is ruled out). Such
-    arms are reported with the reason instead of training for days or being dropped silently.
+    The same rule as every ``--precision auto``: autocast support on the device, then the
+    device's native levels (``glioseg.precisions.auto_levels``; an emulated level is 2.5-90x
+    slower than fp32 on a CPU). Such arms are reported with the reason instead of training for
+    days or being dropped silently.
     """
     verdicts = {}
     for arm, config in resolved.configs.items():
@@ -113,8 +115,6 @@ def precision_verdicts(resolved: Resolved) -> dict[str, str]:
         if policy not in supported_precisions(device):
             verdicts[arm] = f"{policy} autocast is not supported on {device}"
             continue
-        give_up = config.precision.probe_give_up
-        screened = conv_prescreen(device, ("fp32", policy), give_up)
-        if policy in screened:
-            verdicts[arm] = f"{screened[policy]} (probe_give_up {give_up:g}x): not run"
+        if policy not in auto_levels(device):
+            verdicts[arm] = f"{policy} is not native on {describe_device(device)} (auto would not use it): not run"
     return verdicts

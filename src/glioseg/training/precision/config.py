@@ -44,7 +44,7 @@ class PrecisionConfig:
     probe_steps: int = 3
     min_speedup: float = 0.05       # a level must be this fraction faster than fp32
     probe_give_up: float = 3.0      # stop probing a level whose step takes this x fp32
-    prescreen: bool = True          # CPU: rule out levels whose conv layer is over probe_give_up x fp32
+    prescreen: bool = True          # rule out levels the device does not compute natively (precisions.auto_levels)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:

@@ -69,10 +69,11 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from glioseg.errors import InputError
+from glioseg import precisions
 from glioseg.precisions import DTYPES, PRECISIONS, describe_device, device_sync
 from glioseg.training.precision.config import NonFiniteTrainingError, PrecisionConfig, StepResult, json_value
 from glioseg.training.precision.ladder import Ladder
-from glioseg.training.precision.probe import (check_supported, conv_prescreen, measure_step_times,
+from glioseg.training.precision.probe import (check_supported, measure_step_times,
                                               rank_precisions, supported_precisions)
 from glioseg.training.precision.signals import SignalTracker
 from glioseg.training.rng import capture_rng_state, restore_rng_state
@@ -224,9 +225,7 @@ class PrecisionController:
         buffers = ({name: b.detach().clone() for name, b in model.named_buffers()}
                    if model is not None else {})
         try:
-            # The pre-screen measures the hardware, so it keeps the real clock.
-            screened = (conv_prescreen(self.device, self._candidates, self.config.probe_give_up,
-                                       self._reduce) if self.config.prescreen else {})
+            screened = self._not_native() if self.config.prescreen else {}
             candidates = tuple(p for p in self._candidates if p not in screened)
             times, notes = measure_step_times(
                 step_fn, candidates, clock=self._clock, sync=device_sync(self.device),
@@ -241,6 +240,14 @@ class PrecisionController:
                 model.zero_grad(set_to_none=True)
         times.update({p: math.nan for p in screened})
         return self._set_probe(times, {**notes, **screened})
+
+    def _not_native(self) -> dict[str, str]:
+        """Candidates the device does not compute natively (``glioseg.precisions.auto_levels``, the
+        rule prediction's auto and the experiments share): ruled out before any step is timed.
+        The ranks agree, so a mixed cluster rules out what any of its devices lacks."""
+        levels = precisions.auto_levels(self.device)
+        where = describe_device(self.device)
+        return {p: f"not native on {where}" for p in self._candidates[1:] if self._reduce(p not in levels)}
 
     def _set_probe(self, times: dict[str, float], notes: dict[str, str]) -> dict:
         target, levels = rank_precisions(times, self.config.min_speedup, self._reduce)

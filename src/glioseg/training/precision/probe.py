@@ -14,7 +14,6 @@ same number of times.
 from __future__ import annotations
 
 import statistics
-import time
 import warnings
 from typing import Callable
 
@@ -58,41 +57,6 @@ def check_supported(policy: str, device: torch.device | str) -> tuple[str, ...]:
         raise InputError(f"precision {policy} is not supported on {torch.device(device)} "
                          f"(supported here: {', '.join(supported)})")
     return supported
-
-
-def conv_prescreen(device: torch.device, candidates: tuple[str, ...], give_up: float,
-                   agree: Agree = lambda flag: flag,
-                   clock: Callable[[], float] = time.perf_counter) -> dict[str, str]:
-    """Low precisions whose 3-D convolution is over ``give_up`` x fp32's on a CPU, with notes.
-
-    One full training step of a CPU without native bf16/fp16 units costs minutes in those
-    dtypes (about 90x fp32 on AVX2). A small conv layer's forward + backward shows the same
-    ratio in well under a second, so such levels are ruled out before any real step runs.
-    CUDA devices are never pre-screened: there the real step decides.
-    """
-    if device.type != "cpu":
-        return {}
-    gen = torch.Generator().manual_seed(0)
-    conv = torch.nn.Conv3d(16, 16, 3, padding=1)
-    x = torch.randn(2, 16, 16, 16, 16, generator=gen)
-
-    def seconds(precision: str) -> float:
-        best = float("inf")
-        for _ in range(2):
-            start = clock()
-            with torch.autocast("cpu", dtype=DTYPES[precision], enabled=precision != "fp32"):
-                out = conv(x)
-            out.float().sum().backward()
-            best = min(best, clock() - start)
-        return best
-
-    reference = seconds("fp32")
-    screened = {}
-    for precision in candidates[1:]:
-        ratio = seconds(precision) / reference
-        if agree(ratio > give_up):
-            screened[precision] = f"conv pre-screen: {ratio:.0f}x slower than fp32 on this CPU"
-    return screened
 
 
 def measure_step_times(step_fn: Callable[[str], None], candidates: tuple[str, ...], *,
