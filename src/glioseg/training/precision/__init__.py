@@ -1,7 +1,7 @@
 """Automatic multi-precision training, one concept per module:
 
 - ``config``      :class:`PrecisionConfig` (the policy and every threshold), :class:`StepResult`;
-- ``probe``       what the device supports, the conv pre-screen, timing real steps, ranking levels;
+- ``probe``       what the device can autocast in, timing real steps, ranking levels;
 - ``signals``     z-scores of the loss and gradient norm (spikes, roughness);
 - ``ladder``      the levels between the target and fp32, cool-downs and given-up levels;
 - ``controller``  :class:`PrecisionController`: the decisions (level, apply or skip) and their events.

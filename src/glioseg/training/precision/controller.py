@@ -3,10 +3,11 @@
 Specification: the design note precision.md (outside this repository). Policies: ``fp32``,
 ``bf16``, ``fp16`` (fixed, never switch; fp16 always with dynamic loss scaling) and ``auto``:
 
-1. **probe** (once, at start-up): time a few real training steps at each supported precision;
-   the fastest one that is at least ``min_speedup`` faster than fp32 becomes the *target*
-   (fp32 when none is, as on AVX2-only CPUs). On a CPU, a sub-second conv pre-screen first
-   rules out levels over ``probe_give_up`` x fp32, whose single probe step would cost minutes.
+1. **probe** (once, at start-up): levels the device does not compute natively are ruled out
+   first (``glioseg.precisions.auto_levels``, the rule prediction's auto and the experiments
+   share: an emulated level's single step could cost minutes); then a few real training steps
+   are timed at each remaining level, and the fastest one that is at least ``min_speedup``
+   faster than fp32 becomes the *target* (fp32 when none is, as on AVX2-only CPUs).
    Logged as an event, kept in the state.
 2. **warm-up**: train in fp32 for ``warmup_steps``, then move to the target once calm
    (``calm_steps`` steps without any signal; checked every ``calm_steps`` steps).
