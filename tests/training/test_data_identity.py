@@ -74,7 +74,7 @@ def test_resume_on_other_raw_data_is_refused_before_the_cache_is_touched(dataset
     assert len(recorded["cases"]) == 3 and recorded["scheme"] == "brats"
     # the bundle records the spacing the network was trained at (predict resamples other spacings)
     cache = load_cache(run / "cache")
-    train_ids = json.loads((run / "split.json").read_text())["train"]
+    train_ids = RunFiles(run).read_split()["train"]
     expected = np.median([cache.meta(c)["spacing"] for c in train_ids], axis=0).tolist()
     assert load_checkpoint(run / "last.pt")["bundle"]["trained_spacing"] == pytest.approx(expected)
     before = _hashes(run)
