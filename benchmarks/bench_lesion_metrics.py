@@ -41,8 +41,8 @@ BRATS = get_scheme("brats")
 ALL = ("lesion-2023", "lesion-2024", "lesion-2025")
 
 
-def real_cases(data: Path, limit: int | None) -> list[Path]:
-    folders = [p for name in ("brats18", "brats21") for p in sorted((data / name).iterdir()) if p.is_dir()]
+def real_cases(data: Path, datasets: list[str], limit: int | None, stride: int) -> list[Path]:
+    folders = [p for name in datasets for p in sorted((data / name).iterdir()) if p.is_dir()][::stride]
     return folders[:limit] if limit else folders
 
 
@@ -108,11 +108,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--pred", type=Path, help="folder of <case>.nii.gz predictions (default: perturbed labels)")
+    parser.add_argument("--datasets", nargs="+", default=["brats18", "brats21"], help="folders under --data")
     parser.add_argument("--cases", type=int, help="only the first N cases")
+    parser.add_argument("--stride", type=int, default=1, help="every K-th case only")
     parser.add_argument("--generations", nargs="+", choices=ALL, default=list(ALL))
     parser.add_argument("--write-predictions", type=Path, help="save the perturbed labels here and stop")
     args = parser.parse_args()
-    cases = real_cases(args.data, args.cases)
+    cases = real_cases(args.data, args.datasets, args.cases, args.stride)
     if args.write_predictions:
         args.write_predictions.mkdir(parents=True, exist_ok=True)
         for folder in cases:
