@@ -56,3 +56,8 @@ def test_wheel_has_the_recipes_and_the_atlas(wheel_names):
     recipes = {f"glioseg/recipes/{p.name}" for p in (REPO / "src" / "glioseg" / "recipes").glob("*.yaml")}
     assert recipes and recipes <= set(wheel_names)
     assert {"glioseg/assets/ATLAS_NOTICE.md", "glioseg/assets/t1_skullstripped_brats_space.nii.gz"} <= set(wheel_names)
+
+
+def test_wheel_has_the_viewer_script_with_its_licences(wheel_names):
+    niivue = "glioseg/evaluation/assets/niivue/"
+    assert {niivue + name for name in ("niivue.umd.js", "LICENSE", "THIRD_PARTY.md", "VERSION")} <= set(wheel_names)

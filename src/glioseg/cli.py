@@ -91,6 +91,7 @@ def _add_evaluate(sub) -> None:
                         "(lesion_metrics.csv, lesions.csv)")
     p.add_argument("--max-cases", type=int, default=20, help="cases drawn in the report (tables list all)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--no-viewer", action="store_true", help="report without the interactive 3D viewer")
 
 
 def _metric_sets(text: str) -> tuple[str, ...]:
@@ -113,6 +114,7 @@ def _add_report(sub) -> None:
     p.add_argument("--max-cases", type=int, default=20, help="cases drawn (the tables list all)")
     p.add_argument("--convention", choices=CONVENTIONS, default="radiological")
     p.add_argument("--title", default="glioseg report")
+    p.add_argument("--no-viewer", action="store_true", help="without the interactive 3D viewer (smaller file)")
 
 
 def _add_train(sub) -> None:
@@ -178,6 +180,9 @@ def _add_predict(sub) -> None:
                    help="also write WT/TC/ET probabilities (float32, X×Y×Z×3) to DIR/probabilities/")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write a normalised entropy map (float32, 0..1) to DIR/uncertainty/")
+    p.add_argument("--report", action="store_true",
+                   help="also write DIR/report.html: the predictions over the images, with the 3D viewer")
+    p.add_argument("--max-cases", type=int, default=20, help="cases drawn in the --report")
 
 
 def _add_export(sub) -> None:

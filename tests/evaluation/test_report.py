@@ -41,7 +41,7 @@ def test_report_embeds_one_png_per_figure_and_the_tables(evaluated, tmp_path):
     rows, summary = load_metrics(metrics_dir)
     run = write_run(tmp_path / "run")
     out = write_report(tmp_path / "r.html", cases=cases_from_dataset(discover(root), pred), metrics=rows,
-                       summary=summary, run_dir=run)
+                       summary=summary, run_dir=run, with_viewer=False)
     html = out.read_text()
     sources = _sources(html)
     assert len(sources) == len(CASES) + 1  # a figure per case + the training curves

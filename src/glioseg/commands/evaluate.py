@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report:
         cases = cases_from_dataset(discover(args.ref, args.format), args.pred)
         path = write_report(out / REPORT_FILE, cases=cases, metrics=result.rows, summary=result.summary,
-                            title=f"glioseg evaluation of {Path(args.pred).name}", max_cases=args.max_cases)
+                            title=f"glioseg evaluation of {Path(args.pred).name}", max_cases=args.max_cases,
+                            with_viewer=not args.no_viewer)
         print(f"wrote {path}")
     return 0

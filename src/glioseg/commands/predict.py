@@ -75,4 +75,11 @@ def run(args: argparse.Namespace) -> int:
     options = OutputOptions(probabilities=args.probabilities, uncertainty=args.uncertainty)
     counts = predict_all(items, predictor, args.out, options)
     print(f"predict {args.out}: {counts['done']} predicted, {counts['skipped']} already complete")
+    if args.report:
+        from glioseg.evaluation.report import report_case, write_report  # matplotlib only when asked
+
+        cases = [report_case(item.case, item.scheme, args.out) for item in items]
+        path = write_report(Path(args.out) / "report.html", cases=[c for c in cases if c is not None],
+                            title=f"glioseg predictions in {Path(args.out).name}", max_cases=args.max_cases)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     cases = cases_from_dataset(discover(args.data, args.format), args.pred) if args.data else []
     metrics, summary = load_metrics(args.metrics) if args.metrics else (None, None)
     path = write_report(args.out, cases=cases, metrics=metrics, summary=summary, run_dir=args.run,
-                        title=args.title, convention=args.convention, max_cases=args.max_cases)
+                        title=args.title, convention=args.convention, max_cases=args.max_cases,
+                        with_viewer=not args.no_viewer)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

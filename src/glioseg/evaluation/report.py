@@ -4,7 +4,7 @@ Sections, each present when its input is given: the evaluation summary and per-c
 volume tables (``metrics.csv`` / ``summary.json`` from ``glioseg evaluate``), a training run's
 curves and precision timeline, and per case the prediction and/or reference overlaid on FLAIR and
 T1ce in three planes through the tumour (at most ``max_cases`` cases, so a large dataset does not
-make a huge file).
+make a huge file), with an interactive 3D viewer of the same cases (:mod:`viewer`, :mod:`viewer_page`).
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ import numpy as np
 from tqdm import tqdm
 
 import glioseg
+from glioseg.data.formats import Case
 from glioseg.data.io import DataError, Image, read_image
 from glioseg.data.labels import REGIONS, LabelScheme, region_volumes_ml
 from glioseg.errors import InputError
-from glioseg.evaluation import figures
+from glioseg.evaluation import figures, viewer, viewer_page
 from glioseg.evaluation.evaluate import (COLUMNS, METRICS_FILE, SUMMARY_FILE, check_geometry, prediction_path,
                                          read_label)
 from glioseg.evaluation.metrics import METRIC_COLUMNS
@@ -33,6 +34,8 @@ from glioseg.files import read_json, write_text_atomic
 log = logging.getLogger(__name__)
 
 UNDERLAYS: tuple[tuple[str, str], ...] = (("FLAIR", "flair"), ("T1ce", "t1ce"))
+#: The viewer's modalities (display name, channel); the figures draw the UNDERLAYS among them.
+MODALITIES: tuple[tuple[str, str], ...] = (("FLAIR", "flair"), ("T1", "t1"), ("T1ce", "t1ce"), ("T2", "t2"))
 DEFAULT_MAX_CASES = 20
 CSS = """
 body{font-family:DejaVu Sans,Arial,sans-serif;margin:24px;color:#222;max-width:1360px}
@@ -46,7 +49,7 @@ img{max-width:100%;border:1px solid #ddd}
 
 @dataclass(frozen=True)
 class ReportCase:
-    """One case to draw: its FLAIR / T1ce files (display name → path) and label files."""
+    """One case to draw: its image files (display name of :data:`MODALITIES` → path) and label files."""
 
     case_id: str
     scheme: LabelScheme
@@ -56,17 +59,20 @@ class ReportCase:
     prediction: Path | None = None
 
 
+def report_case(case: Case, scheme: LabelScheme, pred_dir: Path | None = None) -> ReportCase | None:
+    """A case to draw; with ``pred_dir``, its prediction there (None when it has none)."""
+    pred = prediction_path(Path(pred_dir), case.case_id) if pred_dir is not None else None
+    if pred_dir is not None and pred is None:
+        return None
+    names = [(name, ch) for name, ch in MODALITIES if ch in case.images]
+    index = {name: case.volume_index[ch] for name, ch in names} if case.volume_index else None
+    return ReportCase(case.case_id, scheme, {name: case.images[ch] for name, ch in names}, index, case.label, pred)
+
+
 def cases_from_dataset(dataset, pred_dir: Path | None = None) -> list[ReportCase]:
     """Report cases of a discovered dataset; with ``pred_dir``, the cases that have a prediction."""
-    out = []
-    for case in dataset.cases:
-        pred = prediction_path(Path(pred_dir), case.case_id) if pred_dir is not None else None
-        if pred_dir is not None and pred is None:
-            continue
-        index = {name: case.volume_index[ch] for name, ch in UNDERLAYS} if case.volume_index else None
-        out.append(ReportCase(case.case_id, dataset.scheme, {name: case.images[ch] for name, ch in UNDERLAYS},
-                              index, case.label, pred))
-    return out
+    cases = (report_case(case, dataset.scheme, pred_dir) for case in dataset.cases)
+    return [case for case in cases if case is not None]
 
 
 def _read_underlay(case: ReportCase, name: str) -> Image:
@@ -78,24 +84,33 @@ def _read_underlay(case: ReportCase, name: str) -> Image:
     return image
 
 
-def load_case(case: ReportCase) -> tuple[dict, dict, np.ndarray, dict]:
-    """RAS images and labels of a case, its RAS affine, and region volumes (mL) per label map."""
-    images = {name: _read_underlay(case, name) for name, _ in UNDERLAYS}
+def read_case(case: ReportCase) -> tuple[dict[str, Image], dict[str, Image]]:
+    """A case's images and label maps as stored, each label map checked against the first image's grid."""
+    images = {name: _read_underlay(case, name) for name in case.images}
     first = next(iter(images.values()))
     labels = {}
     for name, path in (("reference", case.reference), ("prediction", case.prediction)):
         if path is not None:
             labels[name] = read_label(path, case.scheme)
             check_geometry(labels[name], first)
+    return images, labels
+
+
+def load_case(case: ReportCase, read: tuple[dict, dict] | None = None) -> tuple[dict, dict, np.ndarray, dict]:
+    """RAS underlays and labels of a case, its RAS affine, and region volumes (mL) per label map."""
+    images, labels = read or read_case(case)
+    images = {name: images[name] for name, _ in UNDERLAYS if name in images}
+    first = next(iter(images.values()))
     volumes = {name: region_volumes_ml(lab.array, case.scheme, lab.spacing) for name, lab in labels.items()}
     ras_images = {name: figures.to_ras(im.array, im.affine)[0] for name, im in images.items()}
     ras_labels = {name: figures.to_ras(lab.array, lab.affine)[0] for name, lab in labels.items()}
     return ras_images, ras_labels, figures.to_ras(first.array, first.affine)[1], volumes
 
 
-def case_figure(case: ReportCase, convention: str = "radiological") -> tuple[bytes, dict]:
+def case_figure(case: ReportCase, convention: str = "radiological",
+                read: tuple[dict, dict] | None = None) -> tuple[bytes, dict]:
     """The overlay PNG of one case and its region volumes (mL) per label map."""
-    images, labels, affine, volumes = load_case(case)
+    images, labels, affine, volumes = load_case(case, read)
     if not labels:
         labels = {"no label": np.zeros(next(iter(images.values())).shape, dtype=np.uint8)}
     png = figures.overlay_figure(images, labels, case.scheme, affine=affine, convention=convention,
@@ -242,21 +257,28 @@ def _run_html(run_dir: Path) -> str:
     return "<h2>Training run</h2>" + "".join(parts)
 
 
-def _cases_html(shown: list[ReportCase], total: int, max_cases: int, convention: str, with_volumes: bool) -> str:
-    sections, volumes = [], {}
+def _cases_html(shown: list[ReportCase], total: int, max_cases: int, convention: str,
+                metrics: list[dict] | None, with_viewer: bool) -> str:
+    sections, volumes, viewed = [], {}, []
     for case in tqdm(shown, desc="report", unit="case"):
-        png, volumes[case.case_id] = case_figure(case, convention)
+        read = read_case(case)
+        png, volumes[case.case_id] = case_figure(case, convention, read)
         sections.append(f"<h3>{html.escape(case.case_id)}</h3>{png_tag(png, case.case_id)}")
+        if with_viewer:
+            rows = [r for r in metrics or () if r["case"] == case.case_id]
+            table = viewer.metrics_table(rows, volumes[case.case_id])
+            viewed.append(viewer.viewer_case(case.case_id, case.scheme, *read, table))
     capped = f" (--max-cases {max_cases})" if len(shown) < total else ""
-    parts = [_volumes_html(volumes)] if with_volumes else []
-    return "".join(parts + ["<h2>Cases</h2>", f'<p class="note">{len(shown)} of {total} cases drawn{capped}.</p>',
-                            *sections])
+    parts = [] if metrics else [_volumes_html(volumes)]
+    return "".join(parts + [viewer_page.viewer_section(viewed, convention), "<h2>Cases</h2>",
+                            f'<p class="note">{len(shown)} of {total} cases drawn{capped}.</p>', *sections])
 
 
 def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, summary: dict | None = None,
                  run_dir: Path | None = None, title: str = "glioseg report", convention: str = "radiological",
-                 max_cases: int = DEFAULT_MAX_CASES) -> Path:
-    """Write the HTML report atomically; returns its path. ``cases``: :class:`ReportCase` list."""
+                 max_cases: int = DEFAULT_MAX_CASES, with_viewer: bool = True) -> Path:
+    """Write the HTML report atomically; returns its path. ``cases``: :class:`ReportCase` list;
+    ``with_viewer``: the interactive 3D viewer of the cases drawn (adds NiiVue, 2.3 MB, and the volumes)."""
     cases = list(cases)
     shown = cases[:max_cases]
     body = [f"<h1>{html.escape(title)}</h1>",
@@ -271,7 +293,7 @@ def write_report(out_html: Path, cases=(), metrics: list[dict] | None = None, su
     if run_dir is not None:
         body.append(_run_html(Path(run_dir)))
     if shown:
-        body.append(_cases_html(shown, len(cases), max_cases, convention, with_volumes=not metrics))
+        body.append(_cases_html(shown, len(cases), max_cases, convention, metrics, with_viewer))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
     return write_text_atomic(out_html, page)
