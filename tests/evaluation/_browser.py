@@ -103,7 +103,7 @@ def _inspect(session: _Session, html_path: Path, deadline: float, before_shot: s
     status = session.evaluate("(document.getElementById('gv-status')||{}).textContent||''")
     location = session.evaluate("(document.getElementById('gv-location')||{}).textContent||''")
     canvas = session.evaluate("(function(){var c=document.getElementById('gv-canvas');if(!c)return {};"
-                              "c.scrollIntoView();var r=c.getBoundingClientRect();"
+                              "(document.getElementById('gv-controls')||c).scrollIntoView();var r=c.getBoundingClientRect();"
                               "return {x:r.x,y:r.y,width:r.width,height:r.height};})()")
     time.sleep(0.5)
     shot = session.call("Page.captureScreenshot", format="png")

@@ -76,7 +76,8 @@ def test_probabilities_that_do_not_fit_leave_no_output_of_the_case(tmp_path, che
     assert outputs() == set()                              # no label map without its sidecar
     monkeypatch.setattr(writer, "write_verified", real)
     assert main(argv) == 0
-    assert outputs() == {f"{folder.name}.nii.gz", f"{folder.name}.json"}
+    assert outputs() == {f"{folder.name}.nii.gz", f"{folder.name}.seg.nrrd", f"{folder.name}.json",
+                         "brats-labels.ctbl", "brats-labels.itksnap.txt"}
 
 
 def test_an_invalid_qform_reaches_the_user_with_file_and_check(tmp_path, checkpoint, caplog):

@@ -4,7 +4,7 @@ The viewer (NiiVue, vendored in ``assets/niivue``; the page is :mod:`viewer_page
 from base64 in the page itself, so the report stays one file that opens offline. To keep it
 small, every volume is cropped to one box per case (the voxels that are non-zero in any image
 or label map, plus a margin: the brain of a skull-stripped scan), and the images are stored as
-8-bit voxels of 64 levels (:func:`quantize`) from the image's minimum to the 99.9th percentile of its
+8-bit voxels of 32 levels (:func:`quantize`) from the image's minimum to the 99.9th percentile of its
 non-zero voxels, brighter voxels clipped to the top level, with ``scl_slope`` / ``scl_inter``
 set so that the value under the crosshair reads in the image's own units. Label maps are cut to
 the same box and stored exactly (the box holds every labelled voxel). Each volume keeps the
@@ -26,9 +26,10 @@ from glioseg.evaluation import figures
 
 MARGIN = 2            # voxels kept round the non-zero box
 TOP_PERCENTILE = 99.9  # of non-zero voxels: the top of the 8-bit range
-# 64 levels (6 bits of information in each 8-bit voxel) keep a BraTS case at ~3.3 MB of base64
-# (8 bits: 5.2 MB; 7 bits: 4.3 MB; measured on the bundled sample case), so ten cases stay near 30 MB.
-LEVELS = 63
+# 32 levels (5 bits of information in each 8-bit voxel) keep the four images of a BraTS case at
+# ~2.5 MB of base64 (256 levels: 5.2 MB, 128: 4.3 MB, 64: 3.3 MB; the bundled sample case), so a
+# report of ten cases stays near 30 MB. The page interpolates linearly, which hides the steps.
+LEVELS = 31
 CROP_NOTE = (f"Viewer volumes are cropped to the box of voxels that are non-zero in any image or label map "
              f"(plus {MARGIN} voxels); images are stored with {LEVELS + 1} grey levels from their minimum to the "
              f"{TOP_PERCENTILE}th percentile of non-zero voxels (brighter voxels clipped); label maps are exact.")

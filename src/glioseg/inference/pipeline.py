@@ -24,6 +24,7 @@ from glioseg.data.errors import DataError
 from glioseg.data.labels import region_volumes_ml
 from glioseg.errors import GliosegError, InputError
 from glioseg import files
+from glioseg.evaluation import segment_files
 from glioseg.files import file_sha256
 from glioseg.inference import writer
 from glioseg.inference.inputs import CaseInput
@@ -41,7 +42,7 @@ class OutputOptions:
     uncertainty: bool = False
 
     def names(self) -> list[str]:
-        return ["label"] + [n for n in ("probabilities", "uncertainty") if getattr(self, n)]
+        return ["label", "segments"] + [n for n in ("probabilities", "uncertainty") if getattr(self, n)]
 
 
 def input_digests(case) -> dict[str, dict[str, str]]:
@@ -88,6 +89,13 @@ def _write_outputs(item: CaseInput, out: Path, probs: np.ndarray, meta: dict, im
                                   f"{exc.strerror or exc}; none of the case's outputs was written") from None
         record[what] = {"file": str(path.relative_to(out)), "sha256": digest, "shape": list(array.shape),
                         "dtype": str(array.dtype)}
+    path = writer.output_path(out, case_id, "segments")
+    try:
+        digest = segment_files.write_seg_nrrd(stage(path), label, image.affine, item.scheme)
+    except OSError as exc:
+        raise DataError(path, f"cannot write the Slicer segmentation: {exc.strerror or exc}; none of the "
+                              "case's outputs was written") from None
+    record["segments"] = {"file": str(path.relative_to(out)), "sha256": digest, "format": "3D Slicer .seg.nrrd"}
     return record, label
 
 
@@ -178,14 +186,17 @@ def predict_all(items: Sequence[CaseInput], predictor: Predictor, out: Path | st
 
 def _predict_items(items: Sequence[CaseInput], predictor: Predictor, out: Path,
                    options: OutputOptions) -> tuple[dict[str, int], list[str]]:
-    counts, errors = {"done": 0, "skipped": 0, "failed": 0}, []
+    counts, errors, schemes = {"done": 0, "skipped": 0, "failed": 0}, [], {}
     for item in tqdm(items, desc="predict", unit="case"):
         try:
             counts[_one(item, predictor, out, options)] += 1
+            schemes[item.scheme.name] = item.scheme
         except (GliosegError, OSError) as exc:   # a bad case; a bug still stops the run
             counts["failed"] += 1
             errors.append(f"{item.case.case_id}: {exc}")
             log.error("%s", errors[-1])
+    for scheme in schemes.values():  # label names and colours for Slicer and ITK-SNAP, beside the maps
+        segment_files.write_tables(out, scheme)
     return counts, errors
 
 

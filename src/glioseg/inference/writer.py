@@ -1,6 +1,7 @@
 """Writing predictions: atomic NIfTI in the input's geometry, verified after writing, and a sidecar.
 
-Per case, in this order: ``<case>.nii.gz`` (labels), optionally ``probabilities/<case>.nii.gz``
+Per case, in this order: ``<case>.nii.gz`` (labels), ``<case>.seg.nrrd`` (the same labels as a
+3D Slicer segmentation with named, coloured segments: :mod:`glioseg.evaluation.segment_files`), optionally ``probabilities/<case>.nii.gz``
 and ``uncertainty/<case>.nii.gz`` (in sub-folders, so a folder of predictions holds only label
 maps at its top, which is what ``glioseg evaluate --pred`` reads), and last ``<case>.json``.
 A case is written as one unit (:func:`case_unit`): every file goes to a ``.part-`` name first,
@@ -27,7 +28,8 @@ from glioseg.data.io import DataError, Image, write_image
 
 AFFINE_TOL = 1e-5   # float32 sform rows round-trip exactly; this only absorbs float64 noise
 QFORM_TOL = 1e-4    # the quaternion representation of the qform is float32
-OUTPUTS = {"label": "{}.nii.gz", "probabilities": "probabilities/{}.nii.gz", "uncertainty": "uncertainty/{}.nii.gz"}
+OUTPUTS = {"label": "{}.nii.gz", "segments": "{}.seg.nrrd", "probabilities": "probabilities/{}.nii.gz",
+           "uncertainty": "uncertainty/{}.nii.gz"}
 
 
 def output_path(out: Path, case_id: str, what: str) -> Path:
@@ -145,7 +147,10 @@ def is_complete(out: Path, case_id: str, request: dict) -> bool:
         if not path.is_file():
             return False
         try:
-            if files.file_sha256(path) != entry.get("sha256") or list(nib.load(str(path)).shape) != entry.get("shape"):
+            if files.file_sha256(path) != entry.get("sha256"):
+                return False
+            # NIfTI maps record their shape; the .seg.nrrd (not NIfTI) is checked by its hash alone.
+            if "shape" in entry and list(nib.load(str(path)).shape) != entry["shape"]:
                 return False
         except (OSError, ValueError):
             return False
