@@ -38,10 +38,11 @@ class PageResult:
 
 
 class _Session:
-    def __init__(self, ws_url: str):
+    def __init__(self, ws_url: str, timeout: float):
         import websocket  # websocket-client, a test dependency
 
-        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
+        # A busy page answers only between its tasks: wait as long as the whole page may take.
+        self.ws = websocket.create_connection(ws_url, timeout=timeout, suppress_origin=True)
         self.next_id = 0
         self.events: list[dict] = []
 
@@ -112,6 +113,15 @@ def _inspect(session: _Session, html_path: Path, deadline: float, before_shot: s
                       canvas or {}, location or "")
 
 
+def _inspect_or_timeout(session: _Session, html_path: Path, timeout: float, before_shot: str) -> PageResult:
+    import websocket
+
+    try:
+        return _inspect(session, html_path, time.monotonic() + timeout, before_shot)
+    except websocket.WebSocketTimeoutException:
+        return PageResult("timeout", f"the page did not answer within {timeout:.0f} s", _errors(session.events))
+
+
 def open_pages(html_paths, timeout: float = 120.0, size=(1400, 1100), before_shot: str = "") -> list[PageResult]:
     """Load each page in turn in one browser; wait until its viewer is ready or failed (or ``timeout``
     seconds per page), run ``before_shot`` (JavaScript) on a ready page, take a screenshot."""
@@ -126,12 +136,12 @@ def open_pages(html_paths, timeout: float = 120.0, size=(1400, 1100), before_sho
             port = re.search(r":(\d+)/", browser_url).group(1)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
                 page = next(t for t in json.load(reply) if t["type"] == "page")
-            session = _Session(page["webSocketDebuggerUrl"])
+            session = _Session(page["webSocketDebuggerUrl"], timeout)
             for domain in ("Page", "Runtime", "Log"):
                 session.call(f"{domain}.enable")
             session.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1],
                          deviceScaleFactor=1, mobile=False)
-            return [_inspect(session, path, time.monotonic() + timeout, before_shot) for path in html_paths]
+            return [_inspect_or_timeout(session, path, timeout, before_shot) for path in html_paths]
         finally:
             process.terminate()
             try:

@@ -118,7 +118,7 @@ def test_viewer_draws_the_case_with_its_labels_and_breakage_is_caught(report, tm
     bad_data = _broken(out, tmp_path, "bad_data.html",
                        lambda text: re.sub(r'("H4sI[A-Za-z0-9+/]{36})[A-Za-z0-9+/]{300}', r"\1" + "A" * 300, text))
     assert bad_data.read_text() != out.read_text()
-    good, broken_script, broken_data = open_pages([out, bad_script, bad_data], timeout=90, before_shot=AXIAL)
+    good, broken_script, broken_data = open_pages([out, bad_script, bad_data], timeout=240, before_shot=AXIAL)
     (tmp_path / "viewer.png").write_bytes(good.png)  # for a look: pytest's tmp folder
     assert viewer_problems(good, prediction, scheme) == []
     assert good.location.startswith("voxel") and "FLAIR" in good.location and case.case_id in good.status
