@@ -35,6 +35,7 @@ class PageResult:
     png: bytes = b""
     canvas: dict = field(default_factory=dict)  # the canvas's box in CSS pixels (x, y, width, height)
     location: str = ""               # #gv-location's text (the crosshair readout)
+    requests: list[str] = field(default_factory=list)  # URLs asked for outside the file (http, ...)
 
 
 class _Session:
@@ -76,6 +77,11 @@ def _errors(events: list[dict]) -> list[str]:
     return out
 
 
+def _outside_requests(events: list[dict]) -> list[str]:
+    urls = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
+    return [u for u in urls if not u.startswith(("file:", "data:", "blob:", "about:"))]
+
+
 def _devtools_url(process: subprocess.Popen, deadline: float) -> str:
     lines = []
     while time.monotonic() < deadline:
@@ -110,7 +116,7 @@ def _inspect(session: _Session, html_path: Path, deadline: float, before_shot: s
     shot = session.call("Page.captureScreenshot", format="png")
     session.evaluate("1")  # drain events that arrived with the screenshot
     return PageResult(state or "missing", status or "", _errors(session.events), base64.b64decode(shot["data"]),
-                      canvas or {}, location or "")
+                      canvas or {}, location or "", _outside_requests(session.events))
 
 
 def _inspect_or_timeout(session: _Session, html_path: Path, timeout: float, before_shot: str) -> PageResult:
@@ -137,7 +143,7 @@ def open_pages(html_paths, timeout: float = 120.0, size=(1400, 1100), before_sho
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
                 page = next(t for t in json.load(reply) if t["type"] == "page")
             session = _Session(page["webSocketDebuggerUrl"], timeout)
-            for domain in ("Page", "Runtime", "Log"):
+            for domain in ("Page", "Runtime", "Log", "Network"):
                 session.call(f"{domain}.enable")
             session.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1],
                          deviceScaleFactor=1, mobile=False)

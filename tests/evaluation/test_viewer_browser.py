@@ -64,6 +64,7 @@ def viewer_problems(result, prediction: np.ndarray, scheme) -> list[str]:
     pixels in the axial view: grey brain round the crosshair, the prediction's colour at it."""
     problems = [f"viewer state {result.state!r}: {result.status}"] if result.state != "ready" else []
     problems += [f"page error: {e}" for e in result.errors]
+    problems += [f"asked the network for {url}" for url in result.requests]
     found = re.search(r"voxel (\d+), (\d+), (\d+)", result.location)
     if not found:
         return problems + [f"no crosshair readout: {result.location!r}"]
@@ -108,6 +109,7 @@ def _broken(report_path, tmp_path, name, change):
     return path
 
 
+@pytest.mark.slow  # ~30 s: Chromium draws WebGL on the CPU (SwiftShader)
 def test_viewer_draws_the_case_with_its_labels_and_breakage_is_caught(report, tmp_path):
     out, prediction, case, scheme = report
     script = niivue_script()
