@@ -60,7 +60,7 @@ def test_evaluate_writes_metrics_summary_and_report(dataset, tmp_path, capsys):
     assert set(summary["regions"]["WT"]["dice"]) == {"mean", "std", "median", "q1", "q3", "n"}
     assert summary["regions"]["ET"]["dice"]["n"] == 3
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and "2 of 3 cases drawn (--max-cases 2)" in html
+    assert html.count("src=\"data:image/png;base64,") == 2 and "2 of 3 cases drawn (--max-cases 2)" in html
     assert all(case in html for case in CASES)  # the tables list every case
     printed = capsys.readouterr().out
     assert "WT" in printed and "373.13" in printed

@@ -109,7 +109,8 @@ def _broken(report_path, tmp_path, name, change):
     return path
 
 
-@pytest.mark.slow  # ~30 s: Chromium draws WebGL on the CPU (SwiftShader)
+# Not marked slow although it takes ~30 s (Chromium draws WebGL on the CPU): CI's `make test`
+# skips slow tests, and this is the one check that the report's viewer works in a browser.
 def test_viewer_draws_the_case_with_its_labels_and_breakage_is_caught(report, tmp_path):
     out, prediction, case, scheme = report
     script = niivue_script()
