@@ -87,7 +87,9 @@ def test_ctrl_c_during_preprocess_with_two_workers_prints_no_worker_traceback(tm
 
     from glioseg.data.phantom import write_dataset
 
-    write_dataset(tmp_path / "raw", cases=6, seed=0, shape=(64, 64, 48))
+    # enough cases that the command cannot finish while this test waits for a core on a loaded
+    # machine between seeing the first case start and sending the signal (6 could: exit 0)
+    write_dataset(tmp_path / "raw", cases=24, seed=0, shape=(64, 64, 48))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
     process = subprocess.Popen([sys.executable, "-m", "glioseg", "preprocess", str(tmp_path / "raw"), "--out",
@@ -97,6 +99,7 @@ def test_ctrl_c_during_preprocess_with_two_workers_prints_no_worker_traceback(tm
     while not any((tmp_path / "cache").glob("*/.part-*")) and not any((tmp_path / "cache").glob("*/meta.json")):
         assert process.poll() is None and time.monotonic() < deadline, "preprocess never started a case"
         time.sleep(0.02)
+    assert process.poll() is None, "preprocess finished before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)                  # what Ctrl-C in a terminal does
     _, stderr = process.communicate(timeout=120)
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
