@@ -3,7 +3,7 @@
 One viewer per report (a page may hold only a few WebGL contexts; one canvas and a case
 selector keep every case reachable): the case's four modalities (one shown, switchable), the
 expert label and the prediction as label overlays in the report's colours with a legend,
-opacity and outline, axial / coronal / sagittal / multi-planar (with a 3-D rendering) / 3-D
+opacity, axial / coronal / sagittal / multi-planar (with a 3-D rendering) / 3-D
 views, the crosshair's voxel (in the original files' indices), position in mm and the value of
 every volume there, and the case's metrics beside. Each case's data is its own
 ``<script type="application/json">`` block, parsed only when the case is shown.
@@ -57,8 +57,7 @@ def _controls(cases: list[ViewerCase]) -> str:
     return (f'<div id="gv-controls"><label>case <select id="gv-case">{options}</select></label> '
             '<span id="gv-modalities"></span><br>' + views +
             '<br><span id="gv-overlays"></span> <label>opacity <input id="gv-opacity" type="range" min="0" '
-            'max="1" step="0.05" value="0.5"></label> <label><input id="gv-outline" type="checkbox"> outline'
-            '</label></div>')
+            'max="1" step="0.05" value="0.5"></label></div>')
 
 
 def viewer_section(cases: list[ViewerCase], convention: str = "radiological") -> str:
@@ -119,7 +118,6 @@ DRIVER = r"""
       if (m !== undefined) nv.setOpacity(i, m === cur.modality ? 1 : 0);
       if (lab !== undefined) nv.setOpacity(i, cur.shown[lab] ? opacity : 0);
     });
-    nv.setAtlasOutline(document.getElementById("gv-outline").checked ? 1 : 0);
     nv.drawScene();
   }
   function showModality(name) {
@@ -206,7 +204,6 @@ DRIVER = r"""
     var t = e.target;
     if (t.name === "gv-modality") showModality(t.value);
     else if (t.dataset.label) { cur.shown[t.dataset.label] = t.checked; applyOverlays(); }
-    else if (t.id === "gv-outline") applyOverlays();
   });
   document.getElementById("gv-opacity").addEventListener("input", function (e) {
     opacity = Number(e.target.value); applyOverlays();
