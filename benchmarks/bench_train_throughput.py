@@ -123,6 +123,7 @@ def monai_run(files: list[dict], args, patch, device: torch.device) -> list[floa
 # -- glioseg ----------------------------------------------------------------------------------------
 def glioseg_run(cache: Path, args, patch, device: torch.device, cpu_kernels: bool, out: Path) -> list[float]:
     """``glioseg.training.trainer.train`` for ``args.steps`` steps (no validation); step end times."""
+    from glioseg.models import kernel_choice
     from glioseg.training import trainer as trainer_module
     from glioseg.training.recipe import build_config
 
@@ -130,15 +131,18 @@ def glioseg_run(cache: Path, args, patch, device: torch.device, cpu_kernels: boo
         "precision": args.precision, "epochs": 1, "steps_per_epoch": args.steps, "patch": tuple(patch),
         "batch_size": args.batch_size, "seed": args.seed, "val_fraction": 0.0, "workers": args.workers,
         "device": device.type})
-    accelerate = trainer_module.accelerate_cpu
-    trainer_module.accelerate_cpu = accelerate if cpu_kernels else (lambda model: model)
+    forced = os.environ.get(kernel_choice.ENV)
+    os.environ[kernel_choice.ENV] = "glioseg" if cpu_kernels else "torch"   # torch: no kernel replaced
     record: dict = {}
     try:
         trainer_module.train(config, cache, out, callbacks=[instrument_trainer(record, max_steps=args.steps)])
     except StopTraining:
         pass
     finally:
-        trainer_module.accelerate_cpu = accelerate
+        if forced is None:
+            del os.environ[kernel_choice.ENV]
+        else:
+            os.environ[kernel_choice.ENV] = forced
         gc.collect()   # the stopped epoch's loader workers exit now, not during the next variant
     return record["step_ends"]
 

@@ -166,6 +166,13 @@ def test_choosing_does_not_move_the_global_random_stream():
     torch.testing.assert_close(torch.rand(3), expected)
 
 
+def test_torch_kernels_forced_swaps_nothing(monkeypatch):
+    monkeypatch.setenv(kernel_choice.ENV, "torch")
+    model = accelerate_cpu(create("segresnet", init_filters=8))
+    assert not any(type(m) is fast_norm.FastGroupNorm for m in model.modules())
+    assert all(type(m) in (nn.Conv3d, nn.GroupNorm) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.GroupNorm)))
+
+
 def test_accelerate_keeps_parameters_and_state_dict():
     torch.manual_seed(0)
     model = create("segresnet", init_filters=8)

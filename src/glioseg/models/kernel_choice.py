@@ -63,6 +63,11 @@ def measure(candidates: Mapping[str, Callable[[], object]], repeats: int = REPEA
     return {name: min(values) for name, values in times.items()}
 
 
+def torch_forced() -> bool:
+    """Whether ``GLIOSEG_KERNELS=torch`` asks for PyTorch's kernels everywhere."""
+    return os.environ.get(ENV, "").strip() == TORCH
+
+
 def forced(names: tuple[str, ...]) -> str | None:
     """The implementation ``GLIOSEG_KERNELS`` names: ``torch``, ``glioseg`` (the first of ``names``
     that is not torch's) or one of ``names``; None when unset."""
