@@ -80,6 +80,15 @@ def test_workers_ignore_ctrl_c_so_only_the_command_reports_it(spawn):
     assert dict(as_finished(_sigint_handler, [0, 1], workers=2, spawn=spawn)) == {0: True, 1: True}
 
 
+def _foreground_signals() -> None:
+    """SIGINT as a terminal's foreground job has it. A suite started in the background by a
+    non-interactive shell (``make test &``, some CI runners) ignores SIGINT, the command would
+    inherit that, and Python then installs no KeyboardInterrupt handler: the run ends with 0."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_preprocess_with_two_workers_prints_no_worker_traceback(tmp_path):
     import signal
     import subprocess
@@ -87,14 +96,13 @@ def test_ctrl_c_during_preprocess_with_two_workers_prints_no_worker_traceback(tm
 
     from glioseg.data.phantom import write_dataset
 
-    # enough cases that the command cannot finish while this test waits for a core on a loaded
-    # machine between seeing the first case start and sending the signal (6 could: exit 0)
-    write_dataset(tmp_path / "raw", cases=24, seed=0, shape=(64, 64, 48))
+    write_dataset(tmp_path / "raw", cases=6, seed=0, shape=(64, 64, 48))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
     process = subprocess.Popen([sys.executable, "-m", "glioseg", "preprocess", str(tmp_path / "raw"), "--out",
                                 str(tmp_path / "cache"), "--workers", "2"], env=env, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_foreground_signals)
     deadline = time.monotonic() + 60
     while not any((tmp_path / "cache").glob("*/.part-*")) and not any((tmp_path / "cache").glob("*/meta.json")):
         assert process.poll() is None and time.monotonic() < deadline, "preprocess never started a case"
