@@ -30,6 +30,10 @@ bf16 (autocast) rows are added only when the CPU has native bf16 (avx512_bf16 or
 /proc/cpuinfo): elsewhere bf16 is emulated (SegResNet 64³ training steps 2.5x slower than fp32 on an
 AVX-512 Xeon without BF16, bf16 convolutions ~90x slower on AVX2).
 
+An older instruction set can be emulated on a newer CPU for both PyTorch and oneDNN with
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (what an AVX2-only EPYC runs, at this CPU's
+clock and memory); pass ``--dtypes fp32`` then, bf16 being emulated there.
+
 Timings are wall-clock: on a machine shared with other jobs they are inflated; the load average at
 start and end is printed so a noisy table can be recognised.
 """
@@ -239,6 +243,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=["torch", "glioseg"],
                         help="torch's own kernels; glioseg's convolutions only (glioseg before its GroupNorm); "
                              "glioseg's CPU kernels and allocator (as train/predict use)")
+    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"],
+                        help="precisions to run (default: fp32, and bf16 where the CPU has it natively)")
     parser.add_argument("--no-peak", action="store_true", help="skip measuring the machine's GEMM / conv peak")
     parser.add_argument("--json", type=Path, help="also write the runs and the summary here")
     parser.add_argument("--worker", nargs=4, metavar=("MODEL", "SIZE", "DTYPE", "KERNELS"), help=argparse.SUPPRESS)
@@ -263,7 +269,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(models) - set(list_models()))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(list_models())}")
-    dtypes = ["fp32", "bf16"] if has_native_bf16() else ["fp32"]
+    dtypes = args.dtypes or (["fp32", "bf16"] if has_native_bf16() else ["fp32"])
     print(f"{cpu_name()}; torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{args.threads} threads, median of {args.repeats} steps after 1 warm-up, {args.rounds} interleaved "
           f"rounds, batch 1, load average at start {os.getloadavg()[0]:.1f}")

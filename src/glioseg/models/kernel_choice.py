@@ -91,7 +91,7 @@ def choose(key: str, names: tuple[str, ...], make_candidates: Callable[[], Mappi
         with torch.enable_grad():
             times = measure(make_candidates())
         _CHOICES[key] = fastest(times)
-        log.info("kernel %s: %s (%s)", key, _CHOICES[key],
+        log.debug("kernel %s: %s (%s)", key, _CHOICES[key],
                  ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in times.items()))
     return _CHOICES[key]
 
