@@ -17,9 +17,10 @@ from ._lesion_cases import perturbed_label
 from .oracles import brats2023, brats2024
 from .test_lesionwise import assert_same
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow]
-# One case keeps the suite's time (the oracles take ~30 s of CPU on it); benchmarks/bench_lesion_metrics.py
-# checks all 27 shared cases against the oracles (it prints the largest difference).
+# In the default run (CI included): issue #26 asks for equality on real cases in CI. Each test takes
+# 4-12 s on the 2-core Xeon (22 s for the three), under the suite's 20 s "slow" line; one case keeps
+# it so, and benchmarks/bench_lesion_metrics.py checks all 27 shared cases against the oracles.
+pytestmark = [pytest.mark.realdata]
 CASES = ("brats21/BraTS2021_00014",)
 BRATS = get_scheme("brats")
 
