@@ -82,10 +82,9 @@ def depthwise(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torc
 def _depthwise_candidates(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> dict:
     """Forward + backward of aten's and the fast depthwise conv on random tensors like ``x``."""
     generator = torch.Generator().manual_seed(0)   # the run's random streams stay untouched
-
-    def like(t):
-        return torch.randn(t.shape, generator=generator).to(dtype).contiguous(memory_format=_layout(t))
-    probe, filters, grad = like(x).requires_grad_(), like(weight).requires_grad_(), like(x)
+    probe = kernel_choice.random_like(x, generator, dtype).requires_grad_()
+    filters = kernel_choice.random_like(weight, generator, dtype).requires_grad_()
+    grad = kernel_choice.random_like(x, generator, dtype)
 
     def run(fn):
         def once():
@@ -94,12 +93,6 @@ def _depthwise_candidates(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dt
         return once
     return {kernel_choice.TORCH: run(lambda a, w: F.conv3d(a, w, padding=1, groups=a.shape[1])),
             "glioseg": run(lambda a, w: _DepthwiseConv3dFn.apply(a, w))}
-
-
-def _layout(t: torch.Tensor) -> torch.memory_format:
-    if t.dim() == 5 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 class DepthwiseConv3d(nn.Conv3d):
@@ -127,7 +120,7 @@ class PointwiseConv3d(nn.Conv3d):
         super().__init__(c_in, c_out, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        if kernel_choice.layout_of(x) == torch.channels_last_3d:
             w = self.weight.view(self.out_channels, self.in_channels)
             return F.linear(x.permute(0, 2, 3, 4, 1), w, self.bias).permute(0, 4, 1, 2, 3)
         return F.conv3d(x, self.weight, self.bias)

@@ -180,11 +180,10 @@ def _candidates(x, groups, weight, bias, eps) -> dict:
     """Forward + backward of each implementation on a random tensor like ``x`` (for the choice)."""
     # a private generator: the choice must not move the run's random streams (bitwise resume)
     generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(x.shape, generator=generator).to(x.dtype).contiguous(memory_format=torch.channels_last_3d)
-    probe.requires_grad_(True)
+    probe = kernel_choice.random_like(x, generator).requires_grad_(True)
     w = None if weight is None else weight.detach().clone().requires_grad_(True)
     b = None if bias is None else bias.detach().clone().requires_grad_(True)
-    grad = torch.randn(x.shape, generator=generator).to(x.dtype).contiguous(memory_format=torch.channels_last_3d)
+    grad = kernel_choice.random_like(x, generator)
 
     def run(fn):
         return lambda: fn(probe, groups, w, b, eps).backward(grad)

@@ -32,9 +32,24 @@ ENV = "GLIOSEG_KERNELS"
 _CHOICES: dict[str, str] = {}
 
 
+def layout_of(t: torch.Tensor) -> torch.memory_format:
+    """``channels_last_3d`` for a 5-D tensor stored channels-last (and not also plain contiguous,
+    as a one-channel tensor is), else ``contiguous_format``."""
+    if t.dim() == 5 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def random_like(t: torch.Tensor, generator: torch.Generator, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Normal noise of ``t``'s shape and layout (in ``dtype``, default ``t``'s) from ``generator``:
+    the tensors a measurement runs on, drawn so that the run's own random streams do not move."""
+    noise = torch.randn(t.shape, generator=generator).to(dtype or t.dtype)
+    return noise.contiguous(memory_format=layout_of(t))
+
+
 def key_of(op: str, x: torch.Tensor, *extra) -> str:
     """The cache key of one layer call: op, shape, dtype, layout, thread count and extras."""
-    layout = "cl" if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) else "cf"
+    layout = "cl" if layout_of(x) == torch.channels_last_3d else "cf"
     shape = "x".join(str(s) for s in x.shape)
     parts = [op, shape, str(x.dtype).removeprefix("torch."), layout, f"t{torch.get_num_threads()}", *map(str, extra)]
     return "/".join(parts)
