@@ -40,6 +40,7 @@ STEPS = "steps.csv"
 EVENTS = "precision_events.jsonl"
 SUMMARY = "precision_summary.json"
 LAST = "last.pt"
+SNAPSHOTS = "snapshots"
 BEST = "best.pt"
 CURVES = "training_curves.png"
 REPORT = "report.html"
@@ -95,6 +96,15 @@ class RunFiles:
     step_times = property(lambda self: self.path / STEP_TIMES)
     budget_stop = property(lambda self: self.path / BUDGET_STOP)
     cost = property(lambda self: self.path / COST)
+
+    def snapshot(self, step: int) -> Path:
+        """The copy of the checkpoint kept at optimiser step ``step`` (``snapshot_every``)."""
+        return self.path / SNAPSHOTS / f"step-{step:06d}.pt"
+
+    def snapshots(self) -> dict[int, Path]:
+        """Kept snapshots by step, in step order."""
+        found = sorted((self.path / SNAPSHOTS).glob("step-*.pt"))
+        return {int(p.stem.split("-")[1]): p for p in found if p.stem.split("-")[1].isdigit()}
 
     def checkpoint(self, which: str) -> Path:
         """``last`` or ``best`` → its path."""

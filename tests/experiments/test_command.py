@@ -23,7 +23,7 @@ from glioseg.files import exclusive_lock
 from glioseg import run_io
 from glioseg.run_io import RunFiles
 
-from .conftest import TINY_SPEC
+from .conftest import TINY_ARM, TINY_SPEC
 
 SRC = Path(glioseg.__file__).resolve().parents[1]
 RUNS = ("small/fold0-seed0", "small/fold1-seed0", "unet/fold0-seed0", "unet/fold1-seed0")
@@ -292,3 +292,21 @@ def test_a_report_over_two_machines_gives_times_per_machine(finished, tmp_path):
     assert "99.00 [2]" in unet and "9999 [2]" in unet and "[1]" in unet
     small = next(line for line in text.splitlines() if line.startswith("| small | segresnet |"))
     assert "[2]" not in small
+
+
+def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_path, one_thread):
+    # a release measured the way it ships: one arm, all training cases (no validation split), the
+    # last checkpoint scored on the held-out fold, snapshots kept for a learning curve
+    arm = {**TINY_SPEC["arms"][0], "overrides": {**TINY_ARM["overrides"], "val_fraction": 0.0,
+                                                  "snapshot_every": 2}}
+    spec = write_spec(arms=[arm], evaluation={"window": "box", "checkpoint": "last", "bootstrap": 200})
+    out = tmp_path / "out"
+    assert main(["experiment", "run", str(spec), "--out", str(out)]) == 0
+    for fold in (0, 1):
+        run = RunFiles(out / "runs" / f"small/fold{fold}-seed0")
+        assert run.read_split()["val"] == [] and not run.best.exists()
+        assert list(run.snapshots()) == [2, 4]
+        result = json.loads((out / "results" / f"small/fold{fold}-seed0.json").read_text())
+        assert {r["case"] for r in result["rows"]} == set(run.read_split()["test"])
+    report = (out / "report" / "tiny.md").read_text()
+    assert " vs small" not in report and "## Cost per arm" in report

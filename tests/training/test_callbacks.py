@@ -82,3 +82,23 @@ def test_a_stop_checkpoints_that_step_and_the_resumed_run_is_the_uninterrupted_o
     _train(phantom_cache, part, config, [], resume=True)
     assert RunFiles(part).read_steps() == RunFiles(whole).read_steps()
     assert without(RunFiles(part).read_metric_rows(), "seconds") == without(RunFiles(whole).read_metric_rows(), "seconds")
+
+
+def test_snapshots_keep_the_checkpoint_of_each_marked_step(phantom_cache, tmp_path):
+    # epochs of 2 steps, a snapshot every 3 steps: the epochs ending at steps 4 and 6 reach marks 3
+    # and 6; the copies are the weights at those steps (the last one equals last.pt)
+    config = write_config(tmp_path, epochs=3, steps_per_epoch=2, snapshot_every=3)
+    _train(phantom_cache, tmp_path / "run", config, [])
+    files = RunFiles(tmp_path / "run")
+    kept = files.snapshots()
+    assert list(kept) == [4, 6]
+    assert load_checkpoint(kept[4])["progress"]["step"] == 4
+    last, six = load_checkpoint(files.last), load_checkpoint(kept[6])
+    assert all((last["model"][k] == six["model"][k]).all() for k in last["model"])
+
+
+def test_snapshot_every_must_not_be_negative(tmp_path):
+    from glioseg.errors import InputError
+    from glioseg.training.recipe import TrainConfig
+    with pytest.raises(InputError, match="snapshot_every"):
+        TrainConfig(snapshot_every=-1)

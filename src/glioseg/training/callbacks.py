@@ -97,3 +97,21 @@ class StopAfterSteps(Callback):
         self.done += 1
         if self.done >= self.steps:
             trainer.request_stop(self.reason)
+
+
+class KeepSnapshots(Callback):
+    """Keep a copy of the checkpoint every ``every`` optimiser steps, at the end of the epoch that
+    reaches it (``RUN/snapshots/step-NNNNNN.pt``): held-out Dice against training steps (a learning
+    curve) from one run, instead of one run per length."""
+
+    def __init__(self, every: int):
+        self.every, self.kept = every, -1
+
+    def on_epoch_end(self, trainer, epoch: EpochEnd) -> None:
+        mark = trainer.step // self.every
+        if mark > 0 and mark != self.kept and trainer.step % self.every < trainer.config.steps_per_epoch:
+            path = trainer.run.files.snapshot(trainer.step)
+            if trainer.info.is_main:
+                path.parent.mkdir(exist_ok=True)
+            trainer.save(path)
+            self.kept = mark

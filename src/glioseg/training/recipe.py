@@ -54,6 +54,7 @@ class TrainConfig:
     workers: int = 1
     device: str = "auto"
     checkpoint_every: int = 0
+    snapshot_every: int = 0
 
     def __post_init__(self) -> None:
         for name, valid in (("loss", LOSSES), ("optimizer", OPTIMIZERS)):
@@ -61,6 +62,8 @@ class TrainConfig:
                 raise InputError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
         if len(self.patch) != 3 or min(self.patch) < 8:
             raise InputError(f"patch must be three sizes of at least 8 voxels, got {self.patch}")
+        if self.snapshot_every < 0:
+            raise InputError(f"snapshot_every must be 0 (none) or a number of steps, got {self.snapshot_every}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")

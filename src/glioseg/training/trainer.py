@@ -30,7 +30,7 @@ from glioseg.cpu_allocator import keep_freed_memory
 from glioseg.models.cpu_kernels import accelerate_cpu
 from glioseg.models.registry import create, takes_ids
 from glioseg.training import distributed as dist_utils
-from glioseg.training.callbacks import Callback, EpochEnd, RunStopped, StepEnd, TrainEnd
+from glioseg.training.callbacks import Callback, EpochEnd, KeepSnapshots, RunStopped, StepEnd, TrainEnd
 from glioseg.training.checkpoint import save_checkpoint
 from glioseg.training.losses import SegmentationLoss
 from glioseg.training.precision import NonFiniteTrainingError, PrecisionController
@@ -271,6 +271,8 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data
         if not resume and run.last.exists():
             raise InputError(f"{out}: a run is already there ({run.last.name}); pass --resume or another --out")
         prepared = prepare_data(data, out, config, data_format, cache, info, resume, allow_other_data)
+        if config.snapshot_every:
+            callbacks = (*callbacks, KeepSnapshots(config.snapshot_every))
         trainer = Trainer(config, prepared, run, info, device, callbacks)
         if resume:
             trainer.load(run.last)
