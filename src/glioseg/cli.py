@@ -176,6 +176,10 @@ def _add_predict(sub) -> None:
                         "non-finite windows are re-run in fp32, stitching is fp32")
     p.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--postprocess", choices=("model", "none"), default="model",
+                   help="model (default): the post-processing the model carries, chosen by its "
+                        "cross-validation (small tumour components removed, a small ET relabelled core; "
+                        "glioseg models --released says which); none: the network's labels as they are")
     p.add_argument("--probabilities", action="store_true",
                    help="also write WT/TC/ET probabilities (float32, X×Y×Z×3) to DIR/probabilities/")
     p.add_argument("--uncertainty", action="store_true",
@@ -217,6 +221,11 @@ def _add_experiment(sub) -> None:
     report.add_argument("dir", type=Path)
     report.add_argument("--out", type=Path, help="report folder (default DIR/report)")
     actions.add_parser("list", help="the shipped specs")
+    post = actions.add_parser("postprocess", help="choose the post-processing on an arm's held-out predictions "
+                                                  "(small components, small ET) and measure its nested gain")
+    post.add_argument("dir", type=Path, help="experiment folder (its runs' predictions must be there)")
+    post.add_argument("--arm", help="the arm (default: the spec's reference)")
+    post.add_argument("--data", type=Path, help="the dataset's reference labels, if not where the experiment read them")
 
 
 def _add_demo(sub) -> None:

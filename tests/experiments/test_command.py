@@ -310,3 +310,13 @@ def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_pa
         assert {r["case"] for r in result["rows"]} == set(run.read_split()["test"])
     report = (out / "report" / "tiny.md").read_text()
     assert " vs small" not in report and "## Cost per arm" in report
+    # the post-processing choice scores the runs' own held-out predictions: without post-processing
+    # each case's Dice is the one the experiment's result files hold
+    assert main(["experiment", "postprocess", str(out)]) == 0
+    choice = json.loads((out / "results" / "postprocess-small.json").read_text())
+    held = {row["case"]: row for fold in (0, 1) for row in
+            json.loads((out / "results" / f"small/fold{fold}-seed0.json").read_text())["rows"] if row["region"] == "WT"}
+    assert {r["case"] for r in choice["per_case"]} == set(held)
+    for row in choice["per_case"]:
+        assert row["none"][0] == pytest.approx(held[row["case"]]["dice"])
+    assert set(choice["nested"]["choices"]) == {"0", "1"} and len(choice["table"]) == 81

@@ -1,4 +1,4 @@
-"""``glioseg experiment run | status | report | list``: the spec, the plan, the executor, the report."""
+"""``glioseg experiment run | status | report | list | postprocess``: the spec, the plan, the executor, the report."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from glioseg.errors import InputError
+from glioseg.experiments.postprocess import choose_postprocess, format_choice, write_choice
 from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan
 from glioseg.experiments.report import write_report
 from glioseg.experiments.results import load_results
@@ -72,7 +73,17 @@ def list_specs(args: argparse.Namespace) -> int:
     return 0
 
 
-ACTIONS = {"run": run_experiment, "status": status, "report": report, "list": list_specs}
+def postprocess(args: argparse.Namespace) -> int:
+    plan = load_plan(args.dir)
+    choice = choose_postprocess(plan, args.arm, args.data)
+    path = write_choice(plan, choice)
+    print(format_choice(choice))
+    print(f"wrote {path}")
+    return 0
+
+
+ACTIONS = {"run": run_experiment, "status": status, "report": report, "list": list_specs,
+           "postprocess": postprocess}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     refuse_inside(args.out, [*paths, *named])
     checked_device(args.device)
     config = PredictConfig(window=_window_arg(args.roi), overlap=args.overlap, tta=args.tta,
-                           precision=args.precision, sw_batch_size=args.sw_batch_size, device=args.device)
+                           precision=args.precision, sw_batch_size=args.sw_batch_size, device=args.device,
+                           postprocess=args.postprocess)
     predictor = make_predictor(models, config)
     files = {c: getattr(args, c, None) for c in CHANNELS}
     items = case_inputs.collect(paths, files, args.case_id, predictor.bundle.channels, args.scheme,

@@ -38,6 +38,7 @@ from glioseg.data.labels import get_scheme
 from glioseg.data.output_space import OutputSpace
 from glioseg.errors import InputError
 from glioseg.files import file_sha256
+from glioseg.inference.postprocess import PostprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class ModelBundle:
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
     sha256: str | None = None
     trained_spacing: tuple[float, float, float] | None = None
+    # the post-processing chosen for this model by cross-validation (inference.postprocess), as
+    # PostprocessConfig.to_dict(); empty: none. predict applies it unless asked not to
+    postprocess: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         # A bundle read from a file (JSON a person may have edited, a checkpoint) was built by
@@ -85,6 +89,7 @@ class ModelBundle:
         object.__setattr__(self, "options", dict(self.options))
         object.__setattr__(self, "preprocess", dict(self.preprocess))
         object.__setattr__(self, "site_index", {str(k): v for k, v in self.site_index.items()})
+        object.__setattr__(self, "postprocess", dict(self.postprocess))
         if self.trained_spacing is not None:
             object.__setattr__(self, "trained_spacing", tuple(float(v) for v in self.trained_spacing))
         self._validate()
@@ -105,6 +110,10 @@ class ModelBundle:
         bad = {k: v for k, v in self.site_index.items() if isinstance(v, bool) or not isinstance(v, int)}
         if bad:
             raise ValueError(f"bundle.site_index: expected whole numbers, got {bad}")
+        try:
+            PostprocessConfig.from_dict(self.postprocess)
+        except InputError as exc:
+            raise ValueError(f"bundle: {exc}") from None
         spacing = self.trained_spacing
         if spacing is not None and (len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing)):
             raise ValueError(f"bundle.trained_spacing: expected 3 positive millimetres or null, got {list(spacing)}")
@@ -117,6 +126,7 @@ class ModelBundle:
             "channels": list(self.channels), "scheme": self.scheme, "preprocess": dict(self.preprocess),
             "site_index": dict(self.site_index), "patch_size": list(self.patch_size),
             "trained_spacing": list(self.trained_spacing) if self.trained_spacing else None,
+            "postprocess": dict(self.postprocess),
         }
 
     def to_state(self) -> dict:
@@ -136,6 +146,10 @@ class ModelBundle:
         # the one "dataclass from a mapping" rule: unknown and missing keys, each field's type by name;
         # keys a bundle written before they existed lacks (trained_spacing) take their default
         return from_dict(cls, state, where="bundle", fixed={"sha256": sha256})
+
+    @property
+    def postprocess_config(self) -> PostprocessConfig:
+        return PostprocessConfig.from_dict(self.postprocess)
 
     def check_settings(self) -> None:
         """The model options and preprocessing settings are valid (checked when a file is loaded,

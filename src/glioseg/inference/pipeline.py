@@ -28,6 +28,7 @@ from glioseg.evaluation import segment_files
 from glioseg.files import file_sha256
 from glioseg.inference import writer
 from glioseg.inference.inputs import CaseInput
+from glioseg.inference.postprocess import postprocess_label
 from glioseg.inference.predictor import PredictConfig, Predictor, open_network
 from glioseg.inference.spacing import plan as spacing_plan, preprocess_config as spacing_config, \
     unknown_spacing_warning
@@ -61,7 +62,8 @@ def request_of(item: CaseInput, digests: dict, predictor: Predictor, options: Ou
                      "overlap": config.overlap, "tta": config.tta,
                      # the precision used, not the policy: a case done in bf16 is not skipped by a
                      # run that computes fp32, so a resumed folder never mixes the two
-                     "precision": config.precision, "precision_policy": predictor.requested_precision},
+                     "precision": config.precision, "precision_policy": predictor.requested_precision,
+                     "postprocess": predictor.postprocess.to_dict()},
         "outputs": options.names(),
     }
 
@@ -71,6 +73,8 @@ def _write_outputs(item: CaseInput, out: Path, probs: np.ndarray, meta: dict, im
     """Label map (and optional maps) in the original geometry; returns (outputs record, label)."""
     bundle, case_id = predictor.bundle, item.case.case_id
     label = preprocess.to_original(bundle.output.label_map(probs, item.scheme), meta, order=0)
+    # in the scan's own geometry, where the volumes that the thresholds were chosen on were measured
+    label = postprocess_label(label, item.scheme or bundle.output.scheme, image.spacing, predictor.postprocess)
     maps = {"label": label}
     if options.probabilities:
         region_probs = bundle.output.region_probabilities(probs)

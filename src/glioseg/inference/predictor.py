@@ -25,6 +25,7 @@ from glioseg.errors import InputError
 from glioseg.cpu_allocator import keep_freed_memory
 from glioseg.inference.bundle import ModelBundle, load_bundle, model_kind
 from glioseg.inference.precision import PrecisionChoice, choose_precision
+from glioseg.inference.postprocess import PostprocessConfig
 from glioseg.models.cpu_kernels import accelerate_cpu
 from glioseg.models.registry import takes_ids
 from glioseg.precisions import DTYPES, POLICIES
@@ -32,6 +33,7 @@ from glioseg.precisions import DTYPES, POLICIES
 log = logging.getLogger(__name__)
 
 WINDOWS = ("box", "patch", "volume")
+POSTPROCESS = ("model", "none")
 # The 8 combinations of flips over the spatial axes of a (B, C, X, Y, Z) tensor.
 FLIPS: tuple[tuple[int, ...], ...] = tuple(d for n in range(4) for d in itertools.combinations((2, 3, 4), n))
 
@@ -59,6 +61,9 @@ class PredictConfig:
     precision: str = "fp32"
     sw_batch_size: int = 1
     device: str = "cpu"
+    # "model": the post-processing the model carries (chosen by cross-validation; none for a
+    # plain training checkpoint); "none": the network's labels as they are
+    postprocess: str = "model"
 
     def __post_init__(self):
         if isinstance(self.window, str):
@@ -75,6 +80,8 @@ class PredictConfig:
             raise InputError(f"precision {self.precision!r} is unknown; known: {', '.join(POLICIES)}")
         if self.sw_batch_size < 1:
             raise InputError(f"sw_batch_size must be >= 1; got {self.sw_batch_size}")
+        if self.postprocess not in POSTPROCESS:
+            raise InputError(f"postprocess {self.postprocess!r} is unknown; use {' or '.join(POSTPROCESS)}")
 
 
 class ModuleNetwork:
@@ -268,6 +275,9 @@ def _check_ensemble(networks: Sequence) -> None:
                              f"{list(spacings[1])} mm); only models of one spacing can be averaged")
         if not b.output.same_outputs(first.output):
             raise InputError(f"ensemble members predict different classes ({first.scheme} vs {b.scheme})")
+        if b.postprocess_config != first.postprocess_config:
+            raise InputError(f"ensemble members carry different post-processing ({first.postprocess_config.describe()} "
+                             f"vs {b.postprocess_config.describe()}); an ensemble's labels get one")
 
 
 class Predictor:
@@ -285,6 +295,10 @@ class Predictor:
         self.requested_precision = config.precision
         self.precision_choice = self._choose(config, onnx)
         self.config = replace(config, precision=self.precision_choice.precision)
+        self.postprocess = (self.bundle.postprocess_config if config.postprocess == "model"
+                            else PostprocessConfig())
+        if self.postprocess.active:
+            log.info("post-processing (the model's, from its cross-validation): %s", self.postprocess.describe())
         self.window_notes = fixed_window_notes(self.networks, config)
         for note in self.window_notes:
             log.warning("%s", note)
