@@ -226,6 +226,11 @@ def _add_experiment(sub) -> None:
     post.add_argument("dir", type=Path, help="experiment folder (its runs' predictions must be there)")
     post.add_argument("--arm", help="the arm (default: the spec's reference)")
     post.add_argument("--data", type=Path, help="the dataset's reference labels, if not where the experiment read them")
+    curve = actions.add_parser("curve", help="held-out Dice against training steps: every snapshot of an arm's "
+                                             "fold models (snapshot_every) predicts its held-out cases")
+    curve.add_argument("dir", type=Path, help="experiment folder (its runs' snapshots must be there)")
+    curve.add_argument("--arm", help="the arm (default: the spec's reference)")
+    curve.add_argument("--data", type=Path, help="the dataset, if not where the experiment read it")
 
 
 def _add_demo(sub) -> None:

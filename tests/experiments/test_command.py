@@ -320,3 +320,13 @@ def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_pa
     for row in choice["per_case"]:
         assert row["none"][0] == pytest.approx(held[row["case"]]["dice"])
     assert set(choice["nested"]["choices"]) == {"0", "1"} and len(choice["table"]) == 81
+    # the learning curve: the snapshot at step 2 predicted anew, the one at step 4 is the run's own
+    # evaluation (the same Dice as its result file)
+    assert main(["experiment", "curve", str(out)]) == 0
+    curve = json.loads((out / "results" / "learning-curve-small.json").read_text())
+    assert sorted({r["step"] for r in curve["rows"]}) == [2, 4]
+    assert {(r["case"], r["region"]): r["dice"] for r in curve["rows"] if r["step"] == 4} == {
+        (r["case"], r["region"]): r["dice"] for fold in (0, 1) for r in
+        json.loads((out / "results" / f"small/fold{fold}-seed0.json").read_text())["rows"]}
+    assert (out / "runs" / "small" / "fold0-seed0" / "snapshot-predictions" / "step-000002").is_dir()
+    assert (out / "report" / "learning-curve-small.png").stat().st_size > 1000

@@ -86,6 +86,7 @@ class OraclePredictor:
         self.requested_precision, self.precision_choice = "fp32", PrecisionChoice("fp32", "fp32: as asked")
         self.window_notes = []
         self.networks = [FakeNetwork(threshold_logits, bundle)]
+        self.postprocess = bundle.postprocess_config
 
     def case_probabilities(self, array, meta, site=None):
         assert self.cached.shape == array.shape[1:]

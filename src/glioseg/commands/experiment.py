@@ -1,4 +1,4 @@
-"""``glioseg experiment run | status | report | list | postprocess``: the spec, the plan, the executor, the report."""
+"""``glioseg experiment run | status | report | list | postprocess | curve``: the spec, the plan, the executor, the report."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from glioseg.errors import InputError
+from glioseg.experiments.learning_curve import format_curve, score_snapshots, summarise, write_curve
 from glioseg.experiments.postprocess import choose_postprocess, format_choice, write_choice
 from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan
 from glioseg.experiments.report import write_report
@@ -82,8 +83,18 @@ def postprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def curve(args: argparse.Namespace) -> int:
+    plan = load_plan(args.dir)
+    arm = args.arm or plan.spec.reference
+    rows = score_snapshots(plan, arm, args.data)
+    path, figure = write_curve(plan, arm, rows)
+    print(format_curve(summarise(rows)))
+    print(f"wrote {path} and {figure}")
+    return 0
+
+
 ACTIONS = {"run": run_experiment, "status": status, "report": report, "list": list_specs,
-           "postprocess": postprocess}
+           "postprocess": postprocess, "curve": curve}
 
 
 def run(args: argparse.Namespace) -> int:

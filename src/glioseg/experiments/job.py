@@ -95,18 +95,12 @@ def _add_cost(run_dir: Path, wall: float, peak: float, measure: str, load: tuple
     write_text_atomic(files.cost, json.dumps(cost, indent=2))
 
 
-def _evaluate(job: Job, run_dir: Path) -> tuple[list[dict], str, float]:
-    """Held-out cases through the predict pipeline, scored; (rows, checkpoint used, s per case)."""
-    files = RunFiles(run_dir)
-    wanted = job.evaluation.checkpoint
-    checkpoint = files.checkpoint(wanted)
-    if not checkpoint.is_file():
-        checkpoint, wanted = files.last, "last"   # no validation ran, so no best.pt: the trained state
-    predictor = make_predictor([checkpoint], PredictConfig(window=job.evaluation.window, device=job.eval_device))
-    test = set(job.split["test"])
-    data = Path(job.data)
+def score_checkpoint(checkpoint: Path, test: set[str], data: Path, pred_dir: Path, window: str,
+                     device: str) -> tuple[list[dict], float]:
+    """Held-out cases through the predict pipeline into ``pred_dir``, scored like ``glioseg
+    evaluate``; (rows, seconds per case). Cases already predicted there are not predicted again."""
+    predictor = make_predictor([checkpoint], PredictConfig(window=window, device=device))
     items = [i for i in case_inputs.from_path(data, predictor.bundle.channels, None) if i.case.case_id in test]
-    pred_dir = run_dir / "predictions"
     started = time.perf_counter()
     predict_all(items, predictor, pred_dir)
     seconds = (time.perf_counter() - started) / max(1, len(items))
@@ -115,6 +109,18 @@ def _evaluate(job: Job, run_dir: Path) -> tuple[list[dict], str, float]:
             for c in dataset.cases if c.case_id in test]
     rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
             for r in score_all(jobs)]   # NaN (sensitivity of an empty reference) is JSON null
+    return rows, seconds
+
+
+def _evaluate(job: Job, run_dir: Path) -> tuple[list[dict], str, float]:
+    """Held-out cases through the predict pipeline, scored; (rows, checkpoint used, s per case)."""
+    files = RunFiles(run_dir)
+    wanted = job.evaluation.checkpoint
+    checkpoint = files.checkpoint(wanted)
+    if not checkpoint.is_file():
+        checkpoint, wanted = files.last, "last"   # no validation ran, so no best.pt: the trained state
+    rows, seconds = score_checkpoint(checkpoint, set(job.split["test"]), Path(job.data), run_dir / "predictions",
+                                     job.evaluation.window, job.eval_device)
     return rows, wanted, seconds
 
 
