@@ -35,16 +35,17 @@ CHANNELS = ("flair", "t1", "t1ce", "t2")                        # glioseg.data.f
 
 
 def _add_verify(sub) -> None:
-    p = sub.add_parser("verify", help="check every case of a dataset and print a table")
-    p.add_argument("data", type=Path, help="dataset folder (MSD, BraTS, BraTS 2023+) or manifest file")
+    p = sub.add_parser("verify", help="check every case of a dataset (or several) and print a table")
+    p.add_argument("data", type=Path, nargs="+",
+                   help="dataset folder (MSD, BraTS, BraTS 2023+) or manifest file; several: each reported, then all")
     p.add_argument("--format", choices=FORMATS, default="auto")
     p.add_argument("--json", type=Path, help="also write the per-case report as JSON here")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (0: one per core)")
 
 
 def _add_preprocess(sub) -> None:
-    p = sub.add_parser("preprocess", help="reorient, crop, normalise and cache a dataset")
-    p.add_argument("data", type=Path)
+    p = sub.add_parser("preprocess", help="reorient, crop, normalise and cache a dataset (or several, as one)")
+    p.add_argument("data", type=Path, nargs="+", help="dataset folder(s) or manifest(s); several make one cache")
     p.add_argument("--out", type=Path, required=True, help="cache folder")
     p.add_argument("--format", choices=FORMATS, default="auto")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
@@ -119,7 +120,8 @@ def _add_report(sub) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a network (patch sampling, precision controller, checkpoints)")
-    p.add_argument("--data", type=Path, required=True, help="dataset folder, manifest, or a glioseg cache")
+    p.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="dataset folder, manifest, or a glioseg cache; several datasets are trained on as one")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--model", help="registered network (see `glioseg models`)")
     p.add_argument("--recipe", help="shipped recipe: segresnet-brats or dalight3d-paper (default by model)")
@@ -207,7 +209,7 @@ def _add_experiment(sub) -> None:
     run.add_argument("spec", help="spec file (YAML) or shipped spec name (glioseg experiment list)")
     run.add_argument("--out", type=Path, required=True, help="experiment folder")
     run.add_argument("--budget", default="cpu", help="budget of the spec to use (cpu, paper, ...)")
-    run.add_argument("--data", help="dataset to use instead of the spec's")
+    run.add_argument("--data", nargs="+", help="dataset(s) to use instead of the spec's data")
     run.add_argument("--executor", choices=EXECUTORS, default="local",
                      help="local processes (default) or Slurm through submitit")
     run.add_argument("--jobs", type=int, default=1, help="runs at once with --executor local")
@@ -225,12 +227,13 @@ def _add_experiment(sub) -> None:
                                                   "(small components, small ET) and measure its nested gain")
     post.add_argument("dir", type=Path, help="experiment folder (its runs' predictions must be there)")
     post.add_argument("--arm", help="the arm (default: the spec's reference)")
-    post.add_argument("--data", type=Path, help="the dataset's reference labels, if not where the experiment read them")
+    post.add_argument("--data", type=Path, nargs="+",
+                      help="the dataset(s) with the reference labels, if not where the experiment read them")
     curve = actions.add_parser("curve", help="held-out Dice against training steps: every snapshot of an arm's "
                                              "fold models (snapshot_every) predicts its held-out cases")
     curve.add_argument("dir", type=Path, help="experiment folder (its runs' snapshots must be there)")
     curve.add_argument("--arm", help="the arm (default: the spec's reference)")
-    curve.add_argument("--data", type=Path, help="the dataset, if not where the experiment read it")
+    curve.add_argument("--data", type=Path, nargs="+", help="the dataset(s), if not where the experiment read them")
 
 
 def _add_demo(sub) -> None:

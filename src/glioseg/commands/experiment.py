@@ -14,7 +14,8 @@ from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan
 from glioseg.experiments.report import write_report
 from glioseg.experiments.results import load_results
 from glioseg.experiments.executors import RunsFailed
-from glioseg.experiments.runner import describe_plan, execute, prepare, running, runs_left
+from glioseg.experiments.runner import (describe_data, describe_plan, execute, held_out_lines, prepare, running,
+                                        runs_left)
 from glioseg.experiments.spec import load_spec, shipped_names
 
 
@@ -50,6 +51,11 @@ def run_experiment(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     plan = load_plan(args.dir)
     print(f"experiment {plan.spec.name}, budget {plan.resolved.budget_name}, {len(plan.runs)} runs in {args.dir}")
+    if plan.sources is not None:   # several datasets: where each held-out case comes from
+        print(describe_data(plan))
+        for seed in plan.spec.seeds:
+            print(f"seed {seed}:")
+            print("\n".join(held_out_lines(plan, seed)))
     print(f"{'arm':<28}" + "".join(f"{s:>10}" for s in STATES))
     for arm in plan.resolved.arm_names:
         counts = Counter(plan.status(r) for r in plan.runs if r.arm == arm)

@@ -5,15 +5,18 @@ how cases are stored, when one is up to date, and how to (re)make the stale ones
 
 Layout (``CACHE_VERSION`` 1)::
 
-    CACHE/cache.json          the index; written last, so a cache without it is incomplete
+    CACHE/cache.json          the index; written last, so a cache without it is incomplete (of several
+                          datasets: each case's dataset, ``case_sources``, and the ``datasets``)
     CACHE/fingerprint.json    spacings, shapes, intensities, region volumes, sites
     CACHE/<case>/image.npy    (C, X, Y, Z) float32, RAS, brain-cropped, z-scored
-    CACHE/<case>/label.npy    (X, Y, Z) uint8 label values of the dataset's scheme (absent: no label)
+    CACHE/<case>/label.npy    (X, Y, Z) uint8 label values of the cache's scheme (absent: no label)
     CACHE/<case>/meta.json    everything needed to map back; written last for the case
 
 Every file goes through :func:`glioseg.files.atomic_path`, so a killed writer leaves only
 ``.part-*`` files, which the next run removes. A case is up to date when its ``meta.json``
-records the same input content hashes (SHA-256 of the file bytes), configuration and scheme.
+records the same input content hashes (SHA-256 of the file bytes), configuration and scheme, and
+labels converted from the same convention (``labels_from``, only where a case's dataset's own
+convention differs from the cache's: :mod:`glioseg.data.sources`).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from glioseg import __version__
 from glioseg.data.errors import DataError
 from glioseg.data.formats import check_case_id
 from glioseg.data.labels import REGIONS, LabelScheme
+from glioseg.data.sources import as_sources
 from glioseg.errors import GliosegError, InputError
 from glioseg.files import atomic_path, clean_parts, file_sha256, write_json
 from glioseg.parallel import as_finished, worker_count
@@ -87,7 +91,7 @@ def _hashes(inputs: dict | None) -> dict[str, str]:
     return {role: entry["sha256"] for role, entry in (inputs or {}).items()}
 
 
-def is_current(folder: Path, inputs: dict, config: dict, scheme: str) -> bool:
+def is_current(folder: Path, inputs: dict, config: dict, scheme: str, labels_from: str | None = None) -> bool:
     """Whether ``folder`` holds a complete case made from these inputs with this configuration."""
     try:
         meta = read_json(folder / META)
@@ -95,7 +99,8 @@ def is_current(folder: Path, inputs: dict, config: dict, scheme: str) -> bool:
         return False
     try:
         same = (meta["cache_version"] == CACHE_VERSION and _hashes(meta["inputs"]) == _hashes(inputs)
-                and meta["config"] == config and meta["scheme"] == scheme)
+                and meta["config"] == config and meta["scheme"] == scheme
+                and meta.get("labels_from") == labels_from)
         spatial = tuple(meta["shape"])
         channels = len(meta["channels"])
     except (KeyError, TypeError):  # not a meta.json this version wrote: make the case again
@@ -120,13 +125,13 @@ def write_case(folder: Path, image: np.ndarray, label: np.ndarray | None, meta: 
 
 # ---- bringing a cache up to date ----
 
-def _check(case, out: Path, config: dict, scheme: str) -> tuple[object, dict | None, str]:
+def _check(case, out: Path, config: dict, scheme: str, labels_from: str | None) -> tuple[object, dict | None, str]:
     """(case, its input hashes if it must be (re)made, None if it is current, error message)."""
     try:
         folder = case_dir(out, case.case_id)
         clean_parts(folder)
         inputs = input_digests(case)
-        return case, (None if is_current(folder, inputs, config, scheme) else inputs), ""
+        return case, (None if is_current(folder, inputs, config, scheme, labels_from) else inputs), ""
     except (GliosegError, OSError) as exc:
         return case, None, f"{case.case_id}: {exc}"
 
@@ -170,24 +175,26 @@ def _run(make: Callable, todo: list, out: Path, workers: int) -> Iterator[tuple[
         bar.close()
 
 
-def build(dataset, out: Path | str, config: dict, make: Callable, workers: int = 0) -> Path:
-    """Bring the cache at ``out`` up to date for ``dataset``; ``make(case, inputs)`` makes one case.
+def build(data, out: Path | str, config: dict, make: Callable, workers: int = 0) -> Path:
+    """Bring the cache at ``out`` up to date for ``data`` (a dataset, or :class:`Sources` of several);
+    ``make(case, inputs)`` makes one case.
 
     Up-to-date checks (content hashes) run in threads here; stale cases run in ``workers``
     processes (0: one per core; 1: in this process), so a resume that finds nothing to do
     starts no process. ``make`` must be picklable (a module-level function or a partial).
     """
-    out = Path(out)
-    if dataset.root.is_dir() and out.resolve().is_relative_to(dataset.root.resolve()):
-        raise InputError(f"{out}: the cache must not be inside the dataset folder {dataset.root}")
-    ids = [c.case_id for c in dataset.cases]
-    if len(set(ids)) != len(ids):
-        raise InputError(f"{dataset.root}: duplicate case ids {sorted({i for i in ids if ids.count(i) > 1})}")
+    out, sources = Path(out), as_sources(data)
+    for root in sources.roots:
+        if root.is_dir() and out.resolve().is_relative_to(root.resolve()):
+            raise InputError(f"{out}: the cache must not be inside the dataset folder {root}")
+    ids = [c.case_id for c in sources.cases]   # unique: Sources checks them across its datasets
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX).unlink(missing_ok=True)  # incomplete until every case is current again
     workers = worker_count(workers, len(ids))
+    scheme = sources.scheme.name
     with ThreadPoolExecutor(workers) as threads:  # hashlib releases the GIL on large blocks
-        checks = list(threads.map(lambda c: _check(c, out, config, dataset.scheme.name), dataset.cases))
+        checks = list(threads.map(lambda c: _check(c, out, config, scheme, sources.labels_from(c.case_id)),
+                                  sources.cases))
     unchecked = [error for _, _, error in checks if error]
     todo = [(case, inputs) for case, inputs, error in checks if inputs is not None]
     failed = []
@@ -200,7 +207,7 @@ def build(dataset, out: Path | str, config: dict, make: Callable, workers: int =
     if errors:
         raise InputError(f"{len(errors)} of {len(ids)} cases failed (the others are kept; fix them and "
                          f"rerun to resume):\n  " + "\n  ".join(sorted(errors)))
-    finish(out, dataset, config)
+    finish(out, sources, config)
     return out
 
 
@@ -243,14 +250,20 @@ def fingerprint(metas: list[dict]) -> dict:
     }
 
 
-def finish(out: Path, dataset, config: dict) -> None:
-    """Write ``fingerprint.json``, then ``cache.json`` (last: it marks the cache complete)."""
-    ids = [c.case_id for c in dataset.cases]
+def finish(out: Path, data, config: dict) -> None:
+    """Write ``fingerprint.json``, then ``cache.json`` (last: it marks the cache complete).
+    One dataset's index is what it always was; several add each case's dataset and the datasets."""
+    sources = as_sources(data)
+    ids = [c.case_id for c in sources.cases]
     write_json(out / FINGERPRINT, fingerprint([read_json(out / i / META) for i in ids]))
-    write_json(out / INDEX, {
-        "cache_version": CACHE_VERSION, "glioseg_version": __version__, "format": dataset.format,
-        "source": str(dataset.root), "scheme": dataset.scheme.to_dict(), "channels": list(dataset.channels),
-        "cases": ids, "sites": {c.case_id: c.site for c in dataset.cases}, "config": config})
+    first = sources.datasets[0]
+    index = {
+        "cache_version": CACHE_VERSION, "glioseg_version": __version__,
+        "format": first.format if sources.single else "several",
+        "source": str(first.root) if sources.single else [str(r) for r in sources.roots],
+        "scheme": sources.scheme.to_dict(), "channels": list(sources.channels),
+        "cases": ids, "sites": {c.case_id: c.site for c in sources.cases}, "config": config}
+    write_json(out / INDEX, index if sources.single else {**index, **sources.index_entry()})
 
 
 def scheme_from_dict(data: dict) -> LabelScheme:
@@ -271,6 +284,9 @@ class Cache:
         self.case_ids: tuple[str, ...] = tuple(index["cases"])
         self.config: dict = index["config"]
         self._sites: dict[str, str | None] = index["sites"]
+        # each case's dataset, in a cache of several datasets (None: one dataset)
+        self.case_sources: dict[str, str] | None = index.get("case_sources")
+        self.datasets: list[dict] = index.get("datasets", [])
         self._metas: dict[str, dict] = {}
 
     def __len__(self) -> int:
@@ -284,6 +300,11 @@ class Cache:
     def site(self, case_id: str) -> str | None:
         self._folder(case_id)
         return self._sites[case_id]
+
+    def source(self, case_id: str) -> str | None:
+        """The name of the case's dataset in a cache of several datasets; None in one of one."""
+        self._folder(case_id)
+        return self.case_sources[case_id] if self.case_sources is not None else None
 
     def meta(self, case_id: str) -> dict:
         """The case's ``meta.json`` (read once; treat it as read-only)."""

@@ -104,6 +104,18 @@ def regions_to_labels(regions: np.ndarray, scheme: LabelScheme) -> np.ndarray:
     return out
 
 
+def convert_labels(label: np.ndarray, source: LabelScheme, target: LabelScheme) -> np.ndarray:
+    """A label map of ``source``'s values in ``target``'s, through the WT / TC / ET regions.
+
+    Exact for every value that lies in a region (MSD 1 edema, 2 non-enhancing, 3 enhancing → BraTS
+    2, 1, 4); a value in no region (a BraTS 2024 resection cavity) becomes background, as no region
+    model or score ever sees it. The same scheme returns ``label`` itself.
+    """
+    if source.name == target.name:
+        return label
+    return regions_to_labels(labels_to_regions(label, source), target)
+
+
 def check_label_values(values: np.ndarray, scheme: LabelScheme) -> list[int]:
     """Unique values of a label array that this scheme does not allow (empty when all fine)."""
     return sorted(int(v) for v in np.unique(values) if int(v) not in scheme.allowed)

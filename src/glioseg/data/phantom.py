@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from glioseg.data.formats import CHANNELS
 from glioseg.data.io import write_image
+from glioseg.data.labels import convert_labels, get_scheme
 from glioseg.errors import InputError
 from glioseg.files import atomic_path
 
@@ -342,3 +343,33 @@ def write_dataset(out: Path | str, cases: int, seed: int, shape: tuple[int, int,
         tmp.write_text(json.dumps(meta, indent=1) + "\n")
         _readable(tmp)
     return written
+
+
+MSD_MODALITY = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}   # MSD Task01's dataset.json
+
+
+def write_msd_dataset(out: Path | str, cases: int, seed: int, shape: tuple[int, int, int] = BRATS_SHAPE) -> Path:
+    """The phantom cases in the MSD Task01 layout (another dataset's conventions, for tests of several
+    datasets used together): ``imagesTr/BRATS_<n>.nii.gz`` 4-D (FLAIR, T1w, T1gd, T2w), ``labelsTr/``
+    with MSD labels (1 edema, 2 non-enhancing, 3 enhancing: the BraTS labels converted through the
+    regions) and ``dataset.json``; the case ids carry no site."""
+    out = Path(out)
+    if cases < 1:
+        raise InputError(f"--cases must be at least 1; got {cases}")
+    training = []
+    for index in tqdm(range(cases), desc="phantom msd", unit="case"):
+        case = make_case(index, seed, tuple(int(n) for n in shape))
+        case_id = f"BRATS_{index + 1:03d}"
+        stack = np.stack([case.images[c] for c in ("flair", "t1", "t1ce", "t2")], axis=-1)
+        label = convert_labels(case.label, get_scheme("brats"), get_scheme("msd"))
+        for folder, array in (("imagesTr", stack), ("labelsTr", label)):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            write_image(out / folder / f"{case_id}.nii.gz", array, case.affine, _header())
+        training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
+    meta = {"name": "glioseg phantom (MSD layout)", "modality": MSD_MODALITY,
+            "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumour", "3": "enhancing tumour"},
+            "numTraining": cases, "training": training}
+    with atomic_path(out / "dataset.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+        _readable(tmp)
+    return out

@@ -16,7 +16,7 @@ volumes go back trilinearly.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -31,7 +31,8 @@ from glioseg.data.formats import CHANNELS, Case, Dataset
 from glioseg.data.budget import max_image_bytes
 from glioseg.data.cases import load_case
 from glioseg.data.io import Image
-from glioseg.data.labels import LabelScheme, region_volumes_ml
+from glioseg.data.labels import LabelScheme, convert_labels, region_volumes_ml
+from glioseg.data.sources import Sources, as_sources
 from glioseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -330,15 +331,25 @@ def to_original(volume: np.ndarray, meta: dict, order: int = 0) -> np.ndarray:
 
 # ---- the dataset → cache writer ----
 
-def _make_case(case: Case, inputs: dict, dataset: Dataset, config: PreprocessConfig, verify_stream: bool):
+def _make_case(case: Case, inputs: dict, sources: Sources, config: PreprocessConfig, verify_stream: bool):
+    """One case of its own dataset (read and checked in that dataset's label convention), its labels
+    converted to the cache's convention where that differs (several datasets of other conventions)."""
+    dataset = sources.dataset_of(case.case_id)
     image, label = load_case(case, dataset, verify_stream=verify_stream)
-    return preprocess_case(image, label, case, config, scheme=dataset.scheme, channels=dataset.channels,
-                           inputs=inputs)
+    labels_from = sources.labels_from(case.case_id)
+    if label is not None and labels_from is not None:
+        label = replace(label, array=convert_labels(label.array, dataset.scheme, sources.scheme))
+    array, lab, meta = preprocess_case(image, label, case, config, scheme=sources.scheme,
+                                       channels=sources.channels, inputs=inputs)
+    if labels_from is not None:   # the cache's up-to-date check compares it (glioseg.data.cache.is_current)
+        meta["labels_from"] = labels_from
+    return array, lab, meta
 
 
-def preprocess_dataset(dataset: Dataset, out: Path | str, config: PreprocessConfig, workers: int = 0,
+def preprocess_dataset(dataset: Dataset | Sources, out: Path | str, config: PreprocessConfig, workers: int = 0,
                        verify_stream: bool = True) -> Path:
-    """Write (or bring up to date) the cache of ``dataset`` at ``out``; returns ``out``.
+    """Write (or bring up to date) the cache of ``dataset`` (or of several, :class:`Sources`) at
+    ``out``; returns ``out``.
 
     Cases run in ``workers`` processes (0: one per core; 1: in this process); cases whose
     inputs (by content hash) and configuration are unchanged are skipped. If any case fails,
@@ -346,5 +357,6 @@ def preprocess_dataset(dataset: Dataset, out: Path | str, config: PreprocessConf
     is not written, so the cache reads as incomplete. ``verify_stream`` is passed on to
     :func:`glioseg.data.cases.load_case` (gzip streams read to their end: CRC checked).
     """
-    make = partial(_make_case, dataset=dataset, config=config, verify_stream=verify_stream)
-    return cache.build(dataset, out, config.to_dict(), make, workers)
+    sources = as_sources(dataset)
+    make = partial(_make_case, sources=sources, config=config, verify_stream=verify_stream)
+    return cache.build(sources, out, config.to_dict(), make, workers)

@@ -4,7 +4,8 @@ Each file is read to the end of its gzip stream (CRC32 and length checked), its 
 validated before allocation, its voxels checked finite, and each case's files checked to
 share one grid; label files must hold whole numbers of the format's scheme. All problems
 of all cases are collected (cases run in parallel processes), printed with file and reason,
-and the command exits non-zero if any case is invalid.
+and the command exits non-zero if any case is invalid. Several datasets are each reported as one
+is, then counted together (:func:`overall`).
 """
 from __future__ import annotations
 
@@ -165,9 +166,18 @@ def summary(reports: list[CaseReport], dataset: Dataset) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, dataset: Dataset, reports: list[CaseReport]) -> Path:
-    """The report as JSON (``cases``: one object per case), written atomically."""
-    payload = {
+def overall(results: list[tuple[str, Dataset, list[CaseReport]]]) -> str:
+    """The line under several datasets' reports: every case counted, and per dataset."""
+    reports = [r for _, _, rs in results for r in rs]
+    invalid = sum(not r.valid for r in reports)
+    warnings = sum(len(r.warnings) for r in reports)
+    each = ", ".join(f"{name} {len(rs)} ({sum(not r.valid for r in rs)} invalid)" for name, _, rs in results)
+    return (f"overall: {len(reports)} cases in {len(results)} datasets ({each}): {len(reports) - invalid} valid, "
+            f"{invalid} invalid; {warnings} warnings")
+
+
+def _payload(dataset: Dataset, reports: list[CaseReport]) -> dict:
+    return {
         "root": str(dataset.root),
         "format": dataset.format,
         "scheme": dataset.scheme.to_dict(),
@@ -176,4 +186,16 @@ def write_json(path: Path, dataset: Dataset, reports: list[CaseReport]) -> Path:
         "ignored": [str(p) for p in dataset.ignored],
         "cases": [r.to_dict() for r in reports],
     }
+
+
+def write_json(path: Path, dataset: Dataset, reports: list[CaseReport]) -> Path:
+    """The report as JSON (``cases``: one object per case), written atomically."""
+    return write_json_file(path, _payload(dataset, reports), indent=2, end="\n")
+
+
+def write_json_several(path: Path, results: list[tuple[str, Dataset, list[CaseReport]]]) -> Path:
+    """Several datasets' reports as JSON: ``valid`` over all, and one :func:`write_json` object per
+    dataset under ``datasets`` (with its ``name``)."""
+    payload = {"valid": all(r.valid for _, _, rs in results for r in rs),
+               "datasets": [{"name": name, **_payload(dataset, rs)} for name, dataset, rs in results]}
     return write_json_file(path, payload, indent=2, end="\n")

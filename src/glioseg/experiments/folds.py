@@ -1,6 +1,7 @@
 """Stratified k-fold assignment of cases: deterministic, every case held out exactly once.
 
-Cases are grouped by stratum (acquisition site and grade, ``?`` where unknown); within each
+Cases are grouped by stratum (acquisition site and grade, ``?`` where unknown; of several datasets,
+a case of unknown site is stratified by its dataset, so each dataset is spread over the folds); within each
 stratum, in sorted order of strata, the cases are shuffled by a seeded NumPy generator and
 dealt to the folds in turn, the deal continuing from one stratum to the next. So every fold
 gets each site's cases as evenly as the counts allow (within one), and fold sizes differ by at
@@ -36,8 +37,9 @@ def read_grades(path: Path) -> dict[str, str]:
     return {r["case"]: r["grade"] for r in rows if r["grade"]}
 
 
-def stratum_of(site: str | None, grade: str | None) -> str:
-    return f"{site or UNKNOWN}/{grade or UNKNOWN}"
+def stratum_of(site: str | None, grade: str | None, dataset: str | None = None) -> str:
+    """``site/grade``; ``dataset`` (given with several datasets only) stands in for an unknown site."""
+    return f"{site or dataset or UNKNOWN}/{grade or UNKNOWN}"
 
 
 def assign_folds(strata: dict[str, str], k: int, seed: Sequence[int]) -> dict[str, int]:

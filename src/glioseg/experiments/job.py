@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from glioseg.config import to_dict
-from glioseg.data.formats import discover
+from glioseg.data.sources import as_paths, discover_all
 from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import prediction_path, score_all
 from glioseg.experiments.measure import StepTimer, load_average, peak_mib, reset_peak
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 def make_job(plan: Plan, run: Run, threads: int | None = None) -> Job:
     budget, spec = plan.resolved.budget, plan.spec
     return Job(arm=run.arm, fold=run.fold, seed=run.seed, run_dir=str(plan.run_dir(run)),
-               result=str(plan.result_path(run)), cache=str(plan.cache), data=str(spec.data_path()),
+               result=str(plan.result_path(run)), cache=str(plan.cache),
+               data=tuple(str(p) for p in spec.data_paths()) if spec.several else str(spec.data_path()),
                config=to_dict(plan.resolved.config(run.arm, run.seed)), split=plan.split(run),
                evaluation=spec.evaluation, eval_device=budget.eval_device, minutes=budget.minutes,
                threads=threads)
@@ -95,18 +96,20 @@ def _add_cost(run_dir: Path, wall: float, peak: float, measure: str, load: tuple
     write_text_atomic(files.cost, json.dumps(cost, indent=2))
 
 
-def score_checkpoint(checkpoint: Path, test: set[str], data: Path, pred_dir: Path, window: str,
+def score_checkpoint(checkpoint: Path, test: set[str], data, pred_dir: Path, window: str,
                      device: str) -> tuple[list[dict], float]:
-    """Held-out cases through the predict pipeline into ``pred_dir``, scored like ``glioseg
-    evaluate``; (rows, seconds per case). Cases already predicted there are not predicted again."""
+    """Held-out cases of ``data`` (a dataset path, or several) through the predict pipeline into
+    ``pred_dir``, scored like ``glioseg evaluate``, each dataset's cases predicted and scored in its own
+    label convention; (rows, seconds per case). Cases already predicted there are not predicted again."""
     predictor = make_predictor([checkpoint], PredictConfig(window=window, device=device))
-    items = [i for i in case_inputs.from_path(data, predictor.bundle.channels, None) if i.case.case_id in test]
+    paths = as_paths(data)
+    items = [i for path in paths for i in case_inputs.from_path(path, predictor.bundle.channels, None)
+             if i.case.case_id in test]
     started = time.perf_counter()
     predict_all(items, predictor, pred_dir)
     seconds = (time.perf_counter() - started) / max(1, len(items))
-    dataset = discover(data)
     jobs = [(c.case_id, prediction_path(pred_dir, c.case_id), c.label, dataset.scheme.name)
-            for c in dataset.cases if c.case_id in test]
+            for dataset in discover_all(paths).datasets for c in dataset.cases if c.case_id in test]
     rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
             for r in score_all(jobs)]   # NaN (sensitivity of an empty reference) is JSON null
     return rows, seconds
@@ -119,7 +122,7 @@ def _evaluate(job: Job, run_dir: Path) -> tuple[list[dict], str, float]:
     checkpoint = files.checkpoint(wanted)
     if not checkpoint.is_file():
         checkpoint, wanted = files.last, "last"   # no validation ran, so no best.pt: the trained state
-    rows, seconds = score_checkpoint(checkpoint, set(job.split["test"]), Path(job.data), run_dir / "predictions",
+    rows, seconds = score_checkpoint(checkpoint, set(job.split["test"]), job.data, run_dir / "predictions",
                                      job.evaluation.window, job.eval_device)
     return rows, wanted, seconds
 

@@ -45,10 +45,10 @@ def _points(plan: Plan, arm: str) -> list[tuple]:
     return points
 
 
-def score_snapshots(plan: Plan, arm: str | None = None, data: Path | None = None) -> list[dict]:
+def score_snapshots(plan: Plan, arm: str | None = None, data: Path | list[Path] | None = None) -> list[dict]:
     """Per-case rows (``glioseg evaluate``'s columns) with ``fold``, ``seed`` and ``step``."""
     arm = arm or plan.spec.reference
-    data = Path(data) if data else plan.spec.data_path()
+    data = data or plan.spec.data_paths()   # one dataset or several
     rows = []
     points = _points(plan, arm)
     for n, (run, result, step, checkpoint, pred_dir) in enumerate(points, 1):

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glioseg.data.formats import discover
+from glioseg.data.sources import discover_all
 from glioseg.errors import InputError
 from glioseg.experiments.folds import assign_folds, balance, fold_split, read_grades, stratum_of
 from glioseg.experiments.resolve import Resolved, precision_verdicts, resolve
@@ -52,6 +52,7 @@ class Plan:
     strata: dict[str, str]                  # case → "site/grade"
     folds: dict[int, dict[str, int]]        # training seed → case → fold
     not_run: dict[str, str] = field(default_factory=dict)   # arm → why it cannot run here
+    sources: dict[str, str] | None = None   # case → its dataset's name (several datasets only)
 
     @property
     def spec(self) -> ExperimentSpec:
@@ -91,33 +92,48 @@ class Plan:
     def balance(self, seed: int) -> dict[str, list[int]]:
         return balance(self.folds[seed], self.strata, self.spec.folds.k)
 
+    def by_source(self, cases) -> dict[str, int]:
+        """Cases per dataset (several datasets; empty for one)."""
+        counts: dict[str, int] = {}
+        for case in sorted(cases):
+            if self.sources:
+                counts[self.sources[case]] = counts.get(self.sources[case], 0) + 1
+        return counts
+
     def to_dict(self) -> dict:
-        return {"spec": spec_dict(self.spec), "budget": self.resolved.budget_name, "strata": self.strata,
-                "folds": {str(s): a for s, a in self.folds.items()}, "not_run": self.not_run}
+        saved = {"spec": spec_dict(self.spec), "budget": self.resolved.budget_name, "strata": self.strata,
+                 "folds": {str(s): a for s, a in self.folds.items()}, "not_run": self.not_run}
+        return saved if self.sources is None else {**saved, "sources": self.sources}
 
 
-def _strata(spec: ExperimentSpec) -> dict[str, str]:
-    data = spec.data_path()
-    if not data.exists():
-        raise SpecError(spec.source, f"data {data} does not exist (the spec's data, or --data)")
-    dataset = discover(data)
+def _strata(spec: ExperimentSpec) -> tuple[dict[str, str], dict[str, str] | None]:
+    """Case → stratum, and case → dataset name (None for one dataset)."""
+    for data in spec.data_paths():
+        if not data.exists():
+            raise SpecError(spec.source, f"data {data} does not exist (the spec's data, or --data)")
+    sources = discover_all(spec.data_paths())
     grades = read_grades(spec.grades_path()) if spec.grades_path() else dict(spec.folds.grades or {})
-    labelled = [c for c in dataset.cases if c.label is not None]
-    if len(labelled) < len(dataset.cases):
-        raise SpecError(spec.source, f"{data}: {len(dataset.cases) - len(labelled)} cases have no reference "
-                                     "label; every case of an experiment is scored")
-    return {c.case_id: stratum_of(c.site, grades.get(c.case_id)) for c in labelled}
+    for dataset in sources.datasets:
+        unlabelled = sum(c.label is None for c in dataset.cases)
+        if unlabelled:
+            raise SpecError(spec.source, f"{dataset.root}: {unlabelled} cases have no reference "
+                                         "label; every case of an experiment is scored")
+    named = None if sources.single else {c.case_id: sources.source_of(c.case_id) for c in sources.cases}
+    strata = {c.case_id: stratum_of(c.site, grades.get(c.case_id), named and named[c.case_id])
+              for c in sources.cases}
+    return strata, named
 
 
 def make_plan(spec: ExperimentSpec, budget_name: str, out: Path) -> Plan:
     """Check the whole spec (settings, data, folds, precisions) before anything trains."""
     resolved = resolve(spec, budget_name)
-    strata = _strata(spec)
+    strata, sources = _strata(spec)
     if spec.folds.k > len(strata):
+        where = ", ".join(map(str, spec.data_paths()))
         raise SpecError(spec.source, f"folds.k = {spec.folds.k} is more folds than the {len(strata)} cases of "
-                                     f"{spec.data_path()}")
+                                     f"{where}")
     folds = {s: assign_folds(strata, spec.folds.k, (spec.folds.seed, s)) for s in spec.seeds}
-    return Plan(resolved, Path(out), strata, folds, precision_verdicts(resolved))
+    return Plan(resolved, Path(out), strata, folds, precision_verdicts(resolved), sources)
 
 
 def save_plan(plan: Plan, **about) -> None:
@@ -153,4 +169,4 @@ def load_plan(out: Path) -> Plan:
     spec = spec_from_dict(saved["spec"], str(path), ".")
     resolved = resolve(spec, saved["budget"])
     folds = {int(s): a for s, a in saved["folds"].items()}
-    return Plan(resolved, Path(out), saved["strata"], folds, saved.get("not_run", {}))
+    return Plan(resolved, Path(out), saved["strata"], folds, saved.get("not_run", {}), saved.get("sources"))

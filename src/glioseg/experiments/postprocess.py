@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from glioseg.data.formats import discover
+from glioseg.data.sources import discover_all
 from glioseg.data.labels import REGIONS, get_scheme, labels_to_regions
 from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import prediction_path, read_pair
@@ -49,6 +49,7 @@ class HeldOut:
     seed: int
     prediction: Path
     reference: Path
+    scheme: str           # the reference's label convention (its dataset's)
 
 
 def grid() -> list[Setting]:
@@ -56,14 +57,14 @@ def grid() -> list[Setting]:
     return sorted(((float(t), float(e)) for t in TUMOUR_MM3 for e in ET_MM3), key=lambda s: (s[0] + s[1], s))
 
 
-def held_out(plan: Plan, arm: str, data: Path | None = None) -> list[HeldOut]:
+def held_out(plan: Plan, arm: str, data: Path | list[Path] | None = None) -> list[HeldOut]:
     """The held-out cases of ``arm``'s finished runs; predictions that are gone are an error."""
     results = load_results(plan)
     runs = {run: r for run, r in results.runs.items() if run.arm == arm}
     if not runs:
         raise InputError(f"{plan.out}: arm {arm!r} has no finished run (arms: {', '.join(plan.resolved.arm_names)})")
-    dataset = discover(Path(data) if data else plan.spec.data_path())
-    labels = {c.case_id: c.label for c in dataset.cases}
+    sources = discover_all(data or plan.spec.data_paths())   # one dataset or several
+    labels = {c.case_id: c.label for c in sources.cases}
     cases = []
     for run, result in sorted(runs.items(), key=lambda item: (item[0].seed, item[0].fold)):
         folder = plan.run_dir(run) / "predictions"
@@ -73,8 +74,8 @@ def held_out(plan: Plan, arm: str, data: Path | None = None) -> list[HeldOut]:
                 raise InputError(f"{folder}: no prediction of held-out case {case}; the predictions stay "
                                  "in the run folders (not committed): run this where the experiment ran")
             if labels.get(case) is None:
-                raise InputError(f"{dataset.root}: no reference label for held-out case {case}")
-            cases.append(HeldOut(case, run.fold, run.seed, path, labels[case]))
+                raise InputError(f"{sources.dataset_of(case).root}: no reference label for held-out case {case}")
+            cases.append(HeldOut(case, run.fold, run.seed, path, labels[case], sources.dataset_of(case).scheme.name))
     return cases
 
 
@@ -144,16 +145,15 @@ def _as_config(setting: Setting) -> dict:
     return PostprocessConfig(min_tumour_mm3=setting[0], min_et_mm3=setting[1]).to_dict()
 
 
-def choose_postprocess(plan: Plan, arm: str | None = None, data: Path | None = None) -> dict:
+def choose_postprocess(plan: Plan, arm: str | None = None, data: Path | list[Path] | None = None) -> dict:
     """Score the grid on ``arm``'s held-out predictions; the choice, its nested gain and the table."""
     arm = arm or plan.spec.reference
     cases = held_out(plan, arm, data)
-    scheme = discover(Path(data) if data else plan.spec.data_path()).scheme.name
     settings, scores, folds = grid(), {}, {}
     for item in tqdm(cases, desc="post-processing grid", unit="case"):
-        pred, ref = read_pair(item.prediction, item.reference, get_scheme(scheme))
+        pred, ref = read_pair(item.prediction, item.reference, get_scheme(item.scheme))
         key = f"{item.case}/seed{item.seed}"
-        scores[key] = score_settings(pred, ref.array, scheme, ref.spacing, settings)
+        scores[key] = score_settings(pred, ref.array, item.scheme, ref.spacing, settings)
         folds[key] = item.fold
     chosen, choices = best_setting(scores, list(scores)), nested(scores, folds)
     rows = [{"case": k.split("/seed")[0], "seed": int(k.split("/seed")[1]), "fold": folds[k],

@@ -36,7 +36,7 @@ class Job:
     run_dir: str
     result: str
     cache: str
-    data: str
+    data: str | tuple[str, ...]       # the dataset, or the datasets used as one
     config: dict[str, Any]            # the arm's TrainConfig (plain values: picklable, JSON-able)
     split: dict[str, list[str]]       # train / val / test case ids of the fold
     evaluation: EvaluationSpec

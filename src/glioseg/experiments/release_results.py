@@ -42,7 +42,8 @@ def method(results: Results, arm: str) -> str:
     spec = plan.spec
     cases = len(plan.strata)
     seeds = f"{len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''}"
-    return (f"{spec.folds.k}-fold cross-validation on the {cases} cases of {os.path.relpath(spec.data)}, folds "
+    data = " + ".join(os.path.relpath(p) for p in spec.data_paths())
+    return (f"{spec.folds.k}-fold cross-validation on the {cases} cases of {data}, folds "
             f"stratified by site and grade (seed {spec.folds.seed}), {seeds}: arm '{arm}' of the glioseg experiment "
             f"'{spec.name}' at its '{plan.resolved.budget_name}' budget ({_steps(results, arm)} optimiser steps "
             f"per fold model). Every case is "

@@ -5,7 +5,7 @@ import logging
 
 import torch
 
-from glioseg.data.formats import discover
+from glioseg.data.sources import dataset_names, discover_all
 from glioseg.data.preprocess import PreprocessConfig, preprocess_dataset
 from glioseg.experiments.executors import run_local, run_slurm
 from glioseg.experiments.job import make_job
@@ -37,7 +37,7 @@ def describe_plan(plan: Plan) -> str:
     """The dry run's text: arms, budget, folds, runs with their status and estimated time."""
     budget, spec = plan.resolved.budget, plan.spec
     lines = [f"experiment {spec.name}: {len(spec.arms)} arms x {spec.folds.k} folds x {len(spec.seeds)} seeds = "
-             f"{len(plan.runs)} runs into {plan.out}", f"data {spec.data_path()} ({len(plan.strata)} cases)",
+             f"{len(plan.runs)} runs into {plan.out}", describe_data(plan),
              f"budget {plan.resolved.budget_name}: {budget.description}".rstrip(": ")]
     for arm in spec.arms:
         c = plan.resolved.configs[arm.name]
@@ -47,6 +47,7 @@ def describe_plan(plan: Plan) -> str:
     lines.append("  settings that differ between arms: " + (", ".join(plan.resolved.differences()) or "none"))
     lines.append(f"  folds (seed {spec.seeds[0]}), cases per stratum: " + "; ".join(
         f"{s} {'/'.join(map(str, n))}" for s, n in plan.balance(spec.seeds[0]).items()))
+    lines += held_out_lines(plan, spec.seeds[0])
     total, unknown = 0.0, []
     for run in plan.runs:
         seconds = None if run.arm in plan.not_run else estimate_seconds(plan, run)
@@ -59,6 +60,28 @@ def describe_plan(plan: Plan) -> str:
     note = f" (no s_per_step for {', '.join(sorted(set(unknown)))})" if unknown else ""
     lines.append(f"estimated time for the runs left: {total / 3600:.1f} h with one job{note}")
     return "\n".join(lines)
+
+
+def describe_data(plan: Plan) -> str:
+    """``data PATH (N cases)``; of several datasets each one with its count."""
+    if plan.sources is None:
+        return f"data {plan.spec.data_path()} ({len(plan.strata)} cases)"
+    counts, paths = plan.by_source(plan.strata), plan.spec.data_paths()
+    return (f"data: {len(plan.strata)} cases from {len(paths)} datasets: "
+            + ", ".join(f"{name} {counts.get(name, 0)} ({path})" for name, path in zip(dataset_names(paths), paths)))
+
+
+def held_out_lines(plan: Plan, seed: int) -> list[str]:
+    """Of several datasets: each fold's held-out cases, each with its dataset (the cases' provenance)."""
+    if plan.sources is None:
+        return []
+    lines = []
+    for fold in range(plan.spec.folds.k):
+        cases = sorted(c for c, f in plan.folds[seed].items() if f == fold)
+        counts = ", ".join(f"{name} {n}" for name, n in plan.by_source(cases).items())
+        lines.append(f"  fold {fold} holds out {len(cases)} ({counts}): "
+                     + ", ".join(f"{c} [{plan.sources[c]}]" for c in cases))
+    return lines
 
 
 def running(plan: Plan):
@@ -99,7 +122,7 @@ def prepare(plan: Plan, jobs: int = 1, command: str | None = None, max_runs: int
     for arm, why in plan.not_run.items():
         log.warning("arm %s is not run on this machine: %s", arm, why)
     # one cache for every run: the same preprocessing for all arms, built once (resumable)
-    preprocess_dataset(discover(plan.spec.data_path()), plan.cache, PreprocessConfig(), workers=max(1, jobs))
+    preprocess_dataset(discover_all(plan.spec.data_paths()), plan.cache, PreprocessConfig(), workers=max(1, jobs))
     left = runs_left(plan)
     todo = left[:max_runs]
     log.info("%d of %d runs to do%s", len(left), len(plan.runs),

@@ -1,6 +1,6 @@
 """An experiment spec: YAML → frozen dataclasses, checked as a whole before anything trains.
 
-A spec names the data, the folds, the training seeds, the arms (model + recipe + overrides),
+A spec names the data (a dataset, or a list of datasets used as one: :mod:`glioseg.data.sources`), the folds, the training seeds, the arms (model + recipe + overrides),
 one shared budget per budget name (``cpu``, ``paper``, ...) and the evaluation. Everything an
 arm does not name is the same for every arm: split, seeds, sampler, augmentation, schedule and
 evaluation. An arm without a recipe trains with its model's (``training.recipe.default_recipe``,
@@ -161,7 +161,7 @@ class SlurmSpec:
 @dataclass(frozen=True)
 class ExperimentSpec:
     name: str
-    data: str
+    data: str | tuple[str, ...]     # one dataset, or several (a list in the YAML) used as one
     arms: tuple[ArmSpec, ...]
     reference: str
     budgets: dict[str, BudgetSpec]
@@ -174,6 +174,14 @@ class ExperimentSpec:
     base: str = "."        # the folder relative paths are resolved against
 
     def __post_init__(self):
+        data = self.data
+        if isinstance(data, (list, tuple)):
+            if not data or not all(isinstance(d, str) and d for d in data):
+                raise ValueError(f"data must be a dataset path or a list of them, got {list(data)!r}")
+            # a list of one is that dataset: the same experiment, recorded as it always was
+            object.__setattr__(self, "data", data[0] if len(data) == 1 else tuple(data))
+        elif not isinstance(data, str) or not data:
+            raise ValueError(f"data must be a dataset path or a list of them, got {data!r}")
         names = [a.name for a in self.arms]
         # one arm is a cross-validation of one recipe (a release measured the way it ships): the
         # report then has its per-case held-out scores and no paired comparison
@@ -191,8 +199,23 @@ class ExperimentSpec:
     def arm(self, name: str) -> ArmSpec:
         return next(a for a in self.arms if a.name == name)
 
+    @property
+    def several(self) -> bool:
+        """Several datasets, used as one."""
+        return not isinstance(self.data, str)
+
+    def data_paths(self) -> list[Path]:
+        """Every dataset of the spec, relative paths resolved against the spec's folder."""
+        return [self._path(d) for d in ((self.data,) if isinstance(self.data, str) else self.data)]
+
     def data_path(self) -> Path:
-        path = Path(self.data).expanduser()
+        """The one dataset of a spec of one (see :meth:`data_paths` for several)."""
+        if self.several:
+            raise ValueError(f"{self.source}: the spec names several datasets; use data_paths()")
+        return self._path(self.data)
+
+    def _path(self, data: str) -> Path:
+        path = Path(data).expanduser()
         return path if path.is_absolute() else Path(self.base) / path
 
     def grades_path(self) -> Path | None:
@@ -208,9 +231,9 @@ def shipped_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
-def load_spec(spec: str | Path, data: str | None = None) -> ExperimentSpec:
+def load_spec(spec: str | Path, data: str | Path | list | None = None) -> ExperimentSpec:
     """A spec file, or a shipped spec by name (its relative data path is taken from the current
-    folder); ``data`` replaces the spec's data."""
+    folder); ``data`` (one path or a list) replaces the spec's data."""
     path = Path(spec)
     if path.is_file():
         raw, source, base = load_yaml(path), str(path), str(path.resolve().parent)
@@ -222,8 +245,9 @@ def load_spec(spec: str | Path, data: str | None = None) -> ExperimentSpec:
     for key in ("source", "base"):
         if key in raw:
             raise SpecError(source, f"{key!r} is not a spec setting")
-    if data is not None:
-        raw["data"], base = str(data), "."
+    if data is not None:   # --data: one path or several
+        given = [str(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
+        raw["data"], base = given[0] if len(given) == 1 else given, "."
     return spec_from_dict(raw, source, base)
 
 
@@ -252,7 +276,8 @@ def _budget(name: str, value: Any) -> BudgetSpec:
 def spec_dict(spec: ExperimentSpec) -> dict[str, Any]:
     """The spec as plain values, its data path resolved (what ``experiment.json`` keeps)."""
     data = to_dict(spec)
-    data["data"] = str(spec.data_path().resolve())
+    paths = [str(p.resolve()) for p in spec.data_paths()]
+    data["data"] = paths if spec.several else paths[0]
     grades = spec.grades_path()
     if grades is not None:
         data["folds"]["grades"] = str(grades.resolve())

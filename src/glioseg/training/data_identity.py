@@ -8,6 +8,11 @@ anything is rewritten) or a ready cache (each case's ``meta.json`` records its s
 so moving from one to the other is not a difference. ``RUN/data.json`` holds it; ``--resume``
 with anything else is refused, naming what differs, unless ``--allow-other-data`` says it is
 meant (then the run goes on, says so, and records the new identity).
+
+Of several datasets (:mod:`glioseg.data.sources`) it also records each case's dataset and the label
+convention its file is read in (``sources``): a case that comes from another dataset, or whose
+labels are read in another convention, is other data too. One dataset's identity has no
+``sources`` and reads exactly as it always did.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import logging
 from pathlib import Path
 
 from glioseg.data.cache import input_digests
+from glioseg.data.sources import as_sources
 from glioseg.errors import InputError
 from glioseg.files import read_json, write_json
 from glioseg.run_io import DATA
@@ -25,21 +31,33 @@ RECORD = DATA   # the run folder's names are glioseg.run_io's
 _SHOWN = 8   # differences listed in the message; the rest are counted
 
 
-def identity(scheme: str, preprocess: dict, cases: dict[str, dict[str, str]]) -> dict:
-    return {"scheme": scheme, "preprocess": preprocess, "cases": {c: dict(sorted(r.items())) for c, r in
-                                                                  sorted(cases.items())}}
+def identity(scheme: str, preprocess: dict, cases: dict[str, dict[str, str]],
+             sources: dict[str, dict[str, str]] | None = None) -> dict:
+    """``sources`` (several datasets only): case → {"dataset": its name, "labels": its file's convention}."""
+    out = {"scheme": scheme, "preprocess": preprocess, "cases": {c: dict(sorted(r.items())) for c, r in
+                                                                 sorted(cases.items())}}
+    return out if sources is None else {**out, "sources": dict(sorted(sources.items()))}
 
 
 def from_cache(cache) -> dict:
     """The identity of a complete cache: its cases' source hashes as each ``meta.json`` records them."""
     cases = {c: {role: entry["sha256"] for role, entry in cache.meta(c)["inputs"].items()} for c in cache.case_ids}
-    return identity(cache.scheme.name, cache.config, cases)
+    sources = None
+    if cache.case_sources is not None:
+        labels = {d["name"]: d["scheme"] for d in cache.datasets}
+        sources = {c: {"dataset": name, "labels": labels[name]} for c, name in cache.case_sources.items()}
+    return identity(cache.scheme.name, cache.config, cases, sources)
 
 
 def from_dataset(dataset, preprocess: dict) -> dict:
-    """The identity of a raw dataset about to be preprocessed with ``preprocess`` (hashes every file)."""
-    cases = {c.case_id: {role: entry["sha256"] for role, entry in input_digests(c).items()} for c in dataset.cases}
-    return identity(dataset.scheme.name, preprocess, cases)
+    """The identity of a raw dataset (or of several, :class:`~glioseg.data.sources.Sources`) about to be
+    preprocessed with ``preprocess`` (hashes every file)."""
+    data = as_sources(dataset)
+    cases = {c.case_id: {role: entry["sha256"] for role, entry in input_digests(c).items()} for c in data.cases}
+    sources = None if data.single else {
+        c.case_id: {"dataset": name, "labels": d.scheme.name} for name, d in zip(data.names, data.datasets)
+        for c in d.cases}
+    return identity(data.scheme.name, preprocess, cases, sources)
 
 
 def _listed(ids: list[str]) -> str:
@@ -61,9 +79,30 @@ def differences(saved: dict, now: dict) -> list[str]:
             if old != new:
                 found.append(f"{case} {role} file: SHA-256 {str(old)[:12]} then, {str(new)[:12]} now"
                              if old and new else f"{case} {role} file {'added' if new else 'removed'}")
+    found += _source_differences(saved, now, set(before) & set(after))
     for key, what in (("scheme", "label convention"), ("preprocess", "preprocessing")):
         if saved.get(key) != now[key]:
             found.append(f"{what} {saved.get(key)!r} then, {now[key]!r} now")
+    return found
+
+
+def _source_of(ident: dict, case: str) -> dict:
+    """The case's dataset (None for one dataset, which names none) and the convention its labels are read in."""
+    return ident.get("sources", {}).get(case) or {"dataset": None, "labels": ident.get("scheme")}
+
+
+def _source_differences(saved: dict, now: dict, cases: set[str]) -> list[str]:
+    """Cases now from another dataset or read in another label convention. An identity without
+    ``sources`` (one dataset) names no dataset: against it only a changed convention shows."""
+    if "sources" not in saved and "sources" not in now:
+        return []   # one dataset then and now: its scheme is compared as a whole
+    found = []
+    for case in sorted(cases):
+        old, new = _source_of(saved, case), _source_of(now, case)
+        if old["dataset"] and new["dataset"] and old["dataset"] != new["dataset"]:
+            found.append(f"{case} from dataset {old['dataset']} then, {new['dataset']} now")
+        if old.get("labels") and new.get("labels") and old["labels"] != new["labels"]:
+            found.append(f"{case} labels read as {old['labels']} then, {new['labels']} now")
     return found
 
 

@@ -1,7 +1,7 @@
 """What a run trains on: the preprocessed cache, a seeded train/validation split, site ids.
 
-A raw dataset folder is preprocessed into ``<run>/cache`` first (or into ``--cache``); a
-folder that already is a glioseg cache is used as it is.
+A raw dataset folder (or several: :mod:`glioseg.data.sources`) is preprocessed into
+``<run>/cache`` first (or into ``--cache``); a folder that already is a glioseg cache is used as it is.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from glioseg.data.formats import discover
+from glioseg.data.sources import as_paths, discover_all
 from glioseg.data.preprocess import PreprocessConfig, load_cache, preprocess_dataset
 from glioseg.errors import InputError
 from glioseg.run_io import RunFiles
@@ -74,30 +74,42 @@ class TrainingData:
         return [(c, img, lab, sid if sid >= 0 else None) for c, img, lab, sid in self._volumes(self.val_ids)]
 
 
-def ensure_cache(data: Path, out: Path, data_format: str, cache_dir: Path | None,
+def data_paths(data) -> list[Path]:
+    """``--data``: one path or several (a list); a glioseg cache only alone."""
+    paths = as_paths(data)
+    caches = [p for p in paths if (p / "cache.json").is_file()]
+    if caches and len(paths) > 1:
+        raise InputError(f"{caches[0]} is a glioseg cache: a cache is given alone as --data; to train on several "
+                         "datasets give their folders (one cache is built over all of them)")
+    return paths
+
+
+def ensure_cache(data, out: Path, data_format: str, cache_dir: Path | None,
                  info: dist_utils.DistInfo, check: Callable[[dict], None] | None = None):
-    """The cache for ``data``: ``data`` itself when it is one, else built (by rank 0) and loaded.
+    """The cache for ``data`` (a path, or a list of dataset paths): ``data`` itself when it is a
+    cache, else built over every dataset (by rank 0) and loaded.
 
     ``check`` (on resume) sees the data's identity before anything is written: a raw dataset is
     hashed before the run's cache is brought up to date with it.
     """
-    data = Path(data)
-    if (data / "cache.json").is_file():
-        cache = load_cache(data)
+    paths = data_paths(data)
+    if (paths[0] / "cache.json").is_file():
+        cache = load_cache(paths[0])
         if check is not None:
             check(data_identity.from_cache(cache))
         return cache
     target = Path(cache_dir) if cache_dir else Path(out) / "cache"
     config = PreprocessConfig()
+    sources = discover_all(paths, data_format)   # case ids checked unique across them, before any work
     if check is not None:
-        check(data_identity.from_dataset(discover(data, data_format), config.to_dict()))
+        check(data_identity.from_dataset(sources, config.to_dict()))
     if info.is_main:
-        preprocess_dataset(discover(data, data_format), target, config)
+        preprocess_dataset(sources, target, config)
     dist_utils.barrier(info)
     return load_cache(target)
 
 
-def prepare_data(data: Path, out: Path, config, data_format: str, cache_dir: Path | None,
+def prepare_data(data, out: Path, config, data_format: str, cache_dir: Path | None,
                  info: dist_utils.DistInfo, resume: bool = False, allow_other_data: bool = False) -> TrainingData:
     """The run's data; on ``resume`` it must be the data the run started on (``RUN/data.json``)
     unless ``allow_other_data``, and its identity is recorded in the run folder either way."""

@@ -251,10 +251,11 @@ class Trainer:
         restore_state(self, load_checkpoint(path, allow_previous=True))
 
 
-def train(config: TrainConfig, data: Path, out: Path, resume: bool = False, data_format: str = "auto",
+def train(config: TrainConfig, data: Path | list[Path], out: Path, resume: bool = False, data_format: str = "auto",
           cache: Path | None = None, allow_other_data: bool = False,
           callbacks: tuple[Callback, ...] | list[Callback] = ()) -> dict:
-    """Train ``config`` on ``data`` into run folder ``out``; returns the precision summary.
+    """Train ``config`` on ``data`` (a dataset, manifest or cache; or a list of datasets, trained on
+    as one: :mod:`glioseg.data.sources`) into run folder ``out``; returns the precision summary.
     ``resume`` refuses data other than the run's own (``RUN/data.json``) unless ``allow_other_data``.
 
     ``callbacks`` (``training.callbacks``) watch the run; one that stops it makes this raise
