@@ -103,3 +103,6 @@ def test_two_formats_run_as_one_experiment_each_scored_in_its_own_labels(write_s
     status = capsys.readouterr().out
     assert "data: 10 cases from 2 datasets: raw 6" in status and "BRATS_001 [msd]" in status
     assert "Phantom_SITEA_001 [raw]" in status
+    report = (out / "report" / "tiny.md").read_text()
+    assert "The cases come from 2 datasets: msd 4, raw 6; a case of unknown site is stratified by its dataset." \
+        in report and "| msd/? |" in report

@@ -102,6 +102,10 @@ def _about(results: Results, command: str | None, machine: dict | None) -> list[
     out.append(("p", f"{len(results.runs)} of {total} runs finished ({len(spec.arms)} arms, {spec.folds.k} folds, "
                      f"seeds {', '.join(map(str, spec.seeds))}); {len(plan.strata)} cases, each held out once "
                      "per seed."))
+    if plan.sources is not None:   # several datasets: where the cases come from
+        out.append(("p", f"The cases come from {len(set(plan.sources.values()))} datasets: " + ", ".join(
+            f"{name} {n}" for name, n in plan.by_source(plan.strata).items())
+            + "; a case of unknown site is stratified by its dataset."))
     out += [("p", f"Arm {arm} was not run on this machine: {why}.") for arm, why in plan.not_run.items()]
     if results.runs:
         out.append(("p", timing_conditions(list(results.runs.values()))))
