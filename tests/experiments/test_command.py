@@ -18,6 +18,7 @@ import yaml
 
 import glioseg
 from glioseg.cli import main
+from glioseg.experiments.postprocess import grid
 from glioseg.experiments.runner import LOCK_FILE
 from glioseg.files import exclusive_lock
 from glioseg import run_io
@@ -319,7 +320,7 @@ def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_pa
     assert {r["case"] for r in choice["per_case"]} == set(held)
     for row in choice["per_case"]:
         assert row["none"][0] == pytest.approx(held[row["case"]]["dice"])
-    assert set(choice["nested"]["choices"]) == {"0", "1"} and len(choice["table"]) == 81
+    assert set(choice["nested"]["choices"]) == {"0", "1"} and len(choice["table"]) == len(grid())
     # the learning curve: the snapshot at step 2 predicted anew, the one at step 4 is the run's own
     # evaluation (the same Dice as its result file)
     assert main(["experiment", "curve", str(out)]) == 0

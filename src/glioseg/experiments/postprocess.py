@@ -36,7 +36,7 @@ from glioseg.inference.postprocess import PostprocessConfig, postprocess_regions
 
 log = logging.getLogger(__name__)
 
-TUMOUR_MM3 = (0, 50, 100, 200, 300, 500, 1000, 2000, 5000)
+TUMOUR_MM3 = (0, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000, 20000)
 ET_MM3 = (0, 50, 100, 200, 300, 500, 750, 1000, 1500)
 Setting = tuple[float, float]      # (min_tumour_mm3, min_et_mm3)
 
