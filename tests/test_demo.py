@@ -76,6 +76,15 @@ def test_the_dice_line_says_whether_the_sample_was_a_training_case(monkeypatch, 
     assert demo.sample_provenance("any").startswith(says)
 
 
+def test_an_ensemble_says_how_many_of_its_members_trained_on_the_sample(monkeypatch):
+    members = {"m-fold0.safetensors": [SAMPLE_CASE, "b"], "m-fold1.safetensors": ["b", "c"],
+               "m-fold2.safetensors": [SAMPLE_CASE, "c"]}
+    monkeypatch.setattr(demo, "entry", lambda name: {"training_cases": [SAMPLE_CASE, "b", "c"],
+                                                     "member_training_cases": members})
+    assert demo.sample_provenance("m").startswith("a training case of 2 of this ensemble's 3 members, so not "
+                                                  "a held-out score")
+
+
 def test_without_a_release_the_closing_lines_have_only_part_b(demo_out):
     lines = demo._closing(demo_out, None)
     assert len(lines) == 2 and lines[0].startswith("(b)")

@@ -69,7 +69,7 @@ def _add_models(sub) -> None:
                    help="output channels (3: WT/TC/ET regions; 4: the DALight-3D paper's classes)")
     p.add_argument("--json", type=Path)
     p.add_argument("--released", action="store_true",
-                   help="list the trained models shipped with glioseg instead (name, network, Dice, size)")
+                   help="list the trained models shipped with glioseg instead (name, network, members, Dice, size)")
 
 
 def _add_sample(sub) -> None:
@@ -195,7 +195,9 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or safetensors + JSON")
     p.add_argument("checkpoint", help="training checkpoint .pt, released .safetensors, or a released model's name")
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
-    p.add_argument("--out", type=Path, required=True, help="output file (.onnx, .ts.pt, .safetensors)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output file (.onnx, .ts.pt, .safetensors); a released ensemble writes one file per "
+                        "member beside it: OUT-fold0.onnx, OUT-fold1.onnx, ...")
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="fix the exported graph's window (default: any window, multiples of the "
                         "network's size divisor, so predict runs the checkpoint's windows)")

@@ -92,14 +92,21 @@ def precision_decision(run: Path) -> str:
 
 
 def sample_provenance(model: str) -> str:
-    """Whether the sample case was among the model's training cases (its index entry's), which
-    decides whether its Dice says anything about unseen scans."""
-    cases = entry(model).get("training_cases")
+    """Whether the sample case was among the model's training cases (its index entry's; for an
+    ensemble, of how many of its members), which decides whether its Dice says anything about
+    unseen scans."""
+    item = entry(model)
+    cases = item.get("training_cases")
     if cases is None:
         return "training cases not recorded"
-    if SAMPLE_CASE in cases:
-        return "a training case of this model, so not a held-out score: its card gives the cross-validated Dice"
-    return "held out from this model's training"
+    if SAMPLE_CASE not in cases:
+        return "held out from this model's training"
+    members = item.get("member_training_cases")
+    if members and len(members) > 1:
+        seen = sum(SAMPLE_CASE in c for c in members.values())
+        return (f"a training case of {seen} of this ensemble's {len(members)} members, so not a held-out score: "
+                "its card gives the cross-validated Dice")
+    return "a training case of this model, so not a held-out score: its card gives the cross-validated Dice"
 
 
 def _closing(out: Path, model: str | None, seconds: dict[str, float] | None = None) -> list[str]:

@@ -36,13 +36,14 @@ def _print_released(rows: list[dict]) -> None:
     if not rows:
         print(f"no released models in this installation ({released.package_root()})")
         return
-    print(f"{'name':24s} {'network':12s} {'params':>10s} {'weights':>8s} {'size MB':>8s}  "
+    print(f"{'name':24s} {'network':12s} {'members':>7s} {'params':>10s} {'weights':>8s} {'size MB':>8s}  "
           + "  ".join(f"{'Dice ' + r:14s}" for r in REGIONS) + "  status")
     for r in rows:
         dice = "  ".join(f"{_dice_cell(r['dice'], region):14s}" for region in REGIONS)
-        print(f"{r['name']:24s} {r['model']:12s} {r['params']:>10,d} {r['dtype']:>8s} {r['bytes'] / 1e6:8.1f}  "
-              f"{dice}  {r['status']}")
-    print("Dice: mean ± sd as measured for the model card (see MODEL_CARD.md in each model's folder: "
+        print(f"{r['name']:24s} {r['model']:12s} {r['members']:>7d} {r['params']:>10,d} {r['dtype']:>8s} "
+              f"{r['bytes'] / 1e6:8.1f}  {dice}  {r['status']}")
+    print("members: models averaged by predict --model (an ensemble of fold models, or 1); params: per member. "
+          "Dice: mean ± sd as measured for the model card (see MODEL_CARD.md in each model's folder: "
           f"{released.package_root()})")
 
 

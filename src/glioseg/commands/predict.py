@@ -50,7 +50,7 @@ def model_files(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     folders = [Path(p) for p in [*(args.checkpoint or []), *(args.onnx or [])] if Path(p).is_dir()]
     models, paths = split_models_and_inputs(args.checkpoint or [], args.input or [])
     models += [Path(p) for p in args.onnx or []]
-    models += [released_model(name).path for name in args.model or []]
+    models += [file for name in args.model or [] for file in released_model(name).files]  # every member
     if not models:
         if folders:
             resolve_model(folders[0])   # says what the folder holds

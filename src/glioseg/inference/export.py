@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -183,6 +186,41 @@ def write_released(bundle: ModelBundle, out: Path) -> dict:
             raise InputError(f"safetensors read-back differs for {changed[:5]}; nothing was written")
     _write_config(out, bundle, "safetensors", {})
     return {"file": str(out), "tensors": len(weights)}
+
+
+def export_bundle(bundle: ModelBundle, out: Path, fmt: str, roi=None, tolerance: float = 1e-4) -> dict:
+    """``bundle`` written as ``fmt`` (one of :data:`FORMATS`) at ``out``, checked."""
+    if fmt == "onnx":
+        return export_onnx(bundle, out, roi, tolerance)
+    if fmt == "torchscript":
+        return export_torchscript(bundle, out, roi, tolerance)
+    if fmt == "safetensors":
+        return write_released(bundle, out)
+    raise InputError(f"export format {fmt!r} is unknown; use {', '.join(FORMATS)}")
+
+
+def member_path(out: Path, label: str) -> Path:
+    """Where member ``label`` of an ensemble goes for ``--out out``: ``seg.onnx`` → ``seg-fold0.onnx``
+    (a TorchScript ``seg.ts.pt`` → ``seg-fold0.ts.pt``)."""
+    stem, dot, suffix = out.name.partition(".")
+    return out.with_name(f"{stem}-{label}{dot}{suffix}")
+
+
+def export_members(members: Mapping[str, ModelBundle], out: Path, fmt: str, roi=None,
+                   tolerance: float = 1e-4) -> list[dict]:
+    """Every member of an ensemble exported beside ``out`` (:func:`member_path`), all or nothing:
+    they are written and checked in a ``.part-`` folder and moved into place only when all passed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=f".part-{out.name}.", dir=out.parent))
+    try:
+        results = [export_bundle(bundle, part / member_path(out, label).name, fmt, roi, tolerance)
+                   for label, bundle in members.items()]
+        for file in sorted(part.iterdir()):
+            file.replace(out.parent / file.name)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return [{**r, "file": str(out.parent / Path(r["file"]).name)} for r in results]
 
 
 class OnnxNetwork:

@@ -8,6 +8,10 @@ what the file holds (:func:`~glioseg.inference.bundle.model_kind`, from its byte
 :func:`~glioseg.inference.bundle.load_bundle` and
 :func:`~glioseg.inference.predictor.open_network` open what it resolved. ``predict``, ``export``
 and the experiments all go through here, as timm resolves "name → weights" in one function.
+
+A released model may be an ensemble of several member files (:mod:`glioseg.inference.released`):
+its reference resolves to all of them (:attr:`ModelRef.files`); code that can use only one file
+asks for :attr:`ModelRef.path` and gets an error naming the members.
 """
 from __future__ import annotations
 
@@ -23,11 +27,29 @@ MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".onnx")
 
 @dataclass(frozen=True)
 class ModelRef:
-    """``path``: the model file; ``kind``: ``checkpoint``, ``released`` or ``onnx``; ``name``: the
-    released model's name when the reference was one."""
-    path: Path
+    """``files``: the model file, or every member's config of an ensemble release (averaged at
+    prediction); ``kind``: ``checkpoint``, ``released`` or ``onnx``; ``name``: the released model's
+    name when the reference was one."""
+    files: tuple[Path, ...]
     kind: str
     name: str | None = None
+
+    def __post_init__(self):
+        files = (self.files,) if isinstance(self.files, (str, Path)) else self.files
+        object.__setattr__(self, "files", tuple(Path(f) for f in files))
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.files) > 1
+
+    @property
+    def path(self) -> Path:
+        """The one model file; an ensemble release is an :class:`InputError` naming its members."""
+        if self.is_ensemble:
+            members = ", ".join(f.name.removesuffix(".json") for f in self.files)
+            raise InputError(f"{self.name} is an ensemble of {len(self.files)} models ({members}); "
+                             "this needs one model file: give one member's file")
+        return self.files[0]
 
 
 def is_model_file(path: Path) -> bool:
@@ -65,7 +87,10 @@ def resolve_model(reference: str | Path, root: Path | None = None) -> ModelRef:
 
 
 def released_model(name: str, root: Path | None = None) -> ModelRef:
-    """A released model by name only (``predict --model``): its config, every indexed file checked;
-    an unknown name lists the released ones."""
-    config = released.verified_config(name, root)
-    return ModelRef(config, model_kind(config), name)
+    """A released model by name only (``predict --model``): its members' configs, every indexed
+    file checked; an unknown name lists the released ones."""
+    configs = released.verified_configs(name, root)
+    kinds = {model_kind(c) for c in configs}
+    if len(kinds) != 1:
+        raise released.ReleasedModelError(f"{name}: its members are of different kinds ({', '.join(sorted(kinds))})")
+    return ModelRef(tuple(configs), kinds.pop(), name)

@@ -7,8 +7,14 @@ Layout (package data, written only by ``tools/release_model.py``)::
     glioseg/released/<name>/<name>.safetensors.json  the bundle: channels, preprocessing, labels, network
     glioseg/released/<name>/MODEL_CARD.md            data and terms, recipe, measured Dice, intended use
 
-``verified_config(name)`` checks every file the index lists against its SHA-256 (a missing file
-or a changed byte is an error naming the file) and returns the config path, which
+A released model may be an ensemble (nnU-Net's way: the k fold models of a cross-validation,
+shipped together): ``<name>-fold0.safetensors`` (+ ``.json``), ``<name>-fold1...``, and the index
+entry's ``"weights"`` is the list of member files instead of one file name. Prediction averages
+the members' probabilities, as with several ``--checkpoint``. Index version 2 allows the list;
+version 1 (one file name per model) is still read.
+
+``verified_configs(name)`` checks every file the index lists against its SHA-256 (a missing file
+or a changed byte is an error naming the file) and returns the members' config paths, which
 :func:`glioseg.inference.bundle.load_bundle` and ``glioseg predict`` read like any released file.
 """
 from __future__ import annotations
@@ -24,7 +30,8 @@ from glioseg.inference.bundle import config_path
 
 INDEX = "index.json"
 INDEX_KIND = "glioseg-released-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2           # written; 2 allows a list of member files under "weights"
+READ_VERSIONS = (1, 2)
 CARD = "MODEL_CARD.md"
 
 
@@ -47,8 +54,11 @@ def read_index(root: Path | None = None) -> dict:
         index = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ReleasedModelError(f"{path}: cannot read the released-model index: {exc}") from None
-    if not isinstance(index, dict) or index.get("kind") != INDEX_KIND or index.get("version") != INDEX_VERSION:
-        raise ReleasedModelError(f"{path}: not a glioseg released-model index of version {INDEX_VERSION}")
+    if not isinstance(index, dict) or index.get("kind") != INDEX_KIND or index.get("version") not in READ_VERSIONS:
+        version = index.get("version") if isinstance(index, dict) else None
+        raise ReleasedModelError(f"{path}: not a glioseg released-model index of a version this glioseg reads "
+                                 f"({', '.join(map(str, READ_VERSIONS))}; it says {version!r}): "
+                                 "upgrade glioseg or rebuild the index")
     return index
 
 
@@ -81,10 +91,38 @@ def verify(name: str, root: Path | None = None) -> Path:
     return folder
 
 
-def verified_config(name: str, root: Path | None = None) -> Path:
-    """The checked ``<name>.safetensors.json`` of a released model (what ``load_bundle`` takes)."""
+def weight_files(item: dict) -> list[str]:
+    """The member weight files of an index entry: one for a single model (``"weights"``: a file
+    name, as every version-1 entry has), k for an ensemble (``"weights"``: a list)."""
+    weights = item.get("weights")
+    files = [weights] if isinstance(weights, str) else weights
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) and f for f in files):
+        raise ReleasedModelError(f"{INDEX}: \"weights\" must be a file name or a list of them; got {weights!r}")
+    return list(files)
+
+
+def member_label(name: str, file: str) -> str:
+    """A member's short name: ``fold0`` for ``<name>-fold0.safetensors``; the model's name for a
+    single-file model."""
+    stem = Path(file).name.removesuffix(".safetensors")
+    return stem.removeprefix(f"{name}-") if stem != name else name
+
+
+def verified_configs(name: str, root: Path | None = None) -> list[Path]:
+    """The checked ``.safetensors.json`` configs of every member of a released model, in index
+    order (one for a single model): what ``load_bundle`` and ``predict`` take."""
     folder = verify(name, root)
-    return config_path(folder / entry(name, root)["weights"])
+    return [config_path(folder / file) for file in weight_files(entry(name, root))]
+
+
+def verified_config(name: str, root: Path | None = None) -> Path:
+    """The checked config of a single-file released model; an ensemble is an error naming its
+    members (callers that can run an ensemble use :func:`verified_configs`)."""
+    configs = verified_configs(name, root)
+    if len(configs) > 1:
+        raise ReleasedModelError(f"{name} is an ensemble of {len(configs)} models "
+                                 f"({', '.join(c.name.removesuffix('.json') for c in configs)}), not one file")
+    return configs[0]
 
 
 def _status(name: str, root: Path | None) -> str:
@@ -96,12 +134,14 @@ def _status(name: str, root: Path | None) -> str:
 
 
 def list_released(root: Path | None = None) -> list[dict]:
-    """One row per released model: name, architecture, params, Dice, size, weights dtype, status."""
+    """One row per released model: name, architecture, members (1 for a single model), params per
+    member, Dice, size of all its files, weights dtype, status."""
     root = root or package_root()
     rows = []
     for name in released_names(root):
         item = entry(name, root)
         size = sum((root / name / f).stat().st_size for f in item["files"] if (root / name / f).is_file())
-        rows.append({"name": name, "model": item["model"], "params": item["params"], "dice": item["dice"],
+        rows.append({"name": name, "model": item["model"], "members": len(weight_files(item)),
+                     "params": item["params"], "dice": item["dice"],
                      "bytes": size, "dtype": item["dtype"], "status": _status(name, root)})
     return rows
