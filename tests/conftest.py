@@ -201,6 +201,15 @@ def tiny_release(tmp_path_factory):
     return make_release(tmp_path_factory.mktemp("release"))
 
 
+@pytest.fixture(scope="session")
+def tiny_ensemble(tiny_release, tmp_path_factory):
+    """A 2-member released ensemble (``tests/inference/_release.py``): the tiny release's run and a
+    second tiny run of another seed, in fold order, stored in fp32."""
+    from tests.inference._release import make_ensemble
+
+    return make_ensemble(tmp_path_factory.mktemp("ensemble"), tiny_release)
+
+
 @pytest.fixture
 def one_thread():
     """Train in-process with one torch thread (as the subprocess runs do), then restore."""

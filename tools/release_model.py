@@ -1,17 +1,25 @@
-"""Add (or rebuild) a released model in the package from a glioseg training checkpoint.
+"""Add (or rebuild) a released model in the package from glioseg training checkpoints.
 
     PYTHONPATH=src python tools/release_model.py RUN/best.pt --name segresnet-brats18 \
         --results cv_results.json \
         --cases ../shared/data/brats18/Brats18_TCIA03_265_1 ../shared/data/brats18/Brats18_CBICA_ABM_1 \
         [--replace] [--root src/glioseg/released]
 
+    # an ensemble: the fold models of a cross-validation, in fold order
+    PYTHONPATH=src python tools/release_model.py EXP/runs/release/fold{0,1,2}-seed0/last.pt \
+        --name segresnet-brats --results results.json --cases ... --replace
+
 Writes ``src/glioseg/released/<name>/`` (``<name>.safetensors`` + ``<name>.safetensors.json`` +
-``MODEL_CARD.md``) and the name's entry, with each file's SHA-256, in
-``src/glioseg/released/index.json``; then commit that folder and the index. ``--results`` is the
+``MODEL_CARD.md``; several checkpoints: ``<name>-fold0.safetensors`` + its ``.json``,
+``<name>-fold1...``, one ensemble that ``glioseg predict --model NAME`` averages) and the name's
+entry, with each file's SHA-256, in ``src/glioseg/released/index.json``; then commit that folder and
+the index. The members must agree on channels, labels, output, preprocessing and architecture;
+where the results say which fold held out each case, member ``fold<k>`` (the k-th checkpoint) must
+not have trained on it. ``--results`` is the
 JSON of measured Dice described in ``glioseg.inference.model_card`` (method, hardware, Dice per
 region with sd, optional hours, commands and markdown notes). ``--cases`` (case folders or
-datasets with the four modalities) are predicted with fp32 and with fp16-rounded weights: fp16 is
-stored only if the labels agree at Dice >= 0.999 in every region on every case. This is a
+datasets with the four modalities) are predicted with fp32 and with fp16-rounded weights (of the
+whole ensemble): fp16 is stored only if the labels agree at Dice >= 0.999 in every region on every case. This is a
 maintainer's tool, not a ``glioseg`` command: users only read released models.
 """
 from __future__ import annotations
@@ -28,7 +36,9 @@ from glioseg.inference.release_build import build_release
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", type=Path, help="training checkpoint written by glioseg train (RUN/best.pt)")
+    p.add_argument("checkpoint", type=Path, nargs="+",
+                   help="training checkpoint(s) written by glioseg train (RUN/best.pt); several: the members of "
+                        "one ensemble (the fold models, fold0 first)")
     p.add_argument("--name", required=True, help="released name, e.g. segresnet-brats18")
     p.add_argument("--results", type=Path, required=True, help="JSON of the measured (cross-)validation Dice")
     p.add_argument("--cases", type=Path, nargs="+", required=True,

@@ -5,9 +5,12 @@
         --command "glioseg train --data ... --out runs/release" [--notes notes.md] --out results.json
 
 The JSON (``glioseg.inference.model_card``'s ``ReleaseResults``) holds the arm's cross-validated
-Dice per region (mean, sd, n, per case), the method, the commands (the experiment's own, its report,
-then each ``--command``: how the release weights were trained) and the study table of every arm;
-``tools/release_model.py --results`` puts it into the model card. Refuses an arm with folds missing.
+Dice per region (mean, sd, median, n, per case), the fold that held out each case, the method, the
+commands (the experiment's own, its report, then each ``--command``: how the release weights were
+trained) and, with several arms, the study table of every arm; ``tools/release_model.py --results``
+puts it into the model card. Refuses an arm with folds missing. An experiment of one arm (the
+shipped spec ``segresnet-release``: ``--arm release``) is a cross-validation of the release recipe,
+whose fold models ``tools/release_model.py`` can ship together as one ensemble.
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--arm", required=True, help="the arm whose recipe the release trained")
     p.add_argument("--hardware", required=True, help="what the release weights were trained on")
     p.add_argument("--command", action="append", default=[], help="how the release weights were made (repeatable)")
-    p.add_argument("--hours", type=float, help="training hours of the release run (default: from its metrics.csv)")
+    p.add_argument("--hours", type=float, help="training hours of the release run (default: from its metrics.csv; the members of an "
+                        "ensemble release always take their own runs')")
     p.add_argument("--notes", type=Path, help="markdown file appended after the study table")
     p.add_argument("--out", type=Path, required=True, help="results JSON to write")
     return p.parse_args(argv)
@@ -50,8 +54,8 @@ def main(argv=None) -> int:
         logging.error("%s", exc)
         return 2
     print(f"wrote {args.out}: {args.arm}, " + ", ".join(
-        f"{r} {d['mean']:.3f} ± {d['sd']:.3f} (n={d['n']})" if d["sd"] is not None else f"{r} {d['mean']:.3f}"
-        for r, d in data["dice"].items()))
+        f"{r} {d['mean']:.3f} ± {d['sd']:.3f}, median {d['median']:.3f} (n={d['n']})" if d["sd"] is not None
+        else f"{r} {d['mean']:.3f}" for r, d in data["dice"].items()))
     return 0
 
 

@@ -19,6 +19,7 @@ from glioseg.experiments.spec import load_spec
 from glioseg.inference.model_card import read_results
 
 from ._results import plan_result
+from .conftest import TINY_SPEC
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "release_results.py"
 
@@ -132,3 +133,21 @@ def test_the_tool_writes_the_arms_results_with_the_experiments_commands(plan, tm
     assert json.loads(out.read_text())["notes"].endswith("\n\n**Trained 10x longer.**\n")
     assert _tool().main(args + ["--notes", str(tmp_path / "missing.md")]) == 2
     assert "missing.md" in caplog.text
+
+
+def test_a_one_arm_experiment_gives_median_and_the_fold_of_each_case_without_a_study_table(write_spec, tmp_path):
+    """The release spec's shape: one arm "release", whose fold models become the released ensemble."""
+    arm = {**TINY_SPEC["arms"][0], "name": "release"}
+    plan = make_plan(load_spec(write_spec(arms=[arm], reference="release")), "cpu", tmp_path / "one")
+    save_plan(plan, command="glioseg experiment run release.yaml --out one")
+    dice = _dice(plan)
+    for run in plan.runs:
+        _finish(plan, run, dice)
+    out = tmp_path / "results.json"
+    assert _tool().main([str(plan.out), "--arm", "release", "--hardware", "cpu", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["dice"]["WT"]["median"] == pytest.approx(np.median(list(dice.values())))
+    assert data["held_out_by"] == {case: f"fold{fold}" for case, fold in plan.folds[0].items()}
+    assert data["notes"] == "" and "Recipe study" not in out.read_text()
+    card = read_results(out)
+    assert card.held_out_by == data["held_out_by"] and card.dice.ET.median == pytest.approx(data["dice"]["ET"]["median"])

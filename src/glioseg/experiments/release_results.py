@@ -4,8 +4,11 @@ A released model's card reports how well its recipe did on cases it did not trai
 (:mod:`glioseg.inference.model_card`, ``ReleaseResults``). When the recipe was chosen by an
 experiment, those figures are that arm's held-out scores: every case predicted once, by the fold
 model that did not train on it. :func:`release_results` turns the arm's result files into that
-JSON (per case: the mean over seeds), with the method spelled out, the experiment's command, and
-the study table of every arm in the notes, so the card says what the recipe was chosen against.
+JSON (per case: the mean over seeds; mean, sd, median and n per region; which fold held each case
+out), with the method spelled out, the experiment's command, and the study table of every arm in
+the notes, so the card says what the recipe was chosen against. An experiment of one arm (a
+cross-validation of the release recipe, whose fold models may be released together as an
+ensemble) has no study table.
 """
 from __future__ import annotations
 
@@ -69,6 +72,17 @@ def study_table(results: Results, chosen: str) -> str:
     return "\n".join(lines)
 
 
+def held_out_by(results: Results, arm: str) -> dict[str, str]:
+    """case → the fold that held it out (``fold0``; with several seeds, one per seed: ``fold0 seed0,
+    fold2 seed1``): the fold model that scored it, and the member of an ensemble release of that name."""
+    seeds = len(results.plan.spec.seeds)
+    folds: dict[str, list[str]] = {}
+    for run in sorted(results.of_arm(arm), key=lambda r: (r.seed, r.fold)):
+        for case in run.test_cases:
+            folds.setdefault(case, []).append(f"fold{run.fold}" + (f" seed{run.seed}" if seeds > 1 else ""))
+    return {case: ", ".join(labels) for case, labels in sorted(folds.items())}
+
+
 def release_results(results: Results, arm: str, hardware: str, commands: tuple[str, ...] = (),
                     hours: float | None = None, notes: str = "") -> dict:
     """The ``ReleaseResults`` JSON of ``arm`` (every fold finished; else :class:`InputError`).
@@ -81,11 +95,13 @@ def release_results(results: Results, arm: str, hardware: str, commands: tuple[s
     for region in results.plan.spec.evaluation.regions:
         scores = by_case(results.values(region, "dice")[arm])
         d = describe(list(scores.values()))
-        dice[region] = {"mean": d["mean"], "sd": d["sd"], "n": d["n"], "per_case": scores}
-    table = (f"Recipe study ({results.plan.spec.name}, held-out Dice over the cases, mean ± sd; "
-             f"the released recipe in bold):\n\n{study_table(results, arm)}")
-    out = {"method": method(results, arm), "hardware": hardware, "dice": dice, "commands": list(commands),
-           "notes": table + (f"\n\n{notes}" if notes else "")}
+        dice[region] = {"mean": d["mean"], "sd": d["sd"], "median": d["median"], "n": d["n"], "per_case": scores}
+    parts = [notes] if notes else []
+    if len(results.plan.resolved.arm_names) > 1:
+        parts.insert(0, f"Recipe study ({results.plan.spec.name}, held-out Dice over the cases, mean ± sd; "
+                        f"the released recipe in bold):\n\n{study_table(results, arm)}")
+    out = {"method": method(results, arm), "hardware": hardware, "dice": dice,
+           "held_out_by": held_out_by(results, arm), "commands": list(commands), "notes": "\n\n".join(parts)}
     if hours is not None:
         out["hours"] = hours
     return out

@@ -1,0 +1,170 @@
+"""A released model that is an ensemble of fold models: built from several checkpoints, every member
+checked, predicted as the averaged ensemble, listed with its members, exported member by member;
+its card gives the fold models' held-out Dice (median, per case, the fold that held it out)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from glioseg.checkpoint_io import load_checkpoint
+from glioseg.cli import main
+from glioseg.errors import InputError
+from glioseg.inference import released
+from glioseg.inference.bundle import load_bundle
+from glioseg.inference.model_ref import resolve_model
+from glioseg.inference.release_build import build_release
+from glioseg.training.checkpoint import save_checkpoint
+
+from ._fakes import LPS, write_case
+
+
+@pytest.fixture
+def installed(tiny_ensemble, tmp_path, monkeypatch):
+    """A private copy of the ensemble (and the single-file tiny release beside it) as the package's."""
+    root = tmp_path / "released"
+    shutil.copytree(tiny_ensemble.root, root)
+    monkeypatch.setattr(released, "package_root", lambda: root)
+    return root
+
+
+def test_members_are_indexed_as_a_list_with_their_training_cases(tiny_ensemble):
+    name = tiny_ensemble.name
+    files = sorted(p.name for p in (tiny_ensemble.root / name).iterdir())
+    members = [f"{name}-fold0.safetensors", f"{name}-fold1.safetensors"]
+    assert files == sorted([*members, *(m + ".json" for m in members), "MODEL_CARD.md"])
+    index = released.read_index(tiny_ensemble.root)
+    assert index["version"] == 2
+    entry = index["models"][name]
+    assert entry["weights"] == members and set(entry["files"]) == set(files)
+    splits = [load_checkpoint(c)["split"]["train"] for c in tiny_ensemble.checkpoints]
+    assert entry["member_training_cases"] == {m: sorted(s) for m, s in zip(members, splits)}
+    assert entry["training_cases"] == sorted(set(splits[0]) | set(splits[1]))
+    assert entry["dtype"] == "float32" and entry["dice"]["WT"]["median"] == 0.42
+
+
+def test_every_member_holds_its_checkpoints_weights(tiny_ensemble):
+    configs = released.verified_configs(tiny_ensemble.name, tiny_ensemble.root)
+    assert [c.name for c in configs] == [f"{tiny_ensemble.name}-fold{k}.safetensors.json" for k in (0, 1)]
+    for config, checkpoint in zip(configs, tiny_ensemble.checkpoints):
+        trained = load_checkpoint(checkpoint)["bundle"]["weights"]
+        weights = load_bundle(config).weights
+        assert all(torch.equal(weights[k], v.float()) for k, v in trained.items())
+    with pytest.raises(released.ReleasedModelError, match=r"an ensemble of 2 models \(tiny-ensemble-fold0"):
+        released.verified_config(tiny_ensemble.name, tiny_ensemble.root)
+
+
+def _labels(folder, case) -> np.ndarray:
+    return np.asarray(nib.load(folder / f"{case}.nii.gz").dataobj)
+
+
+def test_predict_by_name_equals_the_members_checkpoints_averaged(installed, tiny_ensemble, tmp_path):
+    case, _ = write_case(tmp_path / "data", LPS)
+    by_name, by_files = tmp_path / "by-name", tmp_path / "by-files"
+    assert main(["predict", str(case), "--model", tiny_ensemble.name, "--out", str(by_name)]) == 0
+    assert main(["predict", str(case), "--checkpoint", *map(str, tiny_ensemble.checkpoints),
+                 "--out", str(by_files)]) == 0
+    sidecar = json.loads((by_name / f"{case.name}.json").read_text())
+    assert len(sidecar["models"]) == 2
+    files = released.entry(tiny_ensemble.name)["files"]
+    assert [m["sha256"] for m in sidecar["models"]] == [files[f"{tiny_ensemble.name}-fold{k}.safetensors"]
+                                                        for k in (0, 1)]
+    assert np.array_equal(_labels(by_name, case.name), _labels(by_files, case.name))
+
+
+def test_a_damaged_member_is_named(installed, tiny_ensemble, tmp_path, caplog):
+    path = installed / tiny_ensemble.name / f"{tiny_ensemble.name}-fold1.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    case, _ = write_case(tmp_path / "data", LPS)
+    assert main(["predict", str(case), "--model", tiny_ensemble.name, "--out", str(tmp_path / "pred")]) == 2
+    assert f"{path}: SHA-256" in caplog.text and "differs" in caplog.text
+    assert not (tmp_path / "pred" / f"{case.name}.nii.gz").exists()
+
+
+def test_an_old_index_of_single_files_still_loads(tiny_release, tmp_path, monkeypatch):
+    root = tmp_path / "released"
+    shutil.copytree(tiny_release.root, root)
+    index = json.loads((root / "index.json").read_text())
+    assert isinstance(index["models"][tiny_release.name]["weights"], str)
+    (root / "index.json").write_text(json.dumps({**index, "version": 1}))
+    ref = resolve_model(tiny_release.name, root)
+    assert not ref.is_ensemble and ref.path.name == f"{tiny_release.name}.safetensors.json"
+    (root / "index.json").write_text(json.dumps({**index, "version": 3}))
+    with pytest.raises(released.ReleasedModelError, match="of a version this glioseg reads .*it says 3"):
+        released.read_index(root)
+
+
+def test_models_released_shows_the_members(installed, tiny_ensemble, tmp_path, capsys):
+    assert main(["models", "--released", "--json", str(tmp_path / "rows.json")]) == 0
+    row = next(r for r in json.loads((tmp_path / "rows.json").read_text()) if r["name"] == tiny_ensemble.name)
+    assert row["members"] == 2 and row["status"] == "ok"
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(tiny_ensemble.name))
+    assert line.split()[1:4] == ["segresnet", "2", f"{row['params']:,d}"]
+
+
+def test_export_writes_every_member_beside_out(installed, tiny_ensemble, tmp_path, capsys):
+    out = tmp_path / "deploy" / "seg.safetensors"
+    assert main(["export", tiny_ensemble.name, "--format", "safetensors", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "seg-fold0.safetensors", "seg-fold0.safetensors.json", "seg-fold1.safetensors", "seg-fold1.safetensors.json"]
+    for k, config in enumerate(released.verified_configs(tiny_ensemble.name)):
+        shipped, again = load_bundle(config), load_bundle(out.parent / f"seg-fold{k}.safetensors")
+        assert all(torch.equal(again.weights[n], v) for n, v in shipped.weights.items())
+    printed = capsys.readouterr().out
+    assert "ensemble of 2 models" in printed and f"--checkpoint {out.parent / 'seg-fold0.safetensors'}" in printed
+
+
+def test_one_file_from_an_ensemble_reference_is_an_error_naming_the_members(tiny_ensemble):
+    ref = resolve_model(tiny_ensemble.name, tiny_ensemble.root)
+    assert ref.is_ensemble and len(ref.files) == 2
+    with pytest.raises(InputError, match=r"ensemble of 2 models \(tiny-ensemble-fold0.safetensors, "
+                                         r"tiny-ensemble-fold1.safetensors\)"):
+        ref.path
+
+
+def test_the_card_lists_members_and_the_fold_models_held_out_dice(tiny_ensemble):
+    card = (tiny_ensemble.root / tiny_ensemble.name / "MODEL_CARD.md").read_text()
+    for text in ("an ensemble of 2 models (fold0, fold1)", "| member | file | optimiser steps |",
+                 "held-out Dice of the fold models",
+                 "| region | mean | sd | median | n |", "| 0.420 |", "| case | held out by | WT | TC | ET |",
+                 "the fp16-rounded ensemble's labels (all members rounded) agree with the fp32 ensemble's"):
+        assert text in card, text
+    for case, fold in tiny_ensemble.held_out_by.items():
+        assert f"| {case} | {fold} | " in card
+    for k, checkpoint in enumerate(tiny_ensemble.checkpoints):
+        state = load_checkpoint(checkpoint)
+        cases = sorted(state["split"]["train"])
+        assert f"- fold{k} trained on {len(cases)} cases: {', '.join(cases)}" in card
+        row = f"| fold{k} | `tiny-ensemble-fold{k}.safetensors` | {state['progress']['step']} | "
+        assert row in card and card.split(row)[1].split("\n")[0].endswith(f" | {len(cases)} |")
+
+
+def _changed_copy(checkpoint, out, **bundle_changes):
+    state = load_checkpoint(checkpoint)
+    state["bundle"] = {**state["bundle"], **bundle_changes}
+    out.mkdir(parents=True)
+    return save_checkpoint(out / "last.pt", state)
+
+
+def test_a_member_that_differs_is_refused_naming_its_checkpoint(tiny_ensemble, tmp_path):
+    first = tiny_ensemble.checkpoints[0]
+    channels = load_checkpoint(first)["bundle"]["channels"]
+    other = _changed_copy(first, tmp_path / "other", channels=list(reversed(channels)))
+    with pytest.raises(InputError, match=rf"{other}: its channels .* differs from .* of {first}"):
+        build_release([first, other], "x1", tiny_ensemble.results, [tiny_ensemble.data], root=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_checkpoints_out_of_fold_order_are_refused(tiny_ensemble, tmp_path):
+    if not set(tiny_ensemble.held_out_by.values()) >= {"fold0", "fold1"}:
+        pytest.skip("the two tiny runs drew the same validation case")
+    swapped = list(reversed(tiny_ensemble.checkpoints))
+    with pytest.raises(InputError, match="member fold[01] trained on .* held out; give the checkpoints in fold order"):
+        build_release(swapped, "x1", tiny_ensemble.results, [tiny_ensemble.data], root=tmp_path / "r")
