@@ -8,10 +8,12 @@ split) as member fold1.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from glioseg.data.phantom import write_dataset
+from glioseg.inference import released
 from glioseg.inference.release_build import build_release
 from glioseg.run_io import RunFiles
 
@@ -89,3 +91,11 @@ def make_release(folder: Path, fp16_threshold: float | None = None) -> TinyRelea
     extra = {} if fp16_threshold is None else {"fp16_threshold": fp16_threshold}
     build_release(checkpoint, NAME, results, [case], root=folder / "released", **extra)
     return TinyRelease(folder / "released", NAME, checkpoint, data, results)
+
+
+def install_copy(root: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of a released/ folder that a test may damage, installed as the package's."""
+    copy = tmp_path / "released"
+    shutil.copytree(root, copy)
+    monkeypatch.setattr(released, "package_root", lambda: copy)
+    return copy

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -16,16 +15,13 @@ from glioseg.checkpoint_io import load_checkpoint
 from glioseg.run_io import RunFiles
 
 from ._fakes import LPS, write_case
-from ._release import RESULTS, make_release
+from ._release import RESULTS, install_copy, make_release
 
 
 @pytest.fixture
 def copy(tiny_release, tmp_path, monkeypatch):
     """A private copy of the release that a test may damage, installed as the package's."""
-    root = tmp_path / "released"
-    shutil.copytree(tiny_release.root, root)
-    monkeypatch.setattr(released, "package_root", lambda: root)
-    return root
+    return install_copy(tiny_release.root, tmp_path, monkeypatch)
 
 
 def test_the_release_holds_no_pickle_and_indexes_every_file(tiny_release):

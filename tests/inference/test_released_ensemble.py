@@ -3,6 +3,7 @@ checked, predicted as the averaged ensemble, listed with its members, exported m
 its card gives the fold models' held-out Dice (median, per case, the fold that held it out)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -10,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from glioseg.checkpoint_io import load_checkpoint
 from glioseg.cli import main
@@ -21,16 +21,14 @@ from glioseg.inference.model_ref import resolve_model
 from glioseg.inference.release_build import build_release
 from glioseg.training.checkpoint import save_checkpoint
 
-from ._fakes import LPS, write_case
+from ._fakes import LPS, REPO, write_case
+from ._release import install_copy
 
 
 @pytest.fixture
 def installed(tiny_ensemble, tmp_path, monkeypatch):
-    """A private copy of the ensemble (and the single-file tiny release beside it) as the package's."""
-    root = tmp_path / "released"
-    shutil.copytree(tiny_ensemble.root, root)
-    monkeypatch.setattr(released, "package_root", lambda: root)
-    return root
+    """A private copy of the ensemble's released/ folder, installed as the package's."""
+    return install_copy(tiny_ensemble.root, tmp_path, monkeypatch)
 
 
 def test_members_are_indexed_as_a_list_with_their_training_cases(tiny_ensemble):
@@ -168,3 +166,23 @@ def test_checkpoints_out_of_fold_order_are_refused(tiny_ensemble, tmp_path):
     swapped = list(reversed(tiny_ensemble.checkpoints))
     with pytest.raises(InputError, match="member fold[01] trained on .* held out; give the checkpoints in fold order"):
         build_release(swapped, "x1", tiny_ensemble.results, [tiny_ensemble.data], root=tmp_path / "r")
+
+
+def _release_tool():
+    spec = importlib.util.spec_from_file_location("release_model_tool", REPO / "tools" / "release_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tool_takes_several_checkpoints_and_exits_2_naming_a_mismatch(tiny_ensemble, tmp_path, caplog):
+    tool = _release_tool()
+    args = tool.parse(["a/last.pt", "b/last.pt", "c/last.pt", "--name", "n1", "--results", "r.json", "--cases", "x"])
+    assert [str(c) for c in args.checkpoint] == ["a/last.pt", "b/last.pt", "c/last.pt"]
+    first = tiny_ensemble.checkpoints[0]
+    other = _changed_copy(first, tmp_path / "other", scheme="brats2023")
+    argv = [str(first), str(other), "--name", "n1", "--results", str(tiny_ensemble.results),
+            "--cases", str(tiny_ensemble.data), "--root", str(tmp_path / "r")]
+    assert tool.main(argv) == 2
+    assert f"{other}: its scheme 'brats2023' differs from 'brats'" in caplog.text
+    assert not (tmp_path / "r").exists()

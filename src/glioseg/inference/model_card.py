@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from glioseg.config import from_dict, to_dict
+from glioseg.config import from_dict
 from glioseg.data.labels import REGIONS
 from glioseg.errors import InputError
 
