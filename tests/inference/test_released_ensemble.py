@@ -151,11 +151,13 @@ def _changed_copy(checkpoint, out, **bundle_changes):
     return save_checkpoint(out / "last.pt", state)
 
 
-def test_a_member_that_differs_is_refused_naming_its_checkpoint(tiny_ensemble, tmp_path):
+@pytest.mark.parametrize("field", ["channels", "postprocess"])
+def test_a_member_that_differs_is_refused_naming_its_checkpoint(tiny_ensemble, tmp_path, field):
     first = tiny_ensemble.checkpoints[0]
     channels = load_checkpoint(first)["bundle"]["channels"]
-    other = _changed_copy(first, tmp_path / "other", channels=list(reversed(channels)))
-    with pytest.raises(InputError, match=rf"{other}: its channels .* differs from .* of {first}"):
+    change = {"channels": list(reversed(channels)), "postprocess": {"min_et_mm3": 100.0}}[field]
+    other = _changed_copy(first, tmp_path / "other", **{field: change})
+    with pytest.raises(InputError, match=rf"{other}: its {field} .* differs from .* of {first}"):
         build_release([first, other], "x1", tiny_ensemble.results, [tiny_ensemble.data], root=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 

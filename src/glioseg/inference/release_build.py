@@ -48,9 +48,10 @@ log = logging.getLogger(__name__)
 FP16_AGREEMENT = 0.999
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]*[a-z0-9]")
 # What the members of one release must share: the inputs, the label convention and outputs, the
-# preprocessing and the architecture (the window default too), so that one config describes them all.
-MEMBER_FIELDS = ("channels", "scheme", "target", "out_channels", "in_channels", "preprocess", "model", "options",
-                 "patch_size")
+# preprocessing and post-processing, and the architecture (the window default too), so that one
+# config describes them all.
+MEMBER_FIELDS = ("channels", "scheme", "target", "out_channels", "in_channels", "preprocess", "postprocess",
+                 "model", "options", "patch_size")
 
 
 def half_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
