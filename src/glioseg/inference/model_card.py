@@ -278,9 +278,8 @@ def _ensemble_method(members: Sequence[dict], results: ReleaseResults) -> list[s
     return [f"These are the held-out Dice of the fold models that make up this release: each case "
             f"was scored by the member that did not train on it"
             + (" (column \"held out by\")" if results.held_out_by else "")
-            + f". The {len(members)}-member average that `--model` runs has no held-out case among them "
-            "(each is a training case of the other members); it is expected to do at least as well on "
-            "new scans.", ""]
+            + f". The {len(members)}-member average that `--model` runs is not scored here: every case "
+            "is a training case of the other members, so no case is held out from the ensemble.", ""]
 
 
 def render_card(name: str, bundle, members: Sequence[dict], results: ReleaseResults, agreement: dict) -> str:
