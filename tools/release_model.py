@@ -7,7 +7,8 @@
 
     # an ensemble: the fold models of a cross-validation, in fold order
     PYTHONPATH=src python tools/release_model.py EXP/runs/release/fold{0,1,2}-seed0/last.pt \
-        --name segresnet-brats --results results.json --cases ... --replace
+        --name segresnet-brats --results results.json --cases ... --replace \
+        --postprocess EXP/results/postprocess-release.json   # glioseg experiment postprocess's choice
 
 Writes ``src/glioseg/released/<name>/`` (``<name>.safetensors`` + ``<name>.safetensors.json`` +
 ``MODEL_CARD.md``; several checkpoints: ``<name>-fold0.safetensors`` + its ``.json``,
@@ -31,6 +32,7 @@ import sys
 from pathlib import Path
 
 from glioseg.errors import GliosegError
+from glioseg.inference.postprocess import read_postprocess
 from glioseg.inference.release_build import build_release
 
 
@@ -45,6 +47,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="cases on which fp16 weights must agree with fp32 (Dice >= 0.999 per region)")
     p.add_argument("--root", type=Path, help="released-model folder (default: the package's glioseg/released)")
     p.add_argument("--replace", action="store_true", help="rebuild a model of that name that exists")
+    p.add_argument("--postprocess", type=Path,
+                   help="the post-processing predict applies: glioseg experiment postprocess's result file "
+                        "(its recommended setting) or a JSON mapping of min_tumour_mm3 / min_et_mm3")
     return p.parse_args(argv)
 
 
@@ -52,7 +57,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse(argv)
     try:
-        item = build_release(args.checkpoint, args.name, args.results, args.cases, args.root, args.replace)
+        post = read_postprocess(args.postprocess) if args.postprocess else None
+        item = build_release(args.checkpoint, args.name, args.results, args.cases, args.root, args.replace,
+                             postprocess=post)
     except (ValueError, OSError, GliosegError) as exc:
         logging.error("%s", exc)
         return 2

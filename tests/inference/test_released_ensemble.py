@@ -188,3 +188,24 @@ def test_the_tool_takes_several_checkpoints_and_exits_2_naming_a_mismatch(tiny_e
     assert tool.main(argv) == 2
     assert f"{other}: its scheme 'brats2023' differs from 'brats'" in caplog.text
     assert not (tmp_path / "r").exists()
+
+
+def test_the_chosen_postprocessing_travels_into_every_member_index_and_card(tiny_ensemble, tmp_path):
+    # glioseg experiment postprocess's result file: its recommended setting is what ships
+    choice = tmp_path / "postprocess-release.json"
+    choice.write_text(json.dumps({"kind": "glioseg-postprocess-choice", "chosen": {"min_tumour_mm3": 9.0},
+                                  "recommended": {"min_tumour_mm3": 500.0, "min_et_mm3": 100.0}}))
+    tool = _release_tool()
+    argv = [*map(str, tiny_ensemble.checkpoints), "--name", "n2", "--results", str(tiny_ensemble.results),
+            "--cases", str(tiny_ensemble.data), "--root", str(tmp_path / "r"), "--postprocess", str(choice)]
+    assert tool.main(argv) == 0
+    entry = released.entry("n2", tmp_path / "r")
+    assert entry["postprocess"] == {"min_tumour_mm3": 500.0, "min_et_mm3": 100.0}
+    for member in entry["weights"]:
+        bundle = load_bundle(tmp_path / "r" / "n2" / f"{member}.json")
+        assert bundle.postprocess == {"min_tumour_mm3": 500.0, "min_et_mm3": 100.0}
+    card = (tmp_path / "r" / "n2" / "MODEL_CARD.md").read_text()
+    assert "## Post-processing" in card and "ET < 100 mm^3 relabelled core" in card
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"min_tumour_mm3": -1}))
+    assert tool.main([*argv[:-1], str(bad)]) == 2

@@ -32,7 +32,7 @@ from glioseg.experiments.results import load_results
 from glioseg.experiments.spec import slug
 from glioseg.experiments.stats import bootstrap_ci, describe, wilcoxon_p
 from glioseg.files import write_json
-from glioseg.inference.postprocess import PostprocessConfig, postprocess_regions, tumour_components
+from glioseg.inference.postprocess import CHOICE_KIND, PostprocessConfig, postprocess_regions, tumour_components
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def choose_postprocess(plan: Plan, arm: str | None = None, data: Path | list[Pat
     table = [{"min_tumour_mm3": s[0], "min_et_mm3": s[1],
               **{r: float(np.mean([scores[k][s][i] for k in scores])) for i, r in enumerate(REGIONS)},
               "mean": objective(scores, list(scores), s)} for s in settings]
-    return {"kind": "glioseg-postprocess-choice", "experiment": plan.spec.name, "arm": arm,
+    return {"kind": CHOICE_KIND, "experiment": plan.spec.name, "arm": arm,
             "cases": len(rows), "grid": {"min_tumour_mm3": list(TUMOUR_MM3), "min_et_mm3": list(ET_MM3)},
             "chosen": _as_config(chosen), "pays": bool(pays),
             "recommended": _as_config(chosen if pays else (0.0, 0.0)),

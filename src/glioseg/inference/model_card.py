@@ -299,6 +299,13 @@ def render_card(name: str, bundle, members: Sequence[dict], results: ReleaseResu
              "## Recipe", "", *_recipe_lines(members), "",
              "## Measured Dice", "", f"Method: {results.method}", "", *_ensemble_method(members, results),
              *_dice_table(results), ""]
+    post = bundle.postprocess_config
+    if post.active:
+        lines += ["## Post-processing", "",
+                  f"`glioseg predict` applies, after the network: {post.describe()}. It was chosen on the "
+                  "cross-validation's held-out predictions (`glioseg experiment postprocess`); the Dice above "
+                  "are of the fold models' labels without it. `--postprocess none` writes the network's "
+                  "labels as they are.", ""]
     if results.commands:
         lines += ["Commands:", "", "```", *results.commands, "```", ""]
     if results.notes:

@@ -19,6 +19,7 @@ bundle (``predict`` applies them unless ``--postprocess none``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import cc3d
@@ -27,8 +28,11 @@ import numpy as np
 from glioseg.config import from_dict, to_dict
 from glioseg.data.labels import LabelScheme, labels_to_regions, regions_to_labels
 from glioseg.errors import InputError
+from glioseg.files import read_json
 
 CONNECTIVITY = 26
+# the result file of ``glioseg experiment postprocess`` (written by glioseg.experiments.postprocess)
+CHOICE_KIND = "glioseg-postprocess-choice"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,21 @@ class PostprocessConfig:
     @classmethod
     def from_dict(cls, values: dict | None) -> "PostprocessConfig":
         return from_dict(cls, values or {}, "postprocess")
+
+
+def read_postprocess(path: Path | str) -> PostprocessConfig:
+    """The post-processing a file names: an experiment's choice (its ``recommended`` setting: the
+    chosen one where it paid in the nested estimate, else none) or a plain mapping of the fields."""
+    data = read_json(path, "a post-processing file")
+    if isinstance(data, dict) and data.get("kind") == CHOICE_KIND:
+        data = data.get("recommended")
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a post-processing choice or a mapping of "
+                         "min_tumour_mm3 / min_et_mm3")
+    try:
+        return PostprocessConfig.from_dict(data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def voxel_mm3(spacing: Sequence[float]) -> float:

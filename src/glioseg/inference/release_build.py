@@ -39,6 +39,7 @@ from glioseg.files import file_sha256, write_json
 from glioseg.inference import inputs, released
 from glioseg.inference.bundle import ModelBundle
 from glioseg.inference.export import write_released
+from glioseg.inference.postprocess import PostprocessConfig
 from glioseg.inference.model_card import ReleaseResults, dice_summary, read_results, render_card, union_cases
 from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork
 from glioseg.models.registry import count_parameters
@@ -202,14 +203,18 @@ def _entry(files: list[str], bundles: list[ModelBundle], members: list[dict], ca
             "glioseg_version": __version__}
     if not single:
         item["member_training_cases"] = {m["file"]: m["cases"] for m in members}
+    if bundles[0].postprocess_config.active:
+        item["postprocess"] = bundles[0].postprocess_config.to_dict()
     return item
 
 
 def build_release(checkpoints: Sequence[Path | str] | Path | str, name: str, results_file: Path | str,
                   cases: Sequence[Path], root: Path | None = None, replace_existing: bool = False,
-                  fp16_threshold: float = FP16_AGREEMENT) -> dict:
+                  fp16_threshold: float = FP16_AGREEMENT, postprocess: PostprocessConfig | None = None) -> dict:
     """Write ``root/<name>/`` and its index entry from glioseg training checkpoints (one, or the
-    fold models of an ensemble in fold order); returns the entry."""
+    fold models of an ensemble in fold order); returns the entry. ``postprocess``: the
+    post-processing chosen by the cross-validation (``glioseg experiment postprocess``), written
+    into every member's bundle so that ``predict --model`` applies it."""
     checkpoints = [Path(checkpoints)] if isinstance(checkpoints, (str, Path)) else [Path(c) for c in checkpoints]
     root = Path(root or released.package_root())
     if not NAME_PATTERN.fullmatch(name):
@@ -225,6 +230,8 @@ def build_release(checkpoints: Sequence[Path | str] | Path | str, name: str, res
     results = read_results(results_file)
     files = member_files(name, len(checkpoints))
     bundles, members = _read_members(name, checkpoints, files, results)
+    if postprocess is not None:
+        bundles = [replace(b, postprocess=postprocess.to_dict()) for b in bundles]
     check_fold_order(members, results)
     agreement = fp16_agreement(bundles, cases, fp16_threshold)
     card = render_card(name, bundles[0], members, results, agreement)
