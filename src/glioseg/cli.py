@@ -241,7 +241,7 @@ def _add_experiment(sub) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="a released model on the bundled real case, then the pipeline on phantoms")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--model", help="released model of part (a) (default: segresnet-brats18, else the first)")
+    p.add_argument("--model", help="released model of part (a) (default: segresnet-brats, else the first)")
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 72], metavar=("X", "Y", "Z"))
     p.add_argument("--seed", type=int, default=0)

@@ -77,9 +77,8 @@ def test_bundles_record_their_spacing_and_older_ones_still_load():
 
 
 def test_the_released_model_expects_1mm():
-    """Trained on 1 mm BraTS 2018 cases: its config records it (its weights' SHA-256 unchanged);
-    every member, should the release become an ensemble."""
-    for config in released.verified_configs("segresnet-brats18"):
+    """Trained on 1 mm BraTS 2018 and 2021 cases: every member's config records it."""
+    for config in released.verified_configs("segresnet-brats"):
         assert load_bundle(config).expected_spacing() == (1.0, 1.0, 1.0)
 
 

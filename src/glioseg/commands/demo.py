@@ -28,7 +28,7 @@ from glioseg.run_io import RunFiles
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "segresnet-brats18"
+DEFAULT_MODEL = "segresnet-brats"
 
 
 def released_steps(out: Path, model: str) -> list[list[str]]:
@@ -53,7 +53,7 @@ def demo_steps(out: Path, cases: int, shape: tuple[int, int, int], seed: int) ->
 
 
 def demo_model(requested: str | None) -> str | None:
-    """The released model part (a) uses: the one asked for, else segresnet-brats18, else the first."""
+    """The released model part (a) uses: the one asked for, else segresnet-brats, else the first."""
     if requested:
         entry(requested)  # an unknown name fails here, listing the released ones
         return requested
