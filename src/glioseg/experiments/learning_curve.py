@@ -20,7 +20,7 @@ from glioseg.data.labels import REGIONS
 from glioseg.errors import InputError
 from glioseg.experiments.job import score_checkpoint
 from glioseg.experiments.plan import Plan
-from glioseg.experiments.results import load_results
+from glioseg.experiments.results import finished_runs
 from glioseg.experiments.spec import slug
 from glioseg.experiments.stats import describe
 from glioseg.files import write_json
@@ -31,11 +31,8 @@ log = logging.getLogger(__name__)
 
 def _points(plan: Plan, arm: str) -> list[tuple]:
     """(run, result, step, checkpoint, prediction folder) for every snapshot of ``arm``'s finished runs."""
-    results = {run: r for run, r in load_results(plan).runs.items() if run.arm == arm}
-    if not results:
-        raise InputError(f"{plan.out}: arm {arm!r} has no finished run (arms: {', '.join(plan.resolved.arm_names)})")
     points = []
-    for run, result in sorted(results.items(), key=lambda item: (item[0].seed, item[0].fold)):
+    for run, result in finished_runs(plan, arm):
         folder = plan.run_dir(run)
         snapshots = RunFiles(folder).snapshots()
         if not snapshots:
@@ -54,11 +51,10 @@ def score_snapshots(plan: Plan, arm: str | None = None, data: Path | list[Path] 
     for n, (run, result, step, checkpoint, pred_dir) in enumerate(points, 1):
         log.info("learning curve %d/%d: %s step %d", n, len(points), run.key, step)
         if result.checkpoint == "last" and step == result.cost.steps:
-            # the run's own evaluation scored this very state
-            rows += [{**r, "fold": run.fold, "seed": run.seed, "step": step} for r in result.rows]
-            continue
-        scored, _ = score_checkpoint(checkpoint, set(result.test_cases), data, pred_dir,
-                                           plan.spec.evaluation.window, plan.resolved.budget.eval_device)
+            scored = result.rows   # the run's own evaluation scored this very state
+        else:
+            scored, _ = score_checkpoint(checkpoint, set(result.test_cases), data, pred_dir,
+                                         plan.spec.evaluation.window, plan.resolved.budget.eval_device)
         rows += [{**r, "fold": run.fold, "seed": run.seed, "step": step} for r in scored]
     return rows
 

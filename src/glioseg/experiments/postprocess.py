@@ -28,9 +28,9 @@ from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import prediction_path, read_pair
 from glioseg.evaluation.metrics import dice
 from glioseg.experiments.plan import Plan
-from glioseg.experiments.results import load_results
+from glioseg.experiments.results import finished_runs
 from glioseg.experiments.spec import slug
-from glioseg.experiments.stats import bootstrap_ci, describe, wilcoxon_p
+from glioseg.experiments.stats import Key, bootstrap_ci, describe, wilcoxon_p
 from glioseg.files import write_json
 from glioseg.inference.postprocess import CHOICE_KIND, PostprocessConfig, postprocess_regions, tumour_components
 
@@ -59,14 +59,10 @@ def grid() -> list[Setting]:
 
 def held_out(plan: Plan, arm: str, data: Path | list[Path] | None = None) -> list[HeldOut]:
     """The held-out cases of ``arm``'s finished runs; predictions that are gone are an error."""
-    results = load_results(plan)
-    runs = {run: r for run, r in results.runs.items() if run.arm == arm}
-    if not runs:
-        raise InputError(f"{plan.out}: arm {arm!r} has no finished run (arms: {', '.join(plan.resolved.arm_names)})")
     sources = discover_all(data or plan.spec.data_paths())   # one dataset or several
     labels = {c.case_id: c.label for c in sources.cases}
     cases = []
-    for run, result in sorted(runs.items(), key=lambda item: (item[0].seed, item[0].fold)):
+    for run, result in finished_runs(plan, arm):
         folder = plan.run_dir(run) / "predictions"
         for case in result.test_cases:
             path = prediction_path(folder, case)
@@ -94,12 +90,12 @@ def score_settings(pred: np.ndarray, ref: np.ndarray, scheme_name: str, spacing:
     return out
 
 
-def objective(scores: dict[str, dict[Setting, tuple]], cases: Sequence[str], setting: Setting) -> float:
+def objective(scores: dict[Key, dict[Setting, tuple]], cases: Sequence[Key], setting: Setting) -> float:
     """Mean over ``cases`` of the mean Dice over the three regions."""
     return float(np.mean([np.mean(scores[c][setting]) for c in cases]))
 
 
-def best_setting(scores: dict[str, dict[Setting, tuple]], cases: Sequence[str]) -> Setting:
+def best_setting(scores: dict[Key, dict[Setting, tuple]], cases: Sequence[Key]) -> Setting:
     """The setting with the highest :func:`objective` on ``cases``; the mildest among equals."""
     best, value = None, -math.inf
     for setting in grid():
@@ -109,7 +105,7 @@ def best_setting(scores: dict[str, dict[Setting, tuple]], cases: Sequence[str]) 
     return best
 
 
-def nested(scores: dict[str, dict[Setting, tuple]], folds: dict[str, int]) -> dict[int, Setting]:
+def nested(scores: dict[Key, dict[Setting, tuple]], folds: dict[Key, int]) -> dict[int, Setting]:
     """Fold → the setting chosen on the other folds' cases (applied to this fold's)."""
     choice = {}
     for fold in sorted(set(folds.values())):
@@ -152,11 +148,11 @@ def choose_postprocess(plan: Plan, arm: str | None = None, data: Path | list[Pat
     settings, scores, folds = grid(), {}, {}
     for item in tqdm(cases, desc="post-processing grid", unit="case"):
         pred, ref = read_pair(item.prediction, item.reference, get_scheme(item.scheme))
-        key = f"{item.case}/seed{item.seed}"
+        key = (item.case, item.seed)
         scores[key] = score_settings(pred, ref.array, item.scheme, ref.spacing, settings)
         folds[key] = item.fold
     chosen, choices = best_setting(scores, list(scores)), nested(scores, folds)
-    rows = [{"case": k.split("/seed")[0], "seed": int(k.split("/seed")[1]), "fold": folds[k],
+    rows = [{"case": k[0], "seed": k[1], "fold": folds[k],
              "none": list(scores[k][(0.0, 0.0)]), "nested": list(scores[k][choices[folds[k]]]),
              "chosen": list(scores[k][chosen])} for k in scores]
     summary = _nested_summary(rows)

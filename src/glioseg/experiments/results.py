@@ -18,6 +18,7 @@ from glioseg.experiments.stats import Comparison, Key, compare, describe, seed_m
 
 log = logging.getLogger(__name__)
 from glioseg.config import to_dict
+from glioseg.errors import InputError
 from glioseg.experiments.records import RunResult
 from glioseg.training.recipe import TrainConfig
 
@@ -75,6 +76,15 @@ def load_results(plan: Plan) -> Results:
                     "differently; their results are reported as trained: %s", plan.out, len(changed),
                     describe_changes(changed))
     return results
+
+
+def finished_runs(plan: Plan, arm: str) -> list[tuple[Run, RunResult]]:
+    """``arm``'s finished runs with their results, by seed then fold; none finished is an error."""
+    runs = sorted(((run, r) for run, r in load_results(plan).runs.items() if run.arm == arm),
+                  key=lambda item: (item[0].seed, item[0].fold))
+    if not runs:
+        raise InputError(f"{plan.out}: arm {arm!r} has no finished run (arms: {', '.join(plan.resolved.arm_names)})")
+    return runs
 
 
 def arm_scores(results: Results) -> list[dict]:
