@@ -74,7 +74,7 @@ def _write_outputs(item: CaseInput, out: Path, probs: np.ndarray, meta: dict, im
     bundle, case_id = predictor.bundle, item.case.case_id
     label = preprocess.to_original(bundle.output.label_map(probs, item.scheme), meta, order=0)
     # in the scan's own geometry, where the volumes that the thresholds were chosen on were measured
-    label = postprocess_label(label, item.scheme or bundle.output.scheme, image.spacing, predictor.postprocess)
+    label = postprocess_label(label, item.scheme, image.spacing, predictor.postprocess)
     maps = {"label": label}
     if options.probabilities:
         region_probs = bundle.output.region_probabilities(probs)

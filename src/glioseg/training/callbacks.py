@@ -105,13 +105,13 @@ class KeepSnapshots(Callback):
     curve) from one run, instead of one run per length."""
 
     def __init__(self, every: int):
-        self.every, self.kept = every, -1
+        self.every = every
 
     def on_epoch_end(self, trainer, epoch: EpochEnd) -> None:
-        mark = trainer.step // self.every
-        if mark > 0 and mark != self.kept and trainer.step % self.every < trainer.config.steps_per_epoch:
+        # this epoch's steps crossed a multiple of ``every``: at most one copy per epoch, and no
+        # state to carry across a resume
+        if trainer.step >= self.every and trainer.step % self.every < trainer.config.steps_per_epoch:
             path = trainer.run.files.snapshot(trainer.step)
             if trainer.info.is_main:
                 path.parent.mkdir(exist_ok=True)
             trainer.save(path)
-            self.kept = mark
