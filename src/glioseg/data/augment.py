@@ -12,12 +12,13 @@ needs a larger region of the volume (:func:`read_shape`) to fill the patch witho
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from glioseg.config import from_dict
+from glioseg.data.augment_intensity import IntensityConfig, IntensityPlan, apply_intensity, sample_intensity
 from glioseg.errors import InputError
 
 
@@ -34,6 +35,8 @@ class AugmentConfig:
     rotate_prob: float = 0.0
     zoom: float = 0.0
     zoom_prob: float = 0.0
+    # nnU-Net's noise, blur, contrast, low resolution and gamma (off unless a probability is set)
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
 
     def __post_init__(self):
         probs = {"flip_prob": self.flip_prob, "intensity_prob": (self.intensity_prob,),
@@ -49,6 +52,7 @@ class AugmentConfig:
             raise InputError(f"AugmentConfig.rotate_deg must lie in [0, 45] degrees; got {self.rotate_deg}")
         if self.intensity_scale < 0 or self.intensity_shift < 0:
             raise InputError("AugmentConfig.intensity_scale and intensity_shift must be >= 0")
+        self.intensity.validate("AugmentConfig.intensity")
 
     @classmethod
     def from_dict(cls, values: dict) -> "AugmentConfig":
@@ -69,6 +73,7 @@ class AugmentPlan:
     matrix: np.ndarray | None
     scale: np.ndarray  # (C,) or (1,) multiplicative factors 1+f
     shift: np.ndarray  # (C,) or (1,) offsets
+    intensity: IntensityPlan | None = None  # None when the config's intensity block is off
 
 
 def _rotation(angles: np.ndarray) -> np.ndarray:
@@ -83,7 +88,9 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
 
 
 def sample_plan(config: AugmentConfig, rng: np.random.Generator, channels: int) -> AugmentPlan:
-    """Draw one patch's augmentation. Always consumes the same number of draws from ``rng``."""
+    """Draw one patch's augmentation. Always consumes the same number of draws from ``rng`` for
+    one config (the intensity block draws only when it is on, so that configs without it draw
+    exactly what they drew before it existed)."""
     u = rng.random(6)
     flips = tuple(bool(u[a] < config.flip_prob[a]) for a in range(3))
     angles = np.deg2rad(rng.uniform(-1, 1, 3) * np.asarray(config.rotate_deg))
@@ -98,7 +105,8 @@ def sample_plan(config: AugmentConfig, rng: np.random.Generator, channels: int) 
         matrix = (_rotation(angles) if rotate else np.eye(3)) / (zoom if scale_space else 1.0)
     if not intensity:
         factors, offsets = np.zeros(n), np.zeros(n)
-    return AugmentPlan(flips, matrix, (1 + factors).astype(np.float32), offsets.astype(np.float32))
+    extra = sample_intensity(config.intensity, rng, channels) if config.intensity.active else None
+    return AugmentPlan(flips, matrix, (1 + factors).astype(np.float32), offsets.astype(np.float32), extra)
 
 
 def read_shape(plan: AugmentPlan, patch: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -138,4 +146,6 @@ def apply_plan(plan: AugmentPlan, image: np.ndarray, label: np.ndarray | None,
     out = np.empty(image.shape, np.float32)
     np.multiply(image, plan.scale[:, None, None, None], out=out)
     out += plan.shift[:, None, None, None]
+    if plan.intensity is not None:
+        apply_intensity(plan.intensity, out)
     return out, (None if label is None else np.ascontiguousarray(label))
