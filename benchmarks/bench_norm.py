@@ -9,8 +9,9 @@ count: the forward and the backward alone (``torch.autograd.grad`` of x, weight 
 
 - ``torch cf``: ``F.group_norm`` on a contiguous (channels-first) tensor,
 - ``torch cl``: the same on a channels-last tensor (SegResNet's layout),
-- ``addcmul`` (fp32 only) / ``matmul`` / ``affine``: :func:`glioseg.models.fast_norm.fast_group_norm`
-  on channels-last, with each form of its backward,
+- ``addcmul`` (fp32 only) / ``matmul`` / ``affine`` / ``compiled`` (where this machine can
+  compile): :func:`glioseg.models.fast_norm.fast_group_norm` on channels-last, with each form of
+  its backward,
 
 each the minimum of ``--repeats`` interleaved rounds (all variants once per round, so a change of
 load hits all alike), and which one glioseg's measured choice picks (``chosen``). The last column
@@ -34,7 +35,7 @@ from glioseg.cpu_allocator import keep_freed_memory  # noqa: E402
 from glioseg.models import fast_norm, kernel_choice  # noqa: E402
 from glioseg.precisions import native_precisions  # noqa: E402
 
-VARIANTS = ("torch cf", "torch cl", "addcmul", "matmul", "affine")
+VARIANTS = ("torch cf", "torch cl", *fast_norm.APPLY)
 
 
 def runs_of(channels: int, size: int, dtype: torch.dtype) -> dict[str, tuple]:

@@ -45,6 +45,15 @@ def test_restore_brings_a_runs_choices_back(monkeypatch):
     assert kernel_choice.choose("k1", ("torch", "a"), lambda: {}) == "torch"
 
 
+def test_a_restored_choice_this_machine_lacks_is_measured_again(monkeypatch, caplog):
+    """A run resumed where its saved kernel (the compiled pass) cannot run: measured anew, said."""
+    monkeypatch.setattr(kernel_choice, "measure", lambda runs: {"torch": 2.0, "matmul": 1.0})
+    kernel_choice.restore({"k1": "compiled"})
+    assert kernel_choice.choose("k1", ("torch", "matmul"), lambda: {}) == "matmul"
+    assert kernel_choice.decisions() == {"k1": "matmul"}
+    assert "saved choice 'compiled' is not available here" in caplog.text
+
+
 @pytest.mark.parametrize("value, expected", [("torch", "torch"), ("glioseg", "a"), ("b", "b")])
 def test_forced_by_the_environment(monkeypatch, value, expected):
     monkeypatch.setenv(kernel_choice.ENV, value)

@@ -17,8 +17,9 @@ PyTorch already runs fast on channels-last memory:
   as two broadcast multiply-adds over the (N, X, Y, Z, C) view (``"addcmul"``, two passes; fp32
   only, since bf16 coefficients would lose c3's cancellation against the mean), as two matrix
   products against diagonal matrices on the (voxels, C) view (``"matmul"``: oneDNN / AMX do the
-  scaled adds at GEMM speed, accumulating in fp32) or as two one-pass affines and an add
-  (``"affine"``).
+  scaled adds at GEMM speed, accumulating in fp32), as two one-pass affines and an add
+  (``"affine"``), or as one pass compiled by TorchInductor (``"compiled"``, fp32 arithmetic; only
+  where this machine can compile, :mod:`glioseg.models.compiled_pass`).
 
 Which of PyTorch's kernel and these runs is measured per shape, precision and thread count on the
 machine (:mod:`glioseg.models.kernel_choice`). Parameters and ``state_dict``
@@ -32,11 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from glioseg.models import kernel_choice
+from glioseg.models import compiled_pass, kernel_choice
 
 _BN = torch.ops.aten.native_batch_norm
 _BN_BWD = torch.ops.aten.native_batch_norm_backward
-APPLY = ("addcmul", "matmul", "affine")
+APPLY = ("addcmul", "matmul", "affine", "compiled")
 # bf16 coefficients would lose the mean's cancellation (c3 ≈ -c2·mean): addcmul is for fp32 / fp64
 _ROUNDED_COEFFICIENTS = ("addcmul",)
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
@@ -145,7 +146,8 @@ def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
     c3 = -c2 * mean - db * rstd / count
     grad_x = grad_w = grad_b = None
     if needs[0]:
-        combine = {"addcmul": scaled_sum_addcmul, "matmul": scaled_sum_matmul, "affine": scaled_sum_affine}[apply]
+        combine = {"addcmul": scaled_sum_addcmul, "matmul": scaled_sum_matmul, "affine": scaled_sum_affine,
+                   "compiled": compiled_pass.scaled_sum_compiled}[apply]
         grad_x = combine(dy, per_channel(rstd, channels) * w, x, per_channel(c2, channels), per_channel(c3, channels))
     if weight is not None and needs[1]:
         grad_w = ((sdx - per_channel(mean, channels) * sd) * per_channel(rstd, channels)).sum(0).to(weight.dtype)
@@ -155,10 +157,11 @@ def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
 
 
 def applies(dtype: torch.dtype) -> tuple[str, ...]:
-    """The backward forms offered for ``dtype``."""
+    """The backward forms offered for ``dtype`` on this machine."""
+    kinds = APPLY if compiled_pass.available() else tuple(k for k in APPLY if k != "compiled")
     if dtype == torch.bfloat16:
-        return tuple(kind for kind in APPLY if kind not in _ROUNDED_COEFFICIENTS)
-    return APPLY
+        return tuple(kind for kind in kinds if kind not in _ROUNDED_COEFFICIENTS)
+    return kinds
 
 
 def fast_group_norm(x, groups, weight=None, bias=None, eps=1e-5, apply: str = "matmul") -> torch.Tensor:

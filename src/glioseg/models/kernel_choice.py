@@ -102,6 +102,11 @@ def choose(key: str, names: tuple[str, ...], make_candidates: Callable[[], Mappi
     chosen = forced(names)
     if chosen is not None:
         return chosen
+    if key in _CHOICES and _CHOICES[key] not in names:
+        # a run resumed on a machine that cannot run its saved choice (the compiled pass without
+        # a C++ compiler): measured anew among what this machine has
+        log.warning("kernel %s: the saved choice %r is not available here (%s); measuring again",
+                    key, _CHOICES.pop(key), ", ".join(names))
     if key not in _CHOICES:
         with torch.enable_grad():
             times = measure(make_candidates())

@@ -1,0 +1,68 @@
+"""glioseg.models.compiled_pass: the fused per-channel sum equals its eager form; off where asked or
+where compiling fails."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from glioseg.models import compiled_pass
+
+
+def _tensors(dtype, n=2, c=6, size=(5, 7, 4), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def cl():
+        return torch.randn(n, c, *size, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    return cl(), torch.randn(n, c, generator=generator), cl(), torch.randn(n, c, generator=generator), \
+        torch.randn(n, c, generator=generator)
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch):
+    """A probe that runs again in this test (and again after it, for the other tests)."""
+    compiled_pass.available.cache_clear()
+    yield
+    compiled_pass.available.cache_clear()
+
+
+def test_eager_form_is_the_per_channel_sum_in_fp32():
+    dy, a, x, b, c = _tensors(torch.bfloat16)
+    want = (dy.double() * a.double()[..., None, None, None] + x.double() * b.double()[..., None, None, None]
+            + c.double()[..., None, None, None])
+    got = compiled_pass.scaled_sum_eager(dy, a, x, b, c)
+    assert got.dtype == torch.bfloat16
+    # one rounding to bf16 at the end, none on the way
+    torch.testing.assert_close(got, want.to(torch.bfloat16), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_compiled_equals_eager_for_any_shape_and_keeps_channels_last(dtype):
+    if not compiled_pass.available():
+        pytest.skip("no working torch.compile (C++ compiler) on this machine")
+    for n, c, size in ((1, 16, (6, 5, 4)), (2, 12, (4, 5, 6)), (1, 32, (9, 3, 5))):
+        tensors = _tensors(dtype, n, c, size)
+        got = compiled_pass.scaled_sum_compiled(*tensors)
+        want = compiled_pass.scaled_sum_eager(*tensors)
+        assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last_3d)
+        # fused multiply-adds may round differently from eager's separate ops: one ulp of the dtype
+        ulp = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+        torch.testing.assert_close(got, want, rtol=ulp, atol=ulp * want.abs().max().item())
+
+
+def test_switched_off_by_the_environment(monkeypatch, fresh_probe):
+    monkeypatch.setenv(compiled_pass.ENV, "0")
+    assert compiled_pass.available() is False
+
+
+def test_a_failing_compiler_means_not_offered_with_one_warning(monkeypatch, fresh_probe, caplog):
+    def broken(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
+    monkeypatch.delenv(compiled_pass.ENV, raising=False)
+    monkeypatch.setattr(compiled_pass, "_compiled", lambda: broken)
+    with caplog.at_level(logging.WARNING, logger="glioseg.models.compiled_pass"):
+        assert compiled_pass.available() is False
+        assert compiled_pass.available() is False
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "No working C++ compiler found" in warnings[0] and "more lines" not in warnings[0]
