@@ -36,7 +36,9 @@ from glioseg.inference.postprocess import CHOICE_KIND, PostprocessConfig, postpr
 
 log = logging.getLogger(__name__)
 
-TUMOUR_MM3 = (0, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000, 20000)
+# up to 100 mL: a second component that large is rare, so the top is nearly nnU-Net's "keep only the
+# largest component" (session 12's grid stopped at 20 mL, its best value)
+TUMOUR_MM3 = (0, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
 ET_MM3 = (0, 50, 100, 200, 300, 500, 750, 1000, 1500)
 Setting = tuple[float, float]      # (min_tumour_mm3, min_et_mm3)
 
