@@ -11,7 +11,9 @@ baseline for inference and for the training step.
 Kernels (``--kernels``): ``torch`` runs the network as the registry builds it (nn.Conv3d and
 GroupNorm on aten's own kernels); ``glioseg`` applies :func:`glioseg.models.cpu_kernels.accelerate_cpu`
 (convolutions, GroupNorm chosen by measurement) and :func:`glioseg.cpu_allocator.keep_freed_memory`,
-as ``glioseg train`` and ``glioseg predict`` do on a CPU. Each (model, patch, precision) runs
+as ``glioseg train`` and ``glioseg predict`` do on a CPU; ``eager`` is the same without the
+Inductor-compiled GroupNorm pass (``GLIOSEG_COMPILE=0``: glioseg before it, or on a machine without
+a C++ compiler); ``convs`` only glioseg's convolutions. Each (model, patch, precision) runs
 ``--rounds`` rounds, each round one process per kernel set back to back, in alternating order, so
 that a change of load between processes hits both: the speed ratio is computed per round and
 printed as its median with the range over rounds.
@@ -52,7 +54,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-KERNELS = ("torch", "convs", "glioseg")
+KERNELS = ("torch", "convs", "eager", "glioseg")
 
 
 def has_native_bf16() -> bool:
@@ -95,7 +97,9 @@ def measure(name: str, size: int, repeats: int, threads: int, dtype: str, kernel
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = create(name)
-    if kernels == "glioseg":
+    if kernels in ("eager", "glioseg"):
+        if kernels == "eager":
+            os.environ["GLIOSEG_COMPILE"] = "0"
         keep_freed_memory()              # as glioseg train and predict do on a CPU
         accelerate_cpu(model)
     else:
@@ -161,6 +165,7 @@ def run_worker(args_list: list[str], args) -> dict:
     cmd = [sys.executable, __file__, *args_list, "--repeats", str(args.repeats), "--threads", str(args.threads)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     env.pop("GLIOSEG_KERNELS", None)
+    env.pop("GLIOSEG_COMPILE", None)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args_list)} failed:\n{done.stderr[-2000:]}")
@@ -186,7 +191,7 @@ def summarise(rows: list[dict], peaks: dict[str, float]) -> list[dict]:
                 line[f"{kernels}_step_s"] = statistics.median(r["train_step_s"] for r in runs)
                 line[f"{kernels}_forward_s"] = statistics.median(r["forward_s"] for r in runs)
                 line[f"{kernels}_peak_train_mib"] = max(r["peak_train_mib"] for r in runs)
-        for other in ("convs", "glioseg"):
+        for other in KERNELS[1:]:
             if by_kernels["torch"] and by_kernels[other]:
                 line[f"{other}_ratios"] = [t["train_step_s"] / g["train_step_s"]
                                            for t, g in zip(by_kernels["torch"], by_kernels[other])]
@@ -199,17 +204,19 @@ def summarise(rows: list[dict], peaks: dict[str, float]) -> list[dict]:
 
 
 def print_table(lines: list[dict]) -> None:
-    head = (f"{'model':10s} {'patch':>6s} {'dtype':>5s} {'GFLOP':>6s} {'torch s':>8s} {'convs s':>8s} {'glioseg s':>9s} "
-            f"{'convs/torch':>19s} {'glioseg/torch':>19s} {'fwd s':>6s} {'GFLOP/s':>8s} {'of peak':>8s} {'step MiB':>9s}")
+    head = (f"{'model':10s} {'patch':>6s} {'dtype':>5s} {'GFLOP':>6s} "
+            + " ".join(f"{k + ' s':>9s}" for k in KERNELS) + " "
+            + " ".join(f"{k + '/torch':>19s}" for k in KERNELS[1:])
+            + f" {'fwd s':>6s} {'GFLOP/s':>8s} {'of peak':>8s} {'step MiB':>9s}")
     print(head)
     print("-" * len(head))
     for l in lines:
-        ratios = [spread(l[f"{k}_ratios"]) if f"{k}_ratios" in l else "-" for k in ("convs", "glioseg")]
+        ratios = [spread(l[f"{k}_ratios"]) if f"{k}_ratios" in l else "-" for k in KERNELS[1:]]
         fraction = f"{100 * l['peak_fraction']:.0f} %" if l["peak_fraction"] is not None else "-"
         kernels = next(k for k in reversed(KERNELS) if f"{k}_step_s" in l)
         steps = [f"{l[f'{k}_step_s']:.2f}" if f"{k}_step_s" in l else "-" for k in KERNELS]
-        print(f"{l['model']:10s} {l['size']:>4d}^3 {l['dtype']:>5s} {l['flops'] / 1e9:6.1f} {steps[0]:>8s} {steps[1]:>8s} "
-              f"{steps[2]:>9s} {ratios[0]:>19s} {ratios[1]:>19s} "
+        print(f"{l['model']:10s} {l['size']:>4d}^3 {l['dtype']:>5s} {l['flops'] / 1e9:6.1f} "
+              + " ".join(f"{v:>9s}" for v in steps) + " " + " ".join(f"{v:>19s}" for v in ratios) + " "
               f"{l[kernels + '_forward_s']:6.2f} {l['gflops']:8.1f} {fraction:>8s} {l[kernels + '_peak_train_mib']:9.0f}")
 
 
