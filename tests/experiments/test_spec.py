@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import re
 
@@ -74,20 +75,42 @@ def test_an_unknown_spec_name_lists_the_shipped_ones(tmp_path, caplog):
     assert {"ablation", "comparison", "precision", "segresnet-recipe"} <= set(shipped_names())
 
 
+CPU_ONLY = {"segresnet-release", "segresnet-augment"}   # sized for the CPU the release trains on
+
+
 @pytest.mark.parametrize("name", shipped_names())
 def test_shipped_specs_resolve_for_every_budget(name):
     spec = load_spec(name)
-    # the studies have a GPU budget at the papers' length; the release's CV is sized for the CPU
-    # the release is trained on
-    assert set(spec.budgets) == ({"cpu"} if name == "segresnet-release" else {"cpu", "paper"})
+    # the studies have a GPU budget at the papers' length; the release's CV and its recipe study
+    # are sized for the CPU the release is trained on
+    assert set(spec.budgets) == ({"cpu"} if name in CPU_ONLY else {"cpu", "paper"})
     for budget in spec.budgets:
         resolved = resolve(spec, budget)
         # arms differ only in what they name: the model (comparison, ablation), the precision,
         # or the recipe settings under study
-        studied = {"loss", "ce_weight", "lr", "warmup_steps", "batch_size", "patch", "foreground_fraction"}
-        assert set(resolved.differences()) <= ({"model", "precision"} if name != "segresnet-recipe" else studied)
+        studied = {"segresnet-recipe": {"loss", "ce_weight", "lr", "warmup_steps", "batch_size", "patch",
+                                        "foreground_fraction"},
+                   "segresnet-augment": {"augment"}}
+        assert set(resolved.differences()) <= studied.get(name, {"model", "precision"})
+        if name in CPU_ONLY:
+            assert spec.evaluation.checkpoint == "last"
         if name == "segresnet-release":
-            assert len(resolved.configs) == 1 and spec.evaluation.checkpoint == "last"
+            assert len(resolved.configs) == 1
+
+
+def test_the_augment_studys_reference_arm_is_the_release_run_itself():
+    """Its finished runs are copied in from segresnet-release's folder, so its arm 'release' must
+    resolve to exactly those runs' settings, on the same folds of the same data."""
+    study, release = load_spec("segresnet-augment"), load_spec("segresnet-release")
+    def budgets(spec):  # the descriptions' wording may differ
+        return {name: dataclasses.replace(b, description="") for name, b in spec.budgets.items()}
+    assert (study.data, study.folds, study.seeds, study.evaluation, budgets(study)) == \
+        (release.data, release.folds, release.seeds, release.evaluation, budgets(release))
+    ours, theirs = resolve(study, "cpu"), resolve(release, "cpu")
+    assert ours.config("release", 0) == theirs.config("release", 0)
+    augmented = ours.config("nnunet-aug", 0)
+    assert augmented.augment.intensity.active and augmented.augment.rotate_prob > 0
+    assert dataclasses.replace(augmented, augment=ours.config("release", 0).augment) == ours.config("release", 0)
 
 
 def test_shipped_comparison_follows_the_dalight_paper_protocol():
