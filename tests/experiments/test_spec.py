@@ -111,6 +111,11 @@ def test_the_augment_studys_reference_arm_is_the_release_run_itself():
     augmented = ours.config("nnunet-aug", 0)
     assert augmented.augment.intensity.active and augmented.augment.rotate_prob > 0
     assert dataclasses.replace(augmented, augment=ours.config("release", 0).augment) == ours.config("release", 0)
+    # the spatial-only arm is nnunet-aug less its intensity block, nothing else
+    spatial = ours.config("spatial-only", 0)
+    assert not spatial.augment.intensity.active
+    assert dataclasses.replace(augmented.augment, intensity=spatial.augment.intensity) == spatial.augment
+    assert dataclasses.replace(augmented, augment=spatial.augment) == spatial
 
 
 def test_shipped_comparison_follows_the_dalight_paper_protocol():
