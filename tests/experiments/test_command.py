@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -104,6 +105,27 @@ def test_a_folder_of_another_experiment_is_refused(finished, phantom_data, tmp_p
     other = _spec(tmp_path, phantom_data, seeds=[5])
     assert main(["experiment", "run", str(other), "--out", str(finished)]) == 2
     assert "holds an experiment with another spec" in caplog.text
+
+
+def test_a_spec_that_adds_an_arm_extends_the_experiment(finished, phantom_data, tmp_path, caplog, one_thread):
+    """The finished arms keep their results; only the new arm's runs train. Changing an arm that has
+    runs is still refused."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    stamps = {k: (out / "results" / f"{k}.json").stat().st_mtime_ns for k in RUNS}
+    wider = {"name": "wider", "model": "segresnet", "model_options": {"init_filters": 16}, **TINY_ARM}
+    grown = _spec(tmp_path / "grown", phantom_data, arms=[*TINY_SPEC["arms"], wider],
+                  description="three tiny arms on phantoms")
+    with caplog.at_level(logging.INFO):
+        assert main(["experiment", "run", str(grown), "--out", str(out), "--max-runs", "1"]) == 0
+    assert "adds arm(s) wider to the experiment" in caplog.text
+    assert stamps == {k: (out / "results" / f"{k}.json").stat().st_mtime_ns for k in RUNS}
+    assert sorted(p.name for p in (out / "results" / "wider").glob("*.json")) == ["fold0-seed0.json"]
+    changed = [{**TINY_SPEC["arms"][0], "model_options": {"init_filters": 4}}, TINY_SPEC["arms"][1], wider]
+    caplog.clear()
+    assert main(["experiment", "run", str(_spec(tmp_path / "changed", phantom_data, arms=changed)),
+                 "--out", str(out)]) == 2
+    assert "2 finished runs were trained with settings" in caplog.text
 
 
 def test_a_killed_experiment_continues_to_the_same_results(finished, phantom_data, tmp_path, one_thread):

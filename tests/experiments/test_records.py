@@ -13,7 +13,7 @@ import pytest
 
 from glioseg.config import to_dict
 from glioseg.errors import InputError
-from glioseg.experiments.plan import load_plan, make_plan, save_plan
+from glioseg.experiments.plan import added_arms, load_plan, make_plan, save_plan
 from glioseg.experiments.records import RunResult
 from glioseg.experiments.resolve import resolve
 from glioseg.experiments.results import arm_scores, cost, load_results
@@ -104,3 +104,21 @@ def test_a_run_trained_with_settings_the_spec_no_longer_gives_is_named(finished,
     assert f"{run.key} (lr" in caplog.text and "reported as trained" in caplog.text
     with pytest.raises(SpecError, match=f"1 finished runs were trained with settings .*{run.key} \\(lr"):
         prepare(plan)
+
+
+def test_a_saved_experiment_may_gain_arms_but_not_lose_or_change_them():
+    arm = lambda name, lr: {"name": name, "model": "segresnet", "overrides": {"lr": lr}, "description": name}  # noqa: E731
+    saved = {"spec": {"name": "s", "arms": [arm("a", 1), arm("b", 2)], "description": "two"},
+             "budget": "cpu", "folds": {"0": {"x": 0}}}
+    grown = {**saved, "spec": {**saved["spec"], "arms": [arm("a", 1), arm("b", 2), arm("c", 3)],
+                                "description": "three"}}
+    assert added_arms(saved, grown) == ["c"]
+    assert added_arms(saved, saved) == []
+    with pytest.raises(ValueError, match=r"arm\(s\) b \(changed or removed\)"):
+        added_arms(saved, {**saved, "spec": {**saved["spec"], "arms": [arm("a", 1)]}})
+    with pytest.raises(ValueError, match=r"arm\(s\) a \(changed or removed\)"):
+        added_arms(saved, {**saved, "spec": {**saved["spec"], "arms": [arm("a", 5), arm("b", 2)]}})
+    with pytest.raises(ValueError, match="^budget$"):
+        added_arms(saved, {**grown, "budget": "paper"})
+    with pytest.raises(ValueError, match="^spec$"):
+        added_arms(saved, {**saved, "spec": {**saved["spec"], "name": "t"}})

@@ -5,7 +5,8 @@ One run per (arm, fold, seed): an ordinary ``glioseg train`` run folder at
 cases, held-out ``test`` cases included), and its small result file at
 ``DIR/results/<arm>/fold<k>-seed<s>.json``. ``DIR/experiment.json`` records the spec, the budget,
 the fold assignments and the precision verdicts; a re-run with another spec or budget into the
-same folder is refused, so results never mix two experiments.
+same folder is refused, so results never mix two experiments; a spec that only adds arms (the others
+unchanged) extends the study.
 """
 from __future__ import annotations
 
@@ -136,19 +137,45 @@ def make_plan(spec: ExperimentSpec, budget_name: str, out: Path) -> Plan:
     return Plan(resolved, Path(out), strata, folds, precision_verdicts(resolved), sources)
 
 
+def _what(spec: dict) -> dict:
+    """What a spec says the runs are: not how they execute (slurm) nor its prose (descriptions)."""
+    return {k: v for k, v in spec.items() if k not in ("slurm", "description", "arms")}
+
+
+def _arm(arm: dict) -> dict:
+    return {k: v for k, v in arm.items() if k != "description"}
+
+
+def added_arms(old: dict, new: dict) -> list[str]:
+    """The arms ``new`` adds to the experiment saved as ``old`` (both ``experiment.json`` dicts);
+    :class:`ValueError` naming what else changed. Adding an arm leaves every finished run valid (same
+    data, folds, budget, and the same settings for every arm it already had), so a study can grow."""
+    changed = ["spec"] if _what(old["spec"]) != _what(new["spec"]) else []
+    changed += [k for k in ("budget", "folds") if old.get(k) != new[k]]
+    old_arms = {a["name"]: _arm(a) for a in old["spec"]["arms"]}
+    new_arms = {a["name"]: _arm(a) for a in new["spec"]["arms"]}
+    altered = sorted(n for n in old_arms if old_arms[n] != new_arms.get(n))
+    if altered and "spec" not in changed:
+        changed.append(f"arm(s) {', '.join(altered)} (changed or removed)")
+    if changed:
+        raise ValueError(" and ".join(changed))
+    return [n for n in new_arms if n not in old_arms]
+
+
 def save_plan(plan: Plan, **about) -> None:
-    """Write ``experiment.json`` (with ``about``: the command, the machine); an experiment folder
-    holding another spec or budget is an error."""
+    """Write ``experiment.json`` (with ``about``: the command, the machine). An experiment folder
+    holding another spec, budget or folds is an error; a spec that only adds arms extends it."""
     path = plan.out / EXPERIMENT_FILE
     new = {**plan.to_dict(), **about}
     if path.is_file():
-        old = read_json(path, "an experiment plan")
-        # the slurm settings say how the runs execute, not what they are: they may change
-        what = lambda d: {**d, "spec": {k: v for k, v in d["spec"].items() if k != "slurm"}}  # noqa: E731
-        changed = [k for k in ("spec", "budget", "folds") if what(old).get(k) != what(new)[k]]
-        if changed:
-            raise SpecError(str(path), f"this folder holds an experiment with another {' and '.join(changed)}; "
-                                       "continue it with its own spec and --budget, or use another --out")
+        try:
+            added = added_arms(read_json(path, "an experiment plan"), new)
+        except ValueError as e:
+            raise SpecError(str(path), f"this folder holds an experiment with another {e}; continue it with its "
+                                       "own spec and --budget (a spec may add arms), or use another --out") from None
+        if added:
+            log.info("%s: adds arm(s) %s to the experiment; the finished runs of the others stay",
+                     plan.out, ", ".join(added))
     plan.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(new, indent=2))
 
