@@ -20,6 +20,11 @@ def _config(**changes):
     ({"model": "dalight3d", "model_options": {}, "patch": (36, 36, 36)}, "multiples of 8"),
     ({"model_options": {"init_filter": 8}}, r"model_options: model 'segresnet' options: unknown key\(s\) init_filter"),
     ({"model": "dalight3d-no-csa", "model_options": {"csa": True}}, r"unknown key\(s\) csa"),
+    # values MONAI's constructors would only refuse when the run starts to build the network
+    ({"model_options": {"init_filters": 12}}, r"model_options: segresnet: init_filters must be a positive multiple of 8"),
+    ({"model_options": {"dropout": 1.5}}, r"segresnet: dropout must be in \[0, 1\), got 1\.5"),
+    ({"model": "vnet", "model_options": {"base_width": 0}}, "vnet: base_width must be positive"),
+    ({"model": "residual_unet3d", "model_options": {"base_width": -2}}, "base_width must be positive, got -2"),
 ])
 def test_model_settings_are_checked_against_the_registry(changes, message):
     with pytest.raises(SettingsError, match=message):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import SegResNet
 
+from glioseg.errors import InputError
 from glioseg.models.blocks import keep_channels_last, prepare_input
 
 
@@ -26,6 +27,14 @@ class SegResNetConfig:
     init_filters: int = 16
     dropout: float = 0.2
     channels_last: bool = True
+
+    def __post_init__(self):
+        # checked here, not by MONAI's constructor, so that a spec or recipe fails before any training
+        if self.init_filters <= 0 or self.init_filters % 8:
+            raise InputError(f"segresnet: init_filters must be a positive multiple of 8 (GroupNorm(8) everywhere), "
+                             f"got {self.init_filters}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"segresnet: dropout must be in [0, 1), got {self.dropout}")
 
 
 class SegResNet3D(SegResNet):

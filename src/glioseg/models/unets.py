@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import AttentionUnet, UNet
 
+from glioseg.errors import InputError
 from glioseg.models.blocks import keep_channels_last, prepare_input
 
 STRIDES = (2, 2, 2)
@@ -37,6 +38,10 @@ STRIDES = (2, 2, 2)
 class UNetConfig:
     base_width: int = 40
     channels_last: bool = False
+
+    def __post_init__(self):
+        if self.base_width <= 0:
+            raise InputError(f"{type(self).__name__}: base_width must be positive, got {self.base_width}")
 
     def channels(self) -> tuple[int, ...]:
         return tuple(self.base_width * 2 ** level for level in range(len(STRIDES) + 1))

@@ -39,6 +39,11 @@ class VNetConfig:
     units: tuple[int, int, int] = (1, 2, 3)
     channels_last: bool = False
 
+    def __post_init__(self):
+        if self.base_width <= 0 or any(u < 1 for u in self.units):
+            raise InputError(f"vnet: base_width must be positive and units at least 1 each, got "
+                             f"{self.base_width}, {tuple(self.units)}")
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     """Instance normalisation with affine, written as GroupNorm(C, C): same maths and parameters,
