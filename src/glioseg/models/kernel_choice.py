@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 TORCH = "torch"
 MARGIN = 0.05          # a replacement must be 5 % faster than torch's kernel to be chosen
-REPEATS = 2            # timed runs per candidate after one warm-up (the minimum is kept)
+# timed runs per candidate after one warm-up (the minimum is kept): with 2, a quiet 2-core Xeon
+# picked a slower form for 2 of 20 GroupNorm shapes (up to 1.25x; bench_norm.py, session 14)
+REPEATS = 5
 ENV = "GLIOSEG_KERNELS"
 
 _CHOICES: dict[str, str] = {}
