@@ -121,11 +121,11 @@ def test_a_spec_that_adds_an_arm_extends_the_experiment(finished, phantom_data, 
     assert "adds arm(s) wider to the experiment" in caplog.text
     assert stamps == {k: (out / "results" / f"{k}.json").stat().st_mtime_ns for k in RUNS}
     assert sorted(p.name for p in (out / "results" / "wider").glob("*.json")) == ["fold0-seed0.json"]
-    changed = [{**TINY_SPEC["arms"][0], "model_options": {"init_filters": 4}}, TINY_SPEC["arms"][1], wider]
+    changed = [{**TINY_SPEC["arms"][0], "model_options": {"init_filters": 16}}, TINY_SPEC["arms"][1], wider]
     caplog.clear()
     assert main(["experiment", "run", str(_spec(tmp_path / "changed", phantom_data, arms=changed)),
                  "--out", str(out)]) == 2
-    assert "2 finished runs were trained with settings" in caplog.text
+    assert "2 finished runs were trained with settings" in caplog.text and "init_filters" in caplog.text
 
 
 def test_a_killed_experiment_continues_to_the_same_results(finished, phantom_data, tmp_path, one_thread):

@@ -5,7 +5,8 @@ from collections import Counter
 
 import pytest
 
-from glioseg.experiments.folds import assign_folds, balance, fold_split, read_grades, stratum_of
+from glioseg.errors import InputError
+from glioseg.experiments.folds import assign_folds, balance, fold_split, nested_order, read_grades, stratum_of
 
 # 20 cases at 5 sites of unequal size, two grades
 STRATA = {f"{site}_{n}": stratum_of(site, "HGG" if n % 3 else "LGG")
@@ -43,6 +44,29 @@ def test_the_split_holds_out_the_fold_and_validates_on_training_cases():
     assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
     assert sorted(split["train"] + split["val"] + split["test"]) == sorted(STRATA)
     assert len(split["val"]) == round(0.25 * (len(STRATA) - len(split["test"])))
+
+
+def test_the_nested_order_keeps_every_stratum_in_proportion_at_every_length():
+    order = nested_order(list(STRATA), STRATA, (0, 1))
+    assert sorted(order) == sorted(STRATA) and order == nested_order(sorted(STRATA, reverse=True), STRATA, (0, 1))
+    assert order != nested_order(list(STRATA), STRATA, (0, 2))
+    sizes = Counter(STRATA.values())
+    for n in range(1, len(order) + 1):
+        taken = Counter(STRATA[c] for c in order[:n])
+        for stratum, size in sizes.items():
+            assert abs(taken[stratum] - n * size / len(STRATA)) < 2, (n, stratum)
+
+
+def test_fewer_training_cases_are_a_nested_subset_with_the_same_held_out_cases():
+    folds = assign_folds(STRATA, 4, (0, 0))
+    full = fold_split(folds, 1, seed=0, val_fraction=0.0)
+    small, smaller = (fold_split(folds, 1, 0, 0.0, n, STRATA) for n in (10, 5))
+    assert small["test"] == smaller["test"] == full["test"]
+    assert len(small["train"]) == 10 and set(smaller["train"]) < set(small["train"]) < set(full["train"])
+    assert small["train_cases"] == 10 and sorted(small["train"] + small["unused"]) == full["train"]
+    assert "unused" not in full and fold_split(folds, 1, 0, 0.25, 8, STRATA)["val"]   # validation within the 8
+    with pytest.raises(InputError, match="train_cases 16: fold 1 has 15 training cases"):
+        fold_split(folds, 1, 0, 0.0, 16, STRATA)
 
 
 @pytest.mark.parametrize("k", [1, 21])

@@ -8,7 +8,7 @@ import pytest
 from glioseg.cli import main
 from glioseg.experiments import resolve as resolve_module
 from glioseg.experiments.plan import make_plan
-from glioseg.experiments.spec import load_spec
+from glioseg.experiments.spec import SpecError, load_spec
 from glioseg import precisions
 from glioseg.precisions import describe_device
 
@@ -73,3 +73,21 @@ def test_grades_given_in_the_spec_stratify_the_folds(write_spec, tmp_path):
                        "cpu", tmp_path / "graded")
     assert {c: s.split("/")[1] for c, s in graded.strata.items()} == grades
     assert {s.split("/")[1] for s in plain.strata.values()} == {"?"}
+
+
+def test_an_arm_on_fewer_training_cases_is_checked_planned_and_shown(write_spec, tmp_path, capsys):
+    arms = copy.deepcopy(TINY_SPEC["arms"])
+    arms[1] = {**arms[0], "name": "small-2", "train_cases": 2}
+    plan = make_plan(load_spec(write_spec(arms=arms)), "cpu", tmp_path / "out")
+    assert plan.resolved.differences() == {"train_cases": {"small": "all", "small-2": 2}}
+    run = next(r for r in plan.runs if r.arm == "small-2")
+    split, full = plan.split(run), plan.split(next(r for r in plan.runs if r.arm == "small" and r.fold == run.fold))
+    assert len(split["train"] + split["val"]) == 2 and split["test"] == full["test"]
+    assert main(["experiment", "run", str(write_spec(arms=arms)), "--out", str(tmp_path / "x"), "--dry-run"]) == 0
+    assert "2 training cases per fold" in capsys.readouterr().out
+    arms[1]["train_cases"] = 4          # 6 phantom cases in 2 folds: 3 training cases a fold
+    with pytest.raises(SpecError, match="arm .small-2.: train_cases 4 is more than the 3 training cases"):
+        make_plan(load_spec(write_spec(arms=arms)), "cpu", tmp_path / "out")
+    arms[1]["train_cases"] = 0
+    with pytest.raises(SpecError, match="train_cases must be a positive whole number, got 0"):
+        load_spec(write_spec(arms=arms))

@@ -76,7 +76,8 @@ class Plan:
 
     def split(self, run: Run) -> dict:
         val_fraction = self.resolved.config(run.arm, run.seed).val_fraction
-        return fold_split(self.folds[run.seed], run.fold, run.seed, val_fraction)
+        return fold_split(self.folds[run.seed], run.fold, run.seed, val_fraction,
+                          self.spec.arm(run.arm).train_cases, self.strata)
 
     def status(self, run: Run) -> str:
         """``done`` (result file written), ``trained`` (to evaluate), ``partial`` (to resume),
@@ -134,16 +135,32 @@ def make_plan(spec: ExperimentSpec, budget_name: str, out: Path) -> Plan:
         raise SpecError(spec.source, f"folds.k = {spec.folds.k} is more folds than the {len(strata)} cases of "
                                      f"{where}")
     folds = {s: assign_folds(strata, spec.folds.k, (spec.folds.seed, s)) for s in spec.seeds}
+    _check_train_cases(spec, folds)
     return Plan(resolved, Path(out), strata, folds, precision_verdicts(resolved), sources)
+
+
+def _check_train_cases(spec: ExperimentSpec, folds: dict[int, dict[str, int]]) -> None:
+    """An arm's ``train_cases`` must fit the smallest fold's training cases (before any training)."""
+    fewest = min(sum(f != k for f in assignment.values()) for assignment in folds.values()
+                 for k in range(spec.folds.k))
+    for arm in spec.arms:
+        if arm.train_cases is not None and arm.train_cases > fewest:
+            raise SpecError(spec.source, f"arm {arm.name!r}: train_cases {arm.train_cases} is more than the "
+                                         f"{fewest} training cases of the smallest fold")
 
 
 def _what(spec: dict) -> dict:
     """What a spec says the runs are: not how they execute (slurm) nor its prose (descriptions)."""
-    return {k: v for k, v in spec.items() if k not in ("slurm", "description", "arms")}
+    out = {k: v for k, v in spec.items() if k not in ("slurm", "description", "arms")}
+    if isinstance(out.get("budgets"), dict):
+        out["budgets"] = {name: {k: v for k, v in b.items() if k != "description"} if isinstance(b, dict) else b
+                          for name, b in out["budgets"].items()}
+    return out
 
 
 def _arm(arm: dict) -> dict:
-    return {k: v for k, v in arm.items() if k != "description"}
+    # prose aside; a setting left at None equals one an older experiment.json did not have yet
+    return {k: v for k, v in arm.items() if k != "description" and v is not None}
 
 
 def added_arms(old: dict, new: dict) -> list[str]:

@@ -37,8 +37,12 @@ class Resolved:
         """Settings whose value is not the same in every arm: setting → {arm: value}."""
         dicts = {name: to_dict(c) for name, c in self.configs.items()}
         keys = list(next(iter(dicts.values())))
-        return {k: _differing({a: d[k] for a, d in dicts.items()}) for k in keys
-                if len({repr(d[k]) for d in dicts.values()}) > 1}
+        out = {k: _differing({a: d[k] for a, d in dicts.items()}) for k in keys
+               if len({repr(d[k]) for d in dicts.values()}) > 1}
+        cases = {a.name: a.train_cases or "all" for a in self.spec.arms}   # the arm's, not the recipe's
+        if len(set(map(str, cases.values()))) > 1:
+            out["train_cases"] = cases
+        return out
 
 
 def _differing(values: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def describe_plan(plan: Plan) -> str:
         c = plan.resolved.configs[arm.name]
         lines.append(f"  arm {arm.name}: {c.model} {c.model_options or ''} recipe {arm.recipe}, {c.epochs} epochs x "
                      f"{c.steps_per_epoch} steps, patch {'x'.join(map(str, c.patch))}, precision {c.precision}"
+                     + (f", {arm.train_cases} training cases per fold" if arm.train_cases else "")
                      + (f"  NOT RUN: {plan.not_run[arm.name]}" if arm.name in plan.not_run else ""))
     lines.append("  settings that differ between arms: " + (", ".join(plan.resolved.differences()) or "none"))
     lines.append(f"  folds (seed {spec.seeds[0]}), cases per stratum: " + "; ".join(

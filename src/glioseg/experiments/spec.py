@@ -21,6 +21,7 @@ from typing import Any
 from glioseg.config import from_dict, load_yaml, to_dict
 from glioseg.data.labels import REGIONS
 from glioseg.errors import GliosegError
+from glioseg.experiments.spec_inherit import expand
 from glioseg.inference.predictor import WINDOWS
 from glioseg.training.recipe import default_recipe
 
@@ -65,17 +66,26 @@ class FoldSpec:
 
 @dataclass(frozen=True)
 class ArmSpec:
-    """One arm: a model, its options, a recipe (by default the model's) and overrides of it."""
+    """One arm: a model, its options, a recipe (by default the model's) and overrides of it.
+
+    ``train_cases``: train each fold model on only that many of its fold's training cases (a
+    stratified subset, nested between arms: :func:`glioseg.experiments.folds.nested_order`), for a
+    learning curve against the number of cases; the held-out cases stay the fold's own.
+    """
     name: str
     model: str
     recipe: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     model_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    train_cases: int | None = None
 
     def __post_init__(self):
         if not slug(self.name):
             raise ValueError(f"arm names need a letter or digit: {self.name!r}")
+        if self.train_cases is not None and (isinstance(self.train_cases, bool) or not isinstance(self.train_cases, int)
+                                             or self.train_cases < 1):
+            raise ValueError(f"arm {self.name!r}: train_cases must be a positive whole number, got {self.train_cases!r}")
         if self.recipe is None:
             object.__setattr__(self, "recipe", default_recipe(self.model))
 
@@ -231,20 +241,27 @@ def shipped_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+def _read(spec: str | Path, folder: str = ".") -> tuple[dict[str, Any], str, str]:
+    """(raw mapping, source, base) of a spec file (relative to ``folder``) or a shipped spec's name."""
+    path = Path(spec).expanduser()
+    path = path if path.is_absolute() else Path(folder) / path
+    if path.is_file():
+        return load_yaml(path), str(path), str(path.resolve().parent)
+    if str(spec) in shipped_names():
+        with resources.as_file(resources.files("glioseg.experiments.specs") / f"{spec}.yaml") as shipped:
+            return load_yaml(shipped), f"shipped spec {spec}", "."
+    raise SpecError(str(spec), f"no such spec file, and not a shipped spec ({', '.join(shipped_names())})")
+
+
 def load_spec(spec: str | Path, data: str | Path | list | None = None) -> ExperimentSpec:
     """A spec file, or a shipped spec by name (its relative data path is taken from the current
-    folder); ``data`` (one path or a list) replaces the spec's data."""
-    path = Path(spec)
-    if path.is_file():
-        raw, source, base = load_yaml(path), str(path), str(path.resolve().parent)
-    elif str(spec) in shipped_names():
-        with resources.as_file(resources.files("glioseg.experiments.specs") / f"{spec}.yaml") as shipped:
-            raw, source, base = load_yaml(shipped), f"shipped spec {spec}", "."
-    else:
-        raise SpecError(str(spec), f"no such spec file, and not a shipped spec ({', '.join(shipped_names())})")
+    folder); ``data`` (one path or a list) replaces the spec's data. ``extends`` and an arm's
+    ``like`` are expanded first (:mod:`glioseg.experiments.spec_inherit`)."""
+    raw, source, base = _read(spec)
     for key in ("source", "base"):
         if key in raw:
             raise SpecError(source, f"{key!r} is not a spec setting")
+    raw = expand(raw, source, base, lambda name, _source, folder: _read(name, folder))
     if data is not None:   # --data: one path or several
         given = [str(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
         raw["data"], base = given[0] if len(given) == 1 else given, "."
