@@ -166,6 +166,22 @@ def test_forced_torch_kernels(monkeypatch):
     fast_norm.group_norm(x, 4).sum().backward()
 
 
+def test_no_compiler_probe_where_nothing_is_to_be_chosen(monkeypatch):
+    """Forced torch kernels, or a resumed run's restored choice, need no compiler (a probe costs seconds)."""
+    monkeypatch.setattr(fast_norm.compiled_pass, "available", lambda: pytest.fail("probed the compiler"))
+    monkeypatch.setattr(kernel_choice, "measure", lambda runs: pytest.fail("measured"))
+    x = channels_last((1, 8, 4, 4, 4), dtype=torch.float32).requires_grad_()
+    monkeypatch.setenv(kernel_choice.ENV, "torch")
+    fast_norm.group_norm(x, 4).sum().backward()
+    monkeypatch.delenv(kernel_choice.ENV)
+    kernel_choice.restore({kernel_choice.key_of("group_norm", x, 4, False): "matmul"})
+    used = []
+    real = fast_norm.fast_group_norm
+    monkeypatch.setattr(fast_norm, "fast_group_norm", lambda *a, apply, **k: used.append(apply) or real(*a, apply=apply, **k))
+    fast_norm.group_norm(x, 4).sum().backward()
+    assert used == ["matmul"]
+
+
 def test_choosing_does_not_move_the_global_random_stream():
     x = channels_last((1, 8, 4, 4, 4), dtype=torch.float32).requires_grad_()
     torch.manual_seed(5)

@@ -18,7 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from glioseg.config import from_dict
-from glioseg.data.augment_intensity import IntensityConfig, IntensityPlan, apply_intensity, sample_intensity
+from glioseg.data.augment_intensity import (IntensityConfig, IntensityPlan, apply_intensity, check_probabilities,
+                                            sample_intensity)
 from glioseg.errors import InputError
 
 
@@ -39,11 +40,8 @@ class AugmentConfig:
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
 
     def __post_init__(self):
-        probs = {"flip_prob": self.flip_prob, "intensity_prob": (self.intensity_prob,),
-                 "rotate_prob": (self.rotate_prob,), "zoom_prob": (self.zoom_prob,)}
-        for name, values in probs.items():
-            if not all(0.0 <= float(p) <= 1.0 for p in values):
-                raise InputError(f"AugmentConfig.{name} must lie in [0, 1]; got {values}")
+        check_probabilities("AugmentConfig", {"flip_prob": self.flip_prob, "intensity_prob": (self.intensity_prob,),
+                                              "rotate_prob": (self.rotate_prob,), "zoom_prob": (self.zoom_prob,)})
         if len(self.flip_prob) != 3 or len(self.rotate_deg) != 3:
             raise InputError("AugmentConfig.flip_prob and rotate_deg need one value per axis (3)")
         if not 0.0 <= self.zoom < 0.5:

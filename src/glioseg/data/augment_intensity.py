@@ -23,6 +23,13 @@ from glioseg.errors import InputError
 CHANNEL_PROB = 0.5  # nnU-Net's p_per_channel for blur and low resolution
 
 
+def check_probabilities(owner: str, probs: dict) -> None:
+    """Each value (a probability, or a tuple of them) in [0, 1]; else an error naming ``owner.name``."""
+    for name, value in probs.items():
+        if not all(0.0 <= float(p) <= 1.0 for p in (value if isinstance(value, (tuple, list)) else (value,))):
+            raise InputError(f"{owner}.{name} must lie in [0, 1]; got {value}")
+
+
 @dataclass(frozen=True)
 class IntensityConfig:
     """Probabilities per patch and the ranges drawn from (nnU-Net's values)."""
@@ -39,9 +46,8 @@ class IntensityConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
 
     def validate(self, owner: str = "AugmentConfig") -> None:
-        for name in ("noise_prob", "blur_prob", "contrast_prob", "lowres_prob", "gamma_prob"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise InputError(f"{owner}.{name} must lie in [0, 1]; got {getattr(self, name)}")
+        check_probabilities(owner, {name: getattr(self, name) for name in
+                                    ("noise_prob", "blur_prob", "contrast_prob", "lowres_prob", "gamma_prob")})
         if self.noise_variance < 0:
             raise InputError(f"{owner}.noise_variance must be >= 0; got {self.noise_variance}")
         bounds = {"blur_sigma": (0.0, 10.0), "contrast_range": (0.0, 10.0), "lowres_range": (0.1, 1.0),

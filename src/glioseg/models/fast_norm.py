@@ -166,7 +166,10 @@ def applies(dtype: torch.dtype) -> tuple[str, ...]:
 
 def fast_group_norm(x, groups, weight=None, bias=None, eps=1e-5, apply: str = "matmul") -> torch.Tensor:
     """GroupNorm through this module's passes (any float dtype; channels-last 5-D input)."""
-    if apply not in applies(x.dtype):
+    # only "compiled" needs the compiler probe; the other forms are checked without it
+    offered = (apply in APPLY and not (x.dtype == torch.bfloat16 and apply in _ROUNDED_COEFFICIENTS)
+               and (apply != "compiled" or compiled_pass.available()))
+    if not offered:
         raise ValueError(f"apply must be one of {applies(x.dtype)} for {x.dtype}, got {apply!r}")
     return _GroupNormFn.apply(x.contiguous(memory_format=torch.channels_last_3d), weight, bias, groups, eps, apply)
 
@@ -197,11 +200,15 @@ def _candidates(x, groups, weight, bias, eps) -> dict:
 
 def group_norm(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
     """``F.group_norm``, or this module's passes where they measured faster for this shape."""
-    if not _fast_path(x, weight):
+    if not _fast_path(x, weight) or kernel_choice.torch_forced():
         return F.group_norm(x, groups, weight, bias, eps)
     key = kernel_choice.key_of("group_norm", x, groups, weight is not None)
-    kind = kernel_choice.choose(key, (kernel_choice.TORCH, *applies(x.dtype)),
-                                lambda: _candidates(x, groups, weight, bias, eps))
+    kind = kernel_choice.remembered(key)
+    # applies() probes the compiler (seconds, once per process): only where a choice is still to be
+    # made, or where a restored "compiled" must be checked against this machine
+    if kind is None or kind == "compiled":
+        kind = kernel_choice.choose(key, (kernel_choice.TORCH, *applies(x.dtype)),
+                                    lambda: _candidates(x, groups, weight, bias, eps))
     if kind == kernel_choice.TORCH:
         return F.group_norm(x, groups, weight, bias, eps)
     return fast_group_norm(x, groups, weight, bias, eps, apply=kind)

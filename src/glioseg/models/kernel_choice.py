@@ -118,6 +118,12 @@ def choose(key: str, names: tuple[str, ...], make_candidates: Callable[[], Mappi
     return _CHOICES[key]
 
 
+def remembered(key: str) -> str | None:
+    """The choice made or restored for ``key`` where ``GLIOSEG_KERNELS`` forces nothing; None
+    otherwise. Lets a caller skip building its candidate names (which may cost a compiler probe)."""
+    return None if os.environ.get(ENV, "").strip() else _CHOICES.get(key)
+
+
 def decisions() -> dict[str, str]:
     """Every choice made in this process (key → implementation), for a checkpoint."""
     return dict(_CHOICES)
