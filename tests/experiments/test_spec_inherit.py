@@ -64,3 +64,10 @@ def test_the_shipped_case_curve_shares_the_released_arm_and_differs_only_in_case
                                                                       augment.spec.budgets)
     assert {a.name: a.train_cases for a in cases.spec.arms} == {"nnunet-aug": None, "cases-12": 12, "cases-6": 6}
     assert cases.config("cases-6", 0) == cases.config("nnunet-aug", 0)
+
+
+def test_the_shipped_deep_supervision_study_changes_only_that():
+    deep, augment = resolve(load_spec("segresnet-deep"), "cpu"), resolve(load_spec("segresnet-augment"), "cpu")
+    assert deep.config("nnunet-aug", 0) == augment.config("nnunet-aug", 0)
+    assert deep.differences() == {"model_options": {"nnunet-aug": {"deep_supervision": None},
+                                                    "deep-sup": {"deep_supervision": 2}}}

@@ -173,3 +173,19 @@ def test_injected_instability_in_bf16_falls_back_to_fp32_and_training_continues(
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     summary = trainer.controller.summary()
     assert summary["skipped"] == 1 and summary["steps_per_precision"] == {"fp32": 3, "bf16": 2}
+
+
+def test_a_deeply_supervised_run_trains_checkpoints_and_predicts(phantom_cache, tmp_path):
+    """The heads train with the network, are saved in its checkpoint, and prediction uses the main
+    output only (one tensor in the checkpoint's geometry)."""
+    config = write_config(tmp_path, epochs=1, steps_per_epoch=2, val_fraction=0.0,
+                          model_options={"init_filters": 8, "deep_supervision": 2})
+    run = tmp_path / "run"
+    assert run_inprocess(train_args(phantom_cache, run, config)) == 0
+    state = load_checkpoint(run / run_io.LAST)["model"]
+    assert {k for k in state if k.startswith("ds_heads.")} == {f"ds_heads.{i}.{p}" for i in (0, 1)
+                                                               for p in ("weight", "bias")}
+    net = load_bundle(run / run_io.LAST).build_model()
+    with torch.no_grad():
+        out = net.eval()(torch.randn(1, 4, 16, 16, 16))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 16, 16, 16)

@@ -49,7 +49,8 @@ def _differing(values: dict[str, Any]) -> dict[str, Any]:
     """arm → value; of settings that are mappings (precision) only the fields that differ."""
     if not all(isinstance(v, dict) for v in values.values()):
         return values
-    fields = [f for f in next(iter(values.values())) if len({repr(v.get(f)) for v in values.values()}) > 1]
+    every = list(dict.fromkeys(f for v in values.values() for f in v))   # a key only some arms give counts too
+    fields = [f for f in every if len({repr(v.get(f)) for v in values.values()}) > 1]
     return {arm: {f: v.get(f) for f in fields} for arm, v in values.items()}
 
 

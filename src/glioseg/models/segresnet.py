@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from monai.networks.nets import SegResNet
 
 from glioseg.errors import InputError
@@ -27,8 +28,14 @@ class SegResNetConfig:
     init_filters: int = 16
     dropout: float = 0.2
     channels_last: bool = True
+    # nnU-Net's deep supervision: 1x1x1 heads on the decoder at 1/2 (and 1/4) resolution whose
+    # logits the loss also scores while training; 0 = MONAI's network exactly
+    deep_supervision: int = 0
 
     def __post_init__(self):
+        if self.deep_supervision not in (0, 1, 2):
+            raise InputError(f"segresnet: deep_supervision must be 0, 1 or 2 (extra outputs at 1/2 and 1/4 "
+                             f"resolution), got {self.deep_supervision}")
         # checked here, not by MONAI's constructor, so that a spec or recipe fails before any training
         if self.init_filters <= 0 or self.init_filters % 8:
             raise InputError(f"segresnet: init_filters must be a positive multiple of 8 (GroupNorm(8) everywhere), "
@@ -48,10 +55,24 @@ class SegResNet3D(SegResNet):
                          out_channels=out_channels, dropout_prob=config.dropout,
                          blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1))
         self.channels_last = config.channels_last
+        if config.deep_supervision:
+            # decoder widths at 1/2 and 1/4 resolution: 2 and 4 times init_filters
+            self.ds_heads = nn.ModuleList(nn.Conv3d(config.init_filters * 2 ** (level + 1), out_channels, 1)
+                                          for level in range(config.deep_supervision))
         if config.channels_last:
             keep_channels_last(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_channels, X, Y, Z) → logits (B, out_channels, X, Y, Z)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """x: (B, in_channels, X, Y, Z) → logits (B, out_channels, X, Y, Z); with deep supervision,
+        while training, also the logits at 1/2 (and 1/4) resolution after them (a tuple)."""
         x = prepare_input(x, self.size_divisor, "segresnet", self.channels_last)
-        return super().forward(x).contiguous()
+        if not (self.training and hasattr(self, "ds_heads")):
+            return super().forward(x).contiguous()
+        x, down_x = self.encode(x)
+        down_x.reverse()
+        levels = []                              # decoder outputs, coarsest first (MONAI's decode)
+        for i, (up, upl) in enumerate(zip(self.up_samples, self.up_layers)):
+            x = upl(up(x) + down_x[i + 1])
+            levels.append(x)
+        outputs = [self.conv_final(x)] + [head(levels[-2 - k]) for k, head in enumerate(self.ds_heads)]
+        return tuple(o.contiguous() for o in outputs)

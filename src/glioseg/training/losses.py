@@ -47,7 +47,9 @@ class SegmentationLoss(nn.Module):
         """The output space the sampler's targets and the network's channels must be."""
         return LOSSES[self.kind]
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, (tuple, list)):
+            return self._deep_supervision(logits, target)
         logits = logits.float()
         if self.kind == "dice_ce":
             return self.fn(logits, target.unsqueeze(1))
@@ -56,3 +58,17 @@ class SegmentationLoss(nn.Module):
         if self.bce is not None:
             loss = loss + self.ce_weight * self.bce(logits, target)
         return loss
+
+    def _deep_supervision(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's deep supervision: output k (at 1/2^k resolution) scored against the target
+        subsampled by 2^k (nearest neighbour: every 2^k-th voxel), weights 1/2^k normalised to 1."""
+        weights = [0.5 ** k for k in range(len(outputs))]
+        total = 0.0
+        for k, (out, w) in enumerate(zip(outputs, weights)):
+            step = 2 ** k
+            sub = target[..., ::step, ::step, ::step]
+            if sub.shape[-3:] != out.shape[-3:]:
+                raise InputError(f"deep supervision output {k} has shape {tuple(out.shape[-3:])}, "
+                                 f"the target subsampled by {step} {tuple(sub.shape[-3:])}")
+            total = total + w * self(out, sub)
+        return total / sum(weights)
