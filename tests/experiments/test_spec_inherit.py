@@ -57,6 +57,14 @@ def test_bad_inheritance_names_the_spec_and_the_problem(tmp_path, phantom_data, 
         load_spec(spec)
 
 
+def test_a_cycle_through_another_spelling_of_the_path_is_found(tmp_path, phantom_data):
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path, "a.yaml", {**TINY_SPEC, "data": str(phantom_data), "extends": "sub/../b.yaml"})
+    _write(tmp_path, "b.yaml", {"extends": "./a.yaml"})
+    with pytest.raises(GliosegError, match="makes a cycle"):
+        load_spec(tmp_path / "a.yaml")
+
+
 def test_the_shipped_case_curve_shares_the_released_arm_and_differs_only_in_cases():
     cases, augment = resolve(load_spec("segresnet-cases"), "cpu"), resolve(load_spec("segresnet-augment"), "cpu")
     assert cases.config("nnunet-aug", 0) == augment.config("nnunet-aug", 0)

@@ -36,6 +36,12 @@ class InheritError(GliosegError):
     """A bad ``extends`` or ``like``; the message names the spec file it is in."""
 
 
+def _identity(source: str) -> str:
+    """One spelling per spec file (``a/../b.yaml`` and ``b.yaml`` are one file), for the cycle check."""
+    path = Path(source)
+    return str(path.resolve()) if path.is_file() else source
+
+
 def _absolute(value: Any, base: str) -> Any:
     def one(path: str) -> str:
         p = Path(path).expanduser()
@@ -92,7 +98,7 @@ def expand(raw: dict[str, Any], source: str, base: str, read: Reader, chain: tup
         if not isinstance(parent_name, str) or not parent_name:
             raise InheritError(f"{source}: extends must name a spec (a shipped name or a file), got {parent_name!r}")
         parent_raw, parent_source, parent_base = read(parent_name, source, base)
-        if parent_source in (*chain, source):
+        if _identity(parent_source) in map(_identity, (*chain, source)):
             raise InheritError(f"{source}: extends {parent_name!r} makes a cycle "
                                f"({' -> '.join((*chain, source, parent_source))})")
         parent = expand(parent_raw, parent_source, parent_base, read, (*chain, source))
