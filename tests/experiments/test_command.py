@@ -20,6 +20,7 @@ import yaml
 import glioseg
 from glioseg.cli import main
 from glioseg.experiments.postprocess import grid
+from glioseg.inference.postprocess import read_postprocess
 from glioseg.experiments.runner import LOCK_FILE
 from glioseg.files import exclusive_lock
 from glioseg import run_io
@@ -343,6 +344,16 @@ def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_pa
     for row in choice["per_case"]:
         assert row["none"][0] == pytest.approx(held[row["case"]]["dice"])
     assert set(choice["nested"]["choices"]) == {"0", "1"} and len(choice["table"]) == len(grid())
+    # with thresholds: the runs predict their held-out probabilities; at 0.5 without rules they are
+    # the network's labels again, and the choice is a post-processing a release can carry
+    assert main(["experiment", "postprocess", str(out), "--thresholds"]) == 0
+    choice = json.loads((out / "results" / "postprocess-small.json").read_text())
+    for row in choice["per_case"]:
+        assert row["none"][0] == pytest.approx(held[row["case"]]["dice"], abs=1e-6)
+    assert [r["threshold"] for r in choice["threshold_table"]] == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert len(choice["chosen"]["thresholds"]) == 3 and set(choice["nested"]["choices"]) == {"0", "1"}
+    assert read_postprocess(out / "results" / "postprocess-small.json").to_dict() == choice["recommended"]
+    assert len(list((out / "runs" / "small" / "fold0-seed0" / "held-out-probabilities" / "probabilities").glob("*.nii.gz"))) == 3
     # the learning curve: the snapshot at step 2 predicted anew, the one at step 4 is the run's own
     # evaluation (the same Dice as its result file)
     assert main(["experiment", "curve", str(out)]) == 0

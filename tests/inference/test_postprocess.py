@@ -150,3 +150,40 @@ def test_a_bundle_keeps_its_postprocessing_and_an_older_one_has_none():
     assert not ModelBundle.from_state(older).postprocess_config.active
     with pytest.raises(ValueError, match="postprocess"):
         make_bundle(postprocess={"min_tumour_mm3": -5})
+
+
+def test_thresholds_are_checked_and_described():
+    config = PostprocessConfig(thresholds=[0.8, 0.6, 0.5])
+    assert config.thresholds == (0.8, 0.6, 0.5) and config.active and config.thresholded
+    assert config.describe() == "regions above probabilities WT 0.8, TC 0.6, ET 0.5"
+    assert not PostprocessConfig().active and PostprocessConfig.from_dict(config.to_dict()) == config
+    for bad in ([0.5, 0.5], [0.0, 0.5, 0.5], [0.5, 1.0, 0.5], ["x", 0.5, 0.5]):
+        with pytest.raises(InputError, match="postprocess.thresholds must be three probabilities"):
+            PostprocessConfig(thresholds=bad)
+
+
+def test_a_model_with_thresholds_writes_smaller_regions_and_none_writes_the_networks_labels(tmp_path):
+    import nibabel as nib
+    import torch
+
+    from glioseg.inference import inputs
+    from glioseg.inference.pipeline import predict_all
+    from glioseg.inference.predictor import PredictConfig, Predictor
+
+    from ._fakes import LPS, FakeNetwork, make_bundle, write_case
+
+    def soft(x):   # probabilities spread over (0, 1), unlike threshold_logits' near-certain ones
+        return 0.5 * x[:, [0, 2, 3]]
+
+    folder, _ = write_case(tmp_path / "data", LPS)
+    volumes = {}
+    for name, post, setting in (("plain", {}, "model"), ("high", {"thresholds": [0.9, 0.9, 0.9]}, "model"),
+                                ("off", {"thresholds": [0.9, 0.9, 0.9]}, "none")):
+        predictor = Predictor([FakeNetwork(soft, make_bundle(postprocess=post))], PredictConfig(postprocess=setting))
+        items = inputs.collect([folder], {}, None, predictor.bundle.channels, None, "brats")
+        predict_all(items, predictor, tmp_path / name)
+        label = np.asanyarray(nib.load(str(tmp_path / name / f"{folder.name}.nii.gz")).dataobj)
+        volumes[name] = int((label > 0).sum())
+    assert volumes["off"] == volumes["plain"] > volumes["high"] > 0
+    with pytest.raises(ValueError, match="thresholds .* need a region"):
+        make_bundle(target="classes", out_channels=4, postprocess={"thresholds": [0.6, 0.5, 0.5]})

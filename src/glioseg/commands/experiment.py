@@ -10,6 +10,7 @@ from pathlib import Path
 from glioseg.errors import InputError
 from glioseg.experiments.learning_curve import format_curve, score_snapshots, summarise, write_curve
 from glioseg.experiments.postprocess import choose_postprocess, format_choice, write_choice
+from glioseg.experiments.thresholds import choose as choose_thresholds
 from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan
 from glioseg.experiments.report import write_report
 from glioseg.experiments.results import load_results
@@ -82,7 +83,8 @@ def list_specs(args: argparse.Namespace) -> int:
 
 def postprocess(args: argparse.Namespace) -> int:
     plan = load_plan(args.dir)
-    choice = choose_postprocess(plan, args.arm, args.data)
+    choice = (choose_thresholds(plan, args.arm, args.data) if args.thresholds
+              else choose_postprocess(plan, args.arm, args.data))
     path = write_choice(plan, choice)
     print(format_choice(choice))
     print(f"wrote {path}")

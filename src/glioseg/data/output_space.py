@@ -12,6 +12,7 @@ built from them once (``ModelBundle.output``, the trainer) and passed around who
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from glioseg.data.labels import (REGIONS, LabelScheme, class_values, classes_to_regions, get_scheme,
                                  labels_to_classes, labels_to_regions, regions_to_labels)
+from glioseg.errors import InputError
 
 TARGETS: tuple[str, ...] = ("regions", "classes")
 ENTROPY = {"regions": "mean binary entropy of WT, TC, ET in bits (0 certain .. 1)",
@@ -72,16 +74,23 @@ class OutputSpace:
         """Logits (B, K, ...) → probabilities: sigmoid per channel, or softmax over channels."""
         return torch.sigmoid(logits) if self.is_regions else torch.softmax(logits, dim=1)
 
-    def to_regions(self, probs: np.ndarray) -> np.ndarray:
-        """Boolean regions (3, ...) WT, TC, ET: threshold 0.5 for regions, argmax for classes."""
+    def to_regions(self, probs: np.ndarray, thresholds: Sequence[float] | None = None) -> np.ndarray:
+        """Boolean regions (3, ...) WT, TC, ET: each region above its threshold (default 0.5), or
+        argmax for classes (which take no thresholds)."""
         if self.is_regions:
-            return probs > 0.5
+            if thresholds is None:
+                return probs > 0.5
+            return probs > np.asarray(thresholds, dtype=probs.dtype).reshape(-1, *([1] * (probs.ndim - 1)))
+        if thresholds is not None and tuple(thresholds) != (0.5, 0.5, 0.5):
+            raise InputError("region thresholds apply to a region (sigmoid) network; this one predicts "
+                             "classes (softmax), whose labels are the argmax")
         return classes_to_regions(np.argmax(probs, axis=0), self.scheme)
 
-    def label_map(self, probs: np.ndarray, scheme: LabelScheme | None = None) -> np.ndarray:
+    def label_map(self, probs: np.ndarray, scheme: LabelScheme | None = None,
+                  thresholds: Sequence[float] | None = None) -> np.ndarray:
         """The uint8 label map predict writes for ``probs`` (K, ...), in ``scheme``'s values (default:
         this space's), regions nested as :func:`~glioseg.data.labels.regions_to_labels` nests them."""
-        return regions_to_labels(self.to_regions(probs), scheme or self.scheme)
+        return regions_to_labels(self.to_regions(probs, thresholds), scheme or self.scheme)
 
     def region_probabilities(self, probs: np.ndarray) -> np.ndarray:
         """(3, ...) probabilities of WT, TC, ET; for classes the sum over each region's classes."""

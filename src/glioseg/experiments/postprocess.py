@@ -124,11 +124,11 @@ def paired(before: Sequence[float], after: Sequence[float], seed: int = 0) -> di
             "better": int((diff > 1e-12).sum()), "worse": int((diff < -1e-12).sum())}
 
 
-def _summary(rows: list[dict], key: str) -> dict:
+def summary_of(rows: list[dict], key: str) -> dict:
     return {r: describe([row[key][i] for row in rows]) for i, r in enumerate(REGIONS)}
 
 
-def _nested_summary(rows: list[dict]) -> dict:
+def nested_summary(rows: list[dict]) -> dict:
     out = {}
     for i, region in enumerate(REGIONS):
         before, after = [r["none"][i] for r in rows], [r["nested"][i] for r in rows]
@@ -157,7 +157,7 @@ def choose_postprocess(plan: Plan, arm: str | None = None, data: Path | list[Pat
     rows = [{"case": k[0], "seed": k[1], "fold": folds[k],
              "none": list(scores[k][(0.0, 0.0)]), "nested": list(scores[k][choices[folds[k]]]),
              "chosen": list(scores[k][chosen])} for k in scores]
-    summary = _nested_summary(rows)
+    summary = nested_summary(rows)
     pays = summary["mean"]["difference"]["mean"] > 0
     table = [{"min_tumour_mm3": s[0], "min_et_mm3": s[1],
               **{r: float(np.mean([scores[k][s][i] for k in scores])) for i, r in enumerate(REGIONS)},
@@ -167,7 +167,7 @@ def choose_postprocess(plan: Plan, arm: str | None = None, data: Path | list[Pat
             "chosen": _as_config(chosen), "pays": bool(pays),
             "recommended": _as_config(chosen if pays else (0.0, 0.0)),
             "nested": {"choices": {str(f): _as_config(s) for f, s in choices.items()}, "summary": summary},
-            "chosen_summary": _summary(rows, "chosen"), "table": table, "per_case": rows}
+            "chosen_summary": summary_of(rows, "chosen"), "table": table, "per_case": rows}
 
 
 def result_path(plan: Plan, arm: str) -> Path:
@@ -199,6 +199,11 @@ def format_choice(choice: dict) -> str:
         lines.append(f"| {region} | {_f(s['none']['mean'])} / {_f(s['none']['median'])} | {_f(s['post']['mean'])} / "
                      f"{_f(s['post']['median'])} | {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
                      f"{d['p']:.2g} | {d['better']} / {d['worse']} |")
+    if "threshold_table" in choice:   # glioseg.experiments.thresholds
+        lines += ["", "Mean Dice of each region with only its threshold moved (the others at 0.5):", "",
+                  "| threshold | WT | TC | ET |", "|---|---|---|---|"]
+        lines += [f"| {r['threshold']:g} | {r['WT']:.4f} | {r['TC']:.4f} | {r['ET']:.4f} |"
+                  for r in choice["threshold_table"]]
     best = sorted(choice["table"], key=lambda r: -r["mean"])[:8]
     lines += ["", "| min tumour mm³ | min ET mm³ | WT | TC | ET | mean |", "|---|---|---|---|---|---|"]
     none = next(r for r in choice["table"] if r["min_tumour_mm3"] == 0 and r["min_et_mm3"] == 0)

@@ -111,9 +111,12 @@ class ModelBundle:
         if bad:
             raise ValueError(f"bundle.site_index: expected whole numbers, got {bad}")
         try:
-            PostprocessConfig.from_dict(self.postprocess)
+            post = PostprocessConfig.from_dict(self.postprocess)
         except InputError as exc:
             raise ValueError(f"bundle: {exc}") from None
+        if post.thresholded and self.target != "regions":
+            raise ValueError(f"bundle: postprocess.thresholds {list(post.thresholds)} need a region (sigmoid) "
+                             f"network; this one's target is {self.target!r}")
         spacing = self.trained_spacing
         if spacing is not None and (len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing)):
             raise ValueError(f"bundle.trained_spacing: expected 3 positive millimetres or null, got {list(spacing)}")

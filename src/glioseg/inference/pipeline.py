@@ -72,7 +72,8 @@ def _write_outputs(item: CaseInput, out: Path, probs: np.ndarray, meta: dict, im
                    predictor: Predictor, options: OutputOptions, stage) -> tuple[dict, np.ndarray]:
     """Label map (and optional maps) in the original geometry; returns (outputs record, label)."""
     bundle, case_id = predictor.bundle, item.case.case_id
-    label = preprocess.to_original(bundle.output.label_map(probs, item.scheme), meta, order=0)
+    label = preprocess.to_original(bundle.output.label_map(probs, item.scheme, predictor.postprocess.thresholds),
+                                   meta, order=0)
     # in the scan's own geometry, where the volumes that the thresholds were chosen on were measured
     label = postprocess_label(label, item.scheme, image.spacing, predictor.postprocess)
     maps = {"label": label}
