@@ -35,3 +35,10 @@ def test_a_higher_wt_threshold_wins_where_the_network_over_segments():
     assert set(scores) == set(THRESHOLDS)
     assert scores[0.7][0] == 1.0 and scores[0.5][0] < 1.0 and scores[0.3][1] == 1.0
     assert best_thresholds({"a": scores}, ["a"]) == (0.7, 0.5, 0.5)   # TC and ET: all tie, 0.5 kept
+
+
+def test_a_threshold_leaves_half_only_for_a_real_gain():
+    scores = {"a": {t: [0.80, 0.70, 0.60] for t in THRESHOLDS}}
+    scores["a"][0.8] = [0.83, 0.705, 0.60]       # WT +0.03, TC +0.005 (noise), ET nothing
+    assert best_thresholds(scores, ["a"]) == (0.8, 0.5, 0.5)
+    assert best_thresholds(scores, ["a"], min_gain=0.0) == (0.8, 0.8, 0.5)
