@@ -231,9 +231,10 @@ def _add_experiment(sub) -> None:
     post.add_argument("--arm", help="the arm (default: the spec's reference)")
     post.add_argument("--data", type=Path, nargs="+",
                       help="the dataset(s) with the reference labels, if not where the experiment read them")
-    post.add_argument("--thresholds", action="store_true",
-                      help="also choose the WT/TC/ET probability thresholds (the runs' checkpoints predict their "
-                           "held-out cases once more, with probabilities, into RUN/held-out-probabilities)")
+    post.add_argument("--thresholds", nargs="+", choices=("WT", "TC", "ET"), metavar="REGION",
+                      help="also choose these regions' probability thresholds (WT, TC, ET; the others stay 0.5): "
+                           "the runs' checkpoints predict their held-out cases once more, with probabilities, "
+                           "into RUN/held-out-probabilities")
     curve = actions.add_parser("curve", help="held-out Dice against training steps: every snapshot of an arm's "
                                              "fold models (snapshot_every) predicts its held-out cases")
     curve.add_argument("dir", type=Path, help="experiment folder (its runs' snapshots must be there)")

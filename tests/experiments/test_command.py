@@ -346,7 +346,7 @@ def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_pa
     assert set(choice["nested"]["choices"]) == {"0", "1"} and len(choice["table"]) == len(grid())
     # with thresholds: the runs predict their held-out probabilities; at 0.5 without rules they are
     # the network's labels again, and the choice is a post-processing a release can carry
-    assert main(["experiment", "postprocess", str(out), "--thresholds"]) == 0
+    assert main(["experiment", "postprocess", str(out), "--thresholds", "WT", "TC", "ET"]) == 0
     choice = json.loads((out / "results" / "postprocess-small.json").read_text())
     for row in choice["per_case"]:
         assert row["none"][0] == pytest.approx(held[row["case"]]["dice"], abs=1e-6)

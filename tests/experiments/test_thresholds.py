@@ -42,3 +42,4 @@ def test_a_threshold_leaves_half_only_for_a_real_gain():
     scores["a"][0.8] = [0.83, 0.705, 0.60]       # WT +0.03, TC +0.005 (noise), ET nothing
     assert best_thresholds(scores, ["a"]) == (0.8, 0.5, 0.5)
     assert best_thresholds(scores, ["a"], min_gain=0.0) == (0.8, 0.8, 0.5)
+    assert best_thresholds(scores, ["a"], min_gain=0.0, regions=("WT",)) == (0.8, 0.5, 0.5)

@@ -2,9 +2,10 @@
 
 ``glioseg experiment postprocess DIR --thresholds``: each finished run of the arm predicts its
 held-out cases once more, with probabilities (``RUN/held-out-probabilities/``, its evaluated
-checkpoint, the experiment's window, fp32, no post-processing; a rerun skips what is there). Per
-region, the threshold of :data:`THRESHOLDS` with the best mean Dice of that region over the cases
-is chosen (the others at 0.5; ties go to the one nearest 0.5). The clean-up grid of
+checkpoint, the experiment's window, fp32, no post-processing; a rerun skips what is there). For
+each region asked for (``--thresholds WT``, or several), the threshold of :data:`THRESHOLDS` with
+the best mean Dice of that region over the cases is chosen (the others at 0.5; ties go to the one
+nearest 0.5; it must gain :data:`MIN_GAIN`). The clean-up grid of
 :mod:`glioseg.experiments.postprocess` is then scored on the labels those thresholds make.
 
 As there, the gain is nested: each fold's cases get the thresholds and the rules chosen on the
@@ -103,20 +104,28 @@ def region_scores(probs: np.ndarray, truth: np.ndarray, scheme) -> dict[float, l
     return out
 
 
-def best_thresholds(scores: dict, cases: Sequence, min_gain: float = MIN_GAIN) -> Triple:
-    """Per region the threshold with the best mean Dice over ``cases`` (the nearest 0.5 among
-    equals), or 0.5 where that gains less than ``min_gain`` over 0.5."""
+def best_thresholds(scores: dict, cases: Sequence, min_gain: float = MIN_GAIN,
+                    regions: Sequence[str] = REGIONS) -> Triple:
+    """Per region of ``regions`` the threshold with the best mean Dice over ``cases`` (the nearest
+    0.5 among equals), or 0.5 where that gains less than ``min_gain`` over 0.5; 0.5 for the others."""
     triple = []
-    for i in range(len(REGIONS)):
+    for i, region in enumerate(REGIONS):
+        if region not in regions:
+            triple.append(0.5)
+            continue
         mean = {t: float(np.mean([scores[c][t][i] for c in cases])) for t in THRESHOLDS}
         best = sorted(THRESHOLDS, key=lambda t: (-round(mean[t], 12), abs(t - 0.5)))[0]
         triple.append(best if mean[best] - mean[0.5] >= min_gain else 0.5)
     return tuple(triple)
 
 
-def choose(plan: Plan, arm: str | None = None, data=None) -> dict:
-    """Thresholds, then clean-up rules, chosen on ``arm``'s held-out probabilities; nested gain."""
+def choose(plan: Plan, arm: str | None = None, data=None, regions: Sequence[str] = REGIONS) -> dict:
+    """Thresholds of ``regions`` (the others stay 0.5), then clean-up rules, chosen on ``arm``'s
+    held-out probabilities; nested gain."""
     arm = arm or plan.spec.reference
+    unknown = sorted(set(regions) - set(REGIONS))
+    if unknown or not regions:
+        raise InputError(f"thresholds of {', '.join(unknown) or 'no region'}: name regions among {', '.join(REGIONS)}")
     cases = predict_probabilities(plan, arm, data)
     folds = {c.key: c.fold for c in cases}
     arrays, by_threshold = {}, {}
@@ -126,8 +135,9 @@ def choose(plan: Plan, arm: str | None = None, data=None) -> dict:
         _, ref = read_pair(c.label, c.reference, scheme)   # checks the reference against the prediction
         arrays[c.key] = (probs, ref, scheme)
         by_threshold[c.key] = region_scores(probs, labels_to_regions(ref.array, scheme), scheme)
-    chosen = best_thresholds(by_threshold, list(folds))
-    nested_t = {f: best_thresholds(by_threshold, [k for k, g in folds.items() if g != f]) for f in set(folds.values())}
+    chosen = best_thresholds(by_threshold, list(folds), regions=regions)
+    nested_t = {f: best_thresholds(by_threshold, [k for k, g in folds.items() if g != f], regions=regions)
+                for f in set(folds.values())}
     grid = pp.grid()
     scores: dict[Triple, dict] = {}
     for triple in tqdm(sorted({chosen, DEFAULT_THRESHOLDS, *nested_t.values()}), desc="clean-up grid", unit="set"):
@@ -147,7 +157,8 @@ def choose(plan: Plan, arm: str | None = None, data=None) -> dict:
     table = [{"threshold": t, **{r: float(np.mean([by_threshold[k][t][i] for k in folds]))
                                  for i, r in enumerate(REGIONS)}} for t in THRESHOLDS]
     return {"kind": CHOICE_KIND, "experiment": plan.spec.name, "arm": arm, "cases": len(rows),
-            "grid": {"thresholds": list(THRESHOLDS), "min_tumour_mm3": list(pp.TUMOUR_MM3),
+            "grid": {"thresholds": list(THRESHOLDS), "threshold_regions": list(regions),
+                     "min_tumour_mm3": list(pp.TUMOUR_MM3),
                      "min_et_mm3": list(pp.ET_MM3)},
             "chosen": config(chosen, setting), "pays": bool(pays),
             "recommended": config(chosen, setting) if pays else PostprocessConfig().to_dict(),
