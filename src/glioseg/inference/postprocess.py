@@ -84,7 +84,12 @@ class PostprocessConfig:
         return "; ".join(parts)
 
     def to_dict(self) -> dict:
-        return to_dict(self)
+        # default thresholds are left out: bundles, indexes and prediction records written before
+        # thresholds existed stay what they were (a prediction folder keeps skipping its done cases)
+        out = to_dict(self)
+        if not self.thresholded:
+            out.pop("thresholds")
+        return out
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "PostprocessConfig":
