@@ -75,7 +75,7 @@ def test_an_unknown_spec_name_lists_the_shipped_ones(tmp_path, caplog):
     assert {"ablation", "comparison", "precision", "segresnet-recipe"} <= set(shipped_names())
 
 
-CPU_ONLY = {"segresnet-release", "segresnet-augment", "segresnet-cases", "segresnet-deep"}   # sized for the CPU the release trains on
+CPU_ONLY = {"segresnet-release", "segresnet-augment", "segresnet-cases", "segresnet-deep", "segresnet-foreground"}   # sized for the CPU the release trains on
 
 
 @pytest.mark.parametrize("name", shipped_names())
@@ -91,7 +91,7 @@ def test_shipped_specs_resolve_for_every_budget(name):
         studied = {"segresnet-recipe": {"loss", "ce_weight", "lr", "warmup_steps", "batch_size", "patch",
                                         "foreground_fraction"},
                    "segresnet-augment": {"augment"}, "segresnet-cases": {"train_cases"},
-                   "segresnet-deep": {"model_options"}}
+                   "segresnet-deep": {"model_options"}, "segresnet-foreground": {"foreground_fraction"}}
         assert set(resolved.differences()) <= studied.get(name, {"model", "precision"})
         if name in CPU_ONLY:
             assert spec.evaluation.checkpoint == "last"

@@ -79,3 +79,9 @@ def test_the_shipped_deep_supervision_study_changes_only_that():
     assert deep.config("nnunet-aug", 0) == augment.config("nnunet-aug", 0)
     assert deep.differences() == {"model_options": {"nnunet-aug": {"deep_supervision": None},
                                                     "deep-sup": {"deep_supervision": 2}}}
+
+
+def test_the_shipped_foreground_study_changes_only_the_share():
+    study, augment = resolve(load_spec("segresnet-foreground"), "cpu"), resolve(load_spec("segresnet-augment"), "cpu")
+    assert study.config("nnunet-aug", 0) == augment.config("nnunet-aug", 0)
+    assert study.differences() == {"foreground_fraction": {"nnunet-aug": 0.67, "fg-0.33": 0.33}}
