@@ -22,7 +22,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from glioseg.data.labels import REGIONS, get_scheme, labels_to_regions, regions_to_labels
+from glioseg.data.labels import REGIONS, get_scheme, labels_to_regions
+from glioseg.data.output_space import OutputSpace
 from glioseg.data.sources import as_paths, discover_all
 from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import read_pair
@@ -87,8 +88,7 @@ def predict_probabilities(plan: Plan, arm: str, data=None) -> list[Case]:
 
 def labels_at(probs: np.ndarray, thresholds: Sequence[float], scheme) -> np.ndarray:
     """The label map ``predict`` writes for (X, Y, Z, 3) region probabilities at ``thresholds``."""
-    regions = np.moveaxis(probs, -1, 0) > np.asarray(thresholds, dtype=probs.dtype)[:, None, None, None]
-    return regions_to_labels(regions, scheme)
+    return OutputSpace("regions", scheme).label_map(np.moveaxis(probs, -1, 0), scheme, thresholds)
 
 
 def region_scores(probs: np.ndarray, truth: np.ndarray, scheme) -> dict[float, list[float]]:

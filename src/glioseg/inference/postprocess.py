@@ -67,8 +67,13 @@ class PostprocessConfig:
         return self.thresholds != DEFAULT_THRESHOLDS
 
     @property
+    def cleans(self) -> bool:
+        """A clean-up rule is on (components, small ET); the thresholds act before, on probabilities."""
+        return self.min_tumour_mm3 > 0 or self.min_et_mm3 > 0
+
+    @property
     def active(self) -> bool:
-        return self.min_tumour_mm3 > 0 or self.min_et_mm3 > 0 or self.thresholded
+        return self.cleans or self.thresholded
 
     def describe(self) -> str:
         if not self.active:
@@ -135,7 +140,7 @@ def postprocess_regions(regions: np.ndarray, spacing: Sequence[float], config: P
     """Boolean regions (3, ...) WT, TC, ET, nested, with ``config``'s rules applied (a new array).
     ``components``: :func:`tumour_components` of ``regions[0]`` when the caller has them already."""
     out = np.array(regions, dtype=bool, copy=True)
-    if not (config.min_tumour_mm3 > 0 or config.min_et_mm3 > 0):
+    if not config.cleans:
         return out
     # nest first, as the label map does (an ET voxel is tumour core and whole tumour)
     out[1] |= out[2]
@@ -155,7 +160,7 @@ def postprocess_label(label: np.ndarray, scheme: LabelScheme, spacing: Sequence[
                       config: PostprocessConfig) -> np.ndarray:
     """A label map in ``scheme`` with the clean-up rules applied, in the same scheme and dtype
     (the thresholds made the label map: ``OutputSpace.label_map``)."""
-    if not (config.min_tumour_mm3 > 0 or config.min_et_mm3 > 0):
+    if not config.cleans:
         return label
     regions = postprocess_regions(labels_to_regions(label, scheme), spacing, config)
     return regions_to_labels(regions, scheme).astype(label.dtype, copy=False)

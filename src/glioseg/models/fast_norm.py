@@ -156,20 +156,21 @@ def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
     return grad_x, grad_w, grad_b, None, None, None
 
 
+def offered(kind: str, dtype: torch.dtype) -> bool:
+    """Whether backward form ``kind`` is offered for ``dtype`` here; only "compiled" asks the
+    compiler probe (seconds, once per process)."""
+    return (kind in APPLY and not (dtype == torch.bfloat16 and kind in _ROUNDED_COEFFICIENTS)
+            and (kind != "compiled" or compiled_pass.available()))
+
+
 def applies(dtype: torch.dtype) -> tuple[str, ...]:
     """The backward forms offered for ``dtype`` on this machine."""
-    kinds = APPLY if compiled_pass.available() else tuple(k for k in APPLY if k != "compiled")
-    if dtype == torch.bfloat16:
-        return tuple(kind for kind in kinds if kind not in _ROUNDED_COEFFICIENTS)
-    return kinds
+    return tuple(kind for kind in APPLY if offered(kind, dtype))
 
 
 def fast_group_norm(x, groups, weight=None, bias=None, eps=1e-5, apply: str = "matmul") -> torch.Tensor:
     """GroupNorm through this module's passes (any float dtype; channels-last 5-D input)."""
-    # only "compiled" needs the compiler probe; the other forms are checked without it
-    offered = (apply in APPLY and not (x.dtype == torch.bfloat16 and apply in _ROUNDED_COEFFICIENTS)
-               and (apply != "compiled" or compiled_pass.available()))
-    if not offered:
+    if not offered(apply, x.dtype):
         raise ValueError(f"apply must be one of {applies(x.dtype)} for {x.dtype}, got {apply!r}")
     return _GroupNormFn.apply(x.contiguous(memory_format=torch.channels_last_3d), weight, bias, groups, eps, apply)
 
