@@ -235,6 +235,10 @@ def _add_experiment(sub) -> None:
                       help="also choose these regions' probability thresholds (WT, TC, ET; the others stay 0.5): "
                            "the runs' checkpoints predict their held-out cases once more, with probabilities, "
                            "into RUN/held-out-probabilities")
+    post.add_argument("--tta", action="store_true",
+                      help="choose on probabilities averaged over the 8 axis flips (predict --tta; "
+                           "RUN/held-out-probabilities-tta), measured against the labels without flips; "
+                           "writes results/postprocess-ARM-tta.json")
     curve = actions.add_parser("curve", help="held-out Dice against training steps: every snapshot of an arm's "
                                              "fold models (snapshot_every) predicts its held-out cases")
     curve.add_argument("dir", type=Path, help="experiment folder (its runs' snapshots must be there)")

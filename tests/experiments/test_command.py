@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -318,7 +320,7 @@ def test_a_report_over_two_machines_gives_times_per_machine(finished, tmp_path):
     assert "[2]" not in small
 
 
-def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_path, one_thread):
+def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_path, one_thread, phantom_data):
     # a release measured the way it ships: one arm, all training cases (no validation split), the
     # last checkpoint scored on the held-out fold, snapshots kept for a learning curve
     arm = {**TINY_SPEC["arms"][0], "overrides": {**TINY_ARM["overrides"], "val_fraction": 0.0,
@@ -354,6 +356,22 @@ def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_pa
     assert len(choice["chosen"]["thresholds"]) == 3 and set(choice["nested"]["choices"]) == {"0", "1"}
     assert read_postprocess(out / "results" / "postprocess-small.json").to_dict() == choice["recommended"]
     assert len(list((out / "runs" / "small" / "fold0-seed0" / "held-out-probabilities" / "probabilities").glob("*.nii.gz"))) == 3
+    # with flips: chosen on the mean over the 8 flips (what predict --tta writes, in a folder of its
+    # own); the baseline stays the labels without flips, the flips alone are scored beside it
+    assert main(["experiment", "postprocess", str(out), "--tta"]) == 0
+    flipped = json.loads((out / "results" / "postprocess-small-tta.json").read_text())
+    assert flipped["tta"] and "thresholds" not in flipped["chosen"]          # no region named: 0.5 kept
+    assert {r["case"]: r["none"] for r in flipped["per_case"]} == {r["case"]: r["none"] for r in choice["per_case"]}
+    assert set(flipped["tta_alone"]) == {"WT", "TC", "ET", "mean"}
+    run = RunFiles(out / "runs" / "small" / "fold0-seed0")
+    case = sorted(run.read_split()["test"])[0]
+    assert main(["predict", str(phantom_data / case), "--checkpoint", str(run.checkpoint("last")), "--tta",
+                 "--precision", "fp32", "--postprocess", "none", "--probabilities", "--out", str(tmp_path / "tta")]) == 0
+    folder = run.path / "held-out-probabilities-tta"
+    direct = nib.load(tmp_path / "tta" / "probabilities" / f"{case}.nii.gz").get_fdata()
+    assert np.allclose(nib.load(folder / "probabilities" / f"{case}.nii.gz").get_fdata(), direct, atol=1e-6)
+    assert not np.allclose(nib.load(run.path / "held-out-probabilities" / "probabilities" / f"{case}.nii.gz").get_fdata(),
+                           direct, atol=1e-4)
     # the learning curve: the snapshot at step 2 predicted anew, the one at step 4 is the run's own
     # evaluation (the same Dice as its result file)
     assert main(["experiment", "curve", str(out)]) == 0

@@ -83,8 +83,8 @@ def list_specs(args: argparse.Namespace) -> int:
 
 def postprocess(args: argparse.Namespace) -> int:
     plan = load_plan(args.dir)
-    choice = (choose_thresholds(plan, args.arm, args.data, args.thresholds) if args.thresholds
-              else choose_postprocess(plan, args.arm, args.data))
+    choice = (choose_thresholds(plan, args.arm, args.data, args.thresholds or (), args.tta)
+              if args.thresholds or args.tta else choose_postprocess(plan, args.arm, args.data))
     path = write_choice(plan, choice)
     print(format_choice(choice))
     print(f"wrote {path}")

@@ -128,15 +128,20 @@ def summary_of(rows: list[dict], key: str) -> dict:
     return {r: describe([row[key][i] for row in rows]) for i, r in enumerate(REGIONS)}
 
 
-def nested_summary(rows: list[dict]) -> dict:
+def paired_summary(rows: list[dict], before_key: str, after_key: str) -> dict:
+    """Per region and for the mean of the three: both sides described, and after − before paired."""
     out = {}
     for i, region in enumerate(REGIONS):
-        before, after = [r["none"][i] for r in rows], [r["nested"][i] for r in rows]
+        before, after = [r[before_key][i] for r in rows], [r[after_key][i] for r in rows]
         out[region] = {"none": describe(before), "post": describe(after), "difference": paired(before, after)}
-    before = [float(np.mean(r["none"])) for r in rows]
-    after = [float(np.mean(r["nested"])) for r in rows]
+    before = [float(np.mean(r[before_key])) for r in rows]
+    after = [float(np.mean(r[after_key])) for r in rows]
     out["mean"] = {"none": describe(before), "post": describe(after), "difference": paired(before, after)}
     return out
+
+
+def nested_summary(rows: list[dict]) -> dict:
+    return paired_summary(rows, "none", "nested")
 
 
 def _as_config(setting: Setting) -> dict:
@@ -170,12 +175,12 @@ def choose_postprocess(plan: Plan, arm: str | None = None, data: Path | list[Pat
             "chosen_summary": summary_of(rows, "chosen"), "table": table, "per_case": rows}
 
 
-def result_path(plan: Plan, arm: str) -> Path:
-    return plan.out / "results" / f"postprocess-{slug(arm)}.json"
+def result_path(plan: Plan, arm: str, tta: bool = False) -> Path:
+    return plan.out / "results" / f"postprocess-{slug(arm)}{'-tta' if tta else ''}.json"
 
 
 def write_choice(plan: Plan, choice: dict) -> Path:
-    path = result_path(plan, choice["arm"])
+    path = result_path(plan, choice["arm"], choice.get("tta", False))
     write_json(path, choice, indent=1, end="\n")
     return path
 
@@ -187,7 +192,9 @@ def _f(value: float | None, digits: int = 3) -> str:
 def format_choice(choice: dict) -> str:
     """Markdown: the nested gain per region and the best settings of the grid."""
     c, nested_ = choice["chosen"], choice["nested"]["summary"]
-    lines = [f"Post-processing of arm {choice['arm']!r} over {choice['cases']} held-out cases: chosen "
+    flips = ("on probabilities averaged over the 8 axis flips (--tta), against the network's labels "
+             "without flips; " if choice.get("tta") else "")
+    lines = [f"Post-processing of arm {choice['arm']!r} over {choice['cases']} held-out cases, {flips}chosen "
              f"{PostprocessConfig.from_dict(c).describe()}; "
              f"{'it pays' if choice['pays'] else 'it does not pay'} in the nested estimate "
              f"(each fold post-processed with the setting chosen on the other folds).", "",
@@ -199,6 +206,14 @@ def format_choice(choice: dict) -> str:
         lines.append(f"| {region} | {_f(s['none']['mean'])} / {_f(s['none']['median'])} | {_f(s['post']['mean'])} / "
                      f"{_f(s['post']['median'])} | {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
                      f"{d['p']:.2g} | {d['better']} / {d['worse']} |")
+    if "tta_alone" in choice:
+        lines += ["", "The flips alone (0.5, no rules) against the labels without flips:", "",
+                  "| region | without flips | with flips | difference [95 % CI] | p (Wilcoxon) | better / worse |",
+                  "|---|---|---|---|---|---|"]
+        for region in (*REGIONS, "mean"):
+            s, d = choice["tta_alone"][region], choice["tta_alone"][region]["difference"]
+            lines.append(f"| {region} | {_f(s['none']['mean'])} | {_f(s['post']['mean'])} | {d['mean']:+.3f} "
+                         f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | {d['p']:.2g} | {d['better']} / {d['worse']} |")
     if "threshold_table" in choice:   # glioseg.experiments.thresholds
         lines += ["", "Mean Dice of each region with only its threshold moved (the others at 0.5):", "",
                   "| threshold | WT | TC | ET |", "|---|---|---|---|"]

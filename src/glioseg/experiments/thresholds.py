@@ -10,6 +10,11 @@ nearest 0.5; it must gain :data:`MIN_GAIN`). The clean-up grid of
 
 As there, the gain is nested: each fold's cases get the thresholds and the rules chosen on the
 other folds' cases, compared case by case with the network's own labels (0.5, no rules).
+
+``--tta``: the probabilities are the mean over the 8 axis flips (``predict --tta``, nnU-Net's
+mirroring), in ``RUN/held-out-probabilities-tta/``; thresholds and rules are chosen on them. The
+baseline stays the network's own labels *without* flips, so the nested gain is what flips,
+thresholds and rules give together; the flips alone (at 0.5, no rules) are reported beside it.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # every fold. The margin was set after that result: the nested estimate with it is a little optimistic.
 MIN_GAIN = 0.01
 FOLDER = "held-out-probabilities"
+TTA_FOLDER = "held-out-probabilities-tta"
 Triple = tuple[float, float, float]
 
 
@@ -59,8 +65,9 @@ class Case:
     scheme: str
 
 
-def predict_probabilities(plan: Plan, arm: str, data=None) -> list[Case]:
-    """Held-out probabilities of every finished run of ``arm`` (predicted where missing)."""
+def predict_probabilities(plan: Plan, arm: str, data=None, tta: bool = False) -> list[Case]:
+    """Held-out probabilities of every finished run of ``arm`` (predicted where missing; with
+    ``tta``, averaged over the 8 axis flips, in a folder of their own)."""
     paths = as_paths(data or plan.spec.data_paths())
     sources = discover_all(paths)
     labels = {c.case_id: c.label for c in sources.cases}
@@ -72,13 +79,13 @@ def predict_probabilities(plan: Plan, arm: str, data=None) -> list[Case]:
                              "the run folders (not committed): run this where the experiment ran")
         predictor = make_predictor([checkpoint], PredictConfig(window=plan.spec.evaluation.window,
                                                                device=plan.resolved.budget.eval_device,
-                                                               postprocess="none"))
+                                                               tta=tta, postprocess="none"))
         if predictor.bundle.target != "regions":
             raise InputError(f"arm {arm!r} predicts classes (softmax): region thresholds do not apply")
         test = set(result.test_cases)
         items = [i for p in paths for i in case_inputs.from_path(p, predictor.bundle.channels, None)
                  if i.case.case_id in test]
-        out = plan.run_dir(run) / FOLDER
+        out = plan.run_dir(run) / (TTA_FOLDER if tta else FOLDER)
         predict_all(items, predictor, out, OutputOptions(probabilities=True))
         for case in sorted(test):
             cases.append(Case((case, run.seed), run.fold, out / "probabilities" / f"{case}.nii.gz",
@@ -119,14 +126,25 @@ def best_thresholds(scores: dict, cases: Sequence, min_gain: float = MIN_GAIN,
     return tuple(triple)
 
 
-def choose(plan: Plan, arm: str | None = None, data=None, regions: Sequence[str] = REGIONS) -> dict:
+def _plain_scores(plan: Plan, arm: str, data) -> dict:
+    """(case, seed) → Dice of the network's own labels without flips (0.5, no rules): the
+    baseline of a choice made on flipped probabilities."""
+    out = {}
+    for c in predict_probabilities(plan, arm, data):
+        pred, ref = read_pair(c.label, c.reference, get_scheme(c.scheme))
+        out[c.key] = list(pp.score_settings(pred, ref.array, c.scheme, ref.spacing, [(0.0, 0.0)])[(0.0, 0.0)])
+    return out
+
+
+def choose(plan: Plan, arm: str | None = None, data=None, regions: Sequence[str] = REGIONS,
+           tta: bool = False) -> dict:
     """Thresholds of ``regions`` (the others stay 0.5), then clean-up rules, chosen on ``arm``'s
-    held-out probabilities; nested gain."""
+    held-out probabilities (with ``tta``: flipped, and ``regions`` may be empty); nested gain."""
     arm = arm or plan.spec.reference
     unknown = sorted(set(regions) - set(REGIONS))
-    if unknown or not regions:
+    if unknown or not (regions or tta):
         raise InputError(f"thresholds of {', '.join(unknown) or 'no region'}: name regions among {', '.join(REGIONS)}")
-    cases = predict_probabilities(plan, arm, data)
+    cases = predict_probabilities(plan, arm, data, tta)
     folds = {c.key: c.fold for c in cases}
     arrays, by_threshold = {}, {}
     for c in tqdm(cases, desc="thresholds", unit="case"):
@@ -148,24 +166,38 @@ def choose(plan: Plan, arm: str | None = None, data=None, regions: Sequence[str]
     setting = pp.best_setting(scores[chosen], list(folds))
     nested_s = {f: pp.best_setting(scores[nested_t[f]], [k for k, g in folds.items() if g != f]) for f in set(folds.values())}
     none = (0.0, 0.0)
-    rows = [{"case": k[0], "seed": k[1], "fold": folds[k], "none": list(scores[DEFAULT_THRESHOLDS][k][none]),
+    baseline = (_plain_scores(plan, arm, data) if tta
+                else {k: list(scores[DEFAULT_THRESHOLDS][k][none]) for k in folds})
+    rows = [{"case": k[0], "seed": k[1], "fold": folds[k], "none": baseline[k],
              "nested": list(scores[nested_t[folds[k]]][k][nested_s[folds[k]]]),
              "chosen": list(scores[chosen][k][setting])} for k in folds]
+    if tta:
+        for row in rows:
+            row["tta"] = list(scores[DEFAULT_THRESHOLDS][(row["case"], row["seed"])][none])
+    return _result(plan, arm, regions, tta, rows, chosen, setting, nested_t, nested_s, by_threshold, scores)
+
+
+def _result(plan, arm, regions, tta, rows, chosen, setting, nested_t, nested_s, by_threshold, scores) -> dict:
+    """The choice file: what was chosen, its nested gain, the tables and the per-case rows."""
+    keys = [(r["case"], r["seed"]) for r in rows]
     summary = pp.nested_summary(rows)
     pays = summary["mean"]["difference"]["mean"] > 0
     config = lambda t, s: PostprocessConfig(min_tumour_mm3=s[0], min_et_mm3=s[1], thresholds=t).to_dict()  # noqa: E731
-    table = [{"threshold": t, **{r: float(np.mean([by_threshold[k][t][i] for k in folds]))
+    table = [{"threshold": t, **{r: float(np.mean([by_threshold[k][t][i] for k in keys]))
                                  for i, r in enumerate(REGIONS)}} for t in THRESHOLDS]
-    return {"kind": CHOICE_KIND, "experiment": plan.spec.name, "arm": arm, "cases": len(rows),
-            "grid": {"thresholds": list(THRESHOLDS), "threshold_regions": list(regions),
-                     "min_tumour_mm3": list(pp.TUMOUR_MM3),
-                     "min_et_mm3": list(pp.ET_MM3)},
-            "chosen": config(chosen, setting), "pays": bool(pays),
-            "recommended": config(chosen, setting) if pays else PostprocessConfig().to_dict(),
-            "nested": {"choices": {str(f): config(nested_t[f], nested_s[f]) for f in sorted(set(folds.values()))},
-                       "summary": summary},
-            "chosen_summary": pp.summary_of(rows, "chosen"), "threshold_table": table,
-            "table": [{"min_tumour_mm3": s[0], "min_et_mm3": s[1],
-                       **{r: float(np.mean([scores[chosen][k][s][i] for k in folds])) for i, r in enumerate(REGIONS)},
-                       "mean": pp.objective(scores[chosen], list(folds), s)} for s in grid],
-            "per_case": rows}
+    out = {"kind": CHOICE_KIND, "experiment": plan.spec.name, "arm": arm, "cases": len(rows), "tta": bool(tta),
+           "grid": {"thresholds": list(THRESHOLDS), "threshold_regions": list(regions),
+                    "min_tumour_mm3": list(pp.TUMOUR_MM3),
+                    "min_et_mm3": list(pp.ET_MM3)},
+           "chosen": config(chosen, setting), "pays": bool(pays),
+           "recommended": config(chosen, setting) if pays else PostprocessConfig().to_dict(),
+           "nested": {"choices": {str(f): config(nested_t[f], nested_s[f]) for f in sorted(nested_t)},
+                      "summary": summary},
+           "chosen_summary": pp.summary_of(rows, "chosen"), "threshold_table": table,
+           "table": [{"min_tumour_mm3": s[0], "min_et_mm3": s[1],
+                      **{r: float(np.mean([scores[chosen][k][s][i] for k in keys])) for i, r in enumerate(REGIONS)},
+                      "mean": pp.objective(scores[chosen], keys, s)} for s in pp.grid()],
+           "per_case": rows}
+    if tta:
+        out["tta_alone"] = pp.paired_summary(rows, "none", "tta")
+    return out
