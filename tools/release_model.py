@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from glioseg.errors import GliosegError
-from glioseg.inference.postprocess import read_postprocess
+from glioseg.inference.postprocess import chose_with_flips, read_postprocess
 from glioseg.inference.release_build import build_release
 
 
@@ -49,7 +49,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--replace", action="store_true", help="rebuild a model of that name that exists")
     p.add_argument("--postprocess", type=Path,
                    help="the post-processing predict applies: glioseg experiment postprocess's result file "
-                        "(its recommended setting) or a JSON mapping of min_tumour_mm3 / min_et_mm3")
+                        "(its recommended setting; a choice made with --tta also makes predict flip by default) "
+                        "or a JSON mapping of min_tumour_mm3 / min_et_mm3")
     return p.parse_args(argv)
 
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     try:
         post = read_postprocess(args.postprocess) if args.postprocess else None
         item = build_release(args.checkpoint, args.name, args.results, args.cases, args.root, args.replace,
-                             postprocess=post)
+                             postprocess=post, tta=bool(args.postprocess) and chose_with_flips(args.postprocess))
     except (ValueError, OSError, GliosegError) as exc:
         logging.error("%s", exc)
         return 2

@@ -171,7 +171,9 @@ def _add_predict(sub) -> None:
                         "patch), 'volume' (one window over the whole volume, as MONAI's BraTS recipe: its "
                         "labels, at 2-3x the work), or X Y Z")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap when several windows are needed")
-    p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the 8 axis-flip combinations (8x the network's time); default: the "
+                        "model's (a released model says in its card whether its figures used flips)")
     p.add_argument("--precision", choices=PRECISION_POLICIES, default="auto",
                    help="auto (default): bf16 where the device runs it natively (AVX512-BF16/AMX CPU, "
                         "GPU), else fp32: the capability decides, so every run gives the same labels; "

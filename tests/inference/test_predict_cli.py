@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -48,6 +49,19 @@ def test_predict_a_dataset_with_a_checkpoint(tmp_path, checkpoints):
     # The default window is the brain box rounded up to SegResNet's size divisor (8).
     box = [hi - lo for lo, hi in record["cache_box"]]
     assert record["run"]["window"] == [-(-n // 8) * 8 for n in box] and record["run"]["windows_run"] == 1
+
+
+def test_a_model_that_flips_by_default_and_no_tta(tmp_path):
+    # a bundle chosen on flipped probabilities flips unless --no-tta; the record says what ran
+    flipping = save_checkpoint(tmp_path / "f.pt", {"bundle": replace(tiny_bundle(0), tta=True).to_state()})
+    folder, _ = write_case(tmp_path / "data", PERMUTED)
+    runs = {}
+    for flag in ([], ["--no-tta"]):
+        out = tmp_path / f"out{len(flag)}"
+        assert main(["predict", str(folder), "--checkpoint", str(flipping), "--out", str(out), *flag]) == 0
+        runs[bool(flag)] = json.loads((out / f"{folder.name}.json").read_text())["run"]
+    assert (runs[False]["tta"], runs[False]["windows_run"]) == (True, 8)
+    assert (runs[True]["tta"], runs[True]["windows_run"]) == (False, 1)
 
 
 def test_ensemble_in_the_documented_argument_order(tmp_path, checkpoints):

@@ -74,6 +74,24 @@ def test_tta_of_a_flip_equivariant_model_equals_no_tta():
     assert np.abs(a - b).max() > 1e-3
 
 
+def test_flips_follow_the_models_default_unless_asked():
+    # a released model chosen on flipped probabilities flips by default; --tta / --no-tta decide
+    image = _image()
+    skew = torch.nn.Conv3d(4, 3, 3, padding=1).eval()
+    flipping = FakeNetwork(lambda x: skew(x), make_bundle(tta=True))
+    default, stats = Predictor([flipping], PredictConfig()).probabilities(image)
+    assert stats.windows == 8 and Predictor([flipping], PredictConfig()).config.tta is True
+    asked, _ = Predictor([FakeNetwork(lambda x: skew(x))], PredictConfig(tta=True)).probabilities(image)
+    np.testing.assert_allclose(default, asked, atol=1e-6)
+    _, stats = Predictor([flipping], PredictConfig(tta=False)).probabilities(image)
+    assert stats.windows == 1
+    assert Predictor([FakeNetwork(threshold_logits)], PredictConfig()).config.tta is False  # a checkpoint: no flips
+    with pytest.raises(ValueError, match="flip default"):
+        Predictor([flipping, FakeNetwork(threshold_logits)], PredictConfig())
+    with pytest.raises(ValueError, match="bundle.tta"):
+        make_bundle(tta="yes")
+
+
 def test_ensemble_averages_probabilities():
     image = _image()
     first = FakeNetwork(lambda x: x[:, :3] * 2)

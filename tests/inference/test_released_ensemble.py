@@ -206,6 +206,15 @@ def test_the_chosen_postprocessing_travels_into_every_member_index_and_card(tiny
         assert bundle.postprocess == {"min_tumour_mm3": 500.0, "min_et_mm3": 100.0}
     card = (tmp_path / "r" / "n2" / "MODEL_CARD.md").read_text()
     assert "## Post-processing" in card and "ET < 100 mm^3 relabelled core" in card
+    assert "tta" not in entry and "## Flips" not in card and not bundle.tta
+    # a choice made on flipped probabilities (experiment postprocess --tta): the model flips by default
+    flipped = tmp_path / "postprocess-release-tta.json"
+    flipped.write_text(json.dumps({**json.loads(choice.read_text()), "tta": True}))
+    assert tool.main([*argv[:-1], str(flipped), "--replace"]) == 0
+    entry = released.entry("n2", tmp_path / "r")
+    assert entry["tta"] is True
+    assert all(load_bundle(tmp_path / "r" / "n2" / f"{m}.json").tta for m in entry["weights"])
+    assert "## Flips" in (tmp_path / "r" / "n2" / "MODEL_CARD.md").read_text()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"min_tumour_mm3": -1}))
     assert tool.main([*argv[:-1], str(bad)]) == 2

@@ -79,6 +79,10 @@ class ModelBundle:
     # the post-processing chosen for this model by cross-validation (inference.postprocess), as
     # PostprocessConfig.to_dict(); empty: none. predict applies it unless asked not to
     postprocess: Mapping[str, Any] = field(default_factory=dict)
+    # flip test-time augmentation by default (the mean over the 8 axis flips): set where the
+    # cross-validation chose the post-processing on flipped probabilities and found the flips pay.
+    # predict follows it unless told (--tta / --no-tta)
+    tta: bool = False
 
     def __post_init__(self):
         # A bundle read from a file (JSON a person may have edited, a checkpoint) was built by
@@ -117,6 +121,8 @@ class ModelBundle:
         if post.thresholded and self.target != "regions":
             raise ValueError(f"bundle: postprocess.thresholds {list(post.thresholds)} need a region (sigmoid) "
                              f"network; this one's target is {self.target!r}")
+        if not isinstance(self.tta, bool):
+            raise ValueError(f"bundle.tta: expected true or false, got {self.tta!r}")
         spacing = self.trained_spacing
         if spacing is not None and (len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing)):
             raise ValueError(f"bundle.trained_spacing: expected 3 positive millimetres or null, got {list(spacing)}")
@@ -129,7 +135,7 @@ class ModelBundle:
             "channels": list(self.channels), "scheme": self.scheme, "preprocess": dict(self.preprocess),
             "site_index": dict(self.site_index), "patch_size": list(self.patch_size),
             "trained_spacing": list(self.trained_spacing) if self.trained_spacing else None,
-            "postprocess": dict(self.postprocess),
+            "postprocess": dict(self.postprocess), "tta": self.tta,
         }
 
     def to_state(self) -> dict:

@@ -300,6 +300,12 @@ def render_card(name: str, bundle, members: Sequence[dict], results: ReleaseResu
              "## Measured Dice", "", f"Method: {results.method}", "", *_ensemble_method(members, results),
              *_dice_table(results), ""]
     post = bundle.postprocess_config
+    if bundle.tta:
+        lines += ["## Flips (test-time augmentation)", "",
+                  "`glioseg predict` averages each member's probabilities over the 8 axis flips by default "
+                  "(8x the network's time; `--no-tta`: one pass). The post-processing below was chosen on "
+                  "flipped held-out probabilities (`glioseg experiment postprocess --tta`); the Dice above "
+                  "are of the fold models' labels without flips.", ""]
     if post.active:
         lines += ["## Post-processing", "",
                   f"`glioseg predict` applies, after the network: {post.describe()}. It was chosen on the "

@@ -53,7 +53,7 @@ def input_digests(case) -> dict[str, dict[str, str]]:
 
 def request_of(item: CaseInput, digests: dict, predictor: Predictor, options: OutputOptions) -> dict:
     """What determines a case's outputs; a re-run with the same request may skip the case."""
-    config = predictor.config
+    config = predictor.config   # the settings as resolved (precision, flips)
     return {
         "inputs": {c: d["sha256"] for c, d in digests.items()},
         "models": [net.bundle.sha256 for net in predictor.networks],

@@ -116,6 +116,13 @@ def read_postprocess(path: Path | str) -> PostprocessConfig:
         raise InputError(f"{path}: {exc}") from None
 
 
+def chose_with_flips(path: Path | str) -> bool:
+    """Whether a post-processing file is an experiment's choice made on flipped probabilities
+    (``glioseg experiment postprocess --tta``): a model carrying it should predict with flips."""
+    data = read_json(path, "a post-processing file")
+    return isinstance(data, dict) and data.get("kind") == CHOICE_KIND and data.get("tta") is True
+
+
 def voxel_mm3(spacing: Sequence[float]) -> float:
     return float(np.prod([abs(float(s)) for s in spacing[:3]]))
 

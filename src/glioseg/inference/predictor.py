@@ -57,7 +57,8 @@ class PredictConfig:
 
     window: str | tuple[int, int, int] = "box"
     overlap: float = 0.5
-    tta: bool = False
+    # None: the model's default (ModelBundle.tta; off for a training checkpoint)
+    tta: bool | None = None
     precision: str = "fp32"
     sw_batch_size: int = 1
     device: str = "cpu"
@@ -275,6 +276,9 @@ def _check_ensemble(networks: Sequence) -> None:
                              f"{list(spacings[1])} mm); only models of one spacing can be averaged")
         if not b.output.same_outputs(first.output):
             raise InputError(f"ensemble members predict different classes ({first.scheme} vs {b.scheme})")
+        if b.tta != first.tta:
+            raise InputError(f"ensemble members differ in their flip default (tta {first.tta} vs {b.tta}); "
+                             "an ensemble's probabilities get one")
         if b.postprocess_config != first.postprocess_config:
             raise InputError(f"ensemble members carry different post-processing ({first.postprocess_config.describe()} "
                              f"vs {b.postprocess_config.describe()}); an ensemble's labels get one")
@@ -294,7 +298,10 @@ class Predictor:
         self.networks, self.bundle = list(networks), networks[0].bundle
         self.requested_precision = config.precision
         self.precision_choice = self._choose(config, onnx)
-        self.config = replace(config, precision=self.precision_choice.precision)
+        tta = self.bundle.tta if config.tta is None else config.tta
+        self.config = replace(config, precision=self.precision_choice.precision, tta=tta)
+        if tta and config.tta is None:
+            log.info("flips: the mean over the 8 axis flips, the model's default (--no-tta: one pass, 8x faster)")
         self.postprocess = (self.bundle.postprocess_config if config.postprocess == "model"
                             else PostprocessConfig())
         if self.postprocess.active:

@@ -205,16 +205,20 @@ def _entry(files: list[str], bundles: list[ModelBundle], members: list[dict], ca
         item["member_training_cases"] = {m["file"]: m["cases"] for m in members}
     if bundles[0].postprocess_config.active:
         item["postprocess"] = bundles[0].postprocess_config.to_dict()
+    if bundles[0].tta:
+        item["tta"] = True
     return item
 
 
 def build_release(checkpoints: Sequence[Path | str] | Path | str, name: str, results_file: Path | str,
                   cases: Sequence[Path], root: Path | None = None, replace_existing: bool = False,
-                  fp16_threshold: float = FP16_AGREEMENT, postprocess: PostprocessConfig | None = None) -> dict:
+                  fp16_threshold: float = FP16_AGREEMENT, postprocess: PostprocessConfig | None = None,
+                  tta: bool = False) -> dict:
     """Write ``root/<name>/`` and its index entry from glioseg training checkpoints (one, or the
     fold models of an ensemble in fold order); returns the entry. ``postprocess``: the
     post-processing chosen by the cross-validation (``glioseg experiment postprocess``), written
-    into every member's bundle so that ``predict --model`` applies it."""
+    into every member's bundle so that ``predict --model`` applies it; ``tta``: predict flips by
+    default (the choice was made on flipped probabilities)."""
     checkpoints = [Path(checkpoints)] if isinstance(checkpoints, (str, Path)) else [Path(c) for c in checkpoints]
     root = Path(root or released.package_root())
     if not NAME_PATTERN.fullmatch(name):
@@ -232,6 +236,7 @@ def build_release(checkpoints: Sequence[Path | str] | Path | str, name: str, res
     bundles, members = _read_members(name, checkpoints, files, results)
     if postprocess is not None:
         bundles = [replace(b, postprocess=postprocess.to_dict()) for b in bundles]
+    bundles = [replace(b, tta=tta) for b in bundles]
     check_fold_order(members, results)
     agreement = fp16_agreement(bundles, cases, fp16_threshold)
     card = render_card(name, bundles[0], members, results, agreement)
