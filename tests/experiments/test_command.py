@@ -335,7 +335,7 @@ def test_one_arm_cross_validates_a_recipe_without_comparisons(write_spec, tmp_pa
         result = json.loads((out / "results" / f"small/fold{fold}-seed0.json").read_text())
         assert {r["case"] for r in result["rows"]} == set(run.read_split()["test"])
     report = (out / "report" / "tiny.md").read_text()
-    assert " vs small" not in report and "## Cost per arm" in report
+    assert " vs small" not in report and "## Cost per arm" in report and "One arm: nothing to compare" in report
     # the post-processing choice scores the runs' own held-out predictions: without post-processing
     # each case's Dice is the one the experiment's result files hold
     assert main(["experiment", "postprocess", str(out)]) == 0

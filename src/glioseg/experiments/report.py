@@ -131,9 +131,14 @@ def timing_conditions(runs: list[RunResult]) -> str:
 def _design(plan: Plan) -> list[tuple]:
     """What differs between the arms, and the folds' balance of sites and grades."""
     names, first = plan.resolved.arm_names, plan.spec.seeds[0]
-    return [("h2", "What differs between arms"),
-            ("table", ["setting"] + names,
-             [[k] + [json.dumps(v[a]) for a in names] for k, v in plan.resolved.differences().items()]),
+    differences = plan.resolved.differences()
+    # one arm, or arms that differ in nothing: a sentence, not a table without rows
+    what = ([("p", "One arm: nothing to compare (its settings: the experiment folder's `experiment.json`).")]
+            if len(names) == 1 else
+            [("p", "The arms' settings are identical (they differ only in name or description).")]
+            if not differences else
+            [("table", ["setting"] + names, [[k] + [json.dumps(v[a]) for a in names] for k, v in differences.items()])])
+    return [("h2", "What differs between arms"), *what,
             ("h2", f"Folds (seed {first}): cases per site/grade and fold"),
             ("table", ["stratum"] + [f"fold {k}" for k in range(plan.spec.folds.k)],
              [[s] + [str(n) for n in counts] for s, counts in plan.balance(first).items()])]
