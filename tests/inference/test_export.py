@@ -10,7 +10,8 @@ import torch
 
 from glioseg.cli import main
 from glioseg.inference.bundle import load_bundle
-from glioseg.inference.export import OnnxNetwork, export_onnx, export_torchscript
+from glioseg.inference.export import (OnnxNetwork, export_onnx, export_torchscript, sort_safetensors_metadata,
+                                     write_released)
 from glioseg.inference.predictor import PredictConfig, Predictor, TorchNetwork
 from glioseg.training.checkpoint import save_checkpoint
 from ._fakes import LPS, tiny_bundle, tiny_dalight_bundle, write_case
@@ -163,3 +164,22 @@ def test_dalight_onnx_export_keeps_site_ids(tmp_path):
     for site in ("TCIA01", None):
         np.testing.assert_allclose(_site_probabilities(onnx_net, image, site),
                                    _site_probabilities(torch_net, image, site), atol=1e-4)
+
+
+def test_released_weights_are_the_same_bytes_every_time(tmp_path):
+    # safetensors writes its metadata map in hash order; sorted afterwards, a rebuilt release keeps
+    # the bytes of files whose tensors did not change
+    from safetensors.torch import load_file, save_file
+
+    bundle = tiny_bundle(0)
+    files = [write_released(bundle, tmp_path / f"{i}" / "m.safetensors")["file"] for i in range(4)]
+    assert len({open(f, "rb").read() for f in files}) == 1
+    metadata = {f"k{i}": "v" for i in range(12, 0, -1)}
+    weights = {"b": torch.ones(3), "a": torch.zeros(2, 2)}
+    save_file(weights, str(tmp_path / "x.safetensors"), metadata=metadata)
+    sort_safetensors_metadata(tmp_path / "x.safetensors")
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(metadata)
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert set(back) == set(weights) and all(torch.equal(back[k], weights[k]) for k in weights)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 import shutil
+import struct
 import tempfile
 import warnings
 from pathlib import Path
@@ -171,6 +173,25 @@ def export_torchscript(bundle: ModelBundle, out: Path, roi=None, tolerance: floa
     return {"file": str(out), "max_abs_diff": diff}
 
 
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, in place.
+
+    safetensors writes the metadata map in hash order, which changes from one call to the next,
+    so the same weights gave different bytes (a rebuilt release changed files whose tensors had
+    not). Only the order changes: the tensor entries and their offsets stay, and the header keeps
+    its length (safetensors pads it with spaces)."""
+    with open(path, "r+b") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+        text = json.dumps(ordered, separators=(",", ":")).encode()
+        if len(text) > size:
+            raise InputError(f"{path}: its safetensors header would grow when its metadata is sorted")
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
+
+
 def write_released(bundle: ModelBundle, out: Path) -> dict:
     """Released weights: ``out`` (.safetensors) + ``out.safetensors.json``; read back and compared bit for bit."""
     from safetensors.torch import load_file, save_file
@@ -180,6 +201,7 @@ def write_released(bundle: ModelBundle, out: Path) -> dict:
         raise InputError("bundle has no weights to release")
     with atomic_path(out) as tmp:
         save_file(weights, str(tmp), metadata={"format": "pt", "glioseg": "weights; config in the .json beside"})
+        sort_safetensors_metadata(tmp)   # the same weights, the same bytes
         back = load_file(str(tmp))
         changed = [k for k in weights if k not in back or not torch.equal(back[k], weights[k])]
         if changed or set(back) != set(weights):
