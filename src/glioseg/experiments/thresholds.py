@@ -56,6 +56,19 @@ Triple = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
+class Scored:
+    """What a choice file is written from: per-case rows, the choice on all cases and per fold
+    (thresholds, clean-up setting), and the Dice tables behind them."""
+    rows: list[dict]
+    chosen: Triple
+    setting: pp.Setting
+    nested_t: dict[int, Triple]
+    nested_s: dict[int, pp.Setting]
+    by_threshold: dict       # (case, seed) → threshold → Dice of each region thresholded alone
+    scores: dict             # thresholds → (case, seed) → clean-up setting → Dice
+
+
+@dataclass(frozen=True)
 class Case:
     key: tuple[str, int]     # (case, seed)
     fold: int
@@ -174,11 +187,13 @@ def choose(plan: Plan, arm: str | None = None, data=None, regions: Sequence[str]
     if tta:
         for row in rows:
             row["tta"] = list(scores[DEFAULT_THRESHOLDS][(row["case"], row["seed"])][none])
-    return _result(plan, arm, regions, tta, rows, chosen, setting, nested_t, nested_s, by_threshold, scores)
+    return _result(plan, arm, regions, tta, Scored(rows, chosen, setting, nested_t, nested_s, by_threshold, scores))
 
 
-def _result(plan, arm, regions, tta, rows, chosen, setting, nested_t, nested_s, by_threshold, scores) -> dict:
+def _result(plan: Plan, arm: str, regions: Sequence[str], tta: bool, scored: Scored) -> dict:
     """The choice file: what was chosen, its nested gain, the tables and the per-case rows."""
+    rows, chosen, setting, scores = scored.rows, scored.chosen, scored.setting, scored.scores
+    nested_t, nested_s, by_threshold = scored.nested_t, scored.nested_s, scored.by_threshold
     keys = [(r["case"], r["seed"]) for r in rows]
     summary = pp.nested_summary(rows)
     pays = summary["mean"]["difference"]["mean"] > 0
