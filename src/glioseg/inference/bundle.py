@@ -79,9 +79,10 @@ class ModelBundle:
     # the post-processing chosen for this model by cross-validation (inference.postprocess), as
     # PostprocessConfig.to_dict(); empty: none. predict applies it unless asked not to
     postprocess: Mapping[str, Any] = field(default_factory=dict)
-    # flip test-time augmentation by default (the mean over the 8 axis flips): set where the
-    # cross-validation chose the post-processing on flipped probabilities and found the flips pay.
-    # predict follows it unless told (--tta / --no-tta)
+    # flip test-time augmentation by default (the mean over the 8 axis flips): set by the release
+    # tool where the post-processing the model carries was chosen on flipped probabilities
+    # (experiment postprocess --tta), whose thresholds assume flips. predict follows it unless told
+    # (--tta / --no-tta)
     tta: bool = False
 
     def __post_init__(self):

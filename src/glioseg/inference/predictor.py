@@ -301,7 +301,7 @@ class Predictor:
         tta = self.bundle.tta if config.tta is None else config.tta
         self.config = replace(config, precision=self.precision_choice.precision, tta=tta)
         if tta and config.tta is None:
-            log.info("flips: the mean over the 8 axis flips, the model's default (--no-tta: one pass, 8x faster)")
+            log.info("flips: the mean over the 8 axis flips, the model's default (--no-tta: one pass per model)")
         self.postprocess = (self.bundle.postprocess_config if config.postprocess == "model"
                             else PostprocessConfig())
         if self.postprocess.active:
