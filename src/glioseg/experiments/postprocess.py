@@ -189,6 +189,17 @@ def _f(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _paired_rows(summary: dict, medians: bool) -> list[str]:
+    """Markdown rows of a :func:`paired_summary`: each side's mean (and median), the paired difference."""
+    side = (lambda d: f"{_f(d['mean'])} / {_f(d['median'])}") if medians else (lambda d: _f(d["mean"]))  # noqa: E731
+    rows = []
+    for region in (*REGIONS, "mean"):
+        s, d = summary[region], summary[region]["difference"]
+        rows.append(f"| {region} | {side(s['none'])} | {side(s['post'])} | {d['mean']:+.3f} "
+                    f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | {d['p']:.2g} | {d['better']} / {d['worse']} |")
+    return rows
+
+
 def format_choice(choice: dict) -> str:
     """Markdown: the nested gain per region and the best settings of the grid."""
     c, nested_ = choice["chosen"], choice["nested"]["summary"]
@@ -200,20 +211,12 @@ def format_choice(choice: dict) -> str:
              f"(each fold post-processed with the setting chosen on the other folds).", "",
              "| region | none: mean / median | nested post-processed: mean / median | difference [95 % CI] | p (Wilcoxon) | better / worse |",
              "|---|---|---|---|---|---|"]
-    for region in (*REGIONS, "mean"):
-        s = nested_[region]
-        d = s["difference"]
-        lines.append(f"| {region} | {_f(s['none']['mean'])} / {_f(s['none']['median'])} | {_f(s['post']['mean'])} / "
-                     f"{_f(s['post']['median'])} | {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | "
-                     f"{d['p']:.2g} | {d['better']} / {d['worse']} |")
+    lines += _paired_rows(nested_, medians=True)
     if "tta_alone" in choice:
         lines += ["", "The flips alone (0.5, no rules) against the labels without flips:", "",
                   "| region | without flips | with flips | difference [95 % CI] | p (Wilcoxon) | better / worse |",
                   "|---|---|---|---|---|---|"]
-        for region in (*REGIONS, "mean"):
-            s, d = choice["tta_alone"][region], choice["tta_alone"][region]["difference"]
-            lines.append(f"| {region} | {_f(s['none']['mean'])} | {_f(s['post']['mean'])} | {d['mean']:+.3f} "
-                         f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | {d['p']:.2g} | {d['better']} / {d['worse']} |")
+        lines += _paired_rows(choice["tta_alone"], medians=False)
     if "threshold_table" in choice:   # glioseg.experiments.thresholds
         lines += ["", "Mean Dice of each region with only its threshold moved (the others at 0.5):", "",
                   "| threshold | WT | TC | ET |", "|---|---|---|---|"]
