@@ -3,6 +3,7 @@ where compiling fails."""
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
@@ -66,3 +67,25 @@ def test_a_failing_compiler_means_not_offered_with_one_warning(monkeypatch, fres
         assert compiled_pass.available() is False
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "No working C++ compiler found" in warnings[0] and "more lines" not in warnings[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_compiled_reductions_equal_the_batch_norm_sums(dtype):
+    """Σ g·x, Σ g and Σ x², Σ x per (sample, channel) as fast_norm's batch-norm reductions give them,
+    for voxel counts the chunk count divides, divides in part (6·5·4 = 120: 8 chunks) and not at all
+    (3·5·7 = 105: one chunk)."""
+    if not compiled_pass.available():
+        pytest.skip("no working torch.compile (C++ compiler) on this machine")
+    from glioseg.models.fast_norm import channel_sums
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-5}[dtype]
+    for n, c, size in ((1, 16, (8, 8, 4)), (2, 12, (6, 5, 4)), (1, 8, (3, 5, 7))):
+        g, _, x, _, _ = _tensors(dtype, n, c, size, seed=n + c)
+        chunks = math.gcd(math.prod(size), compiled_pass.CHUNKS)
+        assert compiled_pass.chunked(x).shape == (n, chunks, math.prod(size) // chunks, c)
+        for got, want in ((compiled_pass.channel_sums_compiled(g, x), channel_sums(g, x)),
+                          (compiled_pass.channel_sums_compiled(x, x), channel_sums(x, x))):
+            for got_one, want_one in zip(got, want):
+                assert got_one.shape == (n, c) and got_one.dtype == want_one.dtype
+                # sums in another order: the accumulator's rounding, scaled by the sums' size
+                torch.testing.assert_close(got_one, want_one, rtol=tolerance,
+                                           atol=tolerance * want_one.abs().max().item())

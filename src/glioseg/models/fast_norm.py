@@ -8,7 +8,8 @@ PyTorch already runs fast on channels-last memory:
 
 - statistics: per (sample, channel) Σx and Σx² in one pass, accumulated in fp32 (fp64 for fp64):
   ``native_batch_norm_backward`` with mean 0 and inverse std 1 returns exactly Σ g·x and Σ g per
-  channel, and with g = x gives both sums; groups then add their channels' sums
+  channel, and with g = x gives both sums (the ``"compiled"`` form uses compiled reductions
+  instead, faster on the large levels); groups then add their channels' sums
   (mean = Σx / M, var = Σx² / M - mean², as PyTorch's own channels-last kernel does);
 - forward: y = x·a[n, c] + b[n, c], one pass in fp32 arithmetic (inference-mode batch norm with
   mean 0, variance 1, eps 0 computes exactly that);
@@ -90,9 +91,15 @@ def scaled_sum_affine(dy, a, x, b, c) -> torch.Tensor:
     return out.add_(channel_affine(x, b, c))
 
 
-def group_moments(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def sums_for(apply: str):
+    """The per-channel reductions of backward form ``apply``: compiled ones go with the compiled
+    pass (the compiler is known to work there), PyTorch's batch-norm backward otherwise."""
+    return compiled_pass.channel_sums_compiled if apply == "compiled" else channel_sums
+
+
+def group_moments(x: torch.Tensor, groups: int, eps: float, sums=channel_sums) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and 1/sqrt(var + eps) per (sample, group), biased variance, fp32 (fp64 for fp64)."""
-    sq, s = channel_sums(x, x)
+    sq, s = sums(x, x)
     count = x[0].numel() // groups
     mean = s.view(len(s), groups, -1).sum(-1) / count
     var = (sq.view(len(sq), groups, -1).sum(-1) / count - mean * mean).clamp_min(0)
@@ -117,7 +124,7 @@ class _GroupNormFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, groups, eps, apply):
         channels = x.shape[1]
         with torch.autocast("cpu", enabled=False):
-            mean, rstd = group_moments(x, groups, eps)
+            mean, rstd = group_moments(x, groups, eps, sums_for(apply))
             w, b = _affine_params(weight, bias, channels, mean)
             scale = per_channel(rstd, channels) * w
             y = channel_affine(x, scale, b - per_channel(mean, channels) * scale)
@@ -138,7 +145,7 @@ class _GroupNormFn(torch.autograd.Function):
 def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
     n, channels = x.shape[:2]
     count = x[0].numel() // groups
-    sdx, sd = channel_sums(dy, x)
+    sdx, sd = sums_for(apply)(dy, x)
     w, _ = _affine_params(weight, None, channels, mean)
     ds = (sdx * w).view(n, groups, -1).sum(-1)             # Σ dy·γ·x per group
     db = (sd * w).view(n, groups, -1).sum(-1)              # Σ dy·γ per group
