@@ -81,6 +81,16 @@ def test_the_shipped_deep_supervision_study_changes_only_that():
                                                     "deep-sup": {"deep_supervision": 2}}}
 
 
+def test_the_shipped_long_schedule_is_the_released_arm_at_twice_the_steps():
+    """Its reference lives in segresnet-augment (a budget is shared by an experiment's arms): the
+    arm must be that experiment's nnunet-aug with nothing changed but the length."""
+    long, augment = resolve(load_spec("segresnet-long"), "cpu"), resolve(load_spec("segresnet-augment"), "cpu")
+    assert (long.spec.data, long.spec.folds, long.spec.seeds) == (augment.spec.data, augment.spec.folds, augment.spec.seeds)
+    ours, theirs = long.config("nnunet-aug", 0), augment.config("nnunet-aug", 0)
+    assert ours.epochs * ours.steps_per_epoch == 4000 and theirs.epochs * theirs.steps_per_epoch == 2000
+    assert dataclasses.replace(ours, epochs=theirs.epochs) == theirs
+
+
 def test_the_shipped_foreground_study_changes_only_the_share():
     study, augment = resolve(load_spec("segresnet-foreground"), "cpu"), resolve(load_spec("segresnet-augment"), "cpu")
     assert study.config("nnunet-aug", 0) == augment.config("nnunet-aug", 0)
