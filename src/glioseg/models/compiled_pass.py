@@ -48,20 +48,21 @@ CHUNKS = 64
 _RECOMPILE_LIMIT = 32
 
 
+def _accumulator(t: torch.Tensor) -> torch.dtype:
+    """The arithmetic's dtype for ``t``: fp32 (fp64 for fp64)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def scaled_sum_eager(dy: torch.Tensor, a: torch.Tensor, x: torch.Tensor, b: torch.Tensor,
                      c: torch.Tensor) -> torch.Tensor:
     """The sum in PyTorch operators, in fp32 arithmetic (fp64 for fp64), in x's dtype: the
     function that is compiled, and its reference."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = _accumulator(x)
     n, channels = x.shape[:2]
 
     def col(t):
         return t.to(acc).view(n, channels, 1, 1, 1)
     return (dy.to(acc) * col(a) + x.to(acc) * col(b) + col(c)).to(x.dtype)
-
-
-def _accumulator(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def chunked(t: torch.Tensor) -> torch.Tensor:
@@ -130,7 +131,7 @@ def available() -> bool:
 
 def scaled_sum_compiled(dy, a, x, b, c) -> torch.Tensor:
     """:func:`scaled_sum_eager` as one compiled pass; x's dtype and layout."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = _accumulator(x)
     out = _run(_compiled(), dy, a.to(acc), x, b.to(acc), c.to(acc))
     # Inductor keeps the inputs' strides; a copy only where it ever would not (never seen)
     return out.contiguous(memory_format=torch.channels_last_3d)
