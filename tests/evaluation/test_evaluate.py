@@ -89,7 +89,7 @@ def test_geometry_mismatch_names_both_files_and_writes_nothing(dataset, tmp_path
     assert not out.exists()
 
 
-@pytest.mark.parametrize("values, needle", [((3,), "[3] are not in the brats scheme"),
+@pytest.mark.parametrize("values, needle", [((3,), "label values not in the brats scheme: 3 (64 voxels)"),
                                             ((1.5,), "whole numbers")])
 def test_label_values_are_checked_against_the_scheme(dataset, tmp_path, caplog, values, needle):
     root, pred = dataset

@@ -116,11 +116,6 @@ def convert_labels(label: np.ndarray, source: LabelScheme, target: LabelScheme) 
     return regions_to_labels(labels_to_regions(label, source), target)
 
 
-def check_label_values(values: np.ndarray, scheme: LabelScheme) -> list[int]:
-    """Unique values of a label array that this scheme does not allow (empty when all fine)."""
-    return sorted(int(v) for v in np.unique(values) if int(v) not in scheme.allowed)
-
-
 def implied_convention_problem(values, scheme: LabelScheme) -> str | None:
     """Why label ``values`` contradict the convention that a dataset's *file names* imply, or None.
 

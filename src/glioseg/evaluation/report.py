@@ -20,13 +20,13 @@ import numpy as np
 from tqdm import tqdm
 
 import glioseg
+from glioseg.data.cases import read_label
 from glioseg.data.formats import Case
 from glioseg.data.io import DataError, Image, read_image
 from glioseg.data.labels import REGIONS, LabelScheme, region_volumes_ml
 from glioseg.errors import InputError
 from glioseg.evaluation import figures, viewer, viewer_page
-from glioseg.evaluation.evaluate import (COLUMNS, METRICS_FILE, SUMMARY_FILE, check_geometry, prediction_path,
-                                         read_label)
+from glioseg.evaluation.evaluate import COLUMNS, METRICS_FILE, SUMMARY_FILE, check_geometry, prediction_path
 from glioseg.evaluation.metrics import METRIC_COLUMNS
 from glioseg.run_io import CURVE_COLUMNS, RunFiles
 from glioseg.files import read_json, write_text_atomic
@@ -91,7 +91,7 @@ def read_case(case: ReportCase) -> tuple[dict[str, Image], dict[str, Image]]:
     labels = {}
     for name, path in (("reference", case.reference), ("prediction", case.prediction)):
         if path is not None:
-            labels[name] = read_label(path, case.scheme)
+            labels[name], _ = read_label(path, case.scheme)
             check_geometry(labels[name], first)
     return images, labels
 
