@@ -23,9 +23,31 @@ def test_measure_interleaves_and_keeps_the_minimum():
     order = []
     ticks = itertools.count()
     candidates = {name: (lambda name=name: order.append(name)) for name in ("torch", "a")}
-    times = kernel_choice.measure(candidates, repeats=3, clock=lambda: next(ticks))
+    times = kernel_choice.measure(candidates, repeats=3, clock=lambda: next(ticks), close=0.0)
     assert order == ["torch", "a"] + ["torch", "a"] * 3          # warm-up, then A B A B A B
     assert times == {"torch": 1, "a": 1}
+
+
+@pytest.mark.parametrize("gap, rounds", [(0.5, 3), (0.05, 6)])
+def test_measure_takes_more_rounds_only_when_the_two_fastest_are_close(gap, rounds):
+    """Forms 50 % apart: 3 rounds decide. Forms 5 % apart: 3 more rounds, whose faster minimum of
+    "b" then wins (a 10 % gap flipped between two measurements of one process on a Zen 4)."""
+    seconds = {"torch": [2.0] * 6, "a": [1.0] * 6, "b": [1.0 + gap] * 4 + [0.9, 1.0 + gap]}
+    calls = {name: iter(values) for name, values in seconds.items()}
+    ran = dict.fromkeys(seconds, 0)
+    now = [0.0]
+
+    def runner(name):
+        def run():
+            ran[name] += 1
+            if ran[name] > 1:                    # the warm-up is not timed
+                now[0] += next(calls[name])
+        return run
+    times = kernel_choice.measure({name: runner(name) for name in seconds}, repeats=3, clock=lambda: now[0])
+    assert ran == dict.fromkeys(seconds, 1 + rounds)
+    assert times["a"] == pytest.approx(1.0) and times["torch"] == pytest.approx(2.0)
+    assert times["b"] == pytest.approx(0.9 if rounds == 6 else 1.0 + gap)
+    assert kernel_choice.fastest(times) == ("b" if rounds == 6 else "a")
 
 
 def test_choose_measures_once_per_key(monkeypatch):
