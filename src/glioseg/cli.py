@@ -80,7 +80,9 @@ def _add_sample(sub) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score predictions against reference labels (Dice, HD95, volumes)")
     p.add_argument("--pred", type=Path, required=True, help="folder of <case>.nii.gz label maps")
-    p.add_argument("--ref", type=Path, required=True, help="reference dataset (any layout) with label files")
+    p.add_argument("--ref", type=Path, nargs="+", required=True,
+                   help="reference dataset(s) (any layout) with label files; several are scored together, "
+                        "each case in its own dataset's label convention, with a summary per dataset")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, summary.json, report.html")
     p.add_argument("--format", choices=FORMATS, default="auto", help="layout of --ref")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (0: one per core)")

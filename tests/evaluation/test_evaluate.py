@@ -186,3 +186,41 @@ def test_a_new_evaluation_replaces_every_output_of_an_older_one(dataset, tmp_pat
     monkeypatch.setattr(command, "write_report", killed)
     assert main(argv) == 130
     assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "summary.json"]
+
+
+def _brats2023_case(root, pred, case, seed, shift=0):
+    """A BraTS 2023-named case (labels 1 NCR, 2 ED, 3 ET) and its prediction in that convention."""
+    label = brats_label(SHAPE, np.random.default_rng(seed), (16, 15, 12))
+    label[label == 4] = 3
+    folder = write_brats_case(root, case, label)
+    for old, new in {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}.items():
+        (folder / f"{case}_{old}.nii.gz").rename(folder / f"{case}-{new}.nii.gz")
+    nib.save(nib.Nifti1Image(np.roll(label, shift, axis=0), LPS), str(pred / f"{case}.nii.gz"))
+
+
+def test_several_reference_datasets_each_in_its_own_convention(dataset, tmp_path, capsys, caplog):
+    """Two folders (BraTS 2018 values beside BraTS 2023 values) scored together, with a summary per
+    dataset; the 2023 case's 3 is its enhancing tumour, not an unknown value."""
+    root, pred = dataset
+    newer = tmp_path / "brats23"
+    _brats2023_case(newer, pred, "BraTS-GLI-00001-000", seed=7)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(root), str(newer), "--out", str(out),
+                 "--max-cases", "1", "--no-viewer"]) == 0
+    assert all(case in (out / "report.html").read_text() for case in (*CASES, "BraTS-GLI-00001-000"))
+    _, rows = _rows(out / "metrics.csv")
+    assert [r["case"] for r in rows[::3]] == [*CASES, "BraTS-GLI-00001-000"]
+    assert all(float(r["dice"]) == 1.0 for r in rows if r["case"] == "BraTS-GLI-00001-000")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scheme"] == "per dataset" and summary["regions"]["ET"]["dice"]["n"] == 4
+    parts = summary["datasets"]
+    assert list(parts) == ["data", "brats23"]
+    assert parts["brats23"]["scheme"] == "brats2023" and parts["brats23"]["cases"] == ["BraTS-GLI-00001-000"]
+    assert parts["data"]["regions"]["WT"]["dice"]["n"] == 3 and parts["brats23"]["regions"]["ET"]["dice"]["mean"] == 1.0
+    assert "brats23 (1 cases): Dice WT 1.000" in capsys.readouterr().out
+    # one case id in both folders: refused before anything is written, naming both places
+    again = tmp_path / "again"
+    write_brats_case(again, CASES[0], brats_label(SHAPE, np.random.default_rng(0), (16, 15, 12)))
+    _expect_error(["evaluate", "--pred", str(pred), "--ref", str(root), str(again), "--out", str(tmp_path / "o")],
+                  caplog, f"{CASES[0]} in data ({root / CASES[0]}) and in again ({again / CASES[0]})")
+    assert not (tmp_path / "o").exists()

@@ -1,10 +1,10 @@
-"""``glioseg evaluate --pred DIR --ref DATA --out DIR``: metrics.csv, summary.json and report.html."""
+"""``glioseg evaluate --pred DIR --ref DATA [DATA ...] --out DIR``: metrics.csv, summary.json and report.html."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from glioseg.data.formats import discover
+from glioseg.data.sources import discover_all
 from glioseg.evaluation.evaluate import REPORT_FILE, evaluate, format_table
 from glioseg.evaluation.report import cases_from_dataset, write_report
 from glioseg.files import refuse_inside
@@ -12,14 +12,15 @@ from glioseg.files import refuse_inside
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    refuse_inside(out, [args.ref])
+    refuse_inside(out, args.ref)
     result = evaluate(args.pred, args.ref, out, args.format, args.workers, args.missing, args.metrics)
     print(format_table(result.summary))
     print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
     if result.lesion_rows:
         print(f"wrote {out / 'lesion_metrics.csv'} and {out / 'lesions.csv'}")
     if not args.no_report:
-        cases = cases_from_dataset(discover(args.ref, args.format), args.pred)
+        cases = [case for dataset in discover_all(args.ref, args.format).datasets
+                 for case in cases_from_dataset(dataset, args.pred)]
         path = write_report(out / REPORT_FILE, cases=cases, metrics=result.rows, summary=result.summary,
                             title=f"glioseg evaluation of {Path(args.pred).name}", max_cases=args.max_cases,
                             with_viewer=not args.no_viewer)

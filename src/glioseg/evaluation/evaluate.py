@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from glioseg.data.formats import discover
-from glioseg.data.io import DataError, Image
 from glioseg.data.cases import read_label
+from glioseg.data.io import DataError, Image
 from glioseg.data.labels import REGIONS, LabelScheme, get_scheme, implied_convention_problem
+from glioseg.data.sources import Sources, discover_all
 from glioseg.errors import GliosegError, InputError
 from glioseg.evaluation.lesion_scores import (
     LESION_FILES, LESION_METRICS, lesion_rows, parse_metrics, summarise_lesions, write_lesion_tables,
@@ -110,18 +110,20 @@ def _score_or_message(job: tuple) -> tuple[list[dict], list[dict], list[dict]] |
         return str(exc)
 
 
-def _jobs(dataset, pred_dir: Path, missing_policy: str) -> tuple[list[tuple], list[str]]:
-    """Score jobs (case, prediction or None, reference, scheme) and the cases without a prediction."""
+def _jobs(sources: Sources, pred_dir: Path, missing_policy: str) -> tuple[list[tuple], list[str]]:
+    """Score jobs (case, prediction or None, reference, its dataset's scheme, stated) and the cases
+    without a prediction, over every dataset of ``sources``."""
     if missing_policy not in MISSING_POLICIES:
         raise InputError(f"missing-prediction policy must be one of {MISSING_POLICIES}; got {missing_policy!r}")
-    labelled = [c for c in dataset.cases if c.label is not None]
+    roots = ", ".join(str(r) for r in sources.roots)
+    labelled = [(d, c) for d, c in sources.pairs() if c.label is not None]
     if not labelled:
-        raise InputError(f"{dataset.root}: no case has a reference label; nothing to evaluate against")
-    if len(labelled) < len(dataset.cases):
-        log.warning("%d cases have no reference label and are not evaluated", len(dataset.cases) - len(labelled))
-    stated = dataset.format == "manifest"
-    jobs = [(c.case_id, prediction_path(pred_dir, c.case_id), c.label, dataset.scheme.name, stated)
-            for c in labelled]
+        raise InputError(f"{roots}: no case has a reference label; nothing to evaluate against")
+    if len(labelled) < len(sources.cases):
+        log.warning("%d cases have no reference label and are not evaluated", len(sources.cases) - len(labelled))
+    # each case is read in its own dataset's convention (a BraTS 2023 folder beside a 2018 one)
+    jobs = [(c.case_id, prediction_path(pred_dir, c.case_id), c.label, d.scheme.name, d.format == "manifest")
+            for d, c in labelled]
     missing = [job[0] for job in jobs if job[1] is None]
     if missing and missing_policy == "error":
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
@@ -134,8 +136,8 @@ def _jobs(dataset, pred_dir: Path, missing_policy: str) -> tuple[list[tuple], li
     if missing_policy == "skip":
         jobs = [job for job in jobs if job[1] is not None]
         if not jobs:
-            raise InputError(f"{pred_dir}: no prediction matches a case of {dataset.root}")
-    known = {c.case_id for c in dataset.cases}
+            raise InputError(f"{pred_dir}: no prediction matches a case of {roots}")
+    known = {c.case_id for c in sources.cases}
     extra = [p.name for p in pred_dir.glob("*.nii*") if p.name.split(".")[0] not in known]
     if extra:
         log.warning("%s: %d files match no case of the reference and are ignored", pred_dir, len(extra))
@@ -175,12 +177,20 @@ def describe(values) -> dict:
             "median": float(median), "q1": float(q1), "q3": float(q3), "n": int(finite.size)}
 
 
-def summarise(rows: list[dict], scheme: LabelScheme, missing: list[str] = (), missing_policy: str = "error") -> dict:
-    """summary.json's content: statistics per region and metric, with the conventions used."""
-    regions = {region: {metric: describe([r[metric] for r in rows if r["region"] == region])
-                        for metric in METRIC_COLUMNS} for region in REGIONS}
-    return {
-        "scheme": scheme.name,
+def region_statistics(rows: list[dict]) -> dict:
+    """Per region and metric, :func:`describe` of the rows' values."""
+    return {region: {metric: describe([r[metric] for r in rows if r["region"] == region])
+                     for metric in METRIC_COLUMNS} for region in REGIONS}
+
+
+def summarise(rows: list[dict], scheme: LabelScheme, missing: list[str] = (), missing_policy: str = "error",
+              sources: Sources | None = None) -> dict:
+    """summary.json's content: statistics per region and metric, with the conventions used; over
+    several datasets also each dataset's cases and statistics (``datasets``)."""
+    mixed = sources is not None and len({d.scheme.name for d in sources.datasets}) > 1
+    summary = {
+        # the convention the predictions were read in: each dataset's own where they differ
+        "scheme": "per dataset" if mixed else scheme.name,
         "empty_mask_convention": EMPTY_MASK_CONVENTION,
         "statistics": STATISTICS,
         "units": {"hd95": "mm", "pred_ml": "mL", "ref_ml": "mL"},
@@ -188,8 +198,15 @@ def summarise(rows: list[dict], scheme: LabelScheme, missing: list[str] = (), mi
         "missing_predictions": {"policy": missing_policy, "cases": list(missing),
                                 "meaning": {"error": "none allowed", "empty": "scored as empty predictions",
                                             "skip": "left out of the tables"}[missing_policy]},
-        "regions": regions,
+        "regions": region_statistics(rows),
     }
+    if sources is not None and not sources.single:
+        summary["datasets"] = {
+            name: {"root": str(d.root), "scheme": d.scheme.name,
+                   "cases": [c for c in summary["cases"] if sources.source_of(c) == name],
+                   "regions": region_statistics([r for r in rows if sources.source_of(r["case"]) == name])}
+            for name, d in zip(sources.names, sources.datasets)}
+    return summary
 
 
 def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
@@ -202,19 +219,20 @@ def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
     write_json(out / SUMMARY_FILE, summary, indent=2, end="\n")
 
 
-def evaluate(pred_dir: Path, ref: Path, out: Path, format: str = "auto", workers: int = 1,
+def evaluate(pred_dir: Path, ref, out: Path, format: str = "auto", workers: int = 1,
              missing: str = "error", metrics: str | tuple[str, ...] = ("region",)) -> EvaluationResult:
-    """Score ``pred_dir`` against the dataset at ``ref``; write metrics.csv and summary.json in ``out``
+    """Score ``pred_dir`` against the dataset(s) at ``ref`` (one path or several: case ids unique
+    across them, each case in its own dataset's label convention); write metrics.csv and summary.json in ``out``
     (and lesion_metrics.csv, lesions.csv when ``metrics`` names lesion-wise sets), after removing
     every output of an older evaluation there, its report.html included."""
     metrics = parse_metrics(metrics)
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: prediction folder does not exist")
-    dataset = discover(ref, format)
-    jobs, without = _jobs(dataset, pred_dir, missing)
+    sources = discover_all(ref, format)
+    jobs, without = _jobs(sources, pred_dir, missing)
     rows, case_rows, lesions = score_all_tables([(*job, metrics) for job in jobs], workers)
-    summary = summarise(rows, dataset.scheme, without, missing)
+    summary = summarise(rows, sources.scheme, without, missing, sources)
     summary["metrics"] = list(metrics)
     if case_rows:
         summary["lesionwise"] = summarise_lesions(case_rows, describe)
@@ -240,6 +258,9 @@ def format_table(summary: dict) -> str:
         sens = "n/a" if stats["sensitivity"]["n"] == 0 else f"{stats['sensitivity']['mean']:.3f}"
         lines.append(f"{region:<7}{stats['dice']['n']:>4}  {_cell(stats['dice'], 3):<30}"
                      f"{_cell(stats['hd95'], 2):<30}{sens:<14}")
+    for name, part in summary.get("datasets", {}).items():
+        dice = "  ".join(f"{region} {_cell(stats['dice'], 3)}" for region, stats in part["regions"].items())
+        lines.append(f"{name} ({len(part['cases'])} cases): Dice {dice}")
     lines.append(f"empty masks: {summary['empty_mask_convention']}")
     for name, generation in summary.get("lesionwise", {}).items():
         lines.append(f"{name} (lesion-wise; HD95 penalty {generation['hd95_penalty_mm']:g} mm)")
