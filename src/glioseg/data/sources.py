@@ -1,6 +1,6 @@
 """Several datasets as one training set: each case keeps its dataset, its site and its labels' convention.
 
-``glioseg verify / preprocess / train / experiment`` take one or more datasets. Each is found by
+``glioseg verify / preprocess / train / experiment / evaluate`` take one or more datasets. Each is found by
 :func:`glioseg.data.formats.discover` on its own (its layout detected, or the ``--format`` given),
 so a BraTS 2018 folder, an MSD Task01 folder and a BraTS 2023 folder can be used together. Their
 cases form one collection, :class:`Sources`:
