@@ -308,12 +308,13 @@ def test_a_report_over_two_machines_gives_times_per_machine(finished, tmp_path):
     shutil.copytree(finished / "results", kept / "results")
     moved = kept / "results" / "unet" / "fold1-seed0.json"
     result = json.loads(moved.read_text())
+    assert result["cost"]["cpus"] and all(isinstance(cpu, str) and cpu for cpu in result["cost"]["cpus"])
     result["precision"] = None
-    result["cost"].update(device_description="cpu: OTHER", s_per_step=99.0, train_wall_s=9999.0)
+    result["cost"].update(device_description="cpu: OTHER", cpus=["OTHER CPU"], s_per_step=99.0, train_wall_s=9999.0)
     moved.write_text(json.dumps(result))
     assert main(["experiment", "report", str(kept), "--out", str(tmp_path / "docs")]) == 0
     text = (tmp_path / "docs" / "tiny.md").read_text()
-    assert "; [2] cpu: OTHER (1 runs)" in text and "Runs timed on [1] " in text
+    assert "; [2] cpu: OTHER on OTHER CPU (1 runs)" in text and "Runs timed on [1] " in text
     unet = next(line for line in text.splitlines() if line.startswith("| unet | unet3d |"))
     assert "99.00 [2]" in unet and "9999 [2]" in unet and "[1]" in unet
     small = next(line for line in text.splitlines() if line.startswith("| small | segresnet |"))

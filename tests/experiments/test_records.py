@@ -72,7 +72,11 @@ def test_a_result_file_checks_itself_naming_the_file(tmp_path):
     source = next(COMMITTED[0].glob("results/*/*.json"))
     data = json.loads(source.read_text())
     result = RunResult.read(source)
-    assert json.loads(json.dumps(to_dict(result))) == data          # fields are the file's keys
+    written = json.loads(json.dumps(to_dict(result)))
+    # a cost field recorded only since (cpus, session 17) reads as None from an older file
+    added = {k for k, v in written["cost"].items() if v is None and k not in data["cost"]}
+    assert added <= {"cpus"}
+    assert {**written, "cost": {k: v for k, v in written["cost"].items() if k not in added}} == data   # the file's keys
     data["rows"] = data["rows"][1:] + [{**data["rows"][0], "case": "somebody-else"}]
     bad = tmp_path / "fold0-seed0.json"
     bad.write_text(json.dumps(data))

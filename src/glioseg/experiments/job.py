@@ -22,7 +22,7 @@ from glioseg.config import to_dict
 from glioseg.data.sources import as_paths, discover_all
 from glioseg.errors import InputError
 from glioseg.evaluation.evaluate import prediction_path, score_all
-from glioseg.experiments.measure import StepTimer, load_average, peak_mib, reset_peak
+from glioseg.experiments.measure import StepTimer, load_average, machine, peak_mib, reset_peak
 from glioseg.experiments.plan import Plan, Run, is_trained
 from glioseg.experiments.records import Job, RunCost, RunResult
 from glioseg.files import write_text_atomic
@@ -92,7 +92,9 @@ def _add_cost(run_dir: Path, wall: float, peak: float, measure: str, load: tuple
     cost = files.read_cost() or {"wall_s": 0.0, "peak_mib": 0.0, "attempts": 0}
     cost = {"wall_s": round(cost["wall_s"] + wall, 3), "peak_mib": round(max(cost["peak_mib"], peak), 1),
             "attempts": cost["attempts"] + 1, "peak_measure": measure,
-            "load": cost.get("load", []) + [list(load)]}
+            "load": cost.get("load", []) + [list(load)],
+            # the CPU model of each attempt: a run resumed on another machine was timed on both
+            "cpus": cost.get("cpus", []) + [machine()["cpu"]]}
     write_text_atomic(files.cost, json.dumps(cost, indent=2))
 
 
@@ -139,7 +141,7 @@ def _cost(run_dir: Path, config: TrainConfig, checkpoint: str, eval_s: float) ->
                    train_step_seconds=round(sum(times), 3), train_wall_s=cost.get("wall_s"),
                    peak_mib=cost.get("peak_mib"), peak_measure=cost.get("peak_measure"),
                    eval_s_per_case=round(eval_s, 3), device=str(device), threads=torch.get_num_threads(),
-                   device_description=describe_device(device), load=cost.get("load"))
+                   device_description=describe_device(device), load=cost.get("load"), cpus=cost.get("cpus"))
 
 
 def _curve(run_dir: Path) -> list[dict]:

@@ -64,8 +64,9 @@ class Job:
 
 @dataclass(frozen=True)
 class RunCost:
-    """What a run cost (``experiments.measure``); ``device_description`` and ``load`` are absent
-    from results written before they were recorded."""
+    """What a run cost (``experiments.measure``); ``device_description``, ``load`` and ``cpus``
+    (the CPU model of each training attempt) are absent from results written before they were
+    recorded."""
     params: int
     flops: int
     patch: tuple[int, ...]
@@ -80,6 +81,7 @@ class RunCost:
     threads: int
     device_description: str | None = None
     load: list | None = None
+    cpus: list | None = None
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,12 @@ class RunResult:
     @property
     def device(self) -> str:
         """What the run was timed on: the device line of its precision summary or its cost (older
-        results: the device and its torch threads)."""
-        return ((self.precision or {}).get("device_description") or self.cost.device_description
-                or f"{self.cost.device}, {self.cost.threads} threads")
+        results: the device and its torch threads), and the CPU model where recorded."""
+        described = ((self.precision or {}).get("device_description") or self.cost.device_description
+                     or f"{self.cost.device}, {self.cost.threads} threads")
+        # two CPUs with the same instruction sets (a Xeon and a Zen 4 with AVX512-BF16) describe
+        # alike; the model name tells their timings apart
+        return described + (f" on {' / '.join(dict.fromkeys(self.cost.cpus))}" if self.cost.cpus else "")
 
     def policy(self) -> str:
         """The precision policy of the run's settings, in either of the forms runs were saved in."""
