@@ -183,14 +183,13 @@ def region_statistics(rows: list[dict]) -> dict:
                      for metric in METRIC_COLUMNS} for region in REGIONS}
 
 
-def summarise(rows: list[dict], scheme: LabelScheme, missing: list[str] = (), missing_policy: str = "error",
-              sources: Sources | None = None) -> dict:
+def summarise(rows: list[dict], sources: Sources, missing: list[str] = (), missing_policy: str = "error") -> dict:
     """summary.json's content: statistics per region and metric, with the conventions used; over
     several datasets also each dataset's cases and statistics (``datasets``)."""
-    mixed = sources is not None and len({d.scheme.name for d in sources.datasets}) > 1
+    mixed = len({d.scheme.name for d in sources.datasets}) > 1
     summary = {
         # the convention the predictions were read in: each dataset's own where they differ
-        "scheme": "per dataset" if mixed else scheme.name,
+        "scheme": "per dataset" if mixed else sources.scheme.name,
         "empty_mask_convention": EMPTY_MASK_CONVENTION,
         "statistics": STATISTICS,
         "units": {"hd95": "mm", "pred_ml": "mL", "ref_ml": "mL"},
@@ -200,7 +199,7 @@ def summarise(rows: list[dict], scheme: LabelScheme, missing: list[str] = (), mi
                                             "skip": "left out of the tables"}[missing_policy]},
         "regions": region_statistics(rows),
     }
-    if sources is not None and not sources.single:
+    if not sources.single:
         summary["datasets"] = {
             name: {"root": str(d.root), "scheme": d.scheme.name,
                    "cases": [c for c in summary["cases"] if sources.source_of(c) == name],
@@ -232,7 +231,7 @@ def evaluate(pred_dir: Path, ref, out: Path, format: str = "auto", workers: int 
     sources = discover_all(ref, format)
     jobs, without = _jobs(sources, pred_dir, missing)
     rows, case_rows, lesions = score_all_tables([(*job, metrics) for job in jobs], workers)
-    summary = summarise(rows, sources.scheme, without, missing, sources)
+    summary = summarise(rows, sources, without, missing)
     summary["metrics"] = list(metrics)
     if case_rows:
         summary["lesionwise"] = summarise_lesions(case_rows, describe)
