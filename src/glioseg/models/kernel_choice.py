@@ -17,7 +17,6 @@ skips the measurement and forces one side, for benchmarks and for debugging.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -94,7 +93,9 @@ def _timed_rounds(candidates: Mapping[str, Callable[[], object]], repeats: int,
 def _too_close(best_times: list[float], close: float) -> bool:
     # a 10 % gap between two forms flipped between measurements of one process (bench_norm on a
     # Zen 4, session 17: the choice took the form 10 % slower); more rounds make the minima steadier
-    first, second = sorted(best_times)[:2] if len(best_times) > 1 else (0.0, math.inf)
+    if len(best_times) < 2:
+        return False
+    first, second = sorted(best_times)[:2]
     return second < first * (1 + close)
 
 
