@@ -154,15 +154,19 @@ def test_real_cases_against_themselves_and_against_monai(brats18, tmp_path):
             assert 0.3 < row["dice"] < 1.0
 
 
+def _with_brats2023_names(folder, case):
+    """A BraTS 2018-layout case folder renamed to BraTS 2023's file names (-t2f, -t1n, ..., -seg)."""
+    for old, new in {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}.items():
+        (folder / f"{case}_{old}.nii.gz").rename(folder / f"{case}-{new}.nii.gz")
+
+
 def test_a_brats2023_named_reference_with_2021_values_is_refused(tmp_path, caplog):
     """#23: the reference's label 4 read as a 2024 resection cavity scored ET on nothing."""
     root, pred = tmp_path / "data", tmp_path / "pred"
     pred.mkdir()
     case = "BraTS-GLI-00001-000"
     label = brats_label(SHAPE, np.random.default_rng(0), (16, 15, 12))      # 1, 2, 4: the 2021 values
-    folder = write_brats_case(root, case, label)
-    for old, new in {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}.items():
-        (folder / f"{case}_{old}.nii.gz").rename(folder / f"{case}-{new}.nii.gz")
+    _with_brats2023_names(write_brats_case(root, case, label), case)
     nib.save(nib.Nifti1Image(label, LPS), str(pred / f"{case}.nii.gz"))
     _expect_error(["evaluate", "--pred", str(pred), "--ref", str(root), "--out", str(tmp_path / "o")], caplog,
                   f"{case}-seg.nii.gz: holds label 4 and no label 3", '"scheme": "brats"')
@@ -192,9 +196,7 @@ def _brats2023_case(root, pred, case, seed, shift=0):
     """A BraTS 2023-named case (labels 1 NCR, 2 ED, 3 ET) and its prediction in that convention."""
     label = brats_label(SHAPE, np.random.default_rng(seed), (16, 15, 12))
     label[label == 4] = 3
-    folder = write_brats_case(root, case, label)
-    for old, new in {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}.items():
-        (folder / f"{case}_{old}.nii.gz").rename(folder / f"{case}-{new}.nii.gz")
+    _with_brats2023_names(write_brats_case(root, case, label), case)
     nib.save(nib.Nifti1Image(np.roll(label, shift, axis=0), LPS), str(pred / f"{case}.nii.gz"))
 
 
