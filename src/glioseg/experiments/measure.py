@@ -103,8 +103,9 @@ def machine() -> dict:
     """The CPU (model name, cores), the GPU if any, and torch's thread count: for the report."""
     cpu = platform.processor() or platform.machine()
     try:
+        # a VM may leave the model name blank: then the platform's name stands, never ""
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+                   if line.startswith("model name")) or cpu
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
