@@ -103,7 +103,7 @@ def machine() -> dict:
     """The CPU (model name, cores), the GPU if any, and torch's thread count: for the report."""
     cpu = platform.processor() or platform.machine()
     try:
-        # a VM may leave the model name blank: then the platform's name stands, never ""
+        # a blank model name (possible under a hypervisor) leaves the platform's name, never ""
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name")) or cpu
     except (OSError, StopIteration):
