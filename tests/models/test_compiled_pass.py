@@ -42,7 +42,8 @@ def test_eager_form_is_the_per_channel_sum_in_fp32():
 def test_compiled_equals_eager_for_any_shape_and_keeps_channels_last(dtype):
     if not compiled_pass.available():
         pytest.skip("no working torch.compile (C++ compiler) on this machine")
-    for n, c, size in ((1, 16, (6, 5, 4)), (2, 12, (4, 5, 6)), (1, 32, (9, 3, 5))):
+    # rows folded 2x and 3x (bf16, fp32), and not folded: wide enough, or a last axis 2 does not divide
+    for n, c, size in ((1, 16, (6, 5, 4)), (2, 12, (4, 5, 6)), (1, 32, (9, 3, 5)), (1, 16, (4, 5, 3))):
         tensors = _tensors(dtype, n, c, size)
         got = compiled_pass.scaled_sum_compiled(*tensors)
         want = compiled_pass.scaled_sum_eager(*tensors)
@@ -89,3 +90,19 @@ def test_compiled_reductions_equal_the_batch_norm_sums(dtype):
                 # sums in another order: the accumulator's rounding, scaled by the sums' size
                 torch.testing.assert_close(got_one, want_one, rtol=tolerance,
                                            atol=tolerance * want_one.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype, channels, depth, fold", [
+    (torch.bfloat16, 16, 8, 2), (torch.bfloat16, 4, 8, 8), (torch.float32, 8, 6, 2),
+    (torch.float32, 16, 8, 1), (torch.bfloat16, 32, 8, 1), (torch.bfloat16, 16, 5, 1)])
+def test_narrow_rows_fold_into_one_vector_and_back(dtype, channels, depth, fold):
+    """Folding fills a 64-byte row where the last axis divides, and is a view of the same memory
+    whose channel j·C + c is channel c of voxel z·fold + j; unfolding gives the tensor back."""
+    x = torch.randn(2, channels, 3, 4, depth).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    assert compiled_pass.fold_of(x) == fold
+    wide = compiled_pass.folded(x, fold)
+    assert wide.shape == (2, fold * channels, 3, 4, depth // fold) and wide.data_ptr() == x.data_ptr()
+    assert wide.is_contiguous(memory_format=torch.channels_last_3d)
+    j, c, z = fold - 1, channels - 1, depth // fold - 1
+    assert torch.equal(wide[1, j * channels + c, 2, 3, z], x[1, c, 2, 3, z * fold + j])
+    assert torch.equal(compiled_pass.unfolded(wide, fold), x)
