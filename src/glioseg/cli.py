@@ -243,6 +243,13 @@ def _add_experiment(sub) -> None:
                       help="choose on probabilities averaged over the 8 axis flips (predict --tta; "
                            "RUN/held-out-probabilities-tta), measured against the labels without flips; "
                            "writes results/postprocess-ARM-tta.json")
+    compare = actions.add_parser("compare", help="an arm of one experiment against an arm of another, paired per "
+                                                 "case (the same cases in the same folds)")
+    compare.add_argument("a", type=Path, help="experiment folder of the reference side A")
+    compare.add_argument("b", type=Path, help="experiment folder of side B (may be A's, with another --arm-b)")
+    compare.add_argument("--arm-a", help="A's arm (default: A's reference)")
+    compare.add_argument("--arm-b", help="B's arm (default: B's reference)")
+    compare.add_argument("--out", type=Path, help="also write the comparison to this Markdown file (+ .html beside it)")
     curve = actions.add_parser("curve", help="held-out Dice against training steps: every snapshot of an arm's "
                                              "fold models (snapshot_every) predicts its held-out cases")
     curve.add_argument("dir", type=Path, help="experiment folder (its runs' snapshots must be there)")

@@ -1,4 +1,4 @@
-"""``glioseg experiment run | status | report | list | postprocess | curve``: the spec, the plan, the executor, the report."""
+"""``glioseg experiment run | status | report | list | postprocess | curve | compare``: the spec, the plan, the executor, the report."""
 from __future__ import annotations
 
 import argparse
@@ -8,11 +8,13 @@ from collections import Counter
 from pathlib import Path
 
 from glioseg.errors import InputError
+from glioseg.experiments.compare import load_side, sections
+from glioseg.files import write_text_atomic
 from glioseg.experiments.learning_curve import format_curve, score_snapshots, summarise, write_curve
 from glioseg.experiments.postprocess import choose_postprocess, format_choice, write_choice
 from glioseg.experiments.thresholds import choose as choose_thresholds
 from glioseg.experiments.plan import STATES, Plan, load_plan, make_plan
-from glioseg.experiments.report import write_report
+from glioseg.experiments.report import to_html, to_markdown, write_report
 from glioseg.experiments.results import load_results
 from glioseg.experiments.executors import RunsFailed
 from glioseg.experiments.runner import (describe_data, describe_plan, execute, held_out_lines, prepare, running,
@@ -101,8 +103,19 @@ def curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare(args: argparse.Namespace) -> int:
+    parts = sections(load_side(args.a, args.arm_a), load_side(args.b, args.arm_b))
+    text = to_markdown(parts)
+    print(text, end="")
+    if args.out is not None:
+        write_text_atomic(args.out.with_suffix(".html"), to_html(parts, parts[0][1]))
+        write_text_atomic(args.out, text)
+        print(f"wrote {args.out} and {args.out.with_suffix('.html')}")
+    return 0
+
+
 ACTIONS = {"run": run_experiment, "status": status, "report": report, "list": list_specs,
-           "postprocess": postprocess, "curve": curve}
+           "postprocess": postprocess, "curve": curve, "compare": compare}
 
 
 def run(args: argparse.Namespace) -> int:

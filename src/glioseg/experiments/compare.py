@@ -1,0 +1,134 @@
+"""An arm of one experiment against an arm of another, paired per case (``glioseg experiment compare``).
+
+An experiment's arms share one budget, so "does the released recipe gain from 4000 steps rather
+than 2000?" pairs an arm of one experiment (``segresnet-long``) with an arm of another
+(``segresnet-augment``). Such a pairing compares the two arms alone only where both trained each
+fold model on the same cases: the two folders must hold the same cases in the same folds for every
+seed compared, or the comparison is refused naming a case that moved. The statistics are the
+report's (:func:`glioseg.experiments.stats.compare`: per region and metric of the reference side's
+evaluation, the per-case differences ``B − A`` averaged over seeds, a percentile bootstrap CI and
+the signed-rank p), next to what differs between the two arms' settings and what each cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from glioseg.config import to_dict
+from glioseg.errors import InputError
+from glioseg.experiments.plan import Plan, load_plan
+from glioseg.experiments.records import RunResult
+from glioseg.experiments.results import Results, finished_runs, load_results
+from glioseg.experiments.stats import Comparison, Key, case_means, compare, describe, paired_differences
+from glioseg.training.recipe import TrainConfig
+
+
+@dataclass(frozen=True)
+class Side:
+    """One arm's finished runs in one experiment folder."""
+    results: Results
+    arm: str
+
+    @property
+    def plan(self) -> Plan:
+        return self.results.plan
+
+    @property
+    def label(self) -> str:
+        return f"{self.plan.spec.name}/{self.arm}"
+
+    def runs(self) -> list[RunResult]:
+        return self.results.of_arm(self.arm)
+
+    def values(self, region: str, metric: str) -> dict[Key, float]:
+        return self.results.values(region, metric)[self.arm]
+
+
+def load_side(folder: Path, arm: str | None = None) -> Side:
+    """The finished runs of ``arm`` (default: the spec's reference) in the experiment at ``folder``."""
+    plan = load_plan(folder)
+    arm = arm or plan.spec.reference
+    finished_runs(plan, arm)           # an unknown arm, or one with no finished run, is an error here
+    return Side(load_results(plan), arm)
+
+
+def shared_seeds(a: Side, b: Side) -> list[int]:
+    """The seeds both arms finished runs of, after checking that each puts the same cases in the
+    same folds for them: otherwise their fold models trained on different cases."""
+    seeds = sorted({r.seed for r in a.runs()} & {r.seed for r in b.runs()})
+    if not seeds:
+        raise InputError(f"{a.label} and {b.label} have no seed with finished runs in common")
+    for seed in seeds:
+        folds_a, folds_b = a.plan.folds[seed], b.plan.folds[seed]
+        moved = sorted(c for c in folds_a.keys() | folds_b.keys() if folds_a.get(c) != folds_b.get(c))
+        if moved:
+            where = lambda folds: "absent" if moved[0] not in folds else f"in fold {folds[moved[0]]}"  # noqa: E731
+            raise InputError(
+                f"{a.plan.out} and {b.plan.out} split the cases differently for seed {seed}: {moved[0]} is "
+                f"{where(folds_a)} in the first and {where(folds_b)} in the second ({len(moved)} cases differ), "
+                "so their fold models trained on different cases; compare experiments with the same data "
+                "and folds")
+    return seeds
+
+
+def setting_changes(a: Side, b: Side) -> dict[str, tuple]:
+    """Setting → (A's value, B's value) where the arms' first runs were trained differently."""
+    def settings(side):
+        return to_dict(TrainConfig.from_dict(side.runs()[0].config, side.label))
+    first, second = settings(a), settings(b)
+    return {k: (first.get(k), second.get(k)) for k in dict.fromkeys([*first, *second])
+            if first.get(k) != second.get(k)}
+
+
+def compare_sides(a: Side, b: Side) -> list[tuple[Comparison, dict, dict, tuple[int, int]]]:
+    """Per region and metric of A's evaluation: B against A (the reference), each side's
+    description over the paired (case, seed) values, and how many cases B did better / worse on."""
+    if a.plan.out.resolve() == b.plan.out.resolve() and a.arm == b.arm:
+        raise InputError(f"{a.label}: an arm compared with itself")
+    seeds = set(shared_seeds(a, b))
+    ev, out = a.plan.spec.evaluation, []
+    for region in ev.regions:
+        for metric in ev.metrics:
+            va, vb = ({k: v for k, v in side.values(region, metric).items() if k[1] in seeds} for side in (a, b))
+            # keyed A and B: two copies of one experiment have the same labels
+            (comparison,) = compare({"A": va, "B": vb}, "A", region, metric, ev.bootstrap, a.plan.spec.folds.seed,
+                                    ev.alpha)
+            differences = paired_differences(vb, va)
+            units = case_means(differences)
+            counts = (int((units > 0).sum()), int((units < 0).sum()))
+            out.append((comparison, describe([va[k] for k in differences]), describe([vb[k] for k in differences]),
+                        counts))
+    return out
+
+
+def _cost_line(side: Side) -> str:
+    runs = side.runs()
+    hours = sum(r.cost.train_wall_s or 0.0 for r in runs) / 3600
+    steps = sorted({r.cost.steps for r in runs})
+    per_step = sorted(r.cost.s_per_step for r in runs if r.cost.s_per_step is not None)
+    median = f", median {per_step[len(per_step) // 2]:.2f} s a step" if per_step else ""
+    devices = "; ".join(dict.fromkeys(r.device for r in runs))
+    return (f"{side.label}: {len(runs)} runs of {'/'.join(map(str, steps))} steps, {hours:.1f} h of "
+            f"training{median} ({devices})")
+
+
+def sections(a: Side, b: Side) -> list[tuple]:
+    """The comparison as report parts (``glioseg.experiments.report.to_markdown`` writes them)."""
+    rows = compare_sides(a, b)
+    changes = setting_changes(a, b)
+    digits = lambda metric: 3 if metric == "dice" else 2  # noqa: E731
+    num = lambda v, metric: "n/a" if v is None else f"{v:.{digits(metric)}f}"  # noqa: E731
+    body = [[c.region, c.metric, f"{num(da['mean'], c.metric)} ({num(da['median'], c.metric)})",
+             f"{num(db['mean'], c.metric)} ({num(db['median'], c.metric)})",
+             f"{c.delta:+.{digits(c.metric)}f} [{c.ci[0]:+.{digits(c.metric)}f}, {c.ci[1]:+.{digits(c.metric)}f}]",
+             f"{up} / {down}", f"{c.p:.2g}", c.verdict]
+            for c, da, db, (up, down) in rows]
+    header = ["region", "metric", f"{a.label} mean (median)", f"{b.label} mean (median)",
+              "B − A [95 % bootstrap CI]", "cases B higher / lower", "signed-rank p", "verdict"]
+    differ = ", ".join(f"{k} {x!r} → {y!r}" for k, (x, y) in changes.items()) or "none"
+    n_cases = rows[0][0].n_cases if rows else 0
+    return [("h1", f"{b.label} against {a.label}"),
+            ("p", f"Paired per case over {n_cases} held-out cases (the same folds in both experiments; "
+                  f"each case's differences averaged over its seeds). Settings that differ: {differ}."),
+            ("table", header, body),
+            ("p", "Cost: " + "; ".join(_cost_line(side) for side in (a, b)) + ".")]
