@@ -50,13 +50,13 @@ def test_b_against_a_per_case_with_the_settings_that_differ(phantom_data, tmp_pa
     _experiment(phantom_data, tmp_path, "long", lambda case: 0.3 if case == first else 0.6, budgets=_longer())
     a, b = load_side(tmp_path / "base"), load_side(tmp_path / "long")
     rows = compare_sides(a, b)
-    assert [(c.region, c.metric) for c, *_ in rows] == [(r, m) for r in REGIONS for m in ("dice", "hd95")]
-    dice = next(row for row in rows if row[0].region == "TC" and row[0].metric == "dice")
-    comparison, described_a, described_b, counts = dice
-    n = len(base.folds[0])
-    assert comparison.n_cases == n == 6 and counts == (n - 1, 1)
+    assert [(r.comparison.region, r.comparison.metric) for r in rows] == [(r, m) for r in REGIONS
+                                                                          for m in ("dice", "hd95")]
+    dice = next(r for r in rows if r.comparison.region == "TC" and r.comparison.metric == "dice")
+    comparison, n = dice.comparison, len(base.folds[0])
+    assert comparison.n_cases == n == 6 and (dice.higher, dice.lower) == (n - 1, 1)
     assert comparison.delta == pytest.approx((0.1 * (n - 1) - 0.2) / n)
-    assert described_a["mean"] == pytest.approx(0.5) and described_b["median"] == pytest.approx(0.6)
+    assert dice.a["mean"] == pytest.approx(0.5) and dice.b["median"] == pytest.approx(0.6)
     assert comparison.ci[0] <= comparison.delta <= comparison.ci[1]
     assert setting_changes(a, b) == {"epochs": (2, 4)}      # 4 and 8 steps of 2 a epoch
     text = " ".join(str(part) for part in sections(a, b))
@@ -71,7 +71,7 @@ def test_two_arms_of_one_experiment_compare_as_the_report_does(phantom_data, tmp
             rows = [{"case": c, "region": r, "dice": 0.7, "hd95": 1.0} for c in cases for r in REGIONS]
             plan.result_path(run).parent.mkdir(parents=True, exist_ok=True)
             plan_result(plan, run, rows).write(plan.result_path(run))
-    (comparison, *_), *_ = compare_sides(load_side(tmp_path / "base"), load_side(tmp_path / "base", "unet"))
+    comparison = compare_sides(load_side(tmp_path / "base"), load_side(tmp_path / "base", "unet"))[0].comparison
     assert comparison.delta == pytest.approx(0.2) and comparison.region == "WT"
     with pytest.raises(InputError, match="compared with itself"):
         compare_sides(load_side(tmp_path / "base"), load_side(tmp_path / "base"))

@@ -80,9 +80,19 @@ def setting_changes(a: Side, b: Side) -> dict[str, tuple]:
             if first.get(k) != second.get(k)}
 
 
-def compare_sides(a: Side, b: Side) -> list[tuple[Comparison, dict, dict, tuple[int, int]]]:
-    """Per region and metric of A's evaluation: B against A (the reference), each side's
-    description over the paired (case, seed) values, and how many cases B did better / worse on."""
+@dataclass(frozen=True)
+class Paired:
+    """B against A in one region and metric: the comparison, each side described over the paired
+    (case, seed) values, and on how many cases B's value is higher and lower."""
+    comparison: Comparison
+    a: dict
+    b: dict
+    higher: int
+    lower: int
+
+
+def compare_sides(a: Side, b: Side) -> list[Paired]:
+    """Per region and metric of A's evaluation (A the reference), in that order."""
     if a.plan.out.resolve() == b.plan.out.resolve() and a.arm == b.arm:
         raise InputError(f"{a.label}: an arm compared with itself")
     seeds = set(shared_seeds(a, b))
@@ -95,9 +105,8 @@ def compare_sides(a: Side, b: Side) -> list[tuple[Comparison, dict, dict, tuple[
                                     ev.alpha)
             differences = paired_differences(vb, va)
             units = case_means(differences)
-            counts = (int((units > 0).sum()), int((units < 0).sum()))
-            out.append((comparison, describe([va[k] for k in differences]), describe([vb[k] for k in differences]),
-                        counts))
+            out.append(Paired(comparison, describe([va[k] for k in differences]), describe([vb[k] for k in differences]),
+                              int((units > 0).sum()), int((units < 0).sum())))
     return out
 
 
@@ -118,15 +127,17 @@ def sections(a: Side, b: Side) -> list[tuple]:
     changes = setting_changes(a, b)
     digits = lambda metric: 3 if metric == "dice" else 2  # noqa: E731
     num = lambda v, metric: "n/a" if v is None else f"{v:.{digits(metric)}f}"  # noqa: E731
-    body = [[c.region, c.metric, f"{num(da['mean'], c.metric)} ({num(da['median'], c.metric)})",
-             f"{num(db['mean'], c.metric)} ({num(db['median'], c.metric)})",
-             f"{c.delta:+.{digits(c.metric)}f} [{c.ci[0]:+.{digits(c.metric)}f}, {c.ci[1]:+.{digits(c.metric)}f}]",
-             f"{up} / {down}", f"{c.p:.2g}", c.verdict]
-            for c, da, db, (up, down) in rows]
+    body = []
+    for row in rows:
+        c, d = row.comparison, digits(row.comparison.metric)
+        body.append([c.region, c.metric, f"{num(row.a['mean'], c.metric)} ({num(row.a['median'], c.metric)})",
+                     f"{num(row.b['mean'], c.metric)} ({num(row.b['median'], c.metric)})",
+                     f"{c.delta:+.{d}f} [{c.ci[0]:+.{d}f}, {c.ci[1]:+.{d}f}]", f"{row.higher} / {row.lower}",
+                     f"{c.p:.2g}", c.verdict])
     header = ["region", "metric", f"{a.label} mean (median)", f"{b.label} mean (median)",
               "B − A [95 % bootstrap CI]", "cases B higher / lower", "signed-rank p", "verdict"]
     differ = ", ".join(f"{k} {x!r} → {y!r}" for k, (x, y) in changes.items()) or "none"
-    n_cases = rows[0][0].n_cases if rows else 0
+    n_cases = rows[0].comparison.n_cases if rows else 0
     return [("h1", f"{b.label} against {a.label}"),
             ("p", f"Paired per case over {n_cases} held-out cases (the same folds in both experiments; "
                   f"each case's differences averaged over its seeds). Settings that differ: {differ}."),
