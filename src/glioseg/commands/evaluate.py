@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from glioseg.data.sources import discover_all
 from glioseg.evaluation.evaluate import REPORT_FILE, evaluate, format_table
 from glioseg.evaluation.report import cases_from_dataset, write_report
 from glioseg.files import refuse_inside
@@ -19,8 +18,8 @@ def run(args: argparse.Namespace) -> int:
     if result.lesion_rows:
         print(f"wrote {out / 'lesion_metrics.csv'} and {out / 'lesions.csv'}")
     if not args.no_report:
-        cases = [case for dataset in discover_all(args.ref, args.format).datasets
-                 for case in cases_from_dataset(dataset, args.pred)]
+        # the datasets as scoring discovered them (read once)
+        cases = [case for dataset in result.sources.datasets for case in cases_from_dataset(dataset, args.pred)]
         path = write_report(out / REPORT_FILE, cases=cases, metrics=result.rows, summary=result.summary,
                             title=f"glioseg evaluation of {Path(args.pred).name}", max_cases=args.max_cases,
                             with_viewer=not args.no_viewer)
