@@ -29,6 +29,8 @@ CHANNEL_BASE = {"flair": 100, "t1": 200, "t1ce": 300, "t2": 400}
 SMALL_SHAPE = (24, 24, 16)
 MSD_ORDER = ("FLAIR", "T1w", "t1gd", "T2w")
 _MSD_NAME = {"FLAIR": "flair", "T1w": "t1", "t1gd": "t1ce", "T2w": "t2"}
+# BraTS 2023's file suffixes (CASE-t2f.nii.gz, ...) for the 2017-2021 names (CASE_flair.nii.gz, ...)
+BRATS2023_SUFFIX = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}
 
 
 def lps_affine(shape=SMALL_SHAPE, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -122,7 +124,7 @@ def make_dataset(tmp_path):
             suffixes, sep, scheme = {c: c for c in CHANNEL_BASE}, "_", "brats"
         elif layout == "brats2023":
             ids = [f"BraTS-GLI-{n:05d}-000" for n in range(cases)]
-            suffixes, sep, scheme = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}, "-", "brats2023"
+            suffixes, sep, scheme = {c: BRATS2023_SUFFIX[c] for c in CHANNEL_BASE}, "-", "brats2023"
         elif layout == "msd":
             return _msd(root, [f"BRATS_{n + 1:03d}" for n in range(cases)], shape, order)
         elif layout in ("csv", "json"):

@@ -11,6 +11,8 @@ from glioseg.data.cases import load_case, read_case
 from glioseg.data.formats import discover
 from glioseg.data.io import DataError
 
+from ..conftest import BRATS2023_SUFFIX
+
 
 def _case_dir(root, n=0):
     return sorted(p for p in root.iterdir() if p.is_dir())[n]
@@ -192,8 +194,7 @@ def test_brats2023_names_with_2021_label_values_are_refused(make_dataset, case_a
 
 def test_a_manifest_stating_the_convention_reads_the_same_files(make_dataset, case_arrays, nifti):
     root, case_id, label = _brats2023_with_2021_labels(make_dataset, case_arrays, nifti)
-    files = {c: f"{case_id}/{case_id}-{s}.nii.gz" for c, s in
-             {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "label": "seg"}.items()}
+    files = {"label" if c == "seg" else c: f"{case_id}/{case_id}-{s}.nii.gz" for c, s in BRATS2023_SUFFIX.items()}
     manifest = root / "cases.json"
     manifest.write_text(json.dumps({"scheme": "brats", "cases": [{"case": case_id, **files}]}))
     dataset = discover(manifest)

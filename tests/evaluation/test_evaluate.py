@@ -17,6 +17,7 @@ from glioseg.data.labels import get_scheme, labels_to_regions
 from glioseg.evaluation.evaluate import COLUMNS, evaluate
 from glioseg.evaluation.metrics import HD95_ONE_EMPTY_MM
 
+from ..conftest import BRATS2023_SUFFIX
 from ._synthetic import LPS, brats_label, write_brats_case
 
 SHAPE = (32, 32, 24)
@@ -156,7 +157,7 @@ def test_real_cases_against_themselves_and_against_monai(brats18, tmp_path):
 
 def _with_brats2023_names(folder, case):
     """A BraTS 2018-layout case folder renamed to BraTS 2023's file names (-t2f, -t1n, ..., -seg)."""
-    for old, new in {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}.items():
+    for old, new in BRATS2023_SUFFIX.items():
         (folder / f"{case}_{old}.nii.gz").rename(folder / f"{case}-{new}.nii.gz")
 
 
