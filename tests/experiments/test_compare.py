@@ -50,29 +50,38 @@ def test_b_against_a_per_case_with_the_settings_that_differ(phantom_data, tmp_pa
     _experiment(phantom_data, tmp_path, "long", lambda case: 0.3 if case == first else 0.6, budgets=_longer())
     a, b = load_side(tmp_path / "base"), load_side(tmp_path / "long")
     rows = compare_sides(a, b)
-    assert [(r.comparison.region, r.comparison.metric) for r in rows] == [(r, m) for r in REGIONS
+    assert [(r.comparison.region, r.comparison.metric) for r in rows] == [(r, m) for r in (*REGIONS, "mean")
                                                                           for m in ("dice", "hd95")]
     dice = next(r for r in rows if r.comparison.region == "TC" and r.comparison.metric == "dice")
     comparison, n = dice.comparison, len(base.folds[0])
     assert comparison.n_cases == n == 6 and (dice.higher, dice.lower) == (n - 1, 1)
     assert comparison.delta == pytest.approx((0.1 * (n - 1) - 0.2) / n)
     assert dice.a["mean"] == pytest.approx(0.5) and dice.b["median"] == pytest.approx(0.6)
+    mean = next(r for r in rows if r.comparison.region == "mean" and r.comparison.metric == "dice")
+    assert mean.comparison.delta == pytest.approx(comparison.delta)   # every region scored alike
     assert comparison.ci[0] <= comparison.delta <= comparison.ci[1]
     assert setting_changes(a, b) == {"epochs": (2, 4)}      # 4 and 8 steps of 2 a epoch
     text = " ".join(str(part) for part in sections(a, b))
     assert "long/small against base/small" in text and "epochs 2 → 4" in text and "6 held-out cases" in text
 
 
-def test_two_arms_of_one_experiment_compare_as_the_report_does(phantom_data, tmp_path):
+def test_two_arms_of_one_experiment_compare_per_region_and_on_their_mean(phantom_data, tmp_path):
     plan = _experiment(phantom_data, tmp_path, "base", lambda case: 0.5)
+    first = sorted(plan.folds[0])[0]
     for run in plan.runs:
         if run.arm == "unet":
             cases = [c for c, fold in plan.folds[run.seed].items() if fold == run.fold]
-            rows = [{"case": c, "region": r, "dice": 0.7, "hd95": 1.0} for c in cases for r in REGIONS]
+            # per region 0.7 / 0.6 / 0.9 against 0.5; one case's ET has no HD95 (an empty prediction)
+            rows = [{"case": c, "region": r, "dice": dice, "hd95": None if (c, r) == (first, "ET") else 2.0}
+                    for c in cases for r, dice in zip(REGIONS, (0.7, 0.6, 0.9))]
             plan.result_path(run).parent.mkdir(parents=True, exist_ok=True)
             plan_result(plan, run, rows).write(plan.result_path(run))
-    comparison = compare_sides(load_side(tmp_path / "base"), load_side(tmp_path / "base", "unet"))[0].comparison
-    assert comparison.delta == pytest.approx(0.2) and comparison.region == "WT"
+    rows = {(r.comparison.region, r.comparison.metric): r.comparison
+            for r in compare_sides(load_side(tmp_path / "base"), load_side(tmp_path / "base", "unet"))}
+    assert [rows["WT", "dice"].delta, rows["ET", "dice"].delta] == pytest.approx([0.2, 0.4])
+    assert rows["mean", "dice"].delta == pytest.approx((0.7 + 0.6 + 0.9) / 3 - 0.5) and rows["mean", "dice"].n_cases == 6
+    # the case without an ET HD95 has no mean HD95: five cases paired
+    assert rows["mean", "hd95"].n_cases == 5 and rows["mean", "hd95"].delta == pytest.approx(1.0)
     with pytest.raises(InputError, match="compared with itself"):
         compare_sides(load_side(tmp_path / "base"), load_side(tmp_path / "base"))
 

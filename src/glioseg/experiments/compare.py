@@ -6,13 +6,16 @@ than 2000?" pairs an arm of one experiment (``segresnet-long``) with an arm of a
 fold model on the same cases: the two folders must hold the same cases in the same folds for every
 seed compared, or the comparison is refused naming a case that moved. The statistics are the
 report's (:func:`glioseg.experiments.stats.compare`: per region and metric of the reference side's
-evaluation, the per-case differences ``B − A`` averaged over seeds, a percentile bootstrap CI and
-the signed-rank p), next to what differs between the two arms' settings and what each cost.
+evaluation and their mean, the per-case differences ``B − A`` averaged over seeds, a percentile
+bootstrap CI and the signed-rank p), next to what differs between the two arms' settings and what each cost.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from glioseg.config import to_dict
 from glioseg.errors import InputError
@@ -21,6 +24,10 @@ from glioseg.experiments.records import RunResult
 from glioseg.experiments.results import Results, finished_runs, load_results
 from glioseg.experiments.stats import Comparison, Key, case_means, compare, describe, paired_differences
 from glioseg.training.recipe import TrainConfig
+
+# the pseudo-region of the mean over the evaluation's regions (per case, then over cases), the
+# papers' "mean Dice"
+MEAN = "mean"
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,14 @@ class Side:
         return self.results.of_arm(self.arm)
 
     def values(self, region: str, metric: str) -> dict[Key, float]:
-        return self.results.values(region, metric)[self.arm]
+        """(case, seed) → value; for :data:`MEAN`, the mean over the evaluation's regions where
+        every region has a finite value."""
+        if region != MEAN:
+            return self.results.values(region, metric)[self.arm]
+        per_region = [self.values(r, metric) for r in self.plan.spec.evaluation.regions]
+        keys = set.intersection(*(set(v) for v in per_region))
+        return {k: float(np.mean([v[k] for v in per_region])) for k in sorted(keys)
+                if all(v[k] is not None and math.isfinite(v[k]) for v in per_region)}
 
 
 def load_side(folder: Path, arm: str | None = None) -> Side:
@@ -92,12 +106,12 @@ class Paired:
 
 
 def compare_sides(a: Side, b: Side) -> list[Paired]:
-    """Per region and metric of A's evaluation (A the reference), in that order."""
+    """Per region of A's evaluation, then :data:`MEAN`, and per metric (A the reference), in that order."""
     if a.plan.out.resolve() == b.plan.out.resolve() and a.arm == b.arm:
         raise InputError(f"{a.label}: an arm compared with itself")
     seeds = set(shared_seeds(a, b))
     ev, out = a.plan.spec.evaluation, []
-    for region in ev.regions:
+    for region in (*ev.regions, MEAN):
         for metric in ev.metrics:
             va, vb = ({k: v for k, v in side.values(region, metric).items() if k[1] in seeds} for side in (a, b))
             # keyed A and B: two copies of one experiment have the same labels
