@@ -12,6 +12,7 @@ bootstrap CI and the signed-rank p), next to what differs between the two arms' 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +129,8 @@ def _cost_line(side: Side) -> str:
     runs = side.runs()
     hours = sum(r.cost.train_wall_s or 0.0 for r in runs) / 3600
     steps = sorted({r.cost.steps for r in runs})
-    per_step = sorted(r.cost.s_per_step for r in runs if r.cost.s_per_step is not None)
-    median = f", median {per_step[len(per_step) // 2]:.2f} s a step" if per_step else ""
+    per_step = [r.cost.s_per_step for r in runs if r.cost.s_per_step is not None]
+    median = f", median {statistics.median(per_step):.2f} s a step" if per_step else ""
     devices = "; ".join(dict.fromkeys(r.device for r in runs))
     return (f"{side.label}: {len(runs)} runs of {'/'.join(map(str, steps))} steps, {hours:.1f} h of "
             f"training{median} ({devices})")
