@@ -9,7 +9,6 @@ from pathlib import Path
 
 from glioseg.errors import InputError
 from glioseg.experiments.compare import load_side, sections
-from glioseg.files import write_text_atomic
 from glioseg.experiments.learning_curve import format_curve, score_snapshots, summarise, write_curve
 from glioseg.experiments.postprocess import choose_postprocess, format_choice, write_choice
 from glioseg.experiments.thresholds import choose as choose_thresholds
@@ -20,6 +19,7 @@ from glioseg.experiments.executors import RunsFailed
 from glioseg.experiments.runner import (describe_data, describe_plan, execute, held_out_lines, prepare, running,
                                         runs_left)
 from glioseg.experiments.spec import load_spec, shipped_names
+from glioseg.files import write_text_atomic
 
 
 def _write_report(plan: Plan, out: Path | None = None) -> None:
