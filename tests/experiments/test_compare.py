@@ -19,7 +19,7 @@ from .conftest import TINY_SPEC
 REGIONS = ("WT", "TC", "ET")
 
 
-def _experiment(data, tmp_path, name, dice_of, **changes):
+def _experiment(data, tmp_path, name, dice_of, device=None, **changes):
     """A saved tiny experiment ``name`` whose runs of arm ``small`` are finished, each held-out case
     scoring ``dice_of(case)`` in every region."""
     spec = tmp_path / f"{name}.yaml"
@@ -33,7 +33,7 @@ def _experiment(data, tmp_path, name, dice_of, **changes):
         rows = [{"case": c, "region": r, "dice": dice_of(c), "hd95": 1.0} for c in cases for r in REGIONS]
         path = plan.result_path(run)
         path.parent.mkdir(parents=True, exist_ok=True)
-        plan_result(plan, run, rows, steps=4, train_wall_s=60.0, s_per_step=0.5).write(path)
+        plan_result(plan, run, rows, steps=4, train_wall_s=60.0, s_per_step=0.5, device_description=device).write(path)
     return plan
 
 
@@ -63,6 +63,9 @@ def test_b_against_a_per_case_with_the_settings_that_differ(phantom_data, tmp_pa
     assert setting_changes(a, b) == {"epochs": (2, 4)}      # 4 and 8 steps of 2 a epoch
     text = " ".join(str(part) for part in sections(a, b))
     assert "long/small against base/small" in text and "epochs 2 → 4" in text and "6 held-out cases" in text
+    assert "different machines" not in text
+    _experiment(phantom_data, tmp_path, "elsewhere", lambda case: 0.6, device="another CPU")
+    assert "timed on different machines" in " ".join(str(p) for p in sections(a, load_side(tmp_path / "elsewhere")))
 
 
 def test_two_arms_of_one_experiment_compare_per_region_and_on_their_mean(phantom_data, tmp_path):

@@ -157,4 +157,11 @@ def sections(a: Side, b: Side) -> list[tuple]:
             ("p", f"Paired per case over {n_cases} held-out cases (the same folds in both experiments; "
                   f"each case's differences averaged over its seeds). Settings that differ: {differ}."),
             ("table", header, body),
-            ("p", "Cost: " + "; ".join(_cost_line(side) for side in (a, b)) + ".")]
+            ("p", "Cost: " + "; ".join(_cost_line(side) for side in (a, b)) + "." + _timed_apart(a, b))]
+
+
+def _timed_apart(a: Side, b: Side) -> str:
+    """A warning where the two sides' runs were timed on different devices."""
+    devices = [set(r.device for r in side.runs()) for side in (a, b)]
+    return "" if devices[0] == devices[1] else (" The two sides were timed on different machines: their "
+                                                "times do not compare.")
