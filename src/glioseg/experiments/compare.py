@@ -12,19 +12,17 @@ bootstrap CI and the signed-rank p), next to what differs between the two arms' 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from glioseg.config import to_dict
 from glioseg.errors import InputError
 from glioseg.experiments.plan import Plan, load_plan
 from glioseg.experiments.records import RunResult
-from glioseg.experiments.results import Results, finished_runs, load_results
+from glioseg.experiments.results import (Results, finished_runs, load_results, setting_differences, timed_on,
+                                         trained_settings)
 from glioseg.experiments.stats import Comparison, Key, case_means, compare, describe, paired_differences
-from glioseg.training.recipe import TrainConfig
 
 # the pseudo-region of the mean over the evaluation's regions (per case, then over cases), the
 # papers' "mean Dice"
@@ -88,11 +86,7 @@ def shared_seeds(a: Side, b: Side) -> list[int]:
 
 def setting_changes(a: Side, b: Side) -> dict[str, tuple]:
     """Setting → (A's value, B's value) where the arms' first runs were trained differently."""
-    def settings(side):
-        return to_dict(TrainConfig.from_dict(side.runs()[0].config, side.label))
-    first, second = settings(a), settings(b)
-    return {k: (first.get(k), second.get(k)) for k in dict.fromkeys([*first, *second])
-            if first.get(k) != second.get(k)}
+    return setting_differences(*(trained_settings(side.runs()[0], side.label) for side in (a, b)))
 
 
 @dataclass(frozen=True)
@@ -126,14 +120,18 @@ def compare_sides(a: Side, b: Side) -> list[Paired]:
 
 
 def _cost_line(side: Side) -> str:
+    """Steps and, per device the runs were timed on, their median s/step and training time."""
     runs = side.runs()
-    hours = sum(r.cost.train_wall_s or 0.0 for r in runs) / 3600
-    steps = sorted({r.cost.steps for r in runs})
-    per_step = [r.cost.s_per_step for r in runs if r.cost.s_per_step is not None]
-    median = f", median {statistics.median(per_step):.2f} s a step" if per_step else ""
-    devices = "; ".join(dict.fromkeys(r.device for r in runs))
-    return (f"{side.label}: {len(runs)} runs of {'/'.join(map(str, steps))} steps, {hours:.1f} h of "
-            f"training{median} ({devices})")
+    steps = "/".join(map(str, sorted({r.cost.steps for r in runs})))
+    per_device = "; ".join(
+        f"{t['runs']} on {device}: median {_minutes(t['train_s'])} of training"
+        + (f", {t['s_per_step']:.2f} s a step" if t["s_per_step"] is not None else "")
+        for device, t in timed_on(runs).items())
+    return f"{side.label}: {len(runs)} runs of {steps} steps ({per_device})"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.0f} min"
 
 
 def sections(a: Side, b: Side) -> list[tuple]:
@@ -162,6 +160,5 @@ def sections(a: Side, b: Side) -> list[tuple]:
 
 def _timed_apart(a: Side, b: Side) -> str:
     """A warning where the two sides' runs were timed on different devices."""
-    devices = [set(r.device for r in side.runs()) for side in (a, b)]
-    return "" if devices[0] == devices[1] else (" The two sides were timed on different machines: their "
-                                                "times do not compare.")
+    same = set(timed_on(a.runs())) == set(timed_on(b.runs()))
+    return "" if same else " The two sides were timed on different machines: their times do not compare."

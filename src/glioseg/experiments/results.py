@@ -45,12 +45,22 @@ class Results:
         recipe or defaults): run key → setting → (as trained, as the spec resolves now)."""
         out = {}
         for run, result in self.runs.items():
-            then = to_dict(TrainConfig.from_dict(result.config, str(self.plan.result_path(run))))
-            now = to_dict(self.plan.resolved.config(run.arm, run.seed))
-            changed = {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}
+            then = trained_settings(result, str(self.plan.result_path(run)))
+            changed = setting_differences(then, to_dict(self.plan.resolved.config(run.arm, run.seed)))
             if changed:
                 out[run.key] = changed
         return out
+
+
+def trained_settings(result: RunResult, where: str) -> dict:
+    """The settings a finished run trained with, as this version reads them (plain values)."""
+    return to_dict(TrainConfig.from_dict(result.config, where))
+
+
+def setting_differences(first: dict, second: dict) -> dict[str, tuple]:
+    """Setting → (first's value, second's value) for every setting the two give differently."""
+    return {k: (first.get(k), second.get(k)) for k in dict.fromkeys([*first, *second])
+            if first.get(k) != second.get(k)}
 
 
 def describe_changes(changed: dict[str, dict[str, tuple]]) -> str:
@@ -146,7 +156,7 @@ def devices(results: Results) -> list[str]:
     return [d for d, _ in Counter(device_of(r) for r in results.runs.values()).most_common()]
 
 
-def _timed_on(done: list[RunResult]) -> dict[str, dict]:
+def timed_on(done: list[RunResult]) -> dict[str, dict]:
     """Per device: the runs timed on it, their median s/step and training time."""
     out = {}
     for device in dict.fromkeys(device_of(r) for r in done):
@@ -169,12 +179,12 @@ def cost(results: Results) -> list[dict]:
     for arm in results.plan.resolved.arm_names:
         done = results.of_arm(arm)
         c = [r.cost for r in done]
-        timed_on = _timed_on(done)
+        by_device = timed_on(done)
         row = {"arm": arm, "model": results.plan.resolved.configs[arm].model, "runs": len(done),
                "params": c[0].params if c else None, "flops": c[0].flops if c else None,
-               "s_per_step": timed_on.get(main, {}).get("s_per_step"), "timed_on": timed_on,
+               "s_per_step": by_device.get(main, {}).get("s_per_step"), "timed_on": by_device,
                "peak_mib": max((x.peak_mib for x in c if x.peak_mib is not None), default=None),
-               "train_s": timed_on.get(main, {}).get("train_s"),
+               "train_s": by_device.get(main, {}).get("train_s"),
                "steps": _median([x.steps for x in c]),
                "precision": _precision_steps(done),
                "not_run": results.plan.not_run.get(arm)}
