@@ -48,9 +48,9 @@ STATISTICS = ("mean and std (sample, ddof=1) over cases; median, q1, q3 are line
 class EvaluationResult:
     rows: list[dict]
     summary: dict
+    sources: Sources                                        # the reference datasets as discovered
     lesion_rows: list[dict] = field(default_factory=list)   # lesion_metrics.csv
     lesions: list[dict] = field(default_factory=list)       # lesions.csv
-    sources: Sources | None = None                          # the reference datasets as discovered
 
 
 def prediction_path(pred_dir: Path, case_id: str) -> Path | None:
@@ -241,7 +241,7 @@ def evaluate(pred_dir: Path, ref, out: Path, format: str = "auto", workers: int 
     write_outputs(Path(out), rows, summary)
     if any(m in LESION_METRICS for m in metrics):
         write_lesion_tables(Path(out), case_rows, lesions)
-    return EvaluationResult(rows, summary, case_rows, lesions, sources)
+    return EvaluationResult(rows, summary, sources, case_rows, lesions)
 
 
 def _cell(stats: dict, digits: int) -> str:
