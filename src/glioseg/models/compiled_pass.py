@@ -167,7 +167,8 @@ def scaled_sum_compiled(dy, a, x, b, c) -> torch.Tensor:
     acc, fold = _accumulator(x), fold_of(x)
 
     def coefficient(t):
-        return t.to(acc).repeat(1, fold)      # channel j·C + c of the folded view is channel c
+        t = t.to(acc)
+        return t if fold == 1 else t.repeat(1, fold)      # channel j·C + c of the folded view is channel c
     out = _run(_compiled(), folded(dy, fold), coefficient(a), folded(x, fold), coefficient(b), coefficient(c))
     # Inductor keeps the inputs' strides; a copy only where it ever would not (never seen)
     return unfolded(out, fold).contiguous(memory_format=torch.channels_last_3d)
