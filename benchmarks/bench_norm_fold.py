@@ -29,7 +29,7 @@ from glioseg.models import compiled_pass, fast_norm, kernel_choice  # noqa: E402
 from glioseg.precisions import native_precisions  # noqa: E402
 
 
-def unfolded(run):
+def without_fold(run):
     """``run`` with the fold switched off."""
     def call():
         with mock.patch.object(compiled_pass, "fold_of", lambda x: 1):
@@ -54,8 +54,8 @@ def runs_of(channels: int, size: int, dtype: torch.dtype) -> dict:
 
     def backward():
         return torch.autograd.grad(y, (cl, weight, bias), g_cl, retain_graph=True)
-    return {"pass folded": scaled, "pass unfolded": unfolded(scaled), "bwd folded": backward,
-            "bwd unfolded": unfolded(backward),
+    return {"pass folded": scaled, "pass unfolded": without_fold(scaled), "bwd folded": backward,
+            "bwd unfolded": without_fold(backward),
             "torch cf bwd": lambda: torch.autograd.grad(y_cf, (cf, weight, bias), grad, retain_graph=True)}
 
 
