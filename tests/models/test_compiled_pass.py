@@ -106,3 +106,17 @@ def test_narrow_rows_fold_into_one_vector_and_back(dtype, channels, depth, fold)
     j, c, z = fold - 1, channels - 1, depth // fold - 1
     assert torch.equal(wide[1, j * channels + c, 2, 3, z], x[1, c, 2, 3, z * fold + j])
     assert torch.equal(compiled_pass.unfolded(wide, fold), x)
+
+
+@pytest.mark.parametrize("user_limit", [8, 64])
+def test_a_call_raises_the_recompile_limit_only_while_it_runs(user_limit):
+    config = torch._dynamo.config
+    seen = []
+    with config.patch(recompile_limit=user_limit):   # the user's setting (monkeypatch breaks a config module)
+        out = compiled_pass._run(lambda t: seen.append((config.recompile_limit, torch.is_grad_enabled())) or t, 1)
+        assert out == 1
+        assert seen == [(max(user_limit, compiled_pass._RECOMPILE_LIMIT), False)]
+        assert config.recompile_limit == user_limit
+        with pytest.raises(ZeroDivisionError):     # and after a failing call too
+            compiled_pass._run(lambda: 1 / 0)
+        assert config.recompile_limit == user_limit

@@ -107,8 +107,8 @@ def group_moments(x: torch.Tensor, groups: int, eps: float, sums=channel_sums) -
 
 
 def per_channel(t: torch.Tensor, channels: int) -> torch.Tensor:
-    """(N, G) → (N, C): each group's value for each of its channels."""
-    return t.repeat_interleave(channels // t.shape[1], dim=1)
+    """(..., G) → (..., C): each group's value for each of its channels."""
+    return t.repeat_interleave(channels // t.shape[-1], dim=-1)
 
 
 def _affine_params(weight, bias, channels, like):
@@ -142,22 +142,33 @@ class _GroupNormFn(torch.autograd.Function):
                                         ctx.needs_input_grad)
 
 
-def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
-    n, channels = x.shape[:2]
-    count = x[0].numel() // groups
-    sdx, sd = sums_for(apply)(dy, x)
-    w, _ = _affine_params(weight, None, channels, mean)
-    ds = (sdx * w).view(n, groups, -1).sum(-1)             # Σ dy·γ·x per group
-    db = (sd * w).view(n, groups, -1).sum(-1)              # Σ dy·γ per group
+def backward_coefficients(sdx, sd, w, mean, rstd, count):
+    """GroupNorm's backward in per-channel terms: dx = dy·a + x·b + c and γ's gradient's factor.
+
+    From the per-(sample, channel) sums Σ dy·x and Σ dy, γ (per channel) and the forward's
+    per-(sample, group) mean and rstd, with PyTorch's coefficients (group_norm_kernel.cpp). Returns
+    (a, b, c, mean, rstd), each (N, C); all group values expanded in one call, since at the small
+    levels these few-element operators are a visible part of the backward."""
+    n, groups = mean.shape
+    ds, db = (torch.stack((sdx, sd)) * w).view(2, n, groups, -1).sum(-1)   # Σ dy·γ·x, Σ dy·γ per group
     c2 = (db * mean - ds) * rstd.pow(3) / count
     c3 = -c2 * mean - db * rstd / count
+    rstd_c, c2_c, c3_c, mean_c = per_channel(torch.stack((rstd, c2, c3, mean)), len(w))
+    return rstd_c * w, c2_c, c3_c, mean_c, rstd_c
+
+
+def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
+    count = x[0].numel() // groups
+    sdx, sd = sums_for(apply)(dy, x)
+    w, _ = _affine_params(weight, None, x.shape[1], mean)
+    a, b, c, mean_c, rstd_c = backward_coefficients(sdx, sd, w, mean, rstd, count)
     grad_x = grad_w = grad_b = None
     if needs[0]:
         combine = {"addcmul": scaled_sum_addcmul, "matmul": scaled_sum_matmul, "affine": scaled_sum_affine,
                    "compiled": compiled_pass.scaled_sum_compiled}[apply]
-        grad_x = combine(dy, per_channel(rstd, channels) * w, x, per_channel(c2, channels), per_channel(c3, channels))
+        grad_x = combine(dy, a, x, b, c)
     if weight is not None and needs[1]:
-        grad_w = ((sdx - per_channel(mean, channels) * sd) * per_channel(rstd, channels)).sum(0).to(weight.dtype)
+        grad_w = ((sdx - mean_c * sd) * rstd_c).sum(0).to(weight.dtype)
     if weight is not None and needs[2]:
         grad_b = sd.sum(0).to(weight.dtype)
     return grad_x, grad_w, grad_b, None, None, None
