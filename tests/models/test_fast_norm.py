@@ -232,3 +232,19 @@ def test_network_gradients_match_torch_kernels(name, monkeypatch):
     for key, want in grads[0].items():
         # parameters whose true gradient is 0 (a conv bias before a norm) hold rounding noise only
         assert float((grads[1][key] - want).abs().max()) <= 1e-3 * float(want.abs().max()) + 1e-6 * scale, key
+
+
+@pytest.mark.parametrize("forced", [True, False])
+def test_frozen_input_through_torch_kernels_gets_weight_gradients(monkeypatch, forced):
+    """PyTorch's channels-last backward crashes where x needs no gradient; its kernel gets x contiguous."""
+    if forced:
+        monkeypatch.setenv(kernel_choice.ENV, "torch")
+    else:
+        monkeypatch.setattr(kernel_choice, "measure", lambda runs, *a, **k: {name: 0.0 if name == kernel_choice.TORCH
+                                                                             else 1.0 for name in runs})
+    x = channels_last((1, 8, 4, 4, 4), dtype=torch.float32)          # frozen: no gradient
+    w, b = params(8, True, dtype=torch.float32)
+    grad = channels_last((1, 8, 4, 4, 4), dtype=torch.float32, seed=3)
+    got = torch.autograd.grad(fast_norm.group_norm(x, 4, w, b), (w, b), grad)
+    want = torch.autograd.grad(F.group_norm(x.contiguous(), 4, w, b), (w, b), grad)
+    torch.testing.assert_close(got, want)

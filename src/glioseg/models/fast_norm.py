@@ -217,10 +217,21 @@ def _candidates(x, groups, weight, bias, eps) -> dict:
     return runs
 
 
+def torch_group_norm(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """``F.group_norm``, with a channels-last ``x`` that needs no gradient made contiguous first:
+    PyTorch 2.13's channels-last backward crashes (SIGSEGV in
+    ``GroupNormBackwardKernelImplChannelsLastInternal``) when only γ and β need gradients, as in
+    training with frozen layers before a norm."""
+    if (x.dim() == 5 and not x.requires_grad and weight is not None and weight.requires_grad
+            and torch.is_grad_enabled() and not x.is_contiguous()):
+        x = x.contiguous()
+    return F.group_norm(x, groups, weight, bias, eps)
+
+
 def group_norm(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
     """``F.group_norm``, or this module's passes where they measured faster for this shape."""
     if not _fast_path(x, weight) or kernel_choice.torch_forced():
-        return F.group_norm(x, groups, weight, bias, eps)
+        return torch_group_norm(x, groups, weight, bias, eps)
     key = kernel_choice.key_of("group_norm", x, groups, weight is not None)
     kind = kernel_choice.remembered(key)
     # applies() probes the compiler (seconds, once per process): only where a choice is still to be
@@ -229,7 +240,7 @@ def group_norm(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float 
         kind = kernel_choice.choose(key, (kernel_choice.TORCH, *applies(x.dtype)),
                                     lambda: _candidates(x, groups, weight, bias, eps))
     if kind == kernel_choice.TORCH:
-        return F.group_norm(x, groups, weight, bias, eps)
+        return torch_group_norm(x, groups, weight, bias, eps)
     return fast_group_norm(x, groups, weight, bias, eps, apply=kind)
 
 
