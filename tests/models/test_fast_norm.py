@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glioseg.models import compiled_pass, fast_norm, kernel_choice
+from glioseg.models import compiled_pass, fast_norm, kernel_choice, native_norm
 from glioseg.models.cpu_kernels import accelerate_cpu
 from glioseg.models.registry import create
 from glioseg.training.losses import SegmentationLoss
@@ -26,10 +26,11 @@ pytestmark = pytest.mark.usefixtures("measured_kernels")
 
 
 def offered(apply, dtype=torch.float64):
-    """Skip a form this machine does not offer (the compiled pass needs a C++ compiler)."""
+    """Skip a form this machine does not offer for ``dtype`` (the compiled and native forms need a C++
+    compiler; native is fp32 / bf16 only, tested in fp64's place against fp64 in test_native_norm)."""
     if apply not in fast_norm.applies(dtype):
         pytest.skip(f"GroupNorm form {apply!r} is not offered here for {dtype} (compiled_pass.available(): "
-                    f"{compiled_pass.available()})")
+                    f"{compiled_pass.available()}, native_norm.available(): {native_norm.available()})")
 
 
 def channels_last(shape, dtype=torch.float64, seed=0, offset=0.0):
@@ -169,6 +170,7 @@ def test_forced_torch_kernels(monkeypatch):
 def test_no_compiler_probe_where_nothing_is_to_be_chosen(monkeypatch):
     """Forced torch kernels, or a resumed run's restored choice, need no compiler (a probe costs seconds)."""
     monkeypatch.setattr(fast_norm.compiled_pass, "available", lambda: pytest.fail("probed the compiler"))
+    monkeypatch.setattr(fast_norm.native_norm, "available", lambda: pytest.fail("built the native library"))
     monkeypatch.setattr(kernel_choice, "measure", lambda runs: pytest.fail("measured"))
     x = channels_last((1, 8, 4, 4, 4), dtype=torch.float32).requires_grad_()
     monkeypatch.setenv(kernel_choice.ENV, "torch")

@@ -22,6 +22,10 @@ PyTorch already runs fast on channels-last memory:
   (``"affine"``), or as one pass compiled by TorchInductor (``"compiled"``, fp32 arithmetic; only
   where this machine can compile, :mod:`glioseg.models.compiled_pass`).
 
+The ``"native"`` form is the whole GroupNorm, forward and backward, as two calls into a small C++
+library built on this machine (:mod:`glioseg.models.native_norm`; fp32 and bf16): the same maths
+without the per-call cost of the operators above, which is most of a GroupNorm at the small levels.
+
 Which of PyTorch's kernel and these runs is measured per shape, precision and thread count on the
 machine (:mod:`glioseg.models.kernel_choice`). Parameters and ``state_dict``
 are ``nn.GroupNorm``'s; tests check the gradients with ``gradcheck`` in fp64 and against
@@ -34,11 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from glioseg.models import compiled_pass, kernel_choice
+from glioseg.models import compiled_pass, kernel_choice, native_norm
 
 _BN = torch.ops.aten.native_batch_norm
 _BN_BWD = torch.ops.aten.native_batch_norm_backward
-APPLY = ("addcmul", "matmul", "affine", "compiled")
+APPLY = ("addcmul", "matmul", "affine", "compiled", "native")
+# forms that need a compiler on this machine: a restored choice of one is checked again
+_BUILT = ("compiled", "native")
 # bf16 coefficients would lose the mean's cancellation (c3 ≈ -c2·mean): addcmul is for fp32 / fp64
 _ROUNDED_COEFFICIENTS = ("addcmul",)
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
@@ -175,10 +181,13 @@ def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
 
 
 def offered(kind: str, dtype: torch.dtype) -> bool:
-    """Whether backward form ``kind`` is offered for ``dtype`` here; only "compiled" asks the
-    compiler probe (seconds, once per process)."""
-    return (kind in APPLY and not (dtype == torch.bfloat16 and kind in _ROUNDED_COEFFICIENTS)
-            and (kind != "compiled" or compiled_pass.available()))
+    """Whether form ``kind`` is offered for ``dtype`` here; only "compiled" and "native" ask their
+    compiler probes (seconds, once per process; "native" is fp32 / bf16 only)."""
+    if kind not in APPLY or (dtype == torch.bfloat16 and kind in _ROUNDED_COEFFICIENTS):
+        return False
+    if kind == "native":
+        return dtype in native_norm.DTYPES and native_norm.available()
+    return kind != "compiled" or compiled_pass.available()
 
 
 def applies(dtype: torch.dtype) -> tuple[str, ...]:
@@ -190,6 +199,8 @@ def fast_group_norm(x, groups, weight=None, bias=None, eps=1e-5, apply: str = "m
     """GroupNorm through this module's passes (any float dtype; channels-last 5-D input)."""
     if not offered(apply, x.dtype):
         raise ValueError(f"apply must be one of {applies(x.dtype)} for {x.dtype}, got {apply!r}")
+    if apply == "native":
+        return native_norm.group_norm(x, groups, weight, bias, eps)
     return _GroupNormFn.apply(x.contiguous(memory_format=torch.channels_last_3d), weight, bias, groups, eps, apply)
 
 
@@ -234,9 +245,9 @@ def group_norm(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float 
         return torch_group_norm(x, groups, weight, bias, eps)
     key = kernel_choice.key_of("group_norm", x, groups, weight is not None)
     kind = kernel_choice.remembered(key)
-    # applies() probes the compiler (seconds, once per process): only where a choice is still to be
-    # made, or where a restored "compiled" must be checked against this machine
-    if kind is None or kind == "compiled":
+    # applies() probes the compilers (seconds, once per process): only where a choice is still to be
+    # made, or where a restored "compiled" or "native" must be checked against this machine
+    if kind is None or kind in _BUILT:
         kind = kernel_choice.choose(key, (kernel_choice.TORCH, *applies(x.dtype)),
                                     lambda: _candidates(x, groups, weight, bias, eps))
     if kind == kernel_choice.TORCH:
