@@ -52,6 +52,47 @@ Shape shape_of(int64_t n, int64_t voxels, int64_t channels, int64_t groups) {
   return {n, voxels, channels, groups, fold, voxels / fold, fold * channels};
 }
 
+// Sums of g*x and g over rows [r0, r1) into bgx[0, width) and bg (fp32, zeroed here). W > 0 is the
+// width known at compile time: the accumulators then stay in registers instead of memory.
+template <typename T, int W>
+void block_sums(const T* g, const T* x, int64_t r0, int64_t r1, int64_t width, float* bgx, float* bg) {
+  if constexpr (W > 0) {
+    float ax[W] = {}, a1[W] = {};
+    for (int64_t r = r0; r < r1; ++r) {
+#pragma omp simd
+      for (int c = 0; c < W; ++c) {
+        const float gv = load(g, r * W + c);
+        ax[c] += gv * load(x, r * W + c);
+        a1[c] += gv;
+      }
+    }
+    std::memcpy(bgx, ax, sizeof ax);
+    std::memcpy(bg, a1, sizeof a1);
+  } else {
+    std::fill(bgx, bgx + width, 0.0f);
+    std::fill(bg, bg + width, 0.0f);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t o = r * width;
+#pragma omp simd
+      for (int64_t c = 0; c < width; ++c) {
+        const float gv = load(g, o + c);
+        bgx[c] += gv * load(x, o + c);
+        bg[c] += gv;
+      }
+    }
+  }
+}
+
+template <typename T>
+void any_block_sums(const T* g, const T* x, int64_t r0, int64_t r1, int64_t width, float* bgx, float* bg) {
+  switch (width) {  // the widths SegResNet and DALight-3D meet after folding
+    case 32: return block_sums<T, 32>(g, x, r0, r1, width, bgx, bg);
+    case 64: return block_sums<T, 64>(g, x, r0, r1, width, bgx, bg);
+    case 128: return block_sums<T, 128>(g, x, r0, r1, width, bgx, bg);
+    default: return block_sums<T, 0>(g, x, r0, r1, width, bgx, bg);
+  }
+}
+
 // Per channel of sample `s`: sum g*x into gx[c] and sum g into g1[c] (fp64), over all voxels.
 template <typename T>
 void channel_sums(const T* g, const T* x, const Shape& sh, int64_t s, int threads, double* gx, double* g1) {
@@ -65,24 +106,9 @@ void channel_sums(const T* g, const T* x, const Shape& sh, int64_t s, int thread
     const int64_t begin = rows * t / nt, end = rows * (t + 1) / nt;
     double* mine = partial.data() + static_cast<size_t>(t) * 2 * width;
     std::vector<float> block(2 * width);
-    float* bgx = block.data();
-    float* bg = bgx + width;
     for (int64_t r0 = begin; r0 < end; r0 += BLOCK) {
-      std::fill(block.begin(), block.end(), 0.0f);
-      const int64_t r1 = std::min(end, r0 + BLOCK);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t o = r * width;
-#pragma omp simd
-        for (int64_t c = 0; c < width; ++c) {
-          const float gv = load(gs, o + c);
-          bgx[c] += gv * load(xs, o + c);
-          bg[c] += gv;
-        }
-      }
-      for (int64_t c = 0; c < width; ++c) {
-        mine[c] += bgx[c];
-        mine[width + c] += bg[c];
-      }
+      any_block_sums(gs, xs, r0, std::min(end, r0 + BLOCK), width, block.data(), block.data() + width);
+      for (int64_t c = 0; c < 2 * width; ++c) mine[c] += block[c];
     }
   }
   for (int64_t c = 0; c < sh.channels; ++c) gx[c] = g1[c] = 0.0;
@@ -93,21 +119,40 @@ void channel_sums(const T* g, const T* x, const Shape& sh, int64_t s, int thread
     }
 }
 
-// out = u * a[c] + v * b[c] + k[c] over the rows of sample `s` (v may be null: out = u * a + k);
-// a, b, k hold one folded row of coefficients.
+// out = u * a[c] + v * b[c] + k[c] over rows [r0, r1) (v may be null: out = u * a + k); a, b, k hold
+// one (folded) row of coefficients. W > 0: the width known at compile time (coefficients in registers).
+template <typename T, int W>
+void rows_pass(const T* u, const float* a, const T* v, const float* b, const float* k, T* out, int64_t r0,
+               int64_t r1, int64_t width) {
+  const int64_t w = W > 0 ? W : width;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t o = r * w;
+    if (v == nullptr) {
+#pragma omp simd
+      for (int64_t c = 0; c < w; ++c) store(out, o + c, load(u, o + c) * a[c] + k[c]);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < w; ++c) store(out, o + c, load(u, o + c) * a[c] + load(v, o + c) * b[c] + k[c]);
+    }
+  }
+}
+
 template <typename T>
 void channel_pass(const T* u, const float* a, const T* v, const float* b, const float* k, T* out,
                   const Shape& sh, int64_t s, int threads) {
   const int64_t width = sh.width, rows = sh.rows, offset = s * rows * width;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t o = offset + r * width;
-    if (v == nullptr) {
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) store(out, o + c, load(u, o + c) * a[c] + k[c]);
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < width; ++c) store(out, o + c, load(u, o + c) * a[c] + load(v, o + c) * b[c] + k[c]);
+  u += offset;
+  out += offset;
+  if (v) v += offset;
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t begin = rows * t / nt, end = rows * (t + 1) / nt;
+    switch (width) {
+      case 32: rows_pass<T, 32>(u, a, v, b, k, out, begin, end, width); break;
+      case 64: rows_pass<T, 64>(u, a, v, b, k, out, begin, end, width); break;
+      case 128: rows_pass<T, 128>(u, a, v, b, k, out, begin, end, width); break;
+      default: rows_pass<T, 0>(u, a, v, b, k, out, begin, end, width);
     }
   }
 }
