@@ -12,8 +12,8 @@ Kernels (``--kernels``): ``torch`` runs the network as the registry builds it (n
 GroupNorm on aten's own kernels); ``glioseg`` applies :func:`glioseg.models.cpu_kernels.accelerate_cpu`
 (convolutions, GroupNorm chosen by measurement) and :func:`glioseg.cpu_allocator.keep_freed_memory`,
 as ``glioseg train`` and ``glioseg predict`` do on a CPU; ``eager`` is the same without the
-Inductor-compiled GroupNorm pass (``GLIOSEG_COMPILE=0``: glioseg before it, or on a machine without
-a C++ compiler); ``convs`` only glioseg's convolutions. Each (model, patch, precision) runs
+Inductor-compiled GroupNorm pass and the native GroupNorm (``GLIOSEG_COMPILE=0``: glioseg on a
+machine without a C++ compiler); ``convs`` only glioseg's convolutions. Each (model, patch, precision) runs
 ``--rounds`` rounds, each round one process per kernel set back to back, in alternating order, so
 that a change of load between processes hits both: the speed ratio is computed per round and
 printed as its median with the range over rounds.

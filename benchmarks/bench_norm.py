@@ -11,7 +11,8 @@ count: the forward and the backward alone (``torch.autograd.grad`` of x, weight 
 - ``torch cl``: the same on a channels-last tensor (SegResNet's layout),
 - ``addcmul`` (fp32 only) / ``matmul`` / ``affine`` / ``compiled`` (where this machine can
   compile): :func:`glioseg.models.fast_norm.fast_group_norm` on channels-last, with each form of
-  its backward,
+  its backward; ``native`` (fp32 / bf16, where the C++ library builds): forward and backward as
+  one native call each (:mod:`glioseg.models.native_norm`),
 
 each the minimum of ``--repeats`` interleaved rounds (all variants once per round, so a change of
 load hits all alike), and which one glioseg's measured choice picks (``chosen``). The last column
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
                 times = time_all(runs_of(channels, size, dtype), args.repeats)
                 pick = chosen(channels, size, dtype)
                 pick_bwd = times["torch cl" if pick == "torch" else pick][1]
-                cells = " ".join(f"{1000 * times[v][0]:7.1f}/{1000 * times[v][1]:7.1f}" if v in times
+                cells = " ".join(f"{1000 * times[v][0]:7.2f}/{1000 * times[v][1]:7.2f}" if v in times
                                  else f"{'-':>15s}" for v in VARIANTS)
                 print(f"{shape:>7s} {str(dtype).removeprefix('torch.'):>8s} {threads:>3d} {cells} {pick:>8s} "
                       f"{pick_bwd / times['torch cf'][1]:25.2f}x")

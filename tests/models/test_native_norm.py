@@ -34,9 +34,11 @@ def fresh(monkeypatch, tmp_path):
     monkeypatch.delenv(compiled_pass.ENV, raising=False)
     native_norm.available.cache_clear()
     native_norm._library.cache_clear()
+    native_norm._function.cache_clear()
     yield tmp_path
     native_norm.available.cache_clear()
     native_norm._library.cache_clear()
+    native_norm._function.cache_clear()
 
 
 def _case(n, c, size, dtype, offset=1.0, seed=0):

@@ -24,6 +24,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -99,41 +100,45 @@ def _library() -> ctypes.CDLL:
     return _declare(lib)
 
 
+@functools.lru_cache(maxsize=None)
+def _function(direction: str, dtype: torch.dtype):
+    """The library's ``direction`` ("forward" / "backward") for ``dtype``, looked up once."""
+    return getattr(_library(), f"glioseg_gn_{direction}_{DTYPES[dtype]}")
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _params(weight, bias):
-    """γ and β as contiguous fp32 (the library's), or None."""
-    def cast(t):
-        return None if t is None else t.detach().to(torch.float32).contiguous()
-    return cast(weight), cast(bias)
+def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """γ or β as the library reads it: contiguous fp32 (no copy where it already is)."""
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
+    return t.detach().to(torch.float32).contiguous()
 
 
 def forward(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float = 1e-5):
     """(y, mean, rstd) of GroupNorm on channels-last ``x`` (fp32 or bf16); mean, rstd (N, G) fp32."""
     n, channels = x.shape[:2]
     y = torch.empty_like(x, memory_format=torch.channels_last_3d)
-    mean, rstd = x.new_empty(n, groups, dtype=torch.float32), x.new_empty(n, groups, dtype=torch.float32)
-    w, b = _params(weight, bias)
-    getattr(_library(), f"glioseg_gn_forward_{DTYPES[x.dtype]}")(
-        _ptr(x), _ptr(w), _ptr(b), _ptr(y), _ptr(mean), _ptr(rstd),
-        n, x[0, 0].numel(), channels, groups, eps, torch.get_num_threads())
-    return y, mean, rstd
+    stats = x.new_empty(2, n, groups, dtype=torch.float32)
+    _function("forward", x.dtype)(_ptr(x), _ptr(_fp32(weight)), _ptr(_fp32(bias)), _ptr(y), _ptr(stats[0]),
+                                  _ptr(stats[1]), n, math.prod(x.shape[2:]), channels, groups, eps,
+                                  torch.get_num_threads())
+    return y, stats[0], stats[1]
 
 
 def backward(dy, x, weight, mean, rstd, groups, needs=(True, True, True)):
     """(dx, dγ, dβ) of GroupNorm from :func:`forward`'s statistics; None where not needed."""
     n, channels = x.shape[:2]
-    dy = dy.contiguous(memory_format=torch.channels_last_3d).to(x.dtype)
+    dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last_3d)
     dx = torch.empty_like(x, memory_format=torch.channels_last_3d) if needs[0] else None
     has_weight = weight is not None
     dw = x.new_empty(channels, dtype=torch.float32) if has_weight and needs[1] else None
     db = x.new_empty(channels, dtype=torch.float32) if has_weight and needs[2] else None
-    w, _ = _params(weight, None)
-    getattr(_library(), f"glioseg_gn_backward_{DTYPES[x.dtype]}")(
-        _ptr(dy), _ptr(x), _ptr(w), _ptr(mean), _ptr(rstd), _ptr(dx), _ptr(dw), _ptr(db),
-        n, x[0, 0].numel(), channels, groups, torch.get_num_threads())
+    _function("backward", x.dtype)(_ptr(dy), _ptr(x), _ptr(_fp32(weight)), _ptr(mean), _ptr(rstd), _ptr(dx),
+                                   _ptr(dw), _ptr(db), n, math.prod(x.shape[2:]), channels, groups,
+                                   torch.get_num_threads())
     return (dx, None if dw is None else dw.to(weight.dtype), None if db is None else db.to(weight.dtype))
 
 
