@@ -112,6 +112,8 @@ def test_refuses_what_it_cannot_normalise(built):
         native_norm.group_norm(torch.zeros(1, 4, 2, 2, 2, dtype=torch.float64), 2)
     with pytest.raises(ValueError, match="divisible by 3 groups"):
         native_norm.group_norm(torch.zeros(1, 4, 2, 2, 2), 3)
+    with pytest.raises(ValueError, match="weight of shape"):      # the library would read past it
+        native_norm.group_norm(torch.zeros(1, 4, 2, 2, 2), 2, torch.ones(3))
 
 
 def test_one_library_per_source_compiler_and_cpu(monkeypatch, fresh):

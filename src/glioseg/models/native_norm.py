@@ -117,8 +117,9 @@ def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.detach().to(torch.float32).contiguous()
 
 
-def forward(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float = 1e-5):
-    """(y, mean, rstd) of GroupNorm on channels-last ``x`` (fp32 or bf16); mean, rstd (N, G) fp32."""
+def _forward(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float = 1e-5):
+    """(y, mean, rstd) of GroupNorm on channels-last ``x`` (fp32 or bf16); mean, rstd (N, G) fp32.
+    Unchecked: :func:`group_norm` checks shapes, dtypes and layout before the library reads memory."""
     n, channels = x.shape[:2]
     y = torch.empty_like(x, memory_format=torch.channels_last_3d)
     stats = x.new_empty(2, n, groups, dtype=torch.float32)
@@ -128,8 +129,8 @@ def forward(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float = 1
     return y, stats[0], stats[1]
 
 
-def backward(dy, x, weight, mean, rstd, groups, needs=(True, True, True)):
-    """(dx, dγ, dβ) of GroupNorm from :func:`forward`'s statistics; None where not needed."""
+def _backward(dy, x, weight, mean, rstd, groups, needs=(True, True, True)):
+    """(dx, dγ, dβ) of GroupNorm from :func:`_forward`'s statistics; None where not needed."""
     n, channels = x.shape[:2]
     dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last_3d)
     dx = torch.empty_like(x, memory_format=torch.channels_last_3d) if needs[0] else None
@@ -145,7 +146,7 @@ def backward(dy, x, weight, mean, rstd, groups, needs=(True, True, True)):
 class _NativeGroupNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps):
-        y, mean, rstd = forward(x, groups, weight, bias, eps)
+        y, mean, rstd = _forward(x, groups, weight, bias, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.groups = groups
         return y
@@ -154,7 +155,7 @@ class _NativeGroupNormFn(torch.autograd.Function):
     @once_differentiable   # no double backward: the library has no derivatives of its own
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
-        return (*backward(dy, x, weight, mean, rstd, ctx.groups, ctx.needs_input_grad), None, None)
+        return (*_backward(dy, x, weight, mean, rstd, ctx.groups, ctx.needs_input_grad), None, None)
 
 
 def group_norm(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float = 1e-5) -> torch.Tensor:
@@ -162,6 +163,9 @@ def group_norm(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float 
     if x.dtype not in DTYPES or x.dim() != 5 or x.device.type != "cpu" or x.shape[1] % groups:
         raise ValueError(f"native GroupNorm takes a 5-D fp32 / bf16 CPU tensor with channels divisible "
                          f"by {groups} groups, got {tuple(x.shape)} {x.dtype} on {x.device}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (x.shape[1],):
+            raise ValueError(f"native GroupNorm: {name} of shape {tuple(t.shape)} for {x.shape[1]} channels")
     return _NativeGroupNormFn.apply(x.contiguous(memory_format=torch.channels_last_3d), weight, bias, groups, eps)
 
 
