@@ -3,6 +3,7 @@ per source, compiler and CPU; not offered where it cannot be built."""
 from __future__ import annotations
 
 import logging
+import platform
 
 import pytest
 import torch
@@ -144,3 +145,21 @@ def test_switched_off_by_the_environment(monkeypatch, fresh):
     monkeypatch.setenv(compiled_pass.ENV, "0")
     monkeypatch.setattr(native_norm, "build", lambda path: pytest.fail("built although switched off"))
     assert native_norm.available() is False
+
+
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3"])
+def test_correct_for_older_instruction_sets(monkeypatch, fresh, march):
+    """The source built for an SSE2-only or an AVX2 CPU (what -march=native gives there), run here."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 instruction sets")
+    flags = tuple(f"-march={march}" if f == "-march=native" else f for f in native_norm._FLAGS)
+    monkeypatch.setattr(native_norm, "_FLAGS", flags)
+    if not native_norm.available():
+        pytest.skip("no working C++ compiler here")
+    assert march in " ".join(native_norm._FLAGS) and native_norm.library_path().exists()
+    for dtype, tol in ((torch.float32, 2e-6), (torch.bfloat16, 1e-2)):
+        x, grad, w, b = _case(2, 32, (4, 5, 6), dtype, offset=3.0)
+        ours = _run(lambda x, *p: native_norm.group_norm(x, 8, *p), x, grad, w, b)
+        ref = _run(lambda x, *p: F.group_norm(x, 8, *p), x.double(), grad.double(), w.double(), b.double())
+        for got, want in zip(ours, ref):
+            assert _scaled_error(got, want) < tol
