@@ -163,3 +163,14 @@ def test_correct_for_older_instruction_sets(monkeypatch, fresh, march):
         ref = _run(lambda x, *p: F.group_norm(x, 8, *p), x.double(), grad.double(), w.double(), b.double())
         for got, want in zip(ours, ref):
             assert _scaled_error(got, want) < tol
+
+
+def test_a_library_that_computes_wrongly_is_not_offered(monkeypatch, fresh, caplog):
+    if not native_norm.available():
+        pytest.skip("no working C++ compiler here")
+    native_norm.available.cache_clear()
+    real = native_norm._backward
+    monkeypatch.setattr(native_norm, "_backward", lambda *a, **k: (lambda g: (g[0] * 1.01, *g[1:]))(real(*a, **k)))
+    with caplog.at_level(logging.WARNING, logger=native_norm.__name__):
+        assert native_norm.available() is False
+    assert "disagrees" in caplog.text

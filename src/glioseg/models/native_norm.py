@@ -170,17 +170,27 @@ def group_norm(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float 
 
 
 def _probe() -> bool:
-    """Build, load and check the library against ``F.group_norm`` on a small tensor."""
+    """Build, load and check the library (forward and input gradient) against ``F.group_norm`` on a
+    small tensor."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 3, 4, 5, generator=generator).contiguous(memory_format=torch.channels_last_3d)
+    weight, bias = torch.randn(6, generator=generator), torch.randn(6, generator=generator)
+    grad = torch.randn(x.shape, generator=generator)
+
+    def run(fn, t):
+        t = t.detach().requires_grad_()
+        y = fn(t, 3, weight, bias)
+        return y.detach(), torch.autograd.grad(y, t, grad)[0]
     try:
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 6, 3, 4, 5, generator=generator).contiguous(memory_format=torch.channels_last_3d)
-        weight, bias = torch.randn(6, generator=generator), torch.randn(6, generator=generator)
-        y = group_norm(x, 3, weight, bias)
+        with torch.enable_grad():
+            ours = run(group_norm, x)
     except Exception as exc:  # noqa: BLE001 - any build or load failure means "not offered here"
         log.warning("the native GroupNorm is not available on this machine (%s: %s); using the other forms",
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return False
-    close = torch.allclose(y, F.group_norm(x, 3, weight, bias), rtol=1e-4, atol=1e-5)
+    with torch.enable_grad():
+        want = run(F.group_norm, x.contiguous())
+    close = all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(ours, want))
     if not close:
         log.warning("the native GroupNorm disagrees with F.group_norm on this machine; not using it")
     return close
