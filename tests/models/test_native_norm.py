@@ -12,13 +12,16 @@ import torch.nn.functional as F
 from glioseg.models import compiled_pass, native_norm
 
 # (batch, channels, groups, spatial size, affine): rows folded (6, 16 channels) or not (odd voxel
-# counts, 64 channels), one channel per group (instance norm), one group (layer norm)
+# counts), one channel per group (instance norm), one group (layer norm); SegResNet's deepest level
+# at a 96³ patch (128×12³) and more voxels than one block of sums (32×40³)
 SHAPES = [
     (1, 16, 8, (6, 5, 4), True),
     (2, 6, 3, (3, 4, 5), True),
     (1, 8, 8, (3, 5, 7), False),
     (3, 6, 1, (4, 3, 5), True),
     (2, 64, 8, (3, 3, 3), True),
+    (1, 128, 8, (12, 12, 12), True),
+    (1, 32, 8, (40, 40, 40), True),
 ]
 
 
