@@ -134,12 +134,15 @@ def _probe() -> bool:
     return bool(torch.equal(out, torch.ones_like(out)) and all(torch.equal(s, voxels) for s in (*dots, *squares)))
 
 
+def switched_off() -> bool:
+    """Whether ``GLIOSEG_COMPILE`` turns compiling at run time off (this pass and the native GroupNorm)."""
+    return os.environ.get(ENV, "").strip() in ("0", "false", "no", "off")
+
+
 @functools.lru_cache(maxsize=1)
 def available() -> bool:
     """Whether the compiled pass works here (compiled once per process; ``GLIOSEG_COMPILE=0``: no)."""
-    if os.environ.get(ENV, "").strip() in ("0", "false", "no", "off"):
-        return False
-    return _probe()
+    return not switched_off() and _probe()
 
 
 def fold_of(x: torch.Tensor) -> int:

@@ -200,6 +200,4 @@ def _probe() -> bool:
 def available() -> bool:
     """Whether the native GroupNorm works here (built once per machine, probed once per process;
     ``GLIOSEG_COMPILE=0``: no)."""
-    if os.environ.get(compiled_pass.ENV, "").strip() in ("0", "false", "no", "off"):
-        return False
-    return _probe()
+    return not compiled_pass.switched_off() and _probe()
