@@ -119,6 +119,28 @@ def test_export_writes_every_member_beside_out(installed, tiny_ensemble, tmp_pat
     assert "ensemble of 2 models" in printed and f"--checkpoint {out.parent / 'seg-fold0.safetensors'}" in printed
 
 
+@pytest.mark.slow
+def test_onnx_members_predict_like_the_released_ensemble(installed, tiny_ensemble, tmp_path, capsys):
+    """What ``export NAME --format onnx`` prints, done: ``predict --onnx`` with every member file
+    averages them as ``--model NAME`` does; each member's config carries the model's post-processing
+    setting, which ``predict --onnx`` reads from it."""
+    out = tmp_path / "deploy" / "seg.onnx"
+    assert main(["export", tiny_ensemble.name, "--format", "onnx", "--out", str(out)]) == 0
+    files = [out.parent / f"seg-fold{k}.onnx" for k in (0, 1)]
+    assert f"--onnx {files[0]} {files[1]}" in capsys.readouterr().out
+    for k, config in enumerate(released.verified_configs(tiny_ensemble.name)):
+        exported = json.loads((out.parent / f"seg-fold{k}.onnx.json").read_text())["bundle"]
+        assert exported["postprocess"] == load_bundle(config).postprocess
+    case, _ = write_case(tmp_path / "data", LPS)
+    by_name, by_onnx = tmp_path / "by-name", tmp_path / "by-onnx"
+    assert main(["predict", str(case), "--model", tiny_ensemble.name, "--out", str(by_name),
+                 "--precision", "fp32"]) == 0   # ONNX computes in fp32
+    assert main(["predict", str(case), "--onnx", *map(str, files), "--out", str(by_onnx)]) == 0
+    record = json.loads((by_onnx / f"{case.name}.json").read_text())
+    assert [m["runtime"] for m in record["models"]] == ["onnxruntime"] * 2
+    assert (_labels(by_name, case.name) == _labels(by_onnx, case.name)).mean() > 0.9999
+
+
 def test_one_file_from_an_ensemble_reference_is_an_error_naming_the_members(tiny_ensemble):
     ref = resolve_model(tiny_ensemble.name, tiny_ensemble.root)
     assert ref.is_ensemble and len(ref.files) == 2
