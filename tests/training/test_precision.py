@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from glioseg.errors import InputError
 from glioseg.training.precision import (NonFiniteTrainingError, PrecisionConfig,
                                         PrecisionController, supported_precisions)
 from glioseg.training.precision.ladder import Ladder
@@ -229,6 +230,46 @@ def test_loss_scaled_up_beyond_fp16_falls_back_and_training_continues():
     results = run.train(ctrl, 30)
     assert not any(r.skipped for r in results) and finite(run)
     assert results[-1].precision == "fp16"
+
+
+def _hard_patch(at: int):
+    """A loss 1000x its usual value at step ``at`` with unchanged gradients, as a hard patch gives."""
+    return lambda i, c, loss: loss + 1e3 * loss.detach() if i == at else loss
+
+
+def test_a_loss_spike_the_gradients_do_not_confirm_is_no_fallback():
+    run = Run()
+    ctrl = auto(run, {"fp32": 1.0, "bf16": 0.6}, candidates=("fp32", "bf16"))
+    run.train(ctrl, 30)
+    assert ctrl.precision == "bf16"
+    events = len(ctrl.events)
+    spike = run.train(ctrl, 1, _hard_patch(run.index))[0]
+    assert not spike.skipped and spike.next_precision == "bf16" and len(ctrl.events) == events
+    assert spike.event is None
+
+
+def test_an_unconfirmed_loss_spike_still_delays_the_move_to_a_faster_level():
+    calm, spiked = Run(), Run()
+    ctrls = [auto(r, {"fp32": 1.0, "bf16": 0.6}, candidates=("fp32", "bf16")) for r in (calm, spiked)]
+    calm.train(ctrls[0], 30)
+    spiked.train(ctrls[1], 30, _hard_patch(8))   # in the warm-up (10 steps), statistics ready at 5
+    first = [next(s for s, a, b, _ in switches(c) if b == "bf16") for c in ctrls]
+    assert first[1] > first[0]
+
+
+def test_a_loss_spike_counts_alone_without_loss_grad_z():
+    run = Run()
+    ctrl = auto(run, {"fp32": 1.0, "bf16": 0.6}, candidates=("fp32", "bf16"), loss_grad_z=None)
+    run.train(ctrl, 30)
+    spike = run.train(ctrl, 1, _hard_patch(run.index))[0]
+    assert spike.skipped and spike.event["signal"] == "loss_spike" and spike.next_precision == "fp32"
+
+
+@pytest.mark.parametrize("value, message", [(-1.0, "loss_grad_z must be >= 0"), ("high", "expected a number")])
+def test_loss_grad_z_must_be_a_non_negative_number_or_none(value, message):
+    with pytest.raises(InputError, match=message):
+        PrecisionConfig.from_dict({"loss_grad_z": value})
+    assert PrecisionConfig.from_dict({"loss_grad_z": None}).loss_grad_z is None
 
 
 def test_gradient_spike_falls_back_and_training_continues():
@@ -471,7 +512,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     run = Run(data_seed=1 + rank)   # each rank its own shard
     net = DistributedDataParallel(run.model)
     info, device, clock = DistInfo(rank, world, 0), torch.device("cpu"), FakeClock()
-    ctrl = PrecisionController(PrecisionConfig(**FAST), device, clock=clock,
+    # loss_grad_z None: a loss spike alone is instability, the one signal a rank can see alone
+    # (gradients are all-reduced before they are measured)
+    ctrl = PrecisionController(PrecisionConfig(**FAST, loss_grad_z=None), device, clock=clock,
                                reduce_flag=lambda flag: any_rank(flag, info, device))
     # rank 1 measures fp16 as slow: no rank may pick it
     speeds = {"fp32": 1.0, "bf16": 0.6, "fp16": 0.5 if rank == 0 else 2.0}

@@ -1,12 +1,15 @@
 """TrainConfig: precision is one mapping, a policy name is its shorthand, old runs still read."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from glioseg.config import to_dict
 from glioseg.training.precision.config import PrecisionConfig
 from glioseg.data.augment import AugmentConfig
 from glioseg.training.recipe import TrainConfig, build_config, layered_config, merge_settings
+from glioseg.training.settings import trained_differences
 
 
 def test_a_policy_name_is_a_precision_config():
@@ -53,6 +56,34 @@ def test_a_model_s_options_and_plain_values_replace_the_layer_below():
 def test_a_run_saved_with_precision_options_still_reads():
     saved = {"precision": "auto", "precision_options": {"warmup_steps": 3, "calm_steps": 2}}
     assert TrainConfig.from_dict(saved).precision == PrecisionConfig(policy="auto", warmup_steps=3, calm_steps=2)
+
+
+def _saved_before_loss_grad_z() -> dict:
+    """A run's config.yaml as written before loss_grad_z existed: every other precision field."""
+    saved = to_dict(build_config("segresnet-brats"))
+    del saved["precision"]["loss_grad_z"]
+    return saved
+
+
+def test_a_run_saved_before_loss_grad_z_reads_as_it_trained():
+    # such a run fell back on every loss spike; new runs only on those the gradients confirm
+    assert TrainConfig.from_dict(_saved_before_loss_grad_z()).precision.loss_grad_z is None
+    fresh = build_config("segresnet-brats")
+    assert fresh.precision.loss_grad_z == 3.0 and TrainConfig.from_dict(to_dict(fresh)) == fresh
+    # a user's block names a few settings: loss_grad_z is then the default like the rest
+    assert TrainConfig.from_dict({"precision": {"policy": "auto", "grad_z": 5.0}}).precision.loss_grad_z == 3.0
+
+
+def test_a_started_run_goes_on_with_its_own_settings_and_an_edit_is_named():
+    saved, spec = _saved_before_loss_grad_z(), build_config("segresnet-brats")
+    before, changed = trained_differences(saved, spec, "config.yaml")
+    assert changed == {} and before.precision.loss_grad_z is None
+    assert trained_differences(saved, dataclasses.replace(spec, lr=spec.lr / 2), "c")[1] == {"lr": (spec.lr, spec.lr / 2)}
+    edited = dataclasses.replace(spec, precision=dataclasses.replace(spec.precision, grad_z=5.0))
+    assert list(trained_differences(saved, edited, "c")[1]) == ["precision"]
+    current = to_dict(spec)   # saved by this version: loss_grad_z is compared like any setting
+    unconfirmed = dataclasses.replace(spec, precision=dataclasses.replace(spec.precision, loss_grad_z=None))
+    assert list(trained_differences(current, unconfirmed, "c")[1]) == ["precision"]
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -36,6 +36,7 @@ from glioseg.run_io import CURVE_COLUMNS, RunFiles
 from glioseg.training.callbacks import RunStopped
 from glioseg.training.distributed import DistInfo, pick_device
 from glioseg.training.recipe import TrainConfig
+from glioseg.training.settings import trained_differences
 from glioseg.training.trainer import train
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,15 @@ def make_job(plan: Plan, run: Run, threads: int | None = None) -> Job:
                threads=threads)
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
-    """A run folder started with other settings (an edited spec) must not be continued."""
+def _continued_config(run_dir: Path, config: TrainConfig) -> TrainConfig:
+    """The settings a started run goes on with: its own. A run folder started with other settings
+    (an edited spec) must not be continued; settings it predates stay as it trained."""
     files = RunFiles(run_dir)
-    saved = files.read_config()
-    saved.pop("versions", None)
-    before = TrainConfig.from_dict(saved, str(files.config))
-    changed = sorted(k for k, v in to_dict(config).items() if to_dict(before).get(k) != v)
+    before, changed = trained_differences(files.read_config(), config, str(files.config))
     if changed:
         raise InputError(f"{run_dir}: this run was started with other settings ({', '.join(changed)}); "
                          "continue the experiment with its own spec, or use another --out")
+    return before
 
 
 def _train(job: Job, run_dir: Path, config: TrainConfig) -> None:
@@ -71,7 +71,7 @@ def _train(job: Job, run_dir: Path, config: TrainConfig) -> None:
     files = RunFiles(run_dir)
     resume = files.started()
     if resume:
-        _check_same_config(run_dir, config)
+        config = _continued_config(run_dir, config)
     else:
         write_text_atomic(files.split, json.dumps(job.split, indent=2))
     device = pick_device(config.device, DistInfo())

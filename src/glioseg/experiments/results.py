@@ -21,6 +21,7 @@ from glioseg.config import to_dict
 from glioseg.errors import InputError
 from glioseg.experiments.records import RunResult
 from glioseg.training.recipe import TrainConfig
+from glioseg.training.settings import trained_differences
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class Results:
         recipe or defaults): run key → setting → (as trained, as the spec resolves now)."""
         out = {}
         for run, result in self.runs.items():
-            then = trained_settings(result, str(self.plan.result_path(run)))
-            changed = setting_differences(then, to_dict(self.plan.resolved.config(run.arm, run.seed)))
+            _, changed = trained_differences(result.config, self.plan.resolved.config(run.arm, run.seed),
+                                             str(self.plan.result_path(run)))
             if changed:
                 out[run.key] = changed
         return out

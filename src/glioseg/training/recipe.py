@@ -93,16 +93,20 @@ def default_recipe(model: str | None) -> str:
 
 
 def upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
-    """Runs and checkpoints written before ``precision_options`` joined ``precision``.
+    """Runs and checkpoints written by older versions, read as what they trained with.
 
-    Such a run saved ``precision: NAME`` beside ``precision_options: {...}``; they are the same
-    settings as ``precision: {policy: NAME, ...}``, so an old run still resumes and reads.
+    A run saved before ``precision_options`` joined ``precision`` saved ``precision: NAME`` beside
+    ``precision_options: {...}``: the same settings as ``precision: {policy: NAME, ...}``. A run
+    saved before ``loss_grad_z`` existed: :meth:`PrecisionConfig.upgrade_saved`.
     """
-    if "precision_options" not in data:
-        return data
-    data = dict(data)
-    options = data.pop("precision_options") or {}
-    return merge_settings(data, {"precision": {**_as_mapping(PrecisionConfig, data.get("precision", {})), **options}})
+    if "precision_options" in data:
+        data = dict(data)
+        options = data.pop("precision_options") or {}
+        data = merge_settings(data, {"precision": {**_as_mapping(PrecisionConfig, data.get("precision", {})),
+                                                   **options}})
+    if isinstance(data.get("precision"), dict):
+        data = {**data, "precision": PrecisionConfig.upgrade_saved(data["precision"])}
+    return data
 
 
 def _as_mapping(kind: type, value: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from glioseg.config import load_yaml
+from glioseg.config import load_yaml, to_dict
 from glioseg.errors import InputError
 from glioseg.run_io import RunFiles
 from glioseg.training.recipe import (TrainConfig, build_config, default_recipe, layered_config, merge_settings,
@@ -38,6 +38,33 @@ def resumed_config(out: Path, overrides: dict, file_settings: dict | None = None
     if overrides.get("epochs") is not None and overrides["epochs"] < saved["epochs"]:
         raise InputError(f"{out}: --epochs {overrides['epochs']} is fewer than the run's {saved['epochs']}")
     return layered_config(saved, {k: v for k, v in overrides.items() if k in RESUMABLE}, where=where)
+
+
+def _leaves(data: dict, prefix: str = "") -> dict[str, object]:
+    """Nested settings as ``{"block.name": value}``."""
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def trained_differences(saved: dict, config: TrainConfig, where: str) -> tuple[TrainConfig, dict[str, tuple]]:
+    """A run's settings as it trained (``saved``: its config.yaml or result record, read by
+    :func:`upgrade_saved`) and, per setting that ``config`` gives otherwise, (as trained, as
+    ``config`` gives). Settings the run predates are not compared: their value is what it trained
+    with, and a spec that resolves them at a newer version's default is no edit of the run."""
+    saved = {k: v for k, v in saved.items() if k != "versions"}
+    before = TrainConfig.from_dict(saved, where)
+    then, now = to_dict(before), to_dict(config)
+    old, new = _leaves(then), _leaves(now)
+    # the old precision_options form spreads its block differently: compare all of it
+    predates = set() if "precision_options" in saved else old.keys() - _leaves(saved).keys()
+    names = dict.fromkeys(k.split(".")[0] for k in dict.fromkeys([*old, *new])
+                          if k not in predates and old.get(k) != new.get(k))
+    return before, {k: (then.get(k), now.get(k)) for k in names}
 
 
 def file_settings(recipe: str | None, config: Path | None) -> dict:

@@ -13,6 +13,14 @@ from glioseg.errors import InputError
 from glioseg.precisions import POLICIES, PRECISIONS
 
 
+# every field a run saved before loss_grad_z joined them (session 20): a saved block holding all of
+# these and not loss_grad_z is such a run's
+_FIELDS_BEFORE_LOSS_GRAD_Z = (
+    "policy", "candidates", "warmup_steps", "calm_steps", "cooldown_steps", "max_failures", "max_nonfinite",
+    "stats_window", "min_history", "grad_z", "loss_z", "curvature_z", "smoothing", "init_scale", "scale_floor",
+    "max_scaler_skips", "max_grad_norm", "probe_warmup", "probe_steps", "min_speedup", "probe_give_up", "prescreen")
+
+
 @dataclass(frozen=True)
 class PrecisionConfig:
     """Settings of the controller; ``PrecisionConfig.from_dict`` rejects unknown keys.
@@ -34,6 +42,10 @@ class PrecisionConfig:
     min_history: int = 10           # steps of statistics before z-scores are used
     grad_z: float = 6.0             # gradient-norm spike threshold (z of log norm)
     loss_z: float = 6.0             # loss spike threshold
+    # a loss spike is instability only where the gradient norm's z also exceeds this (or the
+    # gradients are non-finite): a patch that is merely hard raises the loss, not the gradient
+    # (None: a loss spike alone falls back, as before session 20)
+    loss_grad_z: float | None = 3.0
     curvature_z: float = 6.0        # roughness threshold for the smoothed-loss curvature
     smoothing: float = 0.1          # EMA weight of the smoothed loss
     init_scale: float = 2.0 ** 16   # GradScaler start scale (fp16)
@@ -72,6 +84,15 @@ class PrecisionConfig:
         changed = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
                    if f.name != "policy" and getattr(self, f.name) != f.default]
         return self.policy + (f" ({', '.join(changed)})" if changed else "")
+
+    @staticmethod
+    def upgrade_saved(block: dict[str, Any]) -> dict[str, Any]:
+        """A run's saved ``precision`` block as what the run trained with: runs saved every field,
+        and one saved before ``loss_grad_z`` existed fell back on a loss spike alone (``None``),
+        not on the later default's confirmed spikes. A partial block (a user's file) is unchanged."""
+        if "loss_grad_z" in block or not set(_FIELDS_BEFORE_LOSS_GRAD_Z) <= block.keys():
+            return block
+        return {**block, "loss_grad_z": None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrecisionConfig":

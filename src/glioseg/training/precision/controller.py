@@ -12,8 +12,9 @@ Specification: the design note precision.md (outside this repository). Policies:
 2. **warm-up**: train in fp32 for ``warmup_steps``, then move to the target once calm
    (``calm_steps`` steps without any signal; checked every ``calm_steps`` steps).
 3. **signals** every step from the step's own loss and gradient norm (one device sync):
-   non-finite loss/gradients, gradient-norm z-spike, loss z-spike, fp16 loss-scale collapse
-   (instability), and loss curvature (roughness: it only delays moving to faster levels).
+   non-finite loss/gradients, gradient-norm z-spike, loss z-spike where the gradients confirm it,
+   fp16 loss-scale collapse (instability), and loss curvature and unconfirmed loss spikes
+   (roughness: they only delay moving to faster levels).
 4. **fallback**: on instability below fp32 the update is skipped (weights and optimizer state
    untouched) and the controller moves one level safer (fp16 -> bf16 -> fp32, levels that
    are unsupported or not faster than fp32 are not on the ladder). The failed level is
@@ -76,7 +77,7 @@ from glioseg.training.precision.config import NonFiniteTrainingError, PrecisionC
 from glioseg.training.precision.ladder import Ladder
 from glioseg.training.precision.probe import (check_supported, measure_step_times,
                                               rank_precisions, supported_precisions)
-from glioseg.training.precision.signals import SignalTracker
+from glioseg.training.precision.signals import SignalTracker, gradient_confirms
 from glioseg.training.rng import capture_rng_state, restore_rng_state
 
 log = logging.getLogger(__name__)
@@ -317,15 +318,17 @@ class PrecisionController:
         next_scale = scale * self.scaler.get_backoff_factor() if overflow else scale
         collapsed = precision == "fp16" and (next_scale < cfg.scale_floor
                                              or self._overflow_run >= cfg.max_scaler_skips)
+        loss_spike = signals.loss_z > cfg.loss_z
         checks = (
             (not math.isfinite(loss), "nonfinite_loss", loss),
             (not finite and not overflow, "nonfinite_grad", grad_norm),
             (collapsed, "scale_collapse", next_scale),
             (signals.grad_z > cfg.grad_z, "grad_spike", signals.grad_z),
-            (signals.loss_z > cfg.loss_z, "loss_spike", signals.loss_z),
+            (loss_spike and gradient_confirms(cfg.loss_grad_z, signals.grad_z, finite), "loss_spike", signals.loss_z),
         )
         signal, value = next(((name, v) for hit, name, v in checks if hit), (None, 0.0))
-        calm = (signals.ready and signal is None and not overflow
+        # a loss spike the gradients do not confirm is no fallback, but no calm step either
+        calm = (signals.ready and signal is None and not overflow and not loss_spike
                 and abs(signals.curvature_z) <= cfg.curvature_z)
         self._calm_run = self._calm_run + 1 if calm else 0
         # only a level that can fall back needs the ranks' agreement (fixed policies have a
