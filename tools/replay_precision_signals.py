@@ -29,8 +29,7 @@ from glioseg.training.precision.signals import SignalTracker, gradient_confirms 
 
 def replay(path: Path, split: int, cfg: PrecisionConfig) -> dict[tuple[str, str], list[int]]:
     """(precision, part) → [steps, loss spikes, gradient spikes, confirmed loss spikes] of one run."""
-    tracker = SignalTracker(cfg.stats_window, cfg.min_history, cfg.smoothing,
-                            (cfg.grad_z, cfg.loss_z, cfg.curvature_z))
+    tracker = SignalTracker.for_config(cfg)   # the controller's own
     counts: dict[tuple[str, str], list[int]] = {}
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):

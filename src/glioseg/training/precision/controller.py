@@ -149,8 +149,7 @@ class PrecisionController:
         self.ladder: Ladder | None = Ladder([config.policy]) if fixed else None
         self.scaler = (torch.amp.GradScaler(self.device.type, init_scale=config.init_scale)
                        if "fp16" in self._candidates else None)
-        self._signals = SignalTracker(config.stats_window, config.min_history, config.smoothing,
-                                      (config.grad_z, config.loss_z, config.curvature_z))
+        self._signals = SignalTracker.for_config(config)
         self.probe_result: dict | None = None
         self.events: list[dict] = []
         self.steps = 0

@@ -104,6 +104,13 @@ class SignalTracker:
         self.curv = RunningStats(alpha, floor=1e-8)
         self.smoothed: list[float] = []   # newest first, at most 3
 
+    @classmethod
+    def for_config(cls, config) -> "SignalTracker":
+        """The tracker of a controller with ``config`` (a ``PrecisionConfig``): its window, history,
+        smoothing, and its detection thresholds for clipping."""
+        return cls(config.stats_window, config.min_history, config.smoothing,
+                   (config.grad_z, config.loss_z, config.curvature_z))
+
     def observe(self, loss: float, grad_norm: float) -> Signals:
         """Score this step, then fold it into the statistics. Non-finite values are ignored."""
         ready = min(self.grad.count, self.loss.count) >= self.min_history
