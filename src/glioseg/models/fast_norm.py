@@ -25,6 +25,9 @@ PyTorch already runs fast on channels-last memory:
 The ``"native"`` form is the whole GroupNorm, forward and backward, as two calls into a small C++
 library built on this machine (:mod:`glioseg.models.native_norm`; fp32 and bf16): the same maths
 without the per-call cost of the operators above, which is most of a GroupNorm at the small levels.
+``"native-bwd"`` is PyTorch's own forward (``aten.native_group_norm``, whose statistics the library's
+backward takes) with the library's backward: at the small levels PyTorch's channels-last forward is
+the faster one and its backward the slow one.
 
 Which of PyTorch's kernel and these runs is measured per shape, precision and thread count on the
 machine (:mod:`glioseg.models.kernel_choice`). Parameters and ``state_dict``
@@ -42,9 +45,10 @@ from glioseg.models import compiled_pass, kernel_choice, native_norm
 
 _BN = torch.ops.aten.native_batch_norm
 _BN_BWD = torch.ops.aten.native_batch_norm_backward
-APPLY = ("addcmul", "matmul", "affine", "compiled", "native")
+APPLY = ("addcmul", "matmul", "affine", "compiled", "native", "native-bwd")
 # forms that need a compiler on this machine: a restored choice of one is checked again
-_BUILT = ("compiled", "native")
+_BUILT = ("compiled", "native", "native-bwd")
+_NATIVE = ("native", "native-bwd")
 # bf16 coefficients would lose the mean's cancellation (c3 ≈ -c2·mean): addcmul is for fp32 / fp64
 _ROUNDED_COEFFICIENTS = ("addcmul",)
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
@@ -181,11 +185,11 @@ def _group_norm_backward(dy, x, weight, mean, rstd, groups, apply, needs):
 
 
 def offered(kind: str, dtype: torch.dtype) -> bool:
-    """Whether form ``kind`` is offered for ``dtype`` here; only "compiled" and "native" ask their
-    compiler probes (seconds, once per process; "native" is fp32 / bf16 only)."""
+    """Whether form ``kind`` is offered for ``dtype`` here; only "compiled" and the native forms ask
+    their compiler probes (seconds, once per process; the native forms are fp32 / bf16 only)."""
     if kind not in APPLY or (dtype == torch.bfloat16 and kind in _ROUNDED_COEFFICIENTS):
         return False
-    if kind == "native":
+    if kind in _NATIVE:
         return dtype in native_norm.DTYPES and native_norm.available()
     return kind != "compiled" or compiled_pass.available()
 
@@ -199,8 +203,8 @@ def fast_group_norm(x, groups, weight=None, bias=None, eps=1e-5, apply: str = "m
     """GroupNorm through this module's passes (any float dtype; channels-last 5-D input)."""
     if not offered(apply, x.dtype):
         raise ValueError(f"apply must be one of {applies(x.dtype)} for {x.dtype}, got {apply!r}")
-    if apply == "native":
-        return native_norm.group_norm(x, groups, weight, bias, eps)
+    if apply in _NATIVE:
+        return native_norm.group_norm(x, groups, weight, bias, eps, torch_forward=apply == "native-bwd")
     return _GroupNormFn.apply(x.contiguous(memory_format=torch.channels_last_3d), weight, bias, groups, eps, apply)
 
 
