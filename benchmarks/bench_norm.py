@@ -12,7 +12,8 @@ count: the forward and the backward alone (``torch.autograd.grad`` of x, weight 
 - ``addcmul`` (fp32 only) / ``matmul`` / ``affine`` / ``compiled`` (where this machine can
   compile): :func:`glioseg.models.fast_norm.fast_group_norm` on channels-last, with each form of
   its backward; ``native`` (fp32 / bf16, where the C++ library builds): forward and backward as
-  one native call each (:mod:`glioseg.models.native_norm`),
+  one native call each (:mod:`glioseg.models.native_norm`, through its C++ autograd operator where
+  that builds); ``native-bwd``: PyTorch's forward with the native backward,
 
 each the minimum of ``--repeats`` interleaved rounds (all variants once per round, so a change of
 load hits all alike), and which one glioseg's measured choice picks (``chosen``). The last column
