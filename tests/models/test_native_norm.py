@@ -142,6 +142,28 @@ def test_the_operator_runs_where_it_builds_and_the_python_form_where_not(built):
     assert "GroupNormFn" in y.grad_fn.name()
 
 
+@pytest.mark.parametrize("torch_forward", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_operator_and_python_form_compute_bitwise_alike(monkeypatch, dtype, torch_forward):
+    """A run begun where the operator could not be built and resumed where it can (or the other way
+    round) computes the same steps: both call the same library with the same arguments."""
+    if not native_norm.available() or native_norm._op() is None:
+        pytest.skip("needs the native library and its operator")
+    x, grad, w, b = _case(2, 32, (5, 6, 7), dtype, offset=2.0)
+
+    def fn(x, *p):
+        return native_norm.group_norm(x, 8, *p, torch_forward=torch_forward)
+    with_op = _run(fn, x, grad, w, b)
+    monkeypatch.setenv(native_norm.OP_ENV, "0")
+    native_norm._op.cache_clear()
+    try:
+        python = _run(fn, x, grad, w, b)
+    finally:
+        native_norm._op.cache_clear()
+    for a, b_ in zip(with_op, python):
+        assert torch.equal(a, b_)
+
+
 def test_the_operator_is_built_per_pytorch_and_not_per_cpu(monkeypatch, fresh):
     path = native_norm.op_path()
     assert path.parent == fresh / "native" and path.name.startswith("groupnorm-op-")
