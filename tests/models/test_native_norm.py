@@ -183,6 +183,19 @@ def test_an_operator_that_cannot_be_built_leaves_the_python_form_with_one_warnin
     assert not (fresh / "native").exists() or not any((fresh / "native").iterdir())
 
 
+def test_the_operator_refuses_what_it_cannot_normalise_when_called_directly(built):
+    if built != "operator":
+        pytest.skip("the operator's own checks")
+    op = native_norm._op()
+    x = torch.zeros(1, 4, 2, 2, 2).contiguous(memory_format=torch.channels_last_3d)
+    with pytest.raises(RuntimeError, match="channels-last fp32 / bf16"):
+        op(x.contiguous(), None, None, 2, 1e-5, False)
+    with pytest.raises(RuntimeError, match="divisible"):
+        op(x, None, None, 3, 1e-5, False)
+    with pytest.raises(RuntimeError, match="one value per channel"):
+        op(x, torch.ones(3), None, 2, 1e-5, False)
+
+
 def test_refuses_what_it_cannot_normalise(built):
     with pytest.raises(ValueError, match="fp32 / bf16"):
         native_norm.group_norm(torch.zeros(1, 4, 2, 2, 2, dtype=torch.float64), 2)

@@ -89,10 +89,22 @@ struct GroupNormFn : public torch::autograd::Function<GroupNormFn> {
   }
 };
 
-// Unchecked beyond the kernels being set: native_norm.group_norm checks shapes, dtypes and layout.
+void check_param(const std::optional<at::Tensor>& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(!t || !t->defined() || (t->dim() == 1 && t->size(0) == x.size(1) && t->device().is_cpu()),
+              "glioseg_native::group_norm: ", name, " must hold one value per channel");
+}
+
+// native_norm.group_norm checks the same in Python first (with ValueErrors naming the shapes); these
+// keep a direct call from reading past a tensor.
 at::Tensor group_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                       const std::optional<at::Tensor>& bias, int64_t groups, double eps, bool torch_forward) {
   TORCH_CHECK(forward_kernel && backward_kernel, "glioseg_native::group_norm: set_kernels was not called");
+  TORCH_CHECK(x.dim() == 5 && x.device().is_cpu() && x.is_contiguous(at::MemoryFormat::ChannelsLast3d) &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "glioseg_native::group_norm: x must be a 5-D channels-last fp32 / bf16 CPU tensor");
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "glioseg_native::group_norm: channels not divisible by groups");
+  check_param(weight, x, "weight");
+  check_param(bias, x, "bias");
   return GroupNormFn::apply(x, weight, bias, groups, eps, torch_forward);
 }
 
