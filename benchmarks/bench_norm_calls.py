@@ -50,14 +50,15 @@ def routes(x, w, b, dy, groups):
     rows["native, Python form"] = pair(lambda: native_norm._NativeGroupNormFn.apply(x, w, b, groups, 1e-5, False))
     xd, wd = x.detach(), w.detach()
     y, mean, rstd = native_norm._forward(xd, groups, wd, b.detach())
-    forward, backward = native_norm._kernels()[x.dtype]
+    forward, backward = native_norm._kernels()
     dx, dw, db = torch.empty_like(xd), torch.empty_like(wd), torch.empty_like(wd)
     n, c, voxels, threads = x.shape[0], x.shape[1], x[0, 0].numel(), torch.get_num_threads()
+    bf16 = x.dtype == torch.bfloat16
     rows["library call alone"] = (
-        lambda: forward(xd.data_ptr(), wd.data_ptr(), b.data_ptr(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-                        n, voxels, c, groups, 1e-5, threads),
-        lambda: backward(dy.data_ptr(), xd.data_ptr(), wd.data_ptr(), mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(),
-                         dw.data_ptr(), db.data_ptr(), n, voxels, c, groups, threads))
+        lambda: forward(bf16, xd.data_ptr(), wd.data_ptr(), b.data_ptr(), y.data_ptr(), mean.data_ptr(),
+                        rstd.data_ptr(), n, voxels, c, groups, 1e-5, threads),
+        lambda: backward(bf16, dy.data_ptr(), xd.data_ptr(), wd.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                         dx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, voxels, c, groups, threads))
     return rows
 
 

@@ -47,8 +47,8 @@ _BN = torch.ops.aten.native_batch_norm
 _BN_BWD = torch.ops.aten.native_batch_norm_backward
 APPLY = ("addcmul", "matmul", "affine", "compiled", "native", "native-bwd")
 # forms that need a compiler on this machine: a restored choice of one is checked again
-_BUILT = ("compiled", "native", "native-bwd")
 _NATIVE = ("native", "native-bwd")
+_BUILT = ("compiled", *_NATIVE)
 # bf16 coefficients would lose the mean's cancellation (c3 ≈ -c2·mean): addcmul is for fp32 / fp64
 _ROUNDED_COEFFICIENTS = ("addcmul",)
 _FAST_DTYPES = (torch.float32, torch.bfloat16)

@@ -233,10 +233,10 @@ void backward(const T* dy, const T* x, const float* w, const float* mean, const 
 
 extern "C" {
 
-int glioseg_gn_abi() { return 2; }
+int glioseg_gn_abi() { return 3; }
 
-// The same calls with the element type as an argument (0 fp32, 1 bf16): what native_norm_op.cpp, the
-// autograd binding built against PyTorch, calls through a pointer (it knows no types of this file).
+// The two calls, the element type an argument (0 fp32, 1 bf16): native_norm.py calls them through
+// ctypes, native_norm_op.cpp (the autograd operator built against PyTorch) through two pointers.
 void glioseg_gn_forward(int bf16, const void* x, const float* w, const float* b, void* y, float* mean,
                         float* rstd, int64_t n, int64_t voxels, int64_t channels, int64_t groups, double eps,
                         int threads) {
@@ -257,29 +257,6 @@ void glioseg_gn_backward(int bf16, const void* dy, const void* x, const float* w
   else
     backward<float>(static_cast<const float*>(dy), static_cast<const float*>(x), w, mean, rstd,
                     static_cast<float*>(dx), dw, db, n, voxels, channels, groups, threads);
-}
-
-void glioseg_gn_forward_f32(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
-                            int64_t n, int64_t voxels, int64_t channels, int64_t groups, double eps, int threads) {
-  forward<float>(x, w, b, y, mean, rstd, n, voxels, channels, groups, eps, threads);
-}
-
-void glioseg_gn_forward_bf16(const uint16_t* x, const float* w, const float* b, uint16_t* y, float* mean,
-                             float* rstd, int64_t n, int64_t voxels, int64_t channels, int64_t groups, double eps,
-                             int threads) {
-  forward<uint16_t>(x, w, b, y, mean, rstd, n, voxels, channels, groups, eps, threads);
-}
-
-void glioseg_gn_backward_f32(const float* dy, const float* x, const float* w, const float* mean, const float* rstd,
-                             float* dx, float* dw, float* db, int64_t n, int64_t voxels, int64_t channels,
-                             int64_t groups, int threads) {
-  backward<float>(dy, x, w, mean, rstd, dx, dw, db, n, voxels, channels, groups, threads);
-}
-
-void glioseg_gn_backward_bf16(const uint16_t* dy, const uint16_t* x, const float* w, const float* mean,
-                              const float* rstd, uint16_t* dx, float* dw, float* db, int64_t n, int64_t voxels,
-                              int64_t channels, int64_t groups, int threads) {
-  backward<uint16_t>(dy, x, w, mean, rstd, dx, dw, db, n, voxels, channels, groups, threads);
 }
 
 }  // extern "C"

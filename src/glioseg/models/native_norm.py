@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_norm.cpp")
 OP_SOURCE = Path(__file__).with_name("native_norm_op.cpp")
 CACHE_ENV = "GLIOSEG_CACHE_DIR"
-DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
-_ABI = 2
+DTYPES = (torch.float32, torch.bfloat16)
+_ABI = 3
 _OP_ABI = 1
 OP_ENV = "GLIOSEG_NATIVE_OP"   # 0: the Python form of the autograd (tests, comparisons)
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -120,9 +120,8 @@ def build(path: Path) -> Path:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    for suffix in DTYPES.values():
-        getattr(lib, f"glioseg_gn_forward_{suffix}").argtypes = [p] * 6 + [i64] * 4 + [f64, i32]
-        getattr(lib, f"glioseg_gn_backward_{suffix}").argtypes = [p] * 8 + [i64] * 4 + [i32]
+    lib.glioseg_gn_forward.argtypes = [i32] + [p] * 6 + [i64] * 4 + [f64, i32]
+    lib.glioseg_gn_backward.argtypes = [i32] + [p] * 8 + [i64] * 4 + [i32]
     return lib
 
 
@@ -152,9 +151,7 @@ def _op():
     the operator is not available (or ``GLIOSEG_NATIVE_OP=0``)."""
     if os.environ.get(OP_ENV, "").strip() == "0" or not _loaded_op():
         return None
-    lib = _library()
-    address = [ctypes.cast(getattr(lib, f"glioseg_gn_{d}"), ctypes.c_void_p).value for d in ("forward", "backward")]
-    torch.ops.glioseg_native.set_kernels(*address)
+    torch.ops.glioseg_native.set_kernels(*(ctypes.cast(f, ctypes.c_void_p).value for f in _kernels()))
     return torch.ops.glioseg_native.group_norm
 
 
@@ -170,12 +167,11 @@ def _library() -> ctypes.CDLL:
 
 
 @functools.lru_cache(maxsize=1)
-def _kernels() -> dict:
-    """{dtype: (forward, backward)} of the library, looked up once (a dict: per call, an
-    ``lru_cache`` keyed by strings and dtypes cost a microsecond of the ~20 µs left around a call)."""
+def _kernels() -> tuple:
+    """(forward, backward) of the library, looked up once (per call, a lookup by name cost a
+    microsecond of the ~20 µs left around a call)."""
     lib = _library()
-    return {dtype: (getattr(lib, f"glioseg_gn_forward_{suffix}"), getattr(lib, f"glioseg_gn_backward_{suffix}"))
-            for dtype, suffix in DTYPES.items()}
+    return lib.glioseg_gn_forward, lib.glioseg_gn_backward
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -200,9 +196,9 @@ def _forward(x: torch.Tensor, groups: int, weight=None, bias=None, eps: float = 
     n, channels = x.shape[0], x.shape[1]
     y = torch.empty_like(x)   # x is channels-last: its layout is kept
     mean, rstd = torch.empty(n, groups, dtype=torch.float32), torch.empty(n, groups, dtype=torch.float32)
-    _kernels()[x.dtype][0](x.data_ptr(), _ptr(_fp32(weight)), _ptr(_fp32(bias)), y.data_ptr(), mean.data_ptr(),
-                           rstd.data_ptr(), n, x.numel() // (n * channels), channels, groups, eps,
-                           torch.get_num_threads())
+    _kernels()[0](x.dtype == torch.bfloat16, x.data_ptr(), _ptr(_fp32(weight)), _ptr(_fp32(bias)), y.data_ptr(),
+                  mean.data_ptr(), rstd.data_ptr(), n, x.numel() // (n * channels), channels, groups, eps,
+                  torch.get_num_threads())
     return y, mean, rstd
 
 
@@ -225,9 +221,9 @@ def _backward(dy, x, weight, mean, rstd, groups, needs=(True, True, True)):
     has_weight = weight is not None
     dw = torch.empty(channels, dtype=torch.float32) if has_weight and needs[1] else None
     db = torch.empty(channels, dtype=torch.float32) if has_weight and needs[2] else None
-    _kernels()[x.dtype][1](dy.data_ptr(), x.data_ptr(), _ptr(_fp32(weight)), mean.data_ptr(), rstd.data_ptr(),
-                           _ptr(dx), _ptr(dw), _ptr(db), n, x.numel() // (n * channels), channels, groups,
-                           torch.get_num_threads())
+    _kernels()[1](x.dtype == torch.bfloat16, dy.data_ptr(), x.data_ptr(), _ptr(_fp32(weight)), mean.data_ptr(),
+                  rstd.data_ptr(), _ptr(dx), _ptr(dw), _ptr(db), n, x.numel() // (n * channels), channels, groups,
+                  torch.get_num_threads())
     if has_weight and weight.dtype != torch.float32:
         dw, db = (None if t is None else t.to(weight.dtype) for t in (dw, db))
     return dx, dw, db

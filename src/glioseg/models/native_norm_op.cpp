@@ -37,8 +37,8 @@ using torch::autograd::variable_list;
 const float* fp32_ptr(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
 
 // gamma or beta as the library reads them: contiguous fp32 (no copy where they already are)
-at::Tensor fp32(const std::optional<at::Tensor>& t) {
-  return t && t->defined() ? t->detach().to(at::kFloat).contiguous() : at::Tensor();
+at::Tensor fp32(const at::Tensor& t) {
+  return t.defined() ? t.detach().to(at::kFloat).contiguous() : at::Tensor();
 }
 
 int64_t voxels_of(const at::Tensor& x) { return x.numel() / (x.size(0) * x.size(1)); }
@@ -56,7 +56,7 @@ struct GroupNormFn : public torch::autograd::Function<GroupNormFn> {
       y = at::empty_like(x);       // x is channels-last: its layout is kept
       mean = at::empty({n, groups}, x.options().dtype(at::kFloat));
       rstd = at::empty({n, groups}, x.options().dtype(at::kFloat));
-      const at::Tensor w = fp32(weight), b = fp32(bias);
+      const at::Tensor w = fp32(weight.value_or(at::Tensor())), b = fp32(bias.value_or(at::Tensor()));
       forward_kernel(x.scalar_type() == at::kBFloat16, x.const_data_ptr(), fp32_ptr(w), fp32_ptr(b),
                      y.mutable_data_ptr(), mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>(), n,
                      voxels_of(x), channels, groups, eps, at::get_num_threads());
@@ -76,7 +76,7 @@ struct GroupNormFn : public torch::autograd::Function<GroupNormFn> {
     if (ctx->needs_input_grad(0)) dx = at::empty_like(x);
     if (has_weight && ctx->needs_input_grad(1)) dw = at::empty({channels}, x.options().dtype(at::kFloat));
     if (has_weight && ctx->needs_input_grad(2)) db = at::empty({channels}, x.options().dtype(at::kFloat));
-    const at::Tensor w = fp32(has_weight ? std::optional<at::Tensor>(weight) : std::nullopt);
+    const at::Tensor w = fp32(weight);
     backward_kernel(x.scalar_type() == at::kBFloat16, dy.const_data_ptr(), x.const_data_ptr(), fp32_ptr(w),
                     mean.const_data_ptr<float>(), rstd.const_data_ptr<float>(),
                     dx.defined() ? dx.mutable_data_ptr() : nullptr,
